@@ -20,7 +20,7 @@ let package = Package(
         // The C shim: linux/kvm.h plus the ioctl request numbers Swift cannot import.
         .systemLibrary(name: "CKVM", path: "Modules/CKVM"),
         // Typed Swift over the KVM ioctls.
-        .target(name: "KVM", dependencies: ["CKVM"]),
+        .target(name: "KVM", dependencies: ["CKVM", "CPUBackend", "VMMemory"]),
         // Guest RAM: one bounds-checked view shared by loader, devices and both CPU backends.
         .target(name: "VMMemory", swiftSettings: fastRelease),
         // Linux x86 boot protocol: bzImage, vmlinux ELF, initrd, boot_params, e820, page tables, GDT.

@@ -1,0 +1,109 @@
+import CKVM
+import Glibc
+
+/// One KVM vCPU: its fd, the shared `kvm_run` page, and typed register access.
+public final class KVMVcpu: @unchecked Sendable {
+    public let fd: Int32
+    public let id: UInt32
+    /// The `kvm_run` structure shared with the kernel; valid until deinit.
+    public let run: UnsafeMutablePointer<kvm_run>
+    let runRaw: UnsafeMutableRawPointer
+    let runSize: Int
+
+    init(fd: Int32, id: UInt32, run: UnsafeMutableRawPointer, runSize: Int) {
+        self.fd = fd
+        self.id = id
+        self.runRaw = run
+        self.run = run.assumingMemoryBound(to: kvm_run.self)
+        self.runSize = runSize
+    }
+
+    deinit {
+        munmap(runRaw, runSize)
+        close(fd)
+    }
+
+    public func getRegs() throws(KVMError) -> kvm_regs {
+        var r = kvm_regs()
+        _ = try kvmIoctl(fd, CKVM_KVM_GET_REGS(), "KVM_GET_REGS", &r)
+        return r
+    }
+
+    public func setRegs(_ regs: kvm_regs) throws(KVMError) {
+        var r = regs
+        _ = try kvmIoctl(fd, CKVM_KVM_SET_REGS(), "KVM_SET_REGS", &r)
+    }
+
+    public func getSregs() throws(KVMError) -> kvm_sregs {
+        var s = kvm_sregs()
+        _ = try kvmIoctl(fd, CKVM_KVM_GET_SREGS(), "KVM_GET_SREGS", &s)
+        return s
+    }
+
+    public func setSregs(_ sregs: kvm_sregs) throws(KVMError) {
+        var s = sregs
+        _ = try kvmIoctl(fd, CKVM_KVM_SET_SREGS(), "KVM_SET_SREGS", &s)
+    }
+
+    public func getFPU() throws(KVMError) -> kvm_fpu {
+        var f = kvm_fpu()
+        _ = try kvmIoctl(fd, CKVM_KVM_GET_FPU(), "KVM_GET_FPU", &f)
+        return f
+    }
+
+    public func setFPU(_ fpu: kvm_fpu) throws(KVMError) {
+        var f = fpu
+        _ = try kvmIoctl(fd, CKVM_KVM_SET_FPU(), "KVM_SET_FPU", &f)
+    }
+
+    public func setCPUID(_ entries: [kvm_cpuid_entry2]) throws(KVMError) {
+        let bytes = MemoryLayout<kvm_cpuid2>.size + entries.count * MemoryLayout<kvm_cpuid_entry2>.stride
+        let buf = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 8)
+        defer { buf.deallocate() }
+        memset(buf, 0, bytes)
+        buf.assumingMemoryBound(to: kvm_cpuid2.self).pointee.nent = UInt32(entries.count)
+        let dst = (buf + MemoryLayout<kvm_cpuid2>.size).assumingMemoryBound(to: kvm_cpuid_entry2.self)
+        for (i, e) in entries.enumerated() { dst[i] = e }
+        _ = try kvmIoctl(fd, CKVM_KVM_SET_CPUID2(), "KVM_SET_CPUID2", buf)
+    }
+
+    /// Sets model-specific registers; throws if KVM accepted fewer than all of them.
+    public func setMSRs(_ msrs: [(index: UInt32, value: UInt64)]) throws(KVMError) {
+        let bytes = MemoryLayout<kvm_msrs>.size + msrs.count * MemoryLayout<kvm_msr_entry>.stride
+        let buf = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 8)
+        defer { buf.deallocate() }
+        memset(buf, 0, bytes)
+        buf.assumingMemoryBound(to: kvm_msrs.self).pointee.nmsrs = UInt32(msrs.count)
+        let dst = (buf + MemoryLayout<kvm_msrs>.size).assumingMemoryBound(to: kvm_msr_entry.self)
+        for (i, m) in msrs.enumerated() {
+            dst[i].index = m.index
+            dst[i].data = m.value
+        }
+        let n = try kvmIoctl(fd, CKVM_KVM_SET_MSRS(), "KVM_SET_MSRS", buf)
+        if Int(n) != msrs.count {
+            throw KVMError("KVM_SET_MSRS", errno: EINVAL,
+                           detail: "MSR 0x\(String(msrs[Int(n)].index, radix: 16)) was refused")
+        }
+    }
+
+    public func getLAPIC() throws(KVMError) -> kvm_lapic_state {
+        var s = kvm_lapic_state()
+        _ = try kvmIoctl(fd, CKVM_KVM_GET_LAPIC(), "KVM_GET_LAPIC", &s)
+        return s
+    }
+
+    public func setLAPIC(_ state: kvm_lapic_state) throws(KVMError) {
+        var s = state
+        _ = try kvmIoctl(fd, CKVM_KVM_SET_LAPIC(), "KVM_SET_LAPIC", &s)
+    }
+
+    /// Enters the guest once. Returns false if the call was interrupted by a signal (a kick) or by
+    /// `immediate_exit`; the exit reason in `run` is valid only when it returns true.
+    public func runOnce() throws(KVMError) -> Bool {
+        let r = ioctl(fd, CKVM_KVM_RUN(), CInt(0))
+        if r >= 0 { return true }
+        let e = errno
+        if e == EINTR || e == EAGAIN { return false }
+        throw KVMError("KVM_RUN", errno: e)
+    }
+}

@@ -1,0 +1,97 @@
+import CKVM
+import CPUBackend
+import Glibc
+import VMMemory
+
+/// A KVM virtual machine: memory slots, in-kernel irqchip and PIT, interrupt injection, vCPUs.
+public final class KVMVirtualMachine: @unchecked Sendable {
+    public let fd: Int32
+    let system: KVMSystem
+
+    /// Where KVM may place its TSS (3 pages) and identity-map page: inside the 32-bit MMIO hole,
+    /// below the IOAPIC/LAPIC, never overlapping guest RAM (as Firecracker and QEMU do).
+    public static let tssAddress: UInt64 = 0xFFFB_D000
+    public static let identityMapAddress: UInt64 = 0xFFFB_C000
+
+    init(fd: Int32, system: KVMSystem) {
+        self.fd = fd
+        self.system = system
+    }
+
+    deinit { close(fd) }
+
+    public func setTSSAddress(_ address: UInt64 = KVMVirtualMachine.tssAddress) throws(KVMError) {
+        _ = try kvmIoctl(fd, CKVM_KVM_SET_TSS_ADDR(), "KVM_SET_TSS_ADDR", value: UInt(address))
+    }
+
+    public func setIdentityMapAddress(_ address: UInt64 = KVMVirtualMachine.identityMapAddress) throws(KVMError) {
+        var a = address
+        _ = try kvmIoctl(fd, CKVM_KVM_SET_IDENTITY_MAP_ADDR(), "KVM_SET_IDENTITY_MAP_ADDR", &a)
+    }
+
+    /// In-kernel 8259 pair, IOAPIC and per-vCPU local APICs.
+    public func createIRQChip() throws(KVMError) {
+        _ = try kvmIoctl(fd, CKVM_KVM_CREATE_IRQCHIP(), "KVM_CREATE_IRQCHIP", nil)
+    }
+
+    /// In-kernel 8254 PIT (with a dummy speaker port so port 0x61 reads work).
+    public func createPIT2() throws(KVMError) {
+        var cfg = kvm_pit_config()
+        cfg.flags = UInt32(KVM_PIT_SPEAKER_DUMMY)
+        _ = try kvmIoctl(fd, CKVM_KVM_CREATE_PIT2(), "KVM_CREATE_PIT2", &cfg)
+    }
+
+    /// Maps every region of `memory` into the guest, one slot each.
+    public func mapMemory(_ memory: GuestMemory) throws(KVMError) {
+        for (slot, r) in memory.regions.enumerated() {
+            var region = kvm_userspace_memory_region(
+                slot: UInt32(slot), flags: 0, guest_phys_addr: r.guestBase, memory_size: r.size,
+                userspace_addr: UInt64(UInt(bitPattern: r.host)))
+            _ = try kvmIoctl(fd, CKVM_KVM_SET_USER_MEMORY_REGION(), "KVM_SET_USER_MEMORY_REGION", &region)
+        }
+    }
+
+    /// Sets the level of an in-kernel irqchip input (GSI).
+    public func setIRQLine(_ gsi: UInt32, level: Bool) throws(KVMError) {
+        var l = kvm_irq_level()
+        l.irq = gsi
+        l.level = level ? 1 : 0
+        _ = try kvmIoctl(fd, CKVM_KVM_IRQ_LINE(), "KVM_IRQ_LINE", &l)
+    }
+
+    /// Injects a message-signalled interrupt.
+    public func signalMSI(address: UInt64, data: UInt32) throws(KVMError) {
+        var m = kvm_msi()
+        m.address_lo = UInt32(truncatingIfNeeded: address)
+        m.address_hi = UInt32(truncatingIfNeeded: address >> 32)
+        m.data = data
+        _ = try kvmIoctl(fd, CKVM_KVM_SIGNAL_MSI(), "KVM_SIGNAL_MSI", &m)
+    }
+
+    /// Creates vCPU `id` with its `kvm_run` mapping.
+    public func createVcpu(id: UInt32) throws(KVMError) -> KVMVcpu {
+        let vcpufd = try kvmIoctl(fd, CKVM_KVM_CREATE_VCPU(), "KVM_CREATE_VCPU", value: UInt(id))
+        let size = try system.vcpuMmapSize()
+        guard let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, vcpufd, 0), p != MAP_FAILED else {
+            let e = errno
+            close(vcpufd)
+            throw KVMError("mmap kvm_run", errno: e)
+        }
+        return KVMVcpu(fd: vcpufd, id: id, run: p, runSize: size)
+    }
+}
+
+/// Devices' interrupts through KVM's in-kernel irqchip.
+public final class KVMInterruptController: InterruptController {
+    let vm: KVMVirtualMachine
+    public init(vm: KVMVirtualMachine) { self.vm = vm }
+
+    public func setIRQ(_ gsi: UInt32, level: Bool) {
+        // Failure here means the irqchip is gone (VM torn down); nothing useful to do but drop it.
+        try? vm.setIRQLine(gsi, level: level)
+    }
+
+    public func signalMSI(address: UInt64, data: UInt32) {
+        try? vm.signalMSI(address: address, data: data)
+    }
+}

@@ -1,0 +1,236 @@
+import CPUBackend
+import Devices
+import Glibc
+import KVM
+import LinuxLoader
+import VMMemory
+
+/// Which CPU backend runs the guest.
+public enum Accelerator: String, CaseIterable, Sendable {
+    case auto, kvm, interp
+}
+
+/// How a machine is built.
+public struct MachineConfig: Sendable {
+    public var memorySize: UInt64 = 512 << 20
+    public var accelerator: Accelerator = .auto
+    /// Create KVM's in-kernel PIC/IOAPIC/LAPIC/PIT (Linux needs them; bare test guests don't).
+    public var irqchip = true
+    public var quiet = false
+    public var verbose = false
+    public init() {}
+}
+
+/// The standard PC addresses swhv's legacy devices live at.
+public enum PCLayout {
+    public static let com1: UInt64 = 0x3F8
+    public static let com1IRQ: UInt32 = 4
+    public static let postCodePort: UInt64 = 0x80
+    public static let bootTimerPort: UInt64 = 0x440
+}
+
+/// A virtual machine: guest memory, buses with devices, and one CPU backend. Owns the run loop.
+public final class Machine: IOHandler {
+    public let config: MachineConfig
+    public let memory: GuestMemory
+    public let ports = Bus(name: "port I/O")
+    public let mmio = Bus(name: "MMIO")
+    public let control = VMControl()
+    public let backend: VcpuBackend
+    /// Why this backend was chosen, for the one-line message on stderr.
+    public let backendReason: String
+    public let interrupts: any InterruptController
+    public let timer = BootTimer()
+    public let log: Log
+
+    public private(set) var uart: Uart16550!
+    /// Host input waiting for room in the UART's receive FIFO (bounded).
+    private var pendingInput: [UInt8] = []
+    public static let maxPendingInput = 1 << 16
+
+    public init(config: MachineConfig, consoleOutput: SerialOutput) throws(MachineError) {
+        self.config = config
+        log = Log(level: config.verbose ? .debug : (config.quiet ? .error : .info))
+        do { memory = try GuestMemory(size: config.memorySize) } catch { throw .memory(error as! MemoryError) }
+        (backend, interrupts, backendReason) = try Machine.makeBackend(config: config, memory: memory)
+        try attachLegacyDevices(consoleOutput: consoleOutput)
+        let log = self.log
+        ports.onUnhandled = { addr, size, write in
+            log.debug("unhandled port \(write ? "write" : "read") 0x\(String(addr, radix: 16)) size \(size)")
+        }
+        mmio.onUnhandled = { addr, size, write in
+            log.debug("unhandled MMIO \(write ? "write" : "read") 0x\(String(addr, radix: 16)) size \(size)")
+        }
+    }
+
+    /// Picks the backend: KVM when it works (and is not the slow paravirtual kind, once the
+    /// interpreter exists), the interpreter otherwise.
+    static func makeBackend(config: MachineConfig, memory: GuestMemory) throws(MachineError)
+        -> (VcpuBackend, any InterruptController, String)
+    {
+        switch config.accelerator {
+        case .interp:
+            throw .backendUnavailable("the interpreter backend (--accel interp) is not available yet; use --accel kvm")
+        case .kvm, .auto:
+            do {
+                let kvm = try KVMBackend(memory: memory, irqchip: config.irqchip)
+                let irq: any InterruptController = kvm.interrupts ?? NoInterruptController()
+                var reason = config.accelerator == .kvm ? "requested with --accel kvm" : "/dev/kvm works"
+                if KVMSystem.emulatesSupervisorCode {
+                    reason += "; note: this host's KVM is kvm-pvm, which emulates guest kernel code slowly"
+                }
+                return (kvm, irq, reason)
+            } catch {
+                if config.accelerator == .kvm { throw .kvm(error) }
+                throw .backendUnavailable("KVM is unusable (\(error)) and the interpreter is not available yet")
+            }
+        }
+    }
+
+    private func attachLegacyDevices(consoleOutput: SerialOutput) throws(MachineError) {
+        do {
+            let uart = Uart16550(irq: IRQLine(controller: interrupts, gsi: PCLayout.com1IRQ), output: consoleOutput)
+            self.uart = uart
+            try ports.register(ConsoleUART(uart: uart, machine: self), name: "ttyS0", base: PCLayout.com1, length: 8)
+            let control = self.control
+            let i8042 = I8042(onReset: { control.requestStop(.reset) })
+            for (base, length) in I8042.portRanges {
+                try ports.register(i8042, name: "i8042", base: base, length: length)
+            }
+            try ports.register(PortSink(), name: "post-code", base: PCLayout.postCodePort, length: 1)
+            let timer = self.timer
+            try ports.register(BootTimerPort(onSignal: { v in timer.guestSignal(v) }),
+                               name: "boot-timer", base: PCLayout.bootTimerPort, length: 1)
+        } catch let e as BusError {
+            throw .device(e.description)
+        } catch {
+            throw .device("\(error)")
+        }
+    }
+
+    // MARK: Loading
+
+    /// Reads the kernel and initrd files, with one-line errors for missing, unreadable, empty or
+    /// oversized files. Done before the VM is built so bad input fails fast.
+    public static func readBootFiles(kernelPath: String, initrdPath: String?, memorySize: UInt64)
+        throws(MachineError) -> (kernel: [UInt8], initrd: [UInt8]?)
+    {
+        let kernel = try HostFile.read(kernelPath, role: "kernel", limit: memorySize)
+        guard let initrdPath else { return (kernel, nil) }
+        let size = try HostFile.size(of: initrdPath, role: "initrd")
+        if size > memorySize {
+            throw .file(role: "initrd", path: initrdPath,
+                        problem: "(\(size >> 20) MiB) is larger than guest RAM (\(memorySize >> 20) MiB)")
+        }
+        return (kernel, try HostFile.read(initrdPath, role: "initrd", limit: memorySize))
+    }
+
+    /// Loads a Linux kernel (bzImage or vmlinux), optional initrd and command line; sets the entry state.
+    public func loadLinux(kernel: [UInt8], initrd: [UInt8]?, cmdline: String) throws(MachineError) {
+        let loaded: LoadedKernel
+        do {
+            loaded = try LinuxLoader.load(kernel: kernel, initrd: initrd, cmdline: cmdline, memory: memory)
+        } catch {
+            throw .loader(error)
+        }
+        try setEntry(loaded.entry)
+        timer.mark(.kernelLoaded)
+    }
+
+    /// Copies a flat binary into guest RAM and sets the entry state (small test guests).
+    public func loadFlat(_ binary: [UInt8], at address: UInt64, entry: CPUEntryState) throws(MachineError) {
+        do { try memory.write(bytes: binary, at: address) } catch { throw .memory(error as! MemoryError) }
+        try setEntry(entry)
+        timer.mark(.kernelLoaded)
+    }
+
+    private func setEntry(_ entry: CPUEntryState) throws(MachineError) {
+        do { try backend.setEntryState(entry) } catch let e as KVMError { throw .kvm(e) } catch {
+            throw .vcpu(error as? VcpuError ?? .unhandled("\(error)"))
+        }
+    }
+
+    // MARK: Console input
+
+    /// Queues host bytes for the guest's serial port. Safe from any thread.
+    public func sendInput(_ bytes: [UInt8]) {
+        control.post { [unowned self] in
+            let room = Machine.maxPendingInput - self.pendingInput.count
+            self.pendingInput.append(contentsOf: bytes.prefix(max(room, 0)))
+            self.feedUART()
+        }
+    }
+
+    /// Moves pending host input into the UART as its FIFO drains. vCPU thread only.
+    func feedUART() {
+        guard !pendingInput.isEmpty else { return }
+        let accepted = uart.enqueue(pendingInput)
+        if accepted > 0 { pendingInput.removeFirst(accepted) }
+    }
+
+    /// Starts reading the host's stdin into the guest console, handling the Ctrl-A x escape.
+    public func startStdinPump(handleEscape: Bool) {
+        let pump = StdinPump(control: control, handleEscape: handleEscape) { [unowned self] bytes in
+            self.sendInput(bytes)
+        }
+        pump.start()
+    }
+
+    // MARK: Running
+
+    /// Runs the guest until it stops. Returns the stop reason; throws on vCPU failures.
+    public func run() throws(MachineError) -> VcpuStop {
+        timer.mark(.firstInstruction)
+        do {
+            return try backend.run(io: self, control: control)
+        } catch let e as VcpuError {
+            throw .vcpu(e)
+        } catch let e as KVMError {
+            throw .kvm(e)
+        } catch {
+            throw .vcpu(.unhandled("\(error)"))
+        }
+    }
+
+    // MARK: IOHandler
+
+    public func portRead(_ port: UInt16, size: Int) -> UInt32 {
+        UInt32(truncatingIfNeeded: ports.read(UInt64(port), size: size))
+    }
+
+    public func portWrite(_ port: UInt16, size: Int, value: UInt32) {
+        ports.write(UInt64(port), size: size, value: UInt64(value))
+    }
+
+    public func mmioRead(_ address: UInt64, size: Int) -> UInt64 {
+        mmio.read(address, size: size)
+    }
+
+    public func mmioWrite(_ address: UInt64, size: Int, value: UInt64) {
+        mmio.write(address, size: size, value: value)
+    }
+}
+
+/// The console UART as registered on the bus: after every guest access, more pending host input
+/// may fit in the receive FIFO.
+final class ConsoleUART: BusDevice {
+    let uart: Uart16550
+    unowned let machine: Machine
+    init(uart: Uart16550, machine: Machine) { self.uart = uart; self.machine = machine }
+
+    func read(offset: UInt64, size: Int) -> UInt64 {
+        let v = uart.read(offset: offset, size: size)
+        if offset == 0 { machine.feedUART() }
+        return v
+    }
+
+    func write(offset: UInt64, size: Int, value: UInt64) {
+        uart.write(offset: offset, size: size, value: value)
+    }
+}
+
+/// For VMs without an interrupt controller (bare test guests): interrupts go nowhere.
+final class NoInterruptController: InterruptController {
+    func setIRQ(_ gsi: UInt32, level: Bool) {}
+    func signalMSI(address: UInt64, data: UInt32) {}
+}

@@ -1,0 +1,137 @@
+import ArgumentParser
+import CPUBackend
+import Glibc
+import LinuxLoader
+import VMM
+
+@main
+struct Swhv: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "swhv",
+        abstract: "A hypervisor for Linux hosts: boots a Linux kernel with its console on your terminal.",
+        discussion: """
+            Runs guests on KVM where /dev/kvm works, or on swhv's own x86-64 interpreter.
+            The guest console is this terminal (the 16550 UART at COM1). Press Ctrl-A x to quit.
+            """,
+        subcommands: [Boot.self])
+
+    /// Errors swhv itself reports get one line and exit status 1; usage errors go through
+    /// ArgumentParser (which prints the usage and exits 64).
+    static func main() {
+        let start = VirtualClock.hostMonotonicNs()
+        do {
+            var command = try parseAsRoot()
+            if var boot = command as? Boot {
+                boot.processStart = start
+                try boot.run()
+            } else {
+                try command.run()
+            }
+        } catch let e as MachineError {
+            fail(e.description)
+        } catch {
+            exit(withError: error)
+        }
+    }
+
+    static func fail(_ message: String) -> Never {
+        let line = "\rswhv: error: \(message)\n"
+        _ = line.withCString { write(STDERR_FILENO, $0, strlen($0)) }
+        Glibc.exit(1)
+    }
+}
+
+struct Boot: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Boot a Linux kernel.",
+        discussion: """
+            The kernel may be a bzImage or an uncompressed vmlinux (ELF). The guest console is this
+            terminal; press Ctrl-A x to quit, Ctrl-A Ctrl-A to send Ctrl-A. swhv exits with status 0
+            when the guest reboots or powers off, and 1 with a one-line message on any error
+            (bad files, a guest triple fault, a vCPU failure).
+
+            Examples:
+              swhv boot --kernel bzImage --initrd initramfs.cpio.gz
+              swhv boot --kernel vmlinux --memory 1G --cmdline "quiet" --accel kvm
+            """)
+
+    @Option(name: .long, help: ArgumentHelp("Linux kernel: bzImage or vmlinux ELF.", valueName: "path"))
+    var kernel: String
+
+    @Option(name: .long, help: ArgumentHelp("Initial ramdisk (initramfs), loaded for the kernel.", valueName: "path"))
+    var initrd: String?
+
+    @Option(name: .long, help: ArgumentHelp(
+        "Extra kernel command-line arguments, appended to the default '\(LinuxLoader.defaultCmdline)'.",
+        valueName: "args"))
+    var cmdline: String?
+
+    @Flag(name: .long, help: "Do not start from the default command line: --cmdline is the whole command line.")
+    var noDefaultCmdline = false
+
+    @Option(name: .long, help: ArgumentHelp(
+        "Guest RAM: a number of MiB, or with a unit (256M, 1G). Default 512M.", valueName: "size"))
+    var memory: String = "512M"
+
+    @Option(name: .long, help: ArgumentHelp(
+        "CPU backend: auto (KVM if it works), kvm, or interp (swhv's x86-64 interpreter).",
+        valueName: "auto|kvm|interp"))
+    var accel: String = "auto"
+
+    @Flag(name: .long, help: "Print boot milestones (kernel loaded, guest entered, first output, userspace up) on exit.")
+    var bootTimer = false
+
+    @Flag(name: [.short, .long], help: "Print only errors on stderr.")
+    var quiet = false
+
+    @Flag(name: [.short, .long], help: "Debug logging on stderr (unhandled device accesses, exits).")
+    var verbose = false
+
+    var processStart: UInt64 = VirtualClock.hostMonotonicNs()
+
+    enum CodingKeys: String, CodingKey {
+        case kernel, initrd, cmdline, noDefaultCmdline, memory, accel, bootTimer, quiet, verbose
+    }
+
+    func run() throws {
+        var config = MachineConfig()
+        guard let size = MemorySize.parse(memory) else {
+            throw MachineError.invalidArgument("--memory '\(memory)' is not a size (try 512M or 1G)")
+        }
+        guard size > 0 else { throw MachineError.invalidArgument("--memory must be larger than 0") }
+        config.memorySize = size
+        guard let a = Accelerator(rawValue: accel) else {
+            throw MachineError.invalidArgument("--accel '\(accel)' is not one of auto, kvm, interp")
+        }
+        config.accelerator = a
+        config.quiet = quiet
+        config.verbose = verbose
+
+        var line = noDefaultCmdline ? "" : LinuxLoader.defaultCmdline
+        if let cmdline, !cmdline.isEmpty { line = line.isEmpty ? cmdline : line + " " + cmdline }
+
+        let files = try Machine.readBootFiles(kernelPath: kernel, initrdPath: initrd, memorySize: size)
+        let console = HostConsoleOutput()
+        let machine = try Machine(config: config, consoleOutput: console)
+        machine.timer.processStart = processStart
+        console.onFirstByte = { [timer = machine.timer] in timer.mark(.firstConsoleByte) }
+        if !quiet { machine.log.info("using \(machine.backend.name): \(machine.backendReason)") }
+        try machine.loadLinux(kernel: files.kernel, initrd: files.initrd, cmdline: line)
+
+        let raw = TerminalRawMode()
+        machine.startStdinPump(handleEscape: true)
+        let result: Result<VcpuStop, MachineError>
+        do { result = .success(try machine.run()) } catch let e as MachineError { result = .failure(e) }
+        raw?.restore()
+        if bootTimer { machine.log.error(machine.timer.report) }
+        switch result {
+        case .failure(let e): throw e
+        case .success(let stop):
+            switch stop {
+            case .shutdown: throw MachineError.guestFailure("guest triple-faulted (shutdown)")
+            default:
+                if !quiet { machine.log.info("guest stopped: \(stop)") }
+            }
+        }
+    }
+}

@@ -1,0 +1,101 @@
+import CPUBackend
+import Devices
+import Foundation
+import KVM
+import VMM
+import XCTest
+
+/// Collects what a guest prints on COM1.
+final class CollectedOutput: SerialOutput {
+    var bytes: [UInt8] = []
+    func write(_ byte: UInt8) { bytes.append(byte) }
+    var text: String { String(decoding: bytes, as: UTF8.self) }
+}
+
+/// The test MMIO device of Tests/Guests: records writes, answers reads with a fixed pattern.
+final class TestMMIODevice: BusDevice {
+    static let base: UInt64 = 0xD000_0000
+    static let readValue: UInt64 = 0x1234_5678
+    var writes: [(offset: UInt64, size: Int, value: UInt64)] = []
+    var reads: [UInt64] = []
+    func read(offset: UInt64, size: Int) -> UInt64 { reads.append(offset); return offset == 4 ? Self.readValue : 0 }
+    func write(offset: UInt64, size: Int, value: UInt64) { writes.append((offset, size, value)) }
+}
+
+/// Builds and runs the small purpose-built guests in Tests/Guests.
+enum GuestHarness {
+    static let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .deletingLastPathComponent().deletingLastPathComponent()
+    static let guestsDir = repoRoot.appendingPathComponent("Tests/Guests")
+    static let loadAddress: UInt64 = 0x1000
+
+    /// Skips unless /dev/kvm exists and a VM can be created, saying why.
+    static func requireKVM() throws {
+        guard FileManager.default.fileExists(atPath: "/dev/kvm") else {
+            throw XCTSkip("/dev/kvm is missing: KVM integration tests skipped")
+        }
+        do {
+            let sys = try KVMSystem()
+            _ = try sys.createVM()
+        } catch {
+            throw XCTSkip("cannot create a KVM VM (\(error)): KVM integration tests skipped")
+        }
+    }
+
+    /// Assembles Tests/Guests/NAME.asm with nasm into a flat binary.
+    static func assemble(_ name: String) throws -> [UInt8] {
+        let nasm = ["/usr/bin/nasm", "/usr/local/bin/nasm"].first { FileManager.default.isExecutableFile(atPath: $0) }
+        guard let nasm else { throw XCTSkip("nasm is not installed (apt-get install nasm)") }
+        let out = FileManager.default.temporaryDirectory.appendingPathComponent("swhv-guest-\(name)-\(UUID().uuidString).bin")
+        defer { try? FileManager.default.removeItem(at: out) }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: nasm)
+        p.arguments = ["-f", "bin", "-o", out.path, guestsDir.appendingPathComponent("\(name).asm").path]
+        let err = Pipe()
+        p.standardError = err
+        try p.run()
+        p.waitUntilExit()
+        guard p.terminationStatus == 0 else {
+            let msg = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            XCTFail("nasm failed for \(name): \(msg)")
+            throw XCTSkip("guest did not assemble")
+        }
+        return Array(try Data(contentsOf: out))
+    }
+
+    static func expected(_ name: String) throws -> [UInt8] {
+        Array(try Data(contentsOf: guestsDir.appendingPathComponent("\(name).expected")))
+    }
+
+    struct Run {
+        let stop: Result<VcpuStop, MachineError>
+        let output: CollectedOutput
+        let mmio: TestMMIODevice
+    }
+
+    /// Runs a guest on `accelerator` with a watchdog: a guest that does not stop within `timeout`
+    /// seconds is stopped and reported as a host request.
+    static func run(_ name: String, accelerator: Accelerator, timeout: Double = 30,
+                    memory: UInt64 = 16 << 20, prepare: ((Machine) throws -> Void)? = nil) throws -> Run {
+        let binary = try assemble(name)
+        var config = MachineConfig()
+        config.memorySize = memory
+        config.accelerator = accelerator
+        config.irqchip = false
+        config.quiet = true
+        let output = CollectedOutput()
+        let machine = try Machine(config: config, consoleOutput: output)
+        let dev = TestMMIODevice()
+        try machine.mmio.register(dev, name: "test-mmio", base: TestMMIODevice.base, length: 0x1000)
+        try machine.loadFlat(binary, at: loadAddress,
+                             entry: .realMode(cs: 0, ip: UInt16(loadAddress), sp: 0x8000))
+        try prepare?(machine)
+        let control = machine.control
+        let watchdog = DispatchWorkItem { control.requestStop(.hostRequest) }
+        DispatchQueue.global().asyncAfter(deadline: .now() + timeout, execute: watchdog)
+        defer { watchdog.cancel() }
+        let stop: Result<VcpuStop, MachineError>
+        do { stop = .success(try machine.run()) } catch let e as MachineError { stop = .failure(e) }
+        return Run(stop: stop, output: output, mmio: dev)
+    }
+}
