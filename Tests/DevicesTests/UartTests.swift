@@ -172,6 +172,18 @@ final class UartTests: XCTestCase {
         XCTAssertEqual(h.out.text, "abc")
     }
 
+    func testBurstOfWritesWhileTHREIsPendingKeepsTheLineSteady() {
+        let h = Harness()
+        h.outb(R.mcr, mcrOUT2)
+        h.outb(R.fcr, 0x01)
+        h.outb(R.ier, ierTHRI)
+        XCTAssertEqual(h.edges, 1)
+        for i in 0..<16 { h.outb(R.thr, UInt8(0x40 + i)) }   // a driver filling the 16-byte FIFO
+        XCTAssertTrue(h.line)
+        XCTAssertEqual(h.edges, 1, "no low glitch per byte: each would be one more guest interrupt")
+        XCTAssertEqual(h.out.bytes.count, 16)
+    }
+
     func testTHREIsNotReportedWhileTHRIDisabled() {
         let h = Harness()
         h.outb(R.mcr, mcrOUT2)
