@@ -48,7 +48,10 @@ public final class Bus {
         guard length > 0, base.addingReportingOverflow(length - 1).overflow == false else {
             throw BusError.emptyRange(name: name)
         }
-        for e in entries where base < e.end && e.base < base &+ length {
+        // Compare inclusive last addresses: a range ending at the top of the address space has an
+        // exclusive end that wraps to 0.
+        let last = base &+ (length - 1)
+        for e in entries where base <= e.base &+ (e.length - 1) && e.base <= last {
             throw BusError.overlap(name: name, base: base, length: length, existing: e.name)
         }
         entries.append(Entry(base: base, length: length, name: name, device: device))
