@@ -1,4 +1,5 @@
 import CPUBackend
+import Devices
 import Glibc
 
 /// Puts the host terminal in raw mode while the guest owns it and restores it on every exit path:
@@ -144,7 +145,7 @@ final class StdinPump: @unchecked Sendable {
 
 /// Console output to a host file descriptor. Never blocks the vCPU for long: on a full pipe or a
 /// closed stdout, bytes are dropped (and counted) rather than wedging the guest.
-public final class HostConsoleOutput {
+public final class HostConsoleOutput: SerialOutput {
     private let fd: Int32
     public private(set) var bytesWritten: UInt64 = 0
     public private(set) var bytesDropped: UInt64 = 0

@@ -30,7 +30,8 @@ public enum PCLayout {
 }
 
 /// A virtual machine: guest memory, buses with devices, and one CPU backend. Owns the run loop.
-public final class Machine: IOHandler {
+/// Sendable because other threads only reach it through `sendInput`, which posts to the vCPU thread.
+public final class Machine: IOHandler, @unchecked Sendable {
     public let config: MachineConfig
     public let memory: GuestMemory
     public let ports = Bus(name: "port I/O")
@@ -89,18 +90,25 @@ public final class Machine: IOHandler {
 
     private func attachLegacyDevices(consoleOutput: SerialOutput) throws(MachineError) {
         do {
-            let uart = Uart16550(irq: IRQLine(controller: interrupts, gsi: PCLayout.com1IRQ), output: consoleOutput)
+            let uart = Uart16550(irq: IRQLine(controller: interrupts, gsi: Uart16550.com1IRQ), output: consoleOutput)
             self.uart = uart
-            try ports.register(ConsoleUART(uart: uart, machine: self), name: "ttyS0", base: PCLayout.com1, length: 8)
+            uart.onReceiveReady = { [unowned self] in self.feedUART() }
+            try ports.register(uart, name: "ttyS0", base: UInt64(Uart16550.com1Base), length: Uart16550.portCount)
             let control = self.control
-            let i8042 = I8042(onReset: { control.requestStop(.reset) })
-            for (base, length) in I8042.portRanges {
-                try ports.register(i8042, name: "i8042", base: base, length: length)
-            }
-            try ports.register(PortSink(), name: "post-code", base: PCLayout.postCodePort, length: 1)
+            let i8042 = I8042(onReset: { control.requestStop(.reset) },
+                              keyboardIRQ: IRQLine(controller: interrupts, gsi: I8042.keyboardIRQ))
+            try i8042.register(on: ports)
+            try ports.register(PortSink(), name: "post-code", base: UInt64(PortSink.postCodePort), length: 1)
+            // KVM does not model the CMOS RTC in the kernel: Linux reads the wall clock from it.
+            let clock = VirtualClock()
+            let rtc = CmosRtc(clock: clock, irq: IRQLine(controller: interrupts, gsi: 8))
+            rtc.setMemorySize(belowFourGiB: min(memory.size, GuestMemory.mmioHoleStart),
+                              aboveFourGiB: memory.size > GuestMemory.mmioHoleStart ? memory.size - GuestMemory.mmioHoleStart : 0)
+            try rtc.register(on: ports)
             let timer = self.timer
-            try ports.register(BootTimerPort(onSignal: { v in timer.guestSignal(v) }),
-                               name: "boot-timer", base: PCLayout.bootTimerPort, length: 1)
+            try ports.register(BootTimerPort(now: { VirtualClock.hostMonotonicNs() },
+                                             onSignal: { ev in timer.guestSignal(ev.milestone.value) }),
+                               name: "boot-timer", base: UInt64(BootTimerPort.port), length: BootTimerPort.length)
         } catch let e as BusError {
             throw .device(e.description)
         } catch {
@@ -208,24 +216,6 @@ public final class Machine: IOHandler {
 
     public func mmioWrite(_ address: UInt64, size: Int, value: UInt64) {
         mmio.write(address, size: size, value: value)
-    }
-}
-
-/// The console UART as registered on the bus: after every guest access, more pending host input
-/// may fit in the receive FIFO.
-final class ConsoleUART: BusDevice {
-    let uart: Uart16550
-    unowned let machine: Machine
-    init(uart: Uart16550, machine: Machine) { self.uart = uart; self.machine = machine }
-
-    func read(offset: UInt64, size: Int) -> UInt64 {
-        let v = uart.read(offset: offset, size: size)
-        if offset == 0 { machine.feedUART() }
-        return v
-    }
-
-    func write(offset: UInt64, size: Int, value: UInt64) {
-        uart.write(offset: offset, size: size, value: value)
     }
 }
 

@@ -5,12 +5,6 @@ import KVM
 import VMM
 import XCTest
 
-/// Collects what a guest prints on COM1.
-final class CollectedOutput: SerialOutput {
-    var bytes: [UInt8] = []
-    func write(_ byte: UInt8) { bytes.append(byte) }
-    var text: String { String(decoding: bytes, as: UTF8.self) }
-}
 
 /// The test MMIO device of Tests/Guests: records writes, answers reads with a fixed pattern.
 final class TestMMIODevice: BusDevice {
@@ -69,7 +63,7 @@ enum GuestHarness {
 
     struct Run {
         let stop: Result<VcpuStop, MachineError>
-        let output: CollectedOutput
+        let output: SerialOutputCollector
         let mmio: TestMMIODevice
     }
 
@@ -83,7 +77,7 @@ enum GuestHarness {
         config.accelerator = accelerator
         config.irqchip = false
         config.quiet = true
-        let output = CollectedOutput()
+        let output = SerialOutputCollector()
         let machine = try Machine(config: config, consoleOutput: output)
         let dev = TestMMIODevice()
         try machine.mmio.register(dev, name: "test-mmio", base: TestMMIODevice.base, length: 0x1000)
