@@ -72,6 +72,20 @@ final class PciRootTests: XCTestCase {
         XCTAssertEqual(ports.read(0xCF8, size: 4), UInt64(0x8000_0000 | 1 << 11))
     }
 
+    func testResetControlRegisterAt0xCF9() throws {
+        let (root, ports, _, _) = try makeRoot()
+        var resets = 0
+        root.onResetRequest = { resets += 1 }
+        ports.write(0xCF8, size: 4, value: 0x8000_0800)
+        ports.write(0xCF9, size: 1, value: 0x02)     // Linux: select hard reset first
+        XCTAssertEqual(resets, 0)
+        ports.write(0xCF9, size: 1, value: 0x06)     // then set "reset CPU"
+        XCTAssertEqual(resets, 1)
+        XCTAssertEqual(ports.read(0xCF8, size: 4), 0x8000_0800, "CONFIG_ADDRESS unaffected")
+        ports.write(0xCF8, size: 4, value: 0x8000_0000)
+        XCTAssertEqual(resets, 1, "dword writes to 0xCF8 never reset")
+    }
+
     func testReadOnlyRegistersIgnoreWritesAndWritableOnesStick() throws {
         let (root, _, _, p) = try makeRoot()
         let a = p.address
@@ -141,7 +155,7 @@ final class PciRootTests: XCTestCase {
                                                        interrupts: VirtioFakeInterrupts())))
         XCTAssertThrowsError(try small.add(VirtioPciDevice(device: VirtioNullDevice(), memory: mem,
                                                            interrupts: VirtioFakeInterrupts()))) {
-            XCTAssertEqual($0 as? PciError, .mmioWindowFull(device: "virtio-4", needed: 0x8000))
+            XCTAssertEqual($0 as? PciError, .mmioWindowFull(device: "virtio-rng", needed: 0x8000))
         }
         let root = PciRoot()
         final class Empty: PciDevice {

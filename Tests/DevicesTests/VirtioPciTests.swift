@@ -141,6 +141,22 @@ final class VirtioPciTests: XCTestCase {
         XCTAssertEqual(h.mmio.read(table + 3, size: 2), 0xFFFF, "misaligned access refused")
     }
 
+    func testEventIndexSuppressesInterruptsTheDriverDidNotAskFor() throws {
+        let (h, _) = try blockHarness()
+        XCTAssertTrue(h.setUp())
+        XCTAssertNotEqual(h.transport.driverFeatures & VirtioFeature.eventIndex, 0)
+        _ = h.blockRequest(type: VirtioBlock.requestIn, sector: 0, inLength: 512)
+        XCTAssertEqual(h.interrupts.msis.count, 1)
+        // Driver: "interrupt me only when used index passes 10" (NAPI-style batching).
+        h.ring.setUsedEvent(10)
+        h.writeHeader(type: VirtioBlock.requestIn, sector: 0)
+        h.ring.publish(0)
+        h.kick()
+        XCTAssertEqual(h.ring.usedIdx, 2)
+        XCTAssertEqual(h.interrupts.msis.count, 1, "suppressed")
+        XCTAssertEqual(h.ring.availEvent, 2, "device asks to be kicked for the next buffer")
+    }
+
     func testNoVectorMeansNoInterrupt() throws {
         let (h, _) = try blockHarness()
         XCTAssertTrue(h.setUp())
