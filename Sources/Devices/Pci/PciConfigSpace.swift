@@ -87,6 +87,8 @@ public final class PciConfigSpace {
     private var writeMask = [UInt8](repeating: 0, count: PciConfigSpace.size)
     /// Declared BARs by index (nil = unused; the upper half of a 64-bit BAR is nil too).
     public private(set) var bars = [PciBar?](repeating: nil, count: 6)
+    /// BAR registers in use, including the upper halves of 64-bit BARs.
+    private var barRegisterUsed = [Bool](repeating: false, count: 6)
     private var lastCapability: Int?
     private var nextCapabilityOffset = PciConfigSpace.firstCapabilityOffset
 
@@ -171,7 +173,7 @@ public final class PciConfigSpace {
         let last = kind == .memory64 ? index + 1 : index
         guard index >= 0, last < 6, size >= 16, size & (size - 1) == 0,
               kind == .memory64 || size <= 0x8000_0000,
-              bars[index] == nil, last == index || bars[last] == nil else {
+              !barRegisterUsed[index], !barRegisterUsed[last] else {
             throw PciError.invalidBar(index: index, size: size)
         }
         let off = PciConfigRegister.bar0 + 4 * index
@@ -184,6 +186,8 @@ public final class PciConfigSpace {
             setMask(off + 4, width: 4, addressMask >> 32)
         }
         bars[index] = PciBar(index: index, size: size, kind: kind, prefetchable: prefetchable)
+        barRegisterUsed[index] = true
+        barRegisterUsed[last] = true
     }
 
     /// The guest-physical address BAR `index` currently decodes (whatever the guest last programmed).

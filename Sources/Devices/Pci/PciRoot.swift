@@ -5,9 +5,12 @@
 /// aligned addresses inside one MMIO window, and enables memory decoding. Linux keeps such
 /// firmware-assigned BARs when they are valid, so the guest normally never moves them.
 ///
-/// Registration (done once by the machine):
+/// Registration (done once by the machine, or with `register(ports:mmio:)`):
 /// - the root itself on the port bus at `PciRoot.configPortBase`, length `PciRoot.configPortCount`;
 /// - `root.mmioWindow` on the MMIO bus at `root.mmioBase`, length `root.mmioSize`.
+///
+/// Port 0xCF9 sits inside that range: on PC chipsets it is the byte-wide Reset Control Register
+/// (Linux's `reboot=pci`). Byte writes there setting bit 2 call `onResetRequest`.
 /// MMIO accesses inside the window are routed by the BAR addresses currently programmed in each
 /// device's config space and honour the command register's memory-enable bit, so a guest that
 /// re-programs a BAR (within the window) keeps working without re-registering anything.
@@ -26,6 +29,10 @@ public final class PciRoot: BusDevice {
     private var nextMmio: UInt64
     /// CONFIG_ADDRESS as last written.
     public private(set) var configAddress: UInt32 = 0
+    /// The Reset Control Register at 0xCF9 (byte access only).
+    public private(set) var resetControl: UInt8 = 0
+    /// Called when the guest resets the machine through 0xCF9 (the machine requests `.reset`).
+    public var onResetRequest: (() -> Void)?
 
     /// `mmioBase` and `mmioSize` are rounded to 4 KiB; a window wrapping past 2^64 is shrunk.
     public init(mmioBase: UInt64 = PciRoot.defaultMmioBase, mmioSize: UInt64 = PciRoot.defaultMmioSize) {
@@ -65,6 +72,13 @@ public final class PciRoot: BusDevice {
         return PciPlacement(address: PciAddress(device: UInt8(slot)), barAddresses: assigned)
     }
 
+    /// Registers the config ports and the MMIO window on the machine's buses.
+    public func register(ports: Bus, mmio: Bus) throws {
+        try ports.register(self, name: "pci-config", base: UInt64(PciRoot.configPortBase),
+                           length: PciRoot.configPortCount)
+        try mmio.register(mmioWindow, name: "pci-mmio", base: mmioBase, length: mmioSize)
+    }
+
     /// The device at `address`, if any (function 0 of bus 0 only).
     public func device(at address: PciAddress) -> PciDevice? {
         guard address.bus == 0, address.function == 0, address.device < 32 else { return nil }
@@ -101,8 +115,10 @@ public final class PciRoot: BusDevice {
 
     public func read(offset: UInt64, size: Int) -> UInt64 {
         switch offset {
+        case 1 where size == 1:
+            return UInt64(resetControl)
         case 0..<4:
-            // Byte and word reads of CONFIG_ADDRESS see the matching bytes; Linux only uses dwords.
+            // Word reads of CONFIG_ADDRESS see the matching bytes; Linux only uses dwords.
             guard Int(offset) + size <= 4 else { return pciAllOnes(size) }
             return UInt64(configAddress >> (8 * UInt32(offset))) & pciAllOnes(size)
         case 4..<8:
@@ -120,6 +136,12 @@ public final class PciRoot: BusDevice {
             // Only dword writes latch CONFIG_ADDRESS: Linux's probe pokes a byte at 0xCFB first
             // (a mechanism #2 chipset register) and expects it to be ignored here.
             if size == 4 { configAddress = UInt32(truncatingIfNeeded: value) }
+        case 1 where size == 1:
+            let v = UInt8(truncatingIfNeeded: value)
+            // Bit 2 (reset CPU) going 0 -> 1 starts the reset; bit 1 picks hard/soft, same for us.
+            let start = v & 0x04 != 0 && resetControl & 0x04 == 0
+            resetControl = v & 0x0E
+            if start { resetControl &= ~0x04; onResetRequest?() }
         case 4..<8:
             let lane = Int(offset - 4)
             guard lane + size <= 4, let (addr, reg) = decodedAddress() else { return }

@@ -80,7 +80,15 @@ public final class VirtioPciDevice: PciDevice {
     /// The error that put the device in DEVICE_NEEDS_RESET, for the machine's log.
     public private(set) var lastError: VirtQueueError?
 
-    public var pciName: String { "virtio-\(device.deviceType)" }
+    public var pciName: String {
+        switch device.deviceType {
+        case VirtioDeviceType.network: return "virtio-net"
+        case VirtioDeviceType.block: return "virtio-blk"
+        case VirtioDeviceType.console: return "virtio-console"
+        case VirtioDeviceType.entropy: return "virtio-rng"
+        default: return "virtio-\(device.deviceType)"
+        }
+    }
 
     public init(device: any VirtioDevice, memory: GuestMemory, interrupts: any InterruptController,
                 intx: IRQLine? = nil) throws(PciError) {
