@@ -18,7 +18,40 @@ public struct MachineConfig: Sendable {
     public var irqchip = true
     public var quiet = false
     public var verbose = false
+    /// Block devices, in order: /dev/vda, /dev/vdb, ...
+    public var disks: [DiskConfig] = []
     public init() {}
+}
+
+/// One `--disk PATH[,readonly][,serial=ID]`.
+public struct DiskConfig: Sendable, Equatable {
+    public var path: String
+    public var readOnly = false
+    public var serial = ""
+    public init(path: String, readOnly: Bool = false, serial: String = "") {
+        self.path = path; self.readOnly = readOnly; self.serial = serial
+    }
+
+    /// Parses `PATH[,readonly|ro][,serial=ID]`.
+    public static func parse(_ text: String) throws(MachineError) -> DiskConfig {
+        let parts = text.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        guard let path = parts.first, !path.isEmpty else {
+            throw .invalidArgument("--disk '\(text)' has no path (expected PATH[,readonly][,serial=ID])")
+        }
+        var d = DiskConfig(path: path)
+        for opt in parts.dropFirst() {
+            if opt == "readonly" || opt == "ro" { d.readOnly = true }
+            else if opt.hasPrefix("serial=") {
+                d.serial = String(opt.dropFirst("serial=".count))
+                if d.serial.utf8.count > 20 {
+                    throw .invalidArgument("--disk serial '\(d.serial)' is longer than 20 bytes")
+                }
+            } else {
+                throw .invalidArgument("--disk option '\(opt)' is unknown (expected readonly or serial=ID)")
+            }
+        }
+        return d
+    }
 }
 
 /// The standard PC addresses swhv's legacy devices live at.
@@ -55,6 +88,7 @@ public final class Machine: IOHandler, @unchecked Sendable {
         do { memory = try GuestMemory(size: config.memorySize) } catch { throw .memory(error as! MemoryError) }
         (backend, interrupts, backendReason) = try Machine.makeBackend(config: config, memory: memory)
         try attachLegacyDevices(consoleOutput: consoleOutput)
+        try attachPCI(disks: config.disks)
         let log = self.log
         ports.onUnhandled = { addr, size, write in
             log.debug("unhandled port \(write ? "write" : "read") 0x\(String(addr, radix: 16)) size \(size)")
@@ -110,6 +144,28 @@ public final class Machine: IOHandler, @unchecked Sendable {
                                              onSignal: { ev in timer.guestSignal(ev.milestone.value) }),
                                name: "boot-timer", base: UInt64(BootTimerPort.port), length: BootTimerPort.length)
         } catch let e as BusError {
+            throw .device(e.description)
+        } catch {
+            throw .device("\(error)")
+        }
+    }
+
+    /// The PCI host bridge and one virtio-blk PCI device per disk (00:01.0, 00:02.0, ...). A stock
+    /// kernel finds them by probing config space at 0xCF8 — no ACPI needed — and uses MSI-X.
+    private func attachPCI(disks: [DiskConfig]) throws(MachineError) {
+        let root = PciRoot()
+        let control = self.control
+        root.onResetRequest = { control.requestStop(.reset) }
+        do {
+            for (i, d) in disks.enumerated() {
+                let blk = try VirtioBlock(path: d.path, readOnly: d.readOnly,
+                                          serial: d.serial.isEmpty ? "swhv-disk\(i)" : d.serial)
+                let dev = try VirtioPciDevice(device: blk, memory: memory, interrupts: interrupts,
+                                              intx: IRQLine(controller: interrupts, gsi: 11))
+                _ = try root.add(dev)
+            }
+            try root.register(ports: ports, mmio: mmio)
+        } catch let e as BlockError {
             throw .device(e.description)
         } catch {
             throw .device("\(error)")

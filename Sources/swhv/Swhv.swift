@@ -70,6 +70,11 @@ struct Boot: ParsableCommand {
     var noDefaultCmdline = false
 
     @Option(name: .long, help: ArgumentHelp(
+        "A host file as a virtio-blk disk (/dev/vda, /dev/vdb, ... in order). Repeatable. Options: readonly, serial=ID.",
+        valueName: "path[,readonly][,serial=ID]"))
+    var disk: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp(
         "Guest RAM: a number of MiB, or with a unit (256M, 1G). Default 512M.", valueName: "size"))
     var memory: String = "512M"
 
@@ -90,7 +95,7 @@ struct Boot: ParsableCommand {
     var processStart: UInt64 = VirtualClock.hostMonotonicNs()
 
     enum CodingKeys: String, CodingKey {
-        case kernel, initrd, cmdline, noDefaultCmdline, memory, accel, bootTimer, quiet, verbose
+        case kernel, initrd, cmdline, noDefaultCmdline, disk, memory, accel, bootTimer, quiet, verbose
     }
 
     func run() throws {
@@ -105,6 +110,7 @@ struct Boot: ParsableCommand {
         }
         config.accelerator = a
         config.quiet = quiet
+        for d in disk { config.disks.append(try DiskConfig.parse(d)) }
         config.verbose = verbose
 
         var line = noDefaultCmdline ? "" : LinuxLoader.defaultCmdline
@@ -121,7 +127,7 @@ struct Boot: ParsableCommand {
         let raw = TerminalRawMode()
         machine.startStdinPump(handleEscape: true)
         let result: Result<VcpuStop, MachineError>
-        do { result = .success(try machine.run()) } catch let e as MachineError { result = .failure(e) }
+        do { result = .success(try machine.run()) } catch { result = .failure(error) }
         raw?.restore()
         if bootTimer { machine.log.error(machine.timer.report) }
         switch result {

@@ -89,7 +89,7 @@ enum GuestHarness {
         DispatchQueue.global().asyncAfter(deadline: .now() + timeout, execute: watchdog)
         defer { watchdog.cancel() }
         let stop: Result<VcpuStop, MachineError>
-        do { stop = .success(try machine.run()) } catch let e as MachineError { stop = .failure(e) }
+        do { stop = .success(try machine.run()) } catch { stop = .failure(error) }
         return Run(stop: stop, output: output, mmio: dev)
     }
 }
