@@ -1,4 +1,5 @@
 import CPUBackend
+import VMMemory
 
 // Register and state access for tests, the differential harness and debugging.
 
@@ -76,6 +77,9 @@ extension X86Interpreter {
         fx.storeBytes(of: v.0, toByteOffset: off, as: UInt64.self)
         fx.storeBytes(of: v.1, toByteOffset: off + 8, as: UInt64.self)
     }
+
+    /// The guest RAM this CPU runs on.
+    public var guestMemory: GuestMemory { memory }
 
     /// Power-on reset (real mode at F000:FFF0).
     public func powerOnReset() { reset() }

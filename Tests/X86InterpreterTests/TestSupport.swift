@@ -30,6 +30,9 @@ enum LongModeGuest {
     static let idtBase: UInt64 = 0x4000
     static let kernelCS: UInt16 = 0x10, kernelDS: UInt16 = 0x18
     static let userCS: UInt16 = 0x2B, userDS: UInt16 = 0x23
+    static let tssBase: UInt64 = 0x6000
+    static let rsp0: UInt64 = 0x80000
+    static let ist1: UInt64 = 0x90000
 
     static func makeMemory(size: UInt64 = 8 << 20) throws -> GuestMemory {
         let mem = try GuestMemory(size: size)
@@ -38,6 +41,14 @@ enum LongModeGuest {
         for i in 0..<UInt64(512) {
             try mem.write(i << 21 | 0x87, at: 0x3000 + i * 8)    // 2 MiB, present, RW, user
         }
+        // 3-4 GiB (local APIC and other MMIO), supervisor-only, uncached. 1-3 GiB stay unmapped.
+        try mem.write(UInt64(0x5000 | 0x3), at: 0x2000 + 3 * 8)
+        for i in 0..<UInt64(512) {
+            try mem.write((0xC000_0000 + (i << 21)) | 0x9B, at: 0x5000 + i * 8)
+        }
+        // 64-bit TSS at tssBase: RSP0 and IST1.
+        try mem.write(rsp0, at: tssBase + 4)
+        try mem.write(ist1, at: tssBase + 0x24)
         let gdt: [UInt64] = [
             0,
             0,
@@ -46,6 +57,8 @@ enum LongModeGuest {
             0x00CF_F300_0000_FFFF,   // 0x20 user data
             0x00AF_FB00_0000_FFFF,   // 0x28 user code 64
             0x00CF_9B00_0000_FFFF,   // 0x30 kernel code 32
+            0x67 | (tssBase & 0xFF_FFFF) << 16 | 0x89 << 40 | ((tssBase >> 24) & 0xFF) << 56,  // 0x38 TSS
+            tssBase >> 32,
         ]
         for (i, d) in gdt.enumerated() { try mem.write(d, at: gdtBase + UInt64(i * 8)) }
         return mem
@@ -62,7 +75,7 @@ enum LongModeGuest {
         s.cs = Segment(base: 0, limit: 0xFFFF_FFFF, selector: kernelCS, type: 0xB, dpl: 0, db: false, l: true, g: true)
         let data = Segment(base: 0, limit: 0xFFFF_FFFF, selector: kernelDS, type: 0x3, dpl: 0, db: true, g: true)
         s.ds = data; s.es = data; s.ss = data; s.fs = data; s.gs = data
-        s.gdt = DescriptorTable(base: gdtBase, limit: 0x37)
+        s.gdt = DescriptorTable(base: gdtBase, limit: 0x47)
         s.idt = DescriptorTable(base: idtBase, limit: 0xFFF)
         return s
     }
