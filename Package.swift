@@ -24,7 +24,9 @@ let package = Package(
         // Guest RAM: one bounds-checked view shared by loader, devices and both CPU backends.
         .target(name: "VMMemory", swiftSettings: fastRelease),
         // Linux x86 boot protocol: bzImage, vmlinux ELF, initrd, boot_params, e820, page tables, GDT.
-        .target(name: "LinuxLoader", dependencies: ["VMMemory", "CPUBackend"]),
+        .target(name: "LinuxLoader", dependencies: ["VMMemory", "CPUBackend", "CCompress"]),
+        // zlib + liblzma headers, for decompressing bzImage payloads on the host.
+        .systemLibrary(name: "CCompress", path: "Modules/CCompress"),
         // The CPU backend protocol and the events both backends deliver to the machine.
         .target(name: "CPUBackend", dependencies: ["VMMemory"]),
         // Buses and devices: 16550, i8042, virtio, platform pieces. Know nothing of KVM or the interpreter.

@@ -12,6 +12,8 @@
 //           -t SECS   wall-clock limit; the run is interrupted through immediate_exit (default 60)
 //           -q        do not echo serial output to stdout
 //           -i        create the in-kernel irqchip + PIT first (HLT then blocks in the kernel)
+//           -e        work around kvm-pvm's CPL0 INT3/INT n emulation failure: step over the instruction
+//                     and inject the vector with KVM_SET_VCPU_EVENTS (see try_inject_soft_int)
 //         kvm-exit-ref --probe
 //
 // The guest sees: a 16550 at 0x3F8 (THR output, LSR always 0x60), an i8042 whose reset command
@@ -282,6 +284,51 @@ static void dump_state(struct vm *v) {
                 s.cs.base, s.cs.l, s.cs.db, s.cs.dpl, s.cr0, s.cr3, s.cr4, s.efer);
 }
 
+static int g_inject_soft_int;   // -e
+static uint64_t g_soft_int_injections;
+
+// kvm-pvm emulates guest CPL0, and KVM's instruction emulator does not implement INT3/INT n/INTO outside
+// real mode (KVM_EXIT_INTERNAL_ERROR, suberror 1 = emulation failure, with the instruction bytes).
+// Workaround: advance RIP past the instruction and inject the vector as an exception (#BP/#OF) or as an
+// interrupt, so the guest's handler sees the return address after the instruction, as on hardware.
+// (Gate-DPL checks for CPL3 callers are not needed here: CPL3 runs natively and never gets here.)
+static int try_inject_soft_int(struct vm *v) {
+    struct kvm_run *run = v->run;
+    if (run->internal.suberror != KVM_INTERNAL_ERROR_EMULATION || run->internal.ndata < 3 ||
+        !(run->internal.data[0] & KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES))
+        return 0;
+    uint8_t insn[16];
+    memcpy(insn, &run->internal.data[1], 16);   // insn[0] = length, insn[1..] = bytes
+    int len, vector, is_exception;
+    switch (insn[1]) {
+    case 0xCC: len = 1; vector = 3; is_exception = 1; break;
+    case 0xCE: len = 1; vector = 4; is_exception = 1; break;
+    case 0xCD: len = 2; vector = insn[2]; is_exception = vector < 32; break;
+    default: return 0;
+    }
+    struct kvm_regs r;
+    struct kvm_vcpu_events ev;
+    if (ioctl(v->vcpu, KVM_GET_REGS, &r) < 0 || ioctl(v->vcpu, KVM_GET_VCPU_EVENTS, &ev) < 0) return 0;
+    r.rip += len;
+    if (ioctl(v->vcpu, KVM_SET_REGS, &r) < 0) return 0;
+    ev.flags = 0;
+    if (is_exception) {
+        ev.exception.injected = 1;
+        ev.exception.nr = (uint8_t)vector;
+        ev.exception.has_error_code = 0;
+    } else {
+        ev.interrupt.injected = 1;
+        ev.interrupt.nr = (uint8_t)vector;
+        ev.interrupt.soft = 0;
+    }
+    if (ioctl(v->vcpu, KVM_SET_VCPU_EVENTS, &ev) < 0) {
+        fprintf(stderr, "KVM_SET_VCPU_EVENTS: %s\n", strerror(errno));
+        return 0;
+    }
+    g_soft_int_injections++;
+    return 1;
+}
+
 static enum stop run_vcpu(struct vm *v, struct stats *st, uint64_t max_exits) {
     struct kvm_run *run = v->run;
     g_run = run;
@@ -362,6 +409,7 @@ static enum stop run_vcpu(struct vm *v, struct stats *st, uint64_t max_exits) {
             stop = STOP_FAIL;
             break;
         case KVM_EXIT_INTERNAL_ERROR:
+            if (g_inject_soft_int && try_inject_soft_int(v)) break;
             fprintf(stderr, "KVM_EXIT_INTERNAL_ERROR: suberror %u, ndata %u:", run->internal.suberror,
                     run->internal.ndata);
             for (uint32_t i = 0; i < run->internal.ndata && i < 16; i++)
@@ -398,11 +446,14 @@ static void print_stats(struct stats *st, enum stop stop) {
         if (b->count < 2) continue;
         double span = b->last - b->first;
         const char *what = i == 0xfe ? "mmio 0xD0000000 writes" : i == 3 ? "port 0x80 value 3 (CPL3)"
-                         : i == 0 ? "port 0x80 value 0 (CPL0)" : "port 0x80 writes";
+                         : i == 0 ? "port 0x80 value 0 (CPL0)" : i == 5 ? "port 0x80 value 5" : i == 7 ? "port 0x80 value 7" : "port 0x80 writes";
         fprintf(stderr, "bench %s: %llu exits in %.3f s = %.0f exits/s, %.2f us/exit\n", what,
                 (unsigned long long)b->count, span, span > 0 ? (b->count - 1) / span : 0.0,
                 b->count > 1 ? span / (b->count - 1) * 1e6 : 0.0);
     }
+    if (g_soft_int_injections)
+        fprintf(stderr, "software interrupts injected after emulation failures: %llu\n",
+                (unsigned long long)g_soft_int_injections);
     fprintf(stderr, "stop: %s\n", stop_names[stop]);
 }
 
@@ -617,7 +668,7 @@ static int probe(void) {
 // ---------------------------------------------------------------------------------------------
 
 static int usage(void) {
-    fprintf(stderr, "usage: kvm-exit-ref [-l loadaddr] [-m MiB] [-n N] [-t secs] [-q] [-i] guest.bin\n"
+    fprintf(stderr, "usage: kvm-exit-ref [-l loadaddr] [-m MiB] [-n N] [-t secs] [-q] [-i] [-e] guest.bin\n"
                     "       kvm-exit-ref --probe\n");
     return 2;
 }
@@ -631,7 +682,7 @@ int main(int argc, char **argv) {
     long n = -1;
     unsigned timeout = 60;
     int quiet = 0, irqchip = 0, opt;
-    while ((opt = getopt(argc, argv, "l:m:n:t:qi")) != -1) {
+    while ((opt = getopt(argc, argv, "l:m:n:t:qie")) != -1) {
         switch (opt) {
         case 'l': load = strtoull(optarg, NULL, 0); break;
         case 'm': mib = strtoull(optarg, NULL, 0); break;
@@ -639,6 +690,7 @@ int main(int argc, char **argv) {
         case 't': timeout = (unsigned)strtoul(optarg, NULL, 0); break;
         case 'q': quiet = 1; break;
         case 'i': irqchip = 1; break;
+        case 'e': g_inject_soft_int = 1; break;
         default: return usage();
         }
     }

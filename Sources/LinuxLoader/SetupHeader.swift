@@ -118,6 +118,10 @@ public struct SetupHeader: Equatable, Sendable {
     public var setupBytes: Int { (effectiveSetupSects + 1) * 512 }
     /// Bytes of protected-mode kernel in the file.
     public var protectedModeBytes: UInt64 { UInt64(syssize) * 16 }
+    /// Longest command line the kernel takes, without the NUL (255 before cmdline_size existed).
+    public var cmdlineMax: Int { cmdlineSize == 0 ? 255 : Int(min(cmdlineSize, UInt32(Int32.max))) }
+    /// Highest address the initrd may occupy (0x37FFFFFF when the header leaves it 0).
+    public var initrdMax: UInt64 { initrdAddrMax == 0 ? 0x37FF_FFFF : UInt64(initrdAddrMax) }
     /// "2.15" style protocol version.
     public var versionString: String { "\(version >> 8).\(version & 0xFF)" }
 }

@@ -42,11 +42,23 @@ enum Synth {
         p(o.xloadflags, 0x236)
         p(o.cmdlineSize, 0x238)
         p(UInt32(0x100), 0x248)
-        p(UInt32(o.payloadSize - 0x200), 0x24C)
+        p(UInt32(max(0, o.payloadSize - 0x200)), 0x24C)
         p(o.prefAddress, 0x258)
         p(o.initSize, 0x260)
         b += (0..<o.payloadSize).map(payloadByte)
         b += [UInt8](repeating: 0xEE, count: o.trailer)
+        return b
+    }
+
+    /// A bzImage whose protected-mode part is 0x100 filler bytes then `payload` (payload_offset 0x100).
+    static func bzImage(wrapping payload: [UInt8]) -> [UInt8] {
+        var o = BzOptions()
+        o.payloadSize = (0x100 + payload.count + 15) & ~15
+        var b = bzImage(o)
+        let pm = (Int(o.setupSects) + 1) * 512
+        writeLE(UInt32(0x100), 0x248, into: &b)
+        writeLE(UInt32(payload.count), 0x24C, into: &b)
+        b.replaceSubrange(pm + 0x100..<pm + 0x100 + payload.count, with: payload)
         return b
     }
 

@@ -1,0 +1,122 @@
+// Decoded-instruction cache. Blocks of straight-line code are keyed by the physical address of
+// their first instruction and the code size they were decoded for; they never cross a page. Each
+// physical page has a generation number: decoding marks the page as holding code (so TLB write
+// entries for it take the slow path), and a guest write there bumps the generation, which makes
+// every block of that page stale at its next lookup. The pool is flushed wholesale when full.
+
+struct BlockEntry {
+    var pa: UInt64 = ~0
+    var mode: UInt32 = 0
+    var gen: UInt32 = 0
+    var start: Int32 = 0
+    var count: Int32 = 0
+}
+
+enum BlockCache {
+    static let slots = 1 << 16
+    static let poolSize = 1 << 20
+    static let maxBlock = 48
+}
+
+extension X86Interpreter {
+    @inline(__always)
+    func blockSlot(_ pa: UInt64) -> Int {
+        Int(truncatingIfNeeded: (pa &* 0x9E37_79B9_7F4A_7C15) >> 48)
+    }
+
+    /// The decoded block starting at linear address `la` (CS:RIP).
+    @inline(__always)
+    func fetchBlock(_ la: UInt64) throws(Fault) -> (UnsafeMutablePointer<DecodedInsn>, Int) {
+        let e = tlbSlot(la)
+        let pa: UInt64
+        if e.pointee.xtag == la & ~0xFFF {
+            pa = (e.pointee.phys & ~0xFFF) | (la & 0xFFF)
+        } else {
+            pa = try translate(la, .exec, user: st.pointee.cpl == 3)
+        }
+        let mode = UInt32(st.pointee.codeSize)
+        let slot = blocks + blockSlot(pa)
+        let page = Int(pa >> 12)
+        if slot.pointee.pa == pa && slot.pointee.mode == mode && page < physPages
+            && slot.pointee.gen == pageGen[page] {
+            return (pool + Int(slot.pointee.start), Int(slot.pointee.count))
+        }
+        return try decodeBlock(la: la, pa: pa, mode: mode, slot: slot)
+    }
+
+    func decodeBlock(la: UInt64, pa: UInt64, mode: UInt32, slot: UnsafeMutablePointer<BlockEntry>) throws(Fault)
+        -> (UnsafeMutablePointer<DecodedInsn>, Int) {
+        let page = Int(pa >> 12)
+        guard page < physPages, let host = memory.hostPointer(pa, length: 1) else {
+            // Executing from MMIO (ROM, device memory): decode one instruction without caching.
+            return try decodeUncached(la: la)
+        }
+        if poolUsed + BlockCache.maxBlock > BlockCache.poolSize { flushCodeCache() }
+        let base = pool + poolUsed
+        let avail = 4096 - Int(pa & 0xFFF)
+        let bytes = UnsafePointer(host.assumingMemoryBound(to: UInt8.self))
+        var off = 0
+        var n = 0
+        while n < BlockCache.maxBlock && off < avail {
+            var dec = Decoder(bytes: bytes + off, available: avail - off, codeSize: Int(mode))
+            do {
+                base[n] = try dec.decode()
+            } catch .needMore {
+                if n == 0 { return try decodeUncached(la: la) }
+                break
+            } catch {
+                // Over 15 bytes: #GP(0) when executed.
+                base[n] = DecodedInsn(op: .ud, len: 15, sub: 13)
+                n += 1
+                break
+            }
+            off += Int(base[n].len)
+            n += 1
+            if dec.endsBlock { break }
+        }
+        poolUsed += n
+        if codePages[page] == 0 {
+            codePages[page] = 1
+            protectCodePage(page)
+        }
+        slot.pointee = BlockEntry(pa: pa, mode: mode, gen: pageGen[page], start: Int32(base - pool), count: Int32(n))
+        return (base, n)
+    }
+
+    /// Decodes a single instruction into the scratch slot: for instructions that cross a page or
+    /// live outside RAM. Fetch faults are raised in order (first page, then second page).
+    func decodeUncached(la: UInt64) throws(Fault) -> (UnsafeMutablePointer<DecodedInsn>, Int) {
+        let user = st.pointee.cpl == 3
+        var fetched = 0
+        var pa = try translate(la, .exec, user: user)
+        while true {
+            var dec = Decoder(bytes: UnsafePointer(fetchBuffer), available: fetched, codeSize: st.pointee.codeSize)
+            do {
+                scratch.pointee = try dec.decode()
+                return (scratch, 1)
+            } catch .needMore {
+                // Fetch one more byte, translating when crossing into the next page.
+                let a = (la &+ UInt64(fetched)) & st.pointee.linearMask
+                if fetched > 0 && a & 0xFFF == 0 { pa = try translate(a, .exec, user: user) }
+                else if fetched > 0 { pa &+= 1 }
+                fetchBuffer[fetched] = UInt8(truncatingIfNeeded: physRead(pa, 1))
+                fetched += 1
+            } catch {
+                scratch.pointee = DecodedInsn(op: .ud, len: 15, sub: 13)
+                return (scratch, 1)
+            }
+        }
+    }
+
+    /// Marks a physical page's decoded code stale.
+    func invalidateCodePage(_ page: Int) {
+        pageGen[page] &+= 1
+        codePages[page] = 0
+        st.pointee.codeModified = true
+    }
+
+    func flushCodeCache() {
+        for i in 0..<BlockCache.slots { blocks[i] = BlockEntry() }
+        poolUsed = 0
+    }
+}

@@ -1,0 +1,107 @@
+// The decoded form of one instruction: what the decoder produces once per instruction (cached by
+// physical address) and what the executor's big switch consumes. 32 bytes, no references.
+
+/// Operation ids. Forms that differ only in operand size share an id (size is in `osz`); ALU kinds,
+/// condition codes and group sub-opcodes go in `sub`.
+enum Op: UInt16 {
+    case ud            // architecturally undefined: #UD
+    case unimpl        // valid on real CPUs but not modelled: counted, then #UD
+    case nop
+
+    // Integer ALU. sub = AluKind.
+    case aluEG, aluGE, aluEI
+    case testEG, testEI
+    case incE, decE, notE, negE
+    case mulE, imulE, divE, idivE
+    case imulGE, imulGEI
+    case shiftEI, shiftECL       // sub = ModRM.reg (ROL ROR RCL RCR SHL SHR SAL SAR), imm = count
+    case shldI, shldCL, shrdI, shrdCL
+    case btEG, btEI              // sub: 0 BT, 1 BTS, 2 BTR, 3 BTC
+    case bsf, bsr
+    case xadd, cmpxchg, cmpxchg8b
+    case bswap
+    case daa, das, aaa, aas, aam, aad, salc
+
+    // Moves.
+    case movEG, movGE, movEI
+    case movzx, movsx            // sub = source size index
+    case movsxd
+    case lea
+    case xchgEG
+    case cmovcc, setcc           // sub = condition
+    case cbw, cwd
+    case movEsreg, movSregE      // reg = segment number
+    case lxs                     // LDS/LES/LSS/LFS/LGS, sub = segment
+    case xlat
+    case movAccMoffs, movMoffsAcc
+
+    // Stack.
+    case pushE, pushI, popE, pushSeg, popSeg, pusha, popa, pushf, popf, enter, leave
+
+    // Control flow.
+    case jcc, jmpRel, callRel, jmpE, callE, ret, retf, iret
+    case jmpFarImm, callFarImm, jmpFarE, callFarE
+    case loop, jcxz              // loop: sub 0 LOOPNE, 1 LOOPE, 2 LOOP
+    case int, int3, into, int1, bound
+
+    // Flags.
+    case sahf, lahf, clc, stc, cmc, cld, std, cli, sti
+
+    // Strings. sub unused; pfx carries REP/REPNE.
+    case movs, cmps, stos, lods, scas, ins, outs
+
+    // I/O.
+    case inImm, inDX, outImm, outDX
+
+    // System.
+    case hlt, cpuid, rdtsc, rdtscp, rdmsr, wrmsr, rdpmc
+    case syscall, sysret, sysenter, sysexit, swapgs
+    case movToCR, movFromCR, movToDR, movFromDR
+    case lgdt, lidt, sgdt, sidt, lldt, ltr, sldt, str, smsw, lmsw, invlpg, clts
+    case lar, lsl, verr, verw, arpl
+    case wbinvd, fence, clflush, pause
+
+    // FPU / SIMD. imm holds the opcode (and ModRM) for the sub-decoder.
+    case fwait, x87, sse, fxsave, fxrstor, ldmxcsr, stmxcsr
+}
+
+/// ALU kinds in the encoding's order (the reg field of 0x80-0x83, bits 3-5 of 0x00-0x3F).
+enum AluKind {
+    static let add: UInt8 = 0, or: UInt8 = 1, adc: UInt8 = 2, sbb: UInt8 = 3
+    static let and: UInt8 = 4, sub: UInt8 = 5, xor: UInt8 = 6, cmp: UInt8 = 7
+}
+
+/// Prefix bits kept for execution.
+enum Pfx {
+    static let rep: UInt8 = 1      // F3
+    static let repne: UInt8 = 2    // F2
+    static let lock: UInt8 = 4
+    static let opsize: UInt8 = 8   // 66 (mandatory prefix for SSE)
+    static let rexW: UInt8 = 16
+    static let rex: UInt8 = 32
+}
+
+struct DecodedInsn {
+    var op: Op = .ud
+    var len: UInt8 = 0
+    /// Operand size index: 0 = 8, 1 = 16, 2 = 32, 3 = 64 bits.
+    var osz: UInt8 = 0
+    /// Address size index: 1 = 16, 2 = 32, 3 = 64 bits.
+    var asz: UInt8 = 0
+    /// Segment register of the memory operand (after overrides).
+    var seg: UInt8 = UInt8(Seg.ds)
+    /// Register-file byte offset of ModRM.reg (for 8-bit operands AH..BH are offset+1), or a
+    /// register number for segment/control/debug register forms.
+    var reg: UInt8 = 0
+    /// Register-file byte offset of ModRM.rm when `mem` is false.
+    var rm: UInt8 = 0
+    /// Address: disp + reg[base] + reg[index] << scale (byte offsets; Reg.zero when absent).
+    var base: UInt8 = UInt8(Reg.zero * 8)
+    var index: UInt8 = UInt8(Reg.zero * 8)
+    var scale: UInt8 = 0
+    var sub: UInt8 = 0
+    var pfx: UInt8 = 0
+    var mem: Bool = false
+    var disp: Int32 = 0
+    var imm: UInt64 = 0
+}

@@ -1,0 +1,373 @@
+import CPUBackend
+import Dispatch
+import VMMemory
+
+/// The x86-64 interpreter CPU backend.
+///
+/// Instructions are decoded once into `DecodedInsn`s grouped in blocks (straight-line code ending at
+/// a control transfer or page end), cached by physical address and invalidated when the guest
+/// writes to a page holding decoded code. Blocks run through one `switch` per instruction with
+/// lazy flags and a software TLB. Interrupts, timers and host requests are checked between blocks.
+///
+/// Not thread-safe: one thread runs the vCPU and calls everything here (devices included).
+public final class X86Interpreter: VcpuBackend {
+    public let name = "interpreter"
+
+    let memory: GuestMemory
+    let clock: VirtualClock
+    let externalInterrupts: ExternalInterrupts?
+    let timedDevices: [TimedDevice]
+    let apic = LocalAPIC()
+
+    // Hot state, in manually managed memory (see CPUState.swift).
+    let st: UnsafeMutablePointer<CPUState>
+    let regs: UnsafeMutableRawPointer
+    let segs: UnsafeMutablePointer<SegmentCache>
+    /// Effective segment bases for address computation: 0 for ES/CS/SS/DS in 64-bit mode; slot 6 is 0.
+    let segBase: UnsafeMutablePointer<UInt64>
+    let tlb: UnsafeMutablePointer<TLBEntry>
+    /// x87/MMX/SSE state, kept in the 512-byte FXSAVE layout (see FPU.swift).
+    let fx: UnsafeMutableRawPointer
+    /// Bytes of an instruction being fetched outside the block cache.
+    let fetchBuffer: UnsafeMutablePointer<UInt8>
+
+    // Decoded-code cache.
+    let blocks: UnsafeMutablePointer<BlockEntry>
+    let pool: UnsafeMutablePointer<DecodedInsn>
+    var poolUsed = 0
+    /// Per physical page: generation (bumped when decoded code there is invalidated) and whether
+    /// decoded code exists (writes to such pages take the slow path).
+    let pageGen: UnsafeMutablePointer<UInt32>
+    let codePages: UnsafeMutablePointer<UInt8>
+    let physPages: Int
+    /// Scratch space for instructions that are not cached (page-crossing, fetched from MMIO).
+    let scratch: UnsafeMutablePointer<DecodedInsn>
+
+    /// The I/O handler of the current `run` call.
+    var io: IOHandler?
+
+    /// Instructions executed so far (for MIPS figures and bounded runs).
+    public internal(set) var instructionsRetired: UInt64 = 0
+    /// Executions of opcodes this model does not implement (each raised #UD in the guest).
+    public internal(set) var unimplementedCount: UInt64 = 0
+    /// The opcode bytes (map << 8 | opcode) of the last unimplemented instruction seen.
+    public internal(set) var lastUnimplemented: UInt32 = 0
+
+    /// Test hook: exceptions are recorded in `interceptedException` and stop the run instead of
+    /// being delivered through the IDT.
+    public var interceptExceptions = false
+    public var interceptedException: (vector: Int, errorCode: UInt32?)?
+
+    // Timers.
+    var nextDeviceDeadline: UInt64 = 0
+    var pollCountdown = 0
+    static let pollInterval = 8192
+    let wakeup = DispatchSemaphore(value: 0)
+    var kickedControls: [ObjectIdentifier] = []
+    /// MTRR MSRs: stored, not acted on (all memory is write-back).
+    var mtrrs: [UInt32: UInt64] = [:]
+
+    public init(memory: GuestMemory, clock: VirtualClock, externalInterrupts: ExternalInterrupts? = nil,
+                timedDevices: [TimedDevice] = []) {
+        self.memory = memory
+        self.clock = clock
+        self.externalInterrupts = externalInterrupts
+        self.timedDevices = timedDevices
+        st = .allocate(capacity: 1)
+        st.initialize(to: CPUState())
+        regs = .allocate(byteCount: Reg.count * 8, alignment: 16)
+        regs.initializeMemory(as: UInt64.self, repeating: 0, count: Reg.count)
+        segs = .allocate(capacity: 6)
+        segs.initialize(repeating: SegmentCache(), count: 6)
+        segBase = .allocate(capacity: 8)
+        segBase.initialize(repeating: 0, count: 8)
+        tlb = .allocate(capacity: 2 * TLBSize.entries)
+        tlb.initialize(repeating: TLBEntry(), count: 2 * TLBSize.entries)
+        fx = .allocate(byteCount: 512, alignment: 16)
+        fetchBuffer = .allocate(capacity: 16)
+        blocks = .allocate(capacity: BlockCache.slots)
+        blocks.initialize(repeating: BlockEntry(), count: BlockCache.slots)
+        pool = .allocate(capacity: BlockCache.poolSize)
+        pool.initialize(repeating: DecodedInsn(), count: BlockCache.poolSize)
+        scratch = .allocate(capacity: 1)
+        scratch.initialize(to: DecodedInsn())
+        physPages = Int(min(memory.highestAddress, 1 << 40) >> 12)
+        pageGen = .allocate(capacity: physPages)
+        pageGen.initialize(repeating: 0, count: physPages)
+        codePages = .allocate(capacity: physPages)
+        codePages.initialize(repeating: 0, count: physPages)
+        reset()
+    }
+
+    deinit {
+        st.deallocate(); regs.deallocate(); segs.deallocate(); segBase.deallocate(); tlb.deallocate()
+        fx.deallocate(); fetchBuffer.deallocate(); blocks.deallocate(); pool.deallocate(); scratch.deallocate()
+        pageGen.deallocate(); codePages.deallocate()
+    }
+
+    /// Power-on state: real mode at F000:FFF0.
+    func reset() {
+        st.pointee = CPUState()
+        regs.initializeMemory(as: UInt64.self, repeating: 0, count: Reg.count)
+        for i in 0..<6 { segs[i] = SegmentCache(selector: 0, base: 0, limit: 0xFFFF, attr: 0x93) }
+        segs[Seg.cs] = SegmentCache(selector: 0xF000, base: 0xFFFF_0000, limit: 0xFFFF, attr: 0x9B)
+        rip = 0xFFF0
+        setGPR(Reg.rdx, 0x600)
+        resetFPU()
+        updateMode()
+        flushTLB(keepGlobal: false)
+    }
+
+    // MARK: VcpuBackend
+
+    public func setEntryState(_ s: CPUEntryState) throws {
+        let values = [s.rax, s.rcx, s.rdx, s.rbx, s.rsp, s.rbp, s.rsi, s.rdi]
+        for (i, v) in values.enumerated() { setGPR(i, v) }
+        for i in 8..<16 { setGPR(i, 0) }
+        rip = s.rip
+        setRFlags(s.rflags)
+        st.pointee.cr0 = s.cr0 | CR0.et
+        st.pointee.cr3 = s.cr3
+        st.pointee.cr4 = s.cr4 & CR4.allowed
+        var efer = s.efer & EFER.allowed
+        if efer & EFER.lme != 0 && s.cr0 & CR0.pg != 0 && s.cr0 & CR0.pe != 0 { efer |= EFER.lma }
+        st.pointee.efer = efer
+        let list = [s.es, s.cs, s.ss, s.ds, s.fs, s.gs]
+        for (i, seg) in list.enumerated() { segs[i] = SegmentCache(seg) }
+        st.pointee.gdtBase = s.gdt.base; st.pointee.gdtLimit = UInt32(s.gdt.limit)
+        st.pointee.idtBase = s.idt.base; st.pointee.idtLimit = UInt32(s.idt.limit)
+        st.pointee.cpl = s.cr0 & CR0.pe != 0 ? Int(s.cs.dpl & 3) : 0
+        st.pointee.halted = false
+        st.pointee.shutdown = false
+        updateMode()
+        flushTLB(keepGlobal: false)
+    }
+
+    public func run(io: IOHandler, control: VMControl) throws -> VcpuStop {
+        while true {
+            if let stop = runLoop(io: io, control: control, limit: UInt64.max) { return stop }
+        }
+    }
+
+    /// Runs at most `maxInstructions` instructions. Returns nil when the budget ran out first.
+    public func run(io: IOHandler, control: VMControl, maxInstructions: UInt64) -> VcpuStop? {
+        runLoop(io: io, control: control, limit: maxInstructions)
+    }
+
+    /// Executes one instruction (or delivers one pending interrupt). Returns a stop reason if the
+    /// CPU cannot continue; a halted CPU with interrupts enabled and nothing pending returns nil.
+    @discardableResult
+    public func step(io: IOHandler) -> VcpuStop? {
+        runLoop(io: io, control: nil, limit: 1)
+    }
+
+    /// A message-signalled interrupt from a device (call on the vCPU thread).
+    public func deliverMSI(address: UInt64, data: UInt32) {
+        apic.deliverMSI(address: address, data: data)
+        st.pointee.eventCheck = true
+    }
+
+    /// Makes decoded code in a guest-physical range stale: for writes that bypass the CPU (device DMA).
+    public func invalidateCode(physicalAddress: UInt64, length: UInt64) {
+        guard length > 0 else { return }
+        let first = Int(min(physicalAddress >> 12, UInt64(physPages)))
+        let (endAddr, overflow) = physicalAddress.addingReportingOverflow(length - 1)
+        let last = overflow ? physPages - 1 : Int(min(endAddr >> 12, UInt64(physPages - 1)))
+        guard first <= last else { return }
+        for p in first...last where codePages[p] != 0 { invalidateCodePage(p) }
+    }
+
+    // MARK: Mode bookkeeping
+
+    /// Recomputes code size, linear-address width, TLB half and effective segment bases after a
+    /// change to CR0/EFER/CS/CPL.
+    func updateMode() {
+        let lma = st.pointee.efer & EFER.lma != 0
+        let cs = segs[Seg.cs]
+        if st.pointee.cr0 & CR0.pe == 0 {
+            st.pointee.codeSize = cs.db ? 1 : 0
+            st.pointee.cpl = 0
+        } else if lma && cs.l {
+            st.pointee.codeSize = 2
+        } else {
+            st.pointee.codeSize = cs.db ? 1 : 0
+        }
+        st.pointee.linearMask = lma ? ~0 : 0xFFFF_FFFF
+        st.pointee.stackMask = st.pointee.codeSize == 2 ? ~0 : (segs[Seg.ss].db ? 0xFFFF_FFFF : 0xFFFF)
+        st.pointee.tlbHalf = st.pointee.cpl == 3 ? TLBSize.entries : 0
+        refreshSegBases()
+    }
+
+    func refreshSegBases() {
+        let long = st.pointee.codeSize == 2
+        for i in 0..<6 { segBase[i] = long && i < 4 ? 0 : segs[i].base }
+        segBase[6] = 0
+    }
+
+    // MARK: The run loop
+
+    func runLoop(io: IOHandler, control: VMControl?, limit: UInt64) -> VcpuStop? {
+        self.io = io
+        defer { self.io = nil }
+        if let control { registerKicker(control) }
+        let target = instructionsRetired &+ limit < instructionsRetired ? UInt64.max : instructionsRetired &+ limit
+        while true {
+            if st.pointee.shutdown { return .shutdown }
+            if st.pointee.testStop { st.pointee.testStop = false; return nil }
+            if instructionsRetired >= target { return nil }
+            if pollCountdown <= 0 {
+                pollCountdown = X86Interpreter.pollInterval
+                if let stop = poll(control) { return stop }
+            }
+            if st.pointee.eventCheck && !st.pointee.interruptShadow { checkInterrupts() }
+            if st.pointee.halted {
+                if control == nil {
+                    return st.pointee.flagsRest & Flag.if == 0 ? .haltedForever : nil
+                }
+                if let stop = haltWait(control!) { return stop }
+                continue
+            }
+            var budget = target &- instructionsRetired
+            if st.pointee.interruptShadow || st.pointee.flagsRest & Flag.tf != 0 { budget = 1 }
+            let executed = runBlock(budget: budget)
+            pollCountdown -= executed
+        }
+    }
+
+    func registerKicker(_ control: VMControl) {
+        let id = ObjectIdentifier(control)
+        if kickedControls.contains(id) { return }
+        kickedControls.append(id)
+        let sem = wakeup
+        control.addKicker { sem.signal() }
+    }
+
+    /// Host requests, posted work and timers; called every few thousand instructions.
+    func poll(_ control: VMControl?) -> VcpuStop? {
+        if let control {
+            if let stop = control.stopRequest { return stop }
+            if control.hasPostedWork {
+                control.runPostedWork()
+                st.pointee.eventCheck = true
+            }
+        }
+        serviceTimers(now: clock.nowNs)
+        return nil
+    }
+
+    func serviceTimers(now: UInt64) {
+        if apic.advanceTimer(now: now) { st.pointee.eventCheck = true }
+        if now >= nextDeviceDeadline {
+            var next = UInt64.max
+            for dev in timedDevices {
+                if let d = dev.advance(to: now) { next = min(next, d) }
+            }
+            nextDeviceDeadline = next
+            st.pointee.eventCheck = true
+        }
+    }
+
+    /// The earliest timer deadline (VM clock ns), if any.
+    var nextDeadline: UInt64? {
+        let d = min(apic.timerDeadline ?? .max, nextDeviceDeadline)
+        return d == .max ? nil : d
+    }
+
+    /// HLT: sleeps until an interrupt is deliverable, a timer falls due or the host kicks us.
+    func haltWait(_ control: VMControl) -> VcpuStop? {
+        while st.pointee.halted {
+            if st.pointee.flagsRest & Flag.if == 0 { return .haltedForever }
+            if let stop = control.stopRequest { return stop }
+            if control.hasPostedWork { control.runPostedWork(); st.pointee.eventCheck = true }
+            let now = clock.nowNs
+            serviceTimers(now: now)
+            checkInterrupts()
+            if !st.pointee.halted { break }
+            if let d = nextDeadline {
+                if d > now { _ = wakeup.wait(timeout: .now() + .nanoseconds(Int(min(d - now, 1_000_000_000)))) }
+            } else {
+                _ = wakeup.wait(timeout: .now() + .seconds(1))
+            }
+        }
+        return nil
+    }
+
+    /// Delivers the highest-priority pending external interrupt if RFLAGS.IF allows.
+    func checkInterrupts() {
+        st.pointee.eventCheck = false
+        guard st.pointee.flagsRest & Flag.if != 0 else { return }
+        if let v = apic.pendingVector() {
+            apic.acknowledge(v)
+            st.pointee.halted = false
+            deliverEvent(vector: v, kind: .external)
+            st.pointee.eventCheck = true
+            return
+        }
+        if let ext = externalInterrupts, apic.acceptsExtINT, ext.interruptPending {
+            let v = ext.acknowledge()
+            st.pointee.halted = false
+            deliverEvent(vector: Int(v), kind: .external)
+            st.pointee.eventCheck = true
+        }
+    }
+
+    /// Runs (part of) the block at CS:RIP. Returns the number of instructions retired.
+    func runBlock(budget: UInt64) -> Int {
+        let la = (segBase[Seg.cs] &+ rip) & st.pointee.linearMask
+        let block: UnsafeMutablePointer<DecodedInsn>
+        let count: Int
+        do {
+            (block, count) = try fetchBlock(la)
+        } catch {
+            deliverFault(error)
+            return 0
+        }
+        let tf = st.pointee.flagsRest & Flag.tf != 0
+        let shadow = st.pointee.interruptShadow
+        let n = budget < UInt64(count) ? Int(budget) : count
+        var p = block
+        var done = 0
+        while done < n {
+            let start = rip
+            rip = start &+ UInt64(p.pointee.len)
+            do {
+                try execute(p)
+            } catch {
+                rip = start
+                instructionsRetired &+= UInt64(done)
+                deliverFault(error)
+                return done
+            }
+            done += 1
+            if st.pointee.codeModified {
+                st.pointee.codeModified = false
+                break
+            }
+            p += 1
+        }
+        instructionsRetired &+= UInt64(done)
+        if shadow {
+            st.pointee.interruptShadow = false
+            st.pointee.eventCheck = true
+        }
+        if tf && done > 0 {
+            // Single-step trap after the instruction.
+            st.pointee.dr6 |= 0x4000
+            deliverEvent(vector: 1, kind: .exception)
+        }
+        return done
+    }
+}
+
+extension SegmentCache {
+    init(_ s: Segment) {
+        self.init(selector: s.selector, base: s.base, limit: s.limit,
+                  attr: UInt16(s.type & 0xF) | (s.s ? 0x10 : 0) | UInt16(s.dpl & 3) << 5 | (s.present ? 0x80 : 0)
+                      | (s.l ? 0x2000 : 0) | (s.db ? 0x4000 : 0) | (s.g ? 0x8000 : 0))
+    }
+
+    var segment: Segment {
+        Segment(base: base, limit: limit, selector: selector, type: type, present: present, dpl: UInt8(dpl),
+                db: db, s: s, l: l, g: attr & 0x8000 != 0)
+    }
+}

@@ -1,0 +1,140 @@
+import CPUBackend
+import VMMemory
+import X86Interpreter
+import XCTest
+
+/// Small hand-built guests exercising mode switches, paging, exception and interrupt delivery,
+/// self-modifying code and the local APIC timer.
+final class GuestTests: XCTestCase {
+    func load(_ mem: GuestMemory, _ p: (address: UInt64, code: [UInt8])) throws {
+        try mem.write(bytes: p.code, at: p.address)
+    }
+
+    /// A long-mode guest at CPL 0 with handlers installed, ready to run `entry`.
+    func makeKernelGuest(entry: (address: UInt64, code: [UInt8])) throws -> (GuestMemory, X86Interpreter) {
+        let mem = try LongModeGuest.makeMemory()
+        for p in [GuestPrograms.pageFaultHandler, GuestPrograms.recordFrame, GuestPrograms.recordFrameWithCode,
+                  GuestPrograms.syscallHandler, GuestPrograms.apicTimerHandler, entry] {
+            try load(mem, p)
+        }
+        for v in 0..<32 {
+            let withCode = [8, 10, 11, 12, 13, 14, 17].contains(v)
+            try LongModeGuest.setGate(mem, vector: v, handler: withCode ? GuestPrograms.recordFrameWithCode.address : GuestPrograms.recordFrame.address)
+        }
+        try LongModeGuest.setGate(mem, vector: 14, handler: GuestPrograms.pageFaultHandler.address, ist: 1)
+        try LongModeGuest.setGate(mem, vector: 0x80, handler: GuestPrograms.syscallHandler.address)
+        try LongModeGuest.setGate(mem, vector: 0x40, handler: GuestPrograms.apicTimerHandler.address)
+        let cpu = X86Interpreter(memory: mem, clock: VirtualClock())
+        try cpu.setEntryState(LongModeGuest.entryState(rip: entry.address, rsp: 0x7F000))
+        return (mem, cpu)
+    }
+
+    func runToHalt(_ cpu: X86Interpreter, io: RecordingIO = RecordingIO(), limit: UInt64 = 1_000_000) -> VcpuStop? {
+        cpu.run(io: io, control: VMControl(), maxInstructions: limit)
+    }
+
+    func testRealModeToProtectedToLongMode() throws {
+        let mem = try LongModeGuest.makeMemory()
+        let gdt: [UInt64] = [0, 0x00CF_9A00_0000_FFFF, 0x00CF_9200_0000_FFFF, 0x00AF_9A00_0000_FFFF]
+        for (i, d) in gdt.enumerated() { try mem.write(d, at: 0x8000 + UInt64(i * 8)) }
+        try mem.write(UInt16(0x1F), at: 0x7E00)
+        try mem.write(UInt32(0x8000), at: 0x7E02)
+        for p in [GuestPrograms.realToProtected, GuestPrograms.protectedToLong, GuestPrograms.longModeEntry] {
+            try load(mem, p)
+        }
+        let cpu = X86Interpreter(memory: mem, clock: VirtualClock())
+        try cpu.setEntryState(.realMode(cs: 0, ip: 0x7C00))
+        let io = RecordingIO()
+        XCTAssertEqual(runToHalt(cpu, io: io), .haltedForever)
+        XCTAssertEqual(cpu[.rbx], 0x1122_3344_5566_7788, "64-bit push/pop after the switch")
+        XCTAssertEqual(cpu[.rdi], 0x1234_5678, "32-bit stack in protected mode")
+        XCTAssertEqual(io.portWrites.first?.port, 0xE9)
+        XCTAssertEqual(io.portWrites.first?.value, 0x42)
+        XCTAssertEqual(cpu.efer & 0x500, 0x500, "LME and LMA set")
+        XCTAssertEqual(cpu.segment(.cs).selector, 0x18)
+        XCTAssertTrue(cpu.segment(.cs).l)
+    }
+
+    func testPageFaultReportsCR2AndErrorCodeOnISTStack() throws {
+        let (_, cpu) = try makeKernelGuest(entry: GuestPrograms.pageFault)
+        XCTAssertEqual(runToHalt(cpu), .haltedForever)
+        XCTAssertEqual(cpu[.rax], 2, "write to a not-present page, supervisor")
+        XCTAssertEqual(cpu[.rbx], 0x4000_0008, "CR2 holds the faulting address")
+        XCTAssertEqual(cpu.cr2, 0x4000_0008)
+        XCTAssertEqual(cpu[.rcx], LongModeGuest.ist1 - 40, "the handler ran on the IST1 stack")
+    }
+
+    func testDivideErrorIsAFaultAtTheDivide() throws {
+        let (_, cpu) = try makeKernelGuest(entry: GuestPrograms.divideError)
+        XCTAssertEqual(runToHalt(cpu), .haltedForever)
+        XCTAssertEqual(cpu[.r14], 1)
+        XCTAssertEqual(cpu[.rbx], GuestPrograms.divideError.address + 7, "return RIP points at DIV")
+        XCTAssertEqual(cpu[.rcx], UInt64(LongModeGuest.kernelCS))
+    }
+
+    func testBreakpointIsATrapAfterInt3() throws {
+        let (_, cpu) = try makeKernelGuest(entry: GuestPrograms.breakpoint)
+        XCTAssertEqual(runToHalt(cpu), .haltedForever)
+        XCTAssertEqual(cpu[.r14], 1)
+        XCTAssertEqual(cpu[.rbx], GuestPrograms.breakpoint.address + 2, "return RIP follows INT3")
+    }
+
+    func testUD2RaisesInvalidOpcode() throws {
+        let (_, cpu) = try makeKernelGuest(entry: GuestPrograms.undefinedOpcode)
+        XCTAssertEqual(runToHalt(cpu), .haltedForever)
+        XCTAssertEqual(cpu[.r14], 1)
+        XCTAssertEqual(cpu[.rbx], GuestPrograms.undefinedOpcode.address + 1)
+    }
+
+    func testUserModeSystemCallSwitchesToRSP0AndPrivilegedInstructionFaults() throws {
+        let (_, cpu) = try makeKernelGuest(entry: GuestPrograms.toUser)
+        try cpu.load(program: GuestPrograms.userCode)
+        XCTAssertEqual(runToHalt(cpu), .haltedForever)
+        XCTAssertEqual(cpu[.rdx], 8, "INT 0x80 handler incremented RAX and IRETQ returned to user mode")
+        XCTAssertEqual(cpu[.r8], LongModeGuest.rsp0 - 40, "kernel entry used TSS.RSP0")
+        XCTAssertEqual(cpu[.r9], 0x70000, "user RSP saved in the frame")
+        XCTAssertEqual(cpu[.r10], 0x23, "user SS saved in the frame")
+        XCTAssertEqual(cpu[.r12], 0x70000, "user RSP restored")
+        // HLT at CPL 3 raises #GP(0), delivered to the kernel handler.
+        XCTAssertEqual(cpu[.r14], 2)
+        XCTAssertEqual(cpu[.rax], 0, "#GP error code")
+        XCTAssertEqual(cpu[.rcx], UInt64(LongModeGuest.userCS), "faulting CS was user code")
+        XCTAssertEqual(cpu.cpl, 0)
+    }
+
+    func testSelfModifyingCodeTakesEffect() throws {
+        let (_, cpu) = try makeKernelGuest(entry: GuestPrograms.selfModifying)
+        try cpu.load(program: GuestPrograms.patchedFunction)
+        XCTAssertEqual(runToHalt(cpu), .haltedForever)
+        XCTAssertEqual(cpu[.rax] & 0xFF, 0x55, "store into the next instruction in the same block")
+        XCTAssertEqual(cpu[.rcx] & 0xFF, 0x66, "store into a function decoded earlier")
+    }
+
+    func testLocalAPICTimerWakesHLT() throws {
+        let (_, cpu) = try makeKernelGuest(entry: GuestPrograms.apicTimer)
+        let control = VMControl()
+        let io = RecordingIO()
+        let start = VirtualClock.hostMonotonicNs()
+        let stop = try cpu.run(io: io, control: control)
+        let elapsed = VirtualClock.hostMonotonicNs() - start
+        XCTAssertEqual(stop, .haltedForever)
+        XCTAssertEqual(cpu[.r15], 1, "timer interrupt handled once")
+        XCTAssertEqual(cpu[.r13], 0x77, "execution resumed after HLT")
+        XCTAssertGreaterThanOrEqual(elapsed, 200_000, "HLT slept until the timer deadline")
+    }
+
+    func testHostStopRequestEndsRun() throws {
+        let (_, cpu) = try makeKernelGuest(entry: GuestPrograms.benchmarkLoop)
+        let control = VMControl()
+        control.requestStop(.hostRequest)
+        XCTAssertEqual(try cpu.run(io: RecordingIO(), control: control), .hostRequest)
+    }
+}
+
+extension X86Interpreter {
+    /// Loads a program into guest RAM and drops stale decoded code for it.
+    func load(program p: (address: UInt64, code: [UInt8])) throws {
+        try guestMemory.write(bytes: p.code, at: p.address)
+        invalidateCode(physicalAddress: p.address, length: UInt64(p.code.count))
+    }
+}

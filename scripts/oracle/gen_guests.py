@@ -1,0 +1,202 @@
+#!/usr/bin/env python3
+"""Assembles the small hand-written guests of GuestTests into Swift byte arrays.
+
+    pip install keystone-engine
+    python3 scripts/oracle/gen_guests.py > Tests/X86InterpreterTests/GuestPrograms.swift
+
+Each program is (name, bits, load address, assembly). Far jumps are spelled as bytes because the
+assembler's syntax for them is unreliable.
+"""
+from keystone import Ks, KS_ARCH_X86, KS_MODE_16, KS_MODE_32, KS_MODE_64
+
+MODES = {16: KS_MODE_16, 32: KS_MODE_32, 64: KS_MODE_64}
+APIC = 0xFEE00000
+
+PROGRAMS = [
+    # Real mode -> protected mode -> long mode (GDT at 0x8000, GDTR image at 0x7E00).
+    ("realToProtected", 16, 0x7C00, """
+        cli
+        lgdt [0x7E00]
+        mov eax, cr0
+        or eax, 1
+        mov cr0, eax
+        .byte 0xEA, 0x40, 0x7C, 0x08, 0x00
+    """),
+    ("protectedToLong", 32, 0x7C40, """
+        mov ax, 0x10
+        mov ds, ax
+        mov es, ax
+        mov ss, ax
+        mov esp, 0x9000
+        push 0x12345678
+        pop edi
+        mov eax, cr4
+        or eax, 0x20
+        mov cr4, eax
+        mov eax, 0x1000
+        mov cr3, eax
+        mov ecx, 0xC0000080
+        rdmsr
+        or eax, 0x100
+        wrmsr
+        mov eax, cr0
+        or eax, 0x80000000
+        mov cr0, eax
+        .byte 0xEA, 0x00, 0x7D, 0x00, 0x00, 0x18, 0x00
+    """),
+    ("longModeEntry", 64, 0x7D00, """
+        mov rax, 0x1122334455667788
+        push rax
+        pop rbx
+        mov dx, 0xE9
+        mov al, 0x42
+        out dx, al
+        hlt
+    """),
+
+    # Long-mode kernel tests, entered at CPL 0 with the IDT at 0x4000 and a TSS selector 0x38.
+    ("pageFault", 64, 0x10000, """
+        mov ax, 0x38
+        ltr ax
+        mov qword ptr [0x40000008], 1
+        hlt
+    """),
+    # #PF handler (IST 1): error code -> rax, CR2 -> rbx, RSP after popping the code -> rcx.
+    ("pageFaultHandler", 64, 0x11000, """
+        pop rax
+        mov rbx, cr2
+        mov rcx, rsp
+        hlt
+    """),
+    ("divideError", 64, 0x10100, """
+        xor ecx, ecx
+        mov eax, 10
+        div ecx
+        hlt
+    """),
+    # Generic handler: records the return RIP and CS from the frame in rbx/rcx, vector marker in r14.
+    ("recordFrame", 64, 0x11100, """
+        mov rbx, [rsp]
+        mov rcx, [rsp+8]
+        mov r14, 1
+        hlt
+    """),
+    # Same, for vectors with an error code: code -> rax.
+    ("recordFrameWithCode", 64, 0x11200, """
+        pop rax
+        mov rbx, [rsp]
+        mov rcx, [rsp+8]
+        mov r14, 2
+        hlt
+    """),
+    ("breakpoint", 64, 0x10200, """
+        nop
+        int3
+        hlt
+    """),
+    ("undefinedOpcode", 64, 0x10300, """
+        nop
+        ud2
+        hlt
+    """),
+    # Drop to CPL 3 with IRETQ; user code calls INT 0x80 (RSP0 switch) then executes HLT (#GP).
+    ("toUser", 64, 0x10400, """
+        mov ax, 0x38
+        ltr ax
+        push 0x23
+        push 0x70000
+        push 0x202
+        push 0x2B
+        push 0x10500
+        iretq
+    """),
+    ("userCode", 64, 0x10500, """
+        mov rax, 7
+        int 0x80
+        mov rdx, rax
+        mov r12, rsp
+        hlt
+    """),
+    # INT 0x80 handler (DPL 3 gate): rax += 1, remembers its RSP and the user SS:RSP from the frame.
+    ("syscallHandler", 64, 0x11300, """
+        add rax, 1
+        mov r8, rsp
+        mov r9, [rsp+24]
+        mov r10, [rsp+32]
+        iretq
+    """),
+    # Self-modifying code: the store patches the immediate of the very next instruction.
+    ("selfModifying", 64, 0x10600, """
+        mov byte ptr [rip+1], 0x55
+        mov al, 0x11
+        mov rbx, 0x10700
+        mov byte ptr [rbx+1], 0x66
+        call rbx
+        hlt
+    """),
+    ("patchedFunction", 64, 0x10700, """
+        mov cl, 0x22
+        ret
+    """),
+    # LAPIC timer: enable the APIC, arm a one-shot timer, wait in HLT for vector 0x40.
+    ("apicTimer", 64, 0x10800, f"""
+        mov rdi, {APIC:#x}
+        mov dword ptr [rdi+0xF0], 0x1FF
+        mov dword ptr [rdi+0x3E0], 0xB
+        mov dword ptr [rdi+0x320], 0x40
+        mov dword ptr [rdi+0x380], 200000
+        sti
+        hlt
+        mov r13, 0x77
+        cli
+        hlt
+    """),
+    ("apicTimerHandler", 64, 0x11400, f"""
+        inc r15
+        mov rdi, {APIC:#x}
+        mov eax, dword ptr [rdi+0x390]
+        mov dword ptr [rdi+0xB0], 0
+        iretq
+    """),
+    # A CPU-bound loop for MIPS figures: ALU, loads/stores, a call, a conditional branch.
+    ("benchmarkLoop", 64, 0x10A00, """
+        mov rcx, 20000000
+        mov rsi, 0x200000
+    loop:
+        add rax, rcx
+        xor rdx, rax
+        mov [rsi+rcx*8 & 0], rdx
+        mov rbx, [rsi]
+        lea rdi, [rbx+rax*2]
+        shr rdi, 3
+        cmp rdi, rbx
+        jb skip
+        inc r8
+    skip:
+        call leaf
+        dec rcx
+        jnz loop
+        hlt
+    leaf:
+        add r9, rdi
+        ret
+    """),
+]
+
+
+def main():
+    print("// Generated by scripts/oracle/gen_guests.py: do not edit; change the assembly there.")
+    print()
+    print("enum GuestPrograms {")
+    for name, bits, addr, text in PROGRAMS:
+        text = text.replace("rcx*8 & 0", "0")
+        ks = Ks(KS_ARCH_X86, MODES[bits])
+        enc, _ = ks.asm(text, addr)
+        body = ", ".join("0x%02X" % b for b in enc)
+        print(f"    /// {bits}-bit code at 0x{addr:X}.")
+        print(f"    static let {name}: (address: UInt64, code: [UInt8]) = (0x{addr:X}, [{body}])")
+    print("}")
+
+
+if __name__ == "__main__":
+    main()

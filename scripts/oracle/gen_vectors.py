@@ -1,0 +1,419 @@
+#!/usr/bin/env python3
+"""Generates per-instruction test vectors for the swhv x86 interpreter from an independent oracle.
+
+Each vector: initial registers/flags, code bytes, and the registers, flags and memory bytes that
+unicorn (QEMU's CPU model) produces after executing the one instruction, plus the mask of flags
+iced-x86 documents as undefined for it. Run from the repository root:
+
+    pip install unicorn iced-x86 keystone-engine
+    python3 scripts/oracle/gen_vectors.py
+
+Writes Tests/X86InterpreterTests/Vectors/<category>.json. The layout mirrors the Swift test:
+64-bit mode, flat segments, identity mapping; code at CODE, data at DATA (DATA_SIZE bytes) and the
+stack below STACK_TOP, both pre-filled with fill_byte(address).
+"""
+import json
+import os
+import random
+import sys
+
+import iced_x86
+from keystone import Ks, KS_ARCH_X86, KS_MODE_64
+from unicorn import Uc, UcError, UC_ARCH_X86, UC_MODE_64, UC_HOOK_INTR
+from unicorn import x86_const as X
+
+CODE = 0x10000
+DATA = 0x100000
+DATA_SIZE = 0x4000
+STACK_LO = 0x1F0000
+STACK_TOP = 0x200000
+
+REGS = ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
+        "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"]
+UC_REGS = [getattr(X, "UC_X86_REG_" + r.upper()) for r in REGS]
+
+# iced RflagsBits -> RFLAGS bit positions.
+ICED_FLAGS = {1: 1 << 11, 2: 1 << 7, 4: 1 << 6, 8: 1 << 4, 0x10: 1 << 0, 0x20: 1 << 2, 0x40: 1 << 10}
+# Flags the test compares: OF DF SF ZF AF PF CF.
+COMPARED_FLAGS = 0xCD5
+
+
+def fill_byte(addr):
+    return (addr * 131 + 7) & 0xFF
+
+
+ks = Ks(KS_ARCH_X86, KS_MODE_64)
+rng = random.Random(1234)
+
+
+def undefined_mask(code):
+    ins = iced_x86.Decoder(64, code, ip=CODE).decode()
+    m = 0
+    for bit, f in ICED_FLAGS.items():
+        if ins.rflags_undefined & bit:
+            m |= f
+    return m
+
+
+def assemble(asm):
+    enc, _ = ks.asm(asm, CODE)
+    if not enc:
+        raise ValueError("cannot assemble: " + asm)
+    return bytes(enc)
+
+
+def run(code, regs, flags):
+    """Runs one instruction in unicorn. Returns (regs, rflags, rip, memory changes, exception)."""
+    mu = Uc(UC_ARCH_X86, UC_MODE_64)
+    mu.mem_map(CODE, 0x1000)
+    mu.mem_map(DATA, DATA_SIZE)
+    mu.mem_map(STACK_LO, STACK_TOP - STACK_LO)
+    mu.mem_write(CODE, code + b"\x90" * 16)
+    data0 = bytes(fill_byte(a) for a in range(DATA, DATA + DATA_SIZE))
+    stack0 = bytes(fill_byte(a) for a in range(STACK_LO, STACK_TOP))
+    mu.mem_write(DATA, data0)
+    mu.mem_write(STACK_LO, stack0)
+    for r, v in zip(UC_REGS, regs):
+        mu.reg_write(r, v)
+    mu.reg_write(X.UC_X86_REG_EFLAGS, flags)
+    exc = []
+
+    def on_intr(uc, intno, user):
+        exc.append(intno)
+        uc.emu_stop()
+
+    mu.hook_add(UC_HOOK_INTR, on_intr)
+    try:
+        if code[0] in (0xF2, 0xF3) or (len(code) > 1 and code[1] in (0xF2, 0xF3)):
+            # Unicorn counts each REP iteration as an instruction: run to the next one instead.
+            mu.emu_start(CODE, CODE + len(code))
+        else:
+            mu.emu_start(CODE, CODE + 0x1000, count=1)
+    except UcError as e:
+        return None
+    if exc:
+        # Faults leave the state at the instruction; report only the vector.
+        return dict(exception=exc[0])
+    out = [mu.reg_read(r) for r in UC_REGS]
+    rf = mu.reg_read(X.UC_X86_REG_EFLAGS)
+    rip = mu.reg_read(X.UC_X86_REG_RIP)
+    changes = []
+    for base, before in ((DATA, data0), (STACK_LO, stack0)):
+        after = bytes(mu.mem_read(base, len(before)))
+        if after != before:
+            for i, (x, y) in enumerate(zip(before, after)):
+                if x != y:
+                    changes.append([base + i, y])
+    return dict(regs=out, rflags=rf, rip=rip, mem=changes)
+
+
+EDGE = [0, 1, 2, 0x7F, 0x80, 0xFF, 0x7FFF, 0x8000, 0xFFFF, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF,
+        0x7FFFFFFFFFFFFFFF, 0x8000000000000000, 0xFFFFFFFFFFFFFFFF, 0x100, 0x10000, 0x100000000]
+
+
+def rand_value():
+    c = rng.random()
+    if c < 0.3:
+        return rng.choice(EDGE)
+    if c < 0.4:
+        return rng.choice(EDGE) ^ rng.getrandbits(3)
+    if c < 0.5:
+        return rng.getrandbits(8)
+    return rng.getrandbits(64)
+
+
+def rand_regs():
+    regs = [rand_value() for _ in REGS]
+    regs[4] = STACK_TOP - 0x800 - 8 * rng.randrange(16)   # rsp
+    regs[6] = DATA + 0x1000 + rng.randrange(0x800)        # rsi
+    regs[7] = DATA + 0x2000 + rng.randrange(0x800)        # rdi
+    regs[3] = DATA + 0x800 + rng.randrange(0x100)         # rbx
+    regs[14] = rng.randrange(0x100)                       # r14: an index register
+    return regs
+
+
+def rand_flags():
+    return 0x202 | (rng.getrandbits(12) & 0x8D5)
+
+
+vectors = {}
+
+
+def add(category, asm, regs=None, flags=None, repeat=1):
+    for _ in range(repeat):
+        r = list(regs) if regs is not None else rand_regs()
+        f = flags if flags is not None else rand_flags()
+        try:
+            code = assemble(asm)
+        except Exception as e:
+            print("skipping (assembler):", asm, e, file=sys.stderr)
+            return
+        res = run(code, r, f)
+        if res is None:
+            continue
+        vec = dict(asm=asm, code=code.hex(), regs=[hex(v) for v in r], rflags=hex(f),
+                   undef=hex(undefined_mask(code)))
+        if "exception" in res:
+            vec["exception"] = res["exception"]
+        else:
+            vec["out_regs"] = [hex(v) for v in res["regs"]]
+            vec["out_rflags"] = hex(res["rflags"])
+            vec["out_rip"] = hex(res["rip"])
+            vec["out_mem"] = res["mem"]
+        vectors.setdefault(category, []).append(vec)
+
+
+# High-byte registers cannot be combined with REX registers; they get their own cases.
+HIGH8 = ["ah", "ch", "dh", "bh"]
+R = {8: ["al", "cl", "dl", "bl", "sil", "dil", "r8b", "r9b", "r10b", "r11b", "r12b", "r15b"],
+     16: ["ax", "cx", "dx", "bx", "si", "di", "bp", "r8w", "r9w", "r10w", "r11w", "r12w", "r13w", "r15w"],
+     32: ["eax", "ecx", "edx", "ebx", "esi", "edi", "ebp", "r8d", "r9d", "r10d", "r11d", "r12d", "r15d"],
+     64: ["rax", "rcx", "rdx", "rbx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r15"]}
+PTR = {8: "byte ptr", 16: "word ptr", 32: "dword ptr", 64: "qword ptr"}
+MEMS = ["[rsi]", "[rdi+0x10]", "[rbx+r14*2]", "[rsi+8]", "[rdi-0x20]", "[rbx+0x7f]", "[rsi+r14*8+0x10]"]
+
+
+def r(size, exclude=()):
+    return rng.choice([x for x in R[size] if x not in exclude])
+
+
+def mem(size):
+    return PTR[size] + " " + rng.choice(MEMS)
+
+
+def imm(size):
+    v = rand_value()
+    if size == 8:
+        return hex(v & 0xFF)
+    if size == 16:
+        return hex(v & 0xFFFF)
+    # imm32, sign-extended for 64-bit operands
+    v &= 0xFFFFFFFF
+    if size == 64 and v & 0x80000000:
+        return hex(v - (1 << 32))
+    return hex(v)
+
+
+def gen_alu():
+    for op in ["add", "or", "adc", "sbb", "and", "sub", "xor", "cmp", "test"]:
+        for size in (8, 16, 32, 64):
+            for _ in range(12):
+                add("alu", f"{op} {r(size)}, {r(size)}")
+            for _ in range(6):
+                add("alu", f"{op} {r(size)}, {imm(size)}")
+                add("alu", f"{op} {mem(size)}, {r(size)}")
+                if op != "test":
+                    add("alu", f"{op} {r(size)}, {mem(size)}")
+                add("alu", f"{op} {mem(size)}, {imm(size)}")
+            if size > 8 and op != "test":
+                for _ in range(4):
+                    add("alu", f"{op} {r(size)}, {rng.randrange(-128, 128)}")
+    low8 = ["al", "cl", "dl", "bl"]
+    for op in ["add", "sub", "xor", "cmp", "adc", "and"]:
+        for _ in range(4):
+            add("alu", f"{op} {rng.choice(HIGH8)}, {rng.choice(HIGH8 + low8)}")
+            add("alu", f"{op} {rng.choice(low8)}, {rng.choice(HIGH8)}")
+            add("alu", f"{op} {rng.choice(HIGH8)}, {imm(8)}")
+            add("alu", f"{op} byte ptr [rsi], {rng.choice(HIGH8)}")
+    for _ in range(4):
+        add("alu", f"inc {rng.choice(HIGH8)}")
+        add("alu", f"mov {rng.choice(HIGH8)}, {rng.choice(HIGH8)}")
+        add("alu", f"movzx eax, {rng.choice(HIGH8)}")
+    for op in ["inc", "dec", "neg", "not"]:
+        for size in (8, 16, 32, 64):
+            for _ in range(10):
+                add("unary", f"{op} {r(size)}")
+            for _ in range(4):
+                add("unary", f"{op} {mem(size)}")
+
+
+def gen_shift():
+    counts = [0, 1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 255]
+    for op in ["rol", "ror", "rcl", "rcr", "shl", "shr", "sar", "sal"]:
+        for size in (8, 16, 32, 64):
+            for c in counts:
+                add("shift", f"{op} {r(size)}, {c}")
+                regs = rand_regs()
+                regs[1] = (rng.getrandbits(56) << 8) | c
+                add("shift", f"{op} {r(size, ('cl', 'cx', 'ecx', 'rcx'))}, cl", regs=regs)
+            for _ in range(4):
+                add("shift", f"{op} {r(size)}, 1")
+                add("shift", f"{op} {mem(size)}, {rng.choice(counts)}")
+    for op in ["shld", "shrd"]:
+        for size in (16, 32, 64):
+            for c in [0, 1, 2, 5, 8, 15, 16, 31, 32, 33, 63]:
+                if size == 16 and c > 16:
+                    continue
+                add("shift", f"{op} {r(size)}, {r(size)}, {c}")
+                add("shift", f"{op} {mem(size)}, {r(size)}, {c}")
+                regs = rand_regs()
+                regs[1] = c
+                add("shift", f"{op} {r(size, ('cx', 'ecx', 'rcx'))}, {r(size, ('cx', 'ecx', 'rcx'))}, cl", regs=regs)
+
+
+def gen_muldiv():
+    for size in (8, 16, 32, 64):
+        for op in ["mul", "imul"]:
+            for _ in range(12):
+                add("muldiv", f"{op} {r(size)}")
+            for _ in range(4):
+                add("muldiv", f"{op} {mem(size)}")
+        if size > 8:
+            for _ in range(10):
+                add("muldiv", f"imul {r(size)}, {r(size)}")
+                add("muldiv", f"imul {r(size)}, {mem(size)}")
+                add("muldiv", f"imul {r(size)}, {r(size)}, {rng.randrange(-128, 128)}")
+                add("muldiv", f"imul {r(size)}, {r(size)}, {imm(min(size, 32))}")
+        for op in ["div", "idiv"]:
+            for _ in range(16):
+                regs = rand_regs()
+                # Mostly small dividends (high half) so results fit; some overflow / zero divisors.
+                c = rng.random()
+                if c < 0.7:
+                    regs[2] = rng.choice([0, 0xFFFFFFFFFFFFFFFF, rng.getrandbits(4)])
+                add("muldiv", f"{op} {r(size, ('al', 'ah', 'ax', 'eax', 'rax', 'dl', 'dx', 'edx', 'rdx', 'dh'))}", regs=regs)
+            regs = rand_regs()
+            regs[2] = 0
+            regs[11] = 0
+            add("muldiv", f"{op} {R[size][R[size].index('r11' if size == 64 else ('r11d' if size == 32 else ('r11w' if size == 16 else 'r11b')))]}", regs=regs)
+
+
+def gen_bits():
+    for size in (16, 32, 64):
+        for op in ["bt", "bts", "btr", "btc"]:
+            for _ in range(6):
+                add("bits", f"{op} {r(size)}, {r(size)}")
+                add("bits", f"{op} {r(size)}, {rng.randrange(128)}")
+                add("bits", f"{op} {mem(size)}, {rng.randrange(128)}")
+                regs = rand_regs()
+                regs[2] = rng.randrange(-300, 300) & 0xFFFFFFFFFFFFFFFF
+                dreg = {16: "dx", 32: "edx", 64: "rdx"}[size]
+                add("bits", f"{op} {PTR[size]} [rbx+0x200], {dreg}", regs=regs)
+        for op in ["bsf", "bsr"]:
+            for _ in range(8):
+                add("bits", f"{op} {r(size)}, {r(size)}")
+            regs = rand_regs()
+            regs[0] = 0
+            add("bits", f"{op} {R[size][1]}, {R[size][0]}", regs=regs)
+        if size >= 32:
+            for _ in range(4):
+                add("bits", f"bswap {r(size)}")
+    for cc in ["o", "no", "b", "ae", "e", "ne", "be", "a", "s", "ns", "p", "np", "l", "ge", "le", "g"]:
+        for _ in range(4):
+            add("cond", f"set{cc} {r(8)}")
+            add("cond", f"cmov{cc} {r(64)}, {r(64)}")
+            add("cond", f"cmov{cc} {r(32)}, {r(32)}")
+            add("cond", f"cmov{cc} {r(16)}, {mem(16)}")
+            add("cond", f"j{cc} 0x10040")
+    # Condition codes after a real compare: flags derived from CMP, then SETcc in the same run are
+    # not possible with single-instruction vectors, so flags are given directly above.
+
+
+def gen_moves():
+    for _ in range(6):
+        for size in (8, 16, 32, 64):
+            add("move", f"mov {r(size)}, {r(size)}")
+            add("move", f"mov {r(size)}, {mem(size)}")
+            add("move", f"mov {mem(size)}, {r(size)}")
+            add("move", f"mov {mem(size)}, {imm(size)}")
+            add("move", f"xchg {r(size)}, {r(size)}")
+            add("move", f"xchg {mem(size)}, {r(size)}")
+            add("move", f"xadd {r(size)}, {r(size)}")
+            add("move", f"xadd {mem(size)}, {r(size)}")
+            add("move", f"cmpxchg {r(size)}, {r(size)}")
+            add("move", f"cmpxchg {mem(size)}, {r(size)}")
+        add("move", f"mov {r(64)}, {hex(rng.getrandbits(64))}")
+        add("move", f"movabs rax, qword ptr [{hex(DATA + rng.randrange(0x100))}]")
+        add("move", f"movzx {r(32)}, {r(8)}")
+        add("move", f"movzx {r(64)}, {mem(16)}")
+        add("move", f"movzx {r(16)}, {r(8)}")
+        add("move", f"movsx {r(32)}, {r(8)}")
+        add("move", f"movsx {r(64)}, {mem(16)}")
+        add("move", f"movsx {r(16)}, {r(8)}")
+        add("move", f"movsxd {r(64)}, {r(32)}")
+        add("move", f"movsxd {r(64)}, {mem(32)}")
+        add("move", f"lea {r(64)}, [{r(64)}+{r(64)}*4+{rng.randrange(-1000, 1000)}]")
+        add("move", f"lea {r(32)}, [{r(64)}+{r(64)}*8-{rng.randrange(1000)}]")
+        add("move", f"lea {r(16)}, [{r(64)}+{rng.randrange(1000)}]")
+        add("move", f"lea {r(64)}, [rip+{rng.randrange(1000)}]")
+        add("move", "lea eax, [ebx+ecx*2+5]")
+    for ins in ["cbw", "cwde", "cdqe", "cwd", "cdq", "cqo", "lahf", "sahf", "clc", "stc", "cmc", "cld", "std"]:
+        for _ in range(6):
+            add("move", ins)
+    for _ in range(6):
+        add("move", "cmpxchg8b qword ptr [rsi]")
+        regs = rand_regs()
+        regs[0] = 0xAABBCCDD00000000 | ((fill_byte(regs[6]) | fill_byte(regs[6] + 1) << 8 | fill_byte(regs[6] + 2) << 16 | fill_byte(regs[6] + 3) << 24))
+        b = [fill_byte(regs[6] + i) for i in range(8)]
+        regs[2] = b[4] | b[5] << 8 | b[6] << 16 | b[7] << 24
+        add("move", "cmpxchg8b qword ptr [rsi]", regs=regs)
+
+
+def gen_stack():
+    for _ in range(6):
+        add("stack", f"push {r(64)}")
+        add("stack", f"push {r(16)}")
+        add("stack", f"pop {r(64)}")
+        add("stack", f"pop {r(16)}")
+        add("stack", f"push {mem(64)}")
+        add("stack", f"pop qword ptr [rsi]")
+        add("stack", f"push {rng.randrange(-128, 128)}")
+        add("stack", f"push {imm(32)}")
+        add("stack", "pushfq")
+        add("stack", "popfq")
+        add("stack", "pushf")
+        add("stack", "call 0x10100")
+        add("stack", "call rax")
+        add("stack", "call qword ptr [rsi]")
+        add("stack", "ret")
+        add("stack", "ret 0x18")
+        add("stack", "leave")
+        add("stack", f"enter {rng.randrange(0x100)}, 0")
+        add("stack", f"enter {rng.randrange(0x100)}, {rng.randrange(1, 4)}")
+        add("stack", "jmp rax")
+        add("stack", "jmp qword ptr [rsi]")
+        add("stack", "jmp 0x10234")
+
+
+def gen_strings():
+    for ins in ["movsb", "movsw", "movsd", "movsq", "stosb", "stosw", "stosd", "stosq",
+                "lodsb", "lodsw", "lodsd", "lodsq", "cmpsb", "cmpsw", "cmpsd", "cmpsq",
+                "scasb", "scasw", "scasd", "scasq"]:
+        for pfx in ["", "rep ", "repne "]:
+            if pfx == "repne " and not ins.startswith(("cmps", "scas")):
+                continue
+            if pfx == "rep " and ins.startswith(("cmps", "scas")):
+                pfx = "repe "
+            for df in (0, 1):
+                for _ in range(3):
+                    regs = rand_regs()
+                    regs[1] = rng.choice([0, 1, 2, 7, 33, 100])
+                    if ins.startswith(("cmps", "scas")) and rng.random() < 0.5:
+                        regs[0] = fill_byte(regs[7])   # make early matches likely
+                    f = rand_flags() & ~0x400 | (df << 10)
+                    text = pfx + ("movs dword ptr [rdi], dword ptr [rsi]" if ins == "movsd" else ins)
+                    add("string", text, regs=regs, flags=f)
+
+
+def main():
+    gen_alu()
+    gen_shift()
+    gen_muldiv()
+    gen_bits()
+    gen_moves()
+    gen_stack()
+    gen_strings()
+    out = os.path.join("Tests", "X86InterpreterTests", "Vectors")
+    os.makedirs(out, exist_ok=True)
+    total = 0
+    for cat, vecs in sorted(vectors.items()):
+        with open(os.path.join(out, cat + ".json"), "w") as f:
+            json.dump(vecs, f, separators=(",", ":"))
+            f.write("\n")
+        total += len(vecs)
+        print(f"{cat}: {len(vecs)}")
+    print(f"total: {total}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
