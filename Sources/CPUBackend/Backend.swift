@@ -43,15 +43,17 @@ public enum VcpuStop: Equatable, Sendable, CustomStringConvertible {
 public enum VcpuError: Error, Equatable, CustomStringConvertible {
     /// KVM_EXIT_FAIL_ENTRY: the hardware refused the vCPU state.
     case failEntry(reason: UInt64)
-    /// KVM_EXIT_INTERNAL_ERROR.
-    case internalError(suberror: UInt32)
+    /// KVM_EXIT_INTERNAL_ERROR, with what KVM reported about it (guest RIP, instruction bytes).
+    case internalError(suberror: UInt32, detail: String)
     /// An exit or instruction swhv does not handle.
     case unhandled(String)
 
     public var description: String {
         switch self {
         case .failEntry(let r): return "vCPU entry failed (hardware reason 0x\(String(r, radix: 16)))"
-        case .internalError(let s): return "KVM internal error (suberror \(s))"
+        case .internalError(let s, let d):
+            let kind = s == 1 ? "the host could not emulate a guest instruction" : "suberror \(s)"
+            return "KVM internal error: \(kind)" + (d.isEmpty ? "" : " (\(d))")
         case .unhandled(let s): return s
         }
     }

@@ -8,12 +8,45 @@ public struct CPUIDPolicy: Sendable {
     /// Hide XSAVE/AVX/AVX-512 so the guest uses FXSAVE: XSAVE in the guest can wedge kvm-pvm and
     /// big vector state slows every context switch. On by default.
     public var hideXSAVE = true
-    public init(hideXSAVE: Bool = true) { self.hideXSAVE = hideXSAVE }
+    /// Offer only the baseline x86-64 features Linux needs (fpu pse tsc msr pae cx8 apic pge cmov
+    /// pat mmx fxsr sse sse2; syscall nx lm). kvm-pvm emulates guest kernel code with KVM's
+    /// instruction emulator, which cannot run e.g. `lock cmpxchg16b` or `xrstor`: a kernel that sees
+    /// CX16 or XSAVE dies with KVM_EXIT_INTERNAL_ERROR there.
+    public var minimal = false
+    public init(hideXSAVE: Bool = true, minimal: Bool = false) {
+        self.hideXSAVE = hideXSAVE
+        self.minimal = minimal
+    }
+
+    /// The policy for this host: minimal on kvm-pvm, host features less XSAVE elsewhere.
+    public static var forThisHost: CPUIDPolicy { CPUIDPolicy(minimal: KVMSystem.emulatesSupervisorCode) }
+
+    static let minimalLeaf1EDX: UInt32 = [0, 3, 4, 5, 6, 8, 9, 13, 15, 16, 23, 24, 25, 26].reduce(0) { $0 | (1 << $1) }
+    static let minimalExtEDX: UInt32 = (1 << 11) | (1 << 20) | (1 << 29)  // syscall, nx, lm
 
     /// Applies the policy to KVM's supported CPUID for vCPU `id`.
     public func filter(_ entries: [kvm_cpuid_entry2], vcpuID: UInt32) -> [kvm_cpuid_entry2] {
         var out: [kvm_cpuid_entry2] = []
         for var e in entries {
+            if minimal {
+                switch e.function {
+                case 1:
+                    e.edx &= CPUIDPolicy.minimalLeaf1EDX
+                    e.ecx = 1 << 31  // only "running under a hypervisor"
+                    e.ebx = (e.ebx & 0x00FF_FFFF) | (vcpuID << 24)
+                case 7:
+                    e.eax = 0; e.ebx = 0; e.ecx = 0; e.edx = 0
+                case 0xD:
+                    continue
+                case 0x8000_0001:
+                    e.edx &= CPUIDPolicy.minimalExtEDX
+                    e.ecx &= 1  // LAHF/SAHF in long mode
+                default:
+                    break
+                }
+                out.append(e)
+                continue
+            }
             switch e.function {
             case 1:
                 // Initial APIC ID in EBX[31:24]; the hypervisor-present bit in ECX[31].
@@ -62,7 +95,7 @@ public final class KVMBackend: VcpuBackend {
     /// Builds a VM over `memory` with one vCPU. With `irqchip` (needed by Linux) KVM models the PIC,
     /// IOAPIC, LAPIC and PIT in the kernel and HLT never reaches userspace; small test guests run
     /// without it so that `hlt` ends the run.
-    public init(memory: GuestMemory, irqchip: Bool = true, cpuid: CPUIDPolicy = CPUIDPolicy(),
+    public init(memory: GuestMemory, irqchip: Bool = true, cpuid: CPUIDPolicy = .forThisHost,
                 using existing: KVMSystem? = nil) throws(KVMError) {
         let system: KVMSystem
         if let existing { system = existing } else { system = try KVMSystem() }
@@ -197,11 +230,40 @@ public final class KVMBackend: VcpuBackend {
             case KVM_EXIT_FAIL_ENTRY:
                 throw VcpuError.failEntry(reason: run.pointee.fail_entry.hardware_entry_failure_reason)
             case KVM_EXIT_INTERNAL_ERROR:
-                throw VcpuError.internalError(suberror: run.pointee.internal.suberror)
+                throw VcpuError.internalError(suberror: run.pointee.internal.suberror, detail: internalErrorDetail(run))
             default:
                 throw VcpuError.unhandled("unhandled KVM exit reason \(run.pointee.exit_reason)")
             }
         }
+    }
+
+    /// Guest RIP and the words KVM attached to an internal error (for emulation failures they
+    /// include the instruction bytes), so a user can report something actionable.
+    private func internalErrorDetail(_ run: UnsafeMutablePointer<kvm_run>) -> String {
+        var parts: [String] = []
+        if let regs = try? vcpu.getRegs() { parts.append("rip 0x\(String(regs.rip, radix: 16))") }
+        let n = min(Int(run.pointee.internal.ndata), 16)
+        let emulationFailure = run.pointee.internal.suberror == UInt32(KVM_INTERNAL_ERROR_EMULATION)
+        if emulationFailure && n >= 2 {
+            // kvm_run.emulation_failure: flags (u64), then insn_size (u8) and up to 15 bytes.
+            let bytes = withUnsafeBytes(of: run.pointee.internal.data) { raw -> [UInt8] in
+                let flags = raw.load(fromByteOffset: 0, as: UInt64.self)
+                guard flags & UInt64(KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES) != 0 else { return [] }
+                let size = min(Int(raw[8]), 15)
+                return (0..<size).map { raw[9 + $0] }
+            }
+            if !bytes.isEmpty {
+                parts.append("instruction bytes " + bytes.map { String(format2: $0) }.joined(separator: " "))
+                return parts.joined(separator: ", ")
+            }
+        }
+        if n > 0 {
+            let words = withUnsafeBytes(of: run.pointee.internal.data) { raw in
+                (0..<n).map { "0x" + String(raw.load(fromByteOffset: $0 * 8, as: UInt64.self), radix: 16) }
+            }
+            parts.append("data " + words.joined(separator: " "))
+        }
+        return parts.joined(separator: ", ")
     }
 
     @inline(__always)
@@ -280,5 +342,13 @@ private final class KickTarget: @unchecked Sendable {
         pthread_mutex_lock(lock)
         armed = false
         pthread_mutex_unlock(lock)
+    }
+}
+
+extension String {
+    /// Two lowercase hex digits.
+    init(format2 b: UInt8) {
+        let h = String(b, radix: 16)
+        self = h.count == 1 ? "0" + h : h
     }
 }

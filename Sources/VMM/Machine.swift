@@ -4,6 +4,7 @@ import Glibc
 import KVM
 import LinuxLoader
 import VMMemory
+import X86Interpreter
 
 /// Which CPU backend runs the guest.
 public enum Accelerator: String, CaseIterable, Sendable {
@@ -18,6 +19,9 @@ public struct MachineConfig: Sendable {
     public var irqchip = true
     public var quiet = false
     public var verbose = false
+    /// Decompress a bzImage's payload on the host and enter the vmlinux directly, skipping the
+    /// guest-side decompressor (tens of millions of guest instructions). Off: the plain boot protocol.
+    public var unpackOnHost = true
     /// Block devices, in order: /dev/vda, /dev/vdb, ...
     public var disks: [DiskConfig] = []
     public init() {}
@@ -86,7 +90,9 @@ public final class Machine: IOHandler, @unchecked Sendable {
         self.config = config
         log = Log(level: config.verbose ? .debug : (config.quiet ? .error : .info))
         do { memory = try GuestMemory(size: config.memorySize) } catch { throw .memory(error as! MemoryError) }
-        (backend, interrupts, backendReason) = try Machine.makeBackend(config: config, memory: memory)
+        let setup = try Machine.makeBackend(config: config, memory: memory)
+        (backend, interrupts, backendReason) = (setup.backend, setup.interrupts, setup.reason)
+        do { try setup.registerPlatform(ports) } catch { throw .device("\(error)") }
         try attachLegacyDevices(consoleOutput: consoleOutput)
         try attachPCI(disks: config.disks)
         let log = self.log
@@ -98,28 +104,56 @@ public final class Machine: IOHandler, @unchecked Sendable {
         }
     }
 
-    /// Picks the backend: KVM when it works (and is not the slow paravirtual kind, once the
-    /// interpreter exists), the interpreter otherwise.
-    static func makeBackend(config: MachineConfig, memory: GuestMemory) throws(MachineError)
-        -> (VcpuBackend, any InterruptController, String)
-    {
+    /// A backend and what the machine must add for it.
+    struct BackendSetup {
+        let backend: VcpuBackend
+        let interrupts: any InterruptController
+        let reason: String
+        /// Platform devices KVM models in the kernel but the interpreter needs on the bus.
+        let registerPlatform: (Bus) throws -> Void
+    }
+
+    /// Picks the backend. `auto`: KVM when a VM can be created and the host runs guest kernel code
+    /// on hardware; the interpreter when /dev/kvm is missing, unusable, or kvm-pvm (which emulates
+    /// guest supervisor code far slower than the interpreter runs it).
+    static func makeBackend(config: MachineConfig, memory: GuestMemory) throws(MachineError) -> BackendSetup {
         switch config.accelerator {
         case .interp:
-            throw .backendUnavailable("the interpreter backend (--accel interp) is not available yet; use --accel kvm")
-        case .kvm, .auto:
-            do {
-                let kvm = try KVMBackend(memory: memory, irqchip: config.irqchip)
-                let irq: any InterruptController = kvm.interrupts ?? NoInterruptController()
-                var reason = config.accelerator == .kvm ? "requested with --accel kvm" : "/dev/kvm works"
-                if KVMSystem.emulatesSupervisorCode {
-                    reason += "; note: this host's KVM is kvm-pvm, which emulates guest kernel code slowly"
-                }
-                return (kvm, irq, reason)
-            } catch {
-                if config.accelerator == .kvm { throw .kvm(error) }
-                throw .backendUnavailable("KVM is unusable (\(error)) and the interpreter is not available yet")
+            return makeInterpreter(memory: memory, reason: "requested with --accel interp")
+        case .kvm:
+            do { return try makeKVM(config: config, memory: memory, reason: "requested with --accel kvm") }
+            catch { throw .kvm(error) }
+        case .auto:
+            if KVMSystem.emulatesSupervisorCode {
+                return makeInterpreter(memory: memory,
+                    reason: "this host's /dev/kvm is kvm-pvm, which emulates guest kernel code slowly")
             }
+            do { return try makeKVM(config: config, memory: memory, reason: "/dev/kvm works") }
+            catch { return makeInterpreter(memory: memory, reason: "KVM is unusable (\(error))") }
         }
+    }
+
+    static func makeKVM(config: MachineConfig, memory: GuestMemory, reason: String) throws(KVMError) -> BackendSetup {
+        let kvm = try KVMBackend(memory: memory, irqchip: config.irqchip)
+        var reason = reason
+        if KVMSystem.emulatesSupervisorCode {
+            reason += " (kvm-pvm: guest kernel code is emulated by the host, slowly)"
+        }
+        return BackendSetup(backend: kvm, interrupts: kvm.interrupts ?? NoInterruptController(), reason: reason,
+                            registerPlatform: { _ in })
+    }
+
+    static func makeInterpreter(memory: GuestMemory, reason: String) -> BackendSetup {
+        let clock = VirtualClock()
+        let platform = PlatformInterrupts()
+        let pit = Pit8254(clock: clock, irq: platform.line(0))
+        let cpu = X86Interpreter(memory: memory, clock: clock, externalInterrupts: platform.pic,
+                                 timedDevices: [pit])
+        platform.onMSI = { [unowned cpu] address, data in cpu.deliverMSI(address: address, data: data) }
+        return BackendSetup(backend: cpu, interrupts: platform, reason: reason, registerPlatform: { bus in
+            try platform.pic.register(on: bus)
+            try pit.register(on: bus)
+        })
     }
 
     private func attachLegacyDevices(consoleOutput: SerialOutput) throws(MachineError) {
@@ -193,7 +227,8 @@ public final class Machine: IOHandler, @unchecked Sendable {
     public func loadLinux(kernel: [UInt8], initrd: [UInt8]?, cmdline: String) throws(MachineError) {
         let loaded: LoadedKernel
         do {
-            loaded = try LinuxLoader.load(kernel: kernel, initrd: initrd, cmdline: cmdline, memory: memory)
+            loaded = try LinuxLoader.load(kernel: kernel, initrd: initrd, cmdline: cmdline, memory: memory,
+                                          unpackOnHost: config.unpackOnHost)
         } catch {
             throw .loader(error)
         }

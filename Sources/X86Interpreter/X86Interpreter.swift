@@ -276,8 +276,9 @@ public final class X86Interpreter: VcpuBackend {
     /// HLT: sleeps until an interrupt is deliverable, a timer falls due or the host kicks us.
     func haltWait(_ control: VMControl) -> VcpuStop? {
         while st.pointee.halted {
-            if st.pointee.flagsRest & Flag.if == 0 { return .haltedForever }
+            // A stop the guest itself requested (i8042 reset just before `cli; hlt`) wins.
             if let stop = control.stopRequest { return stop }
+            if st.pointee.flagsRest & Flag.if == 0 { return .haltedForever }
             if control.hasPostedWork { control.runPostedWork(); st.pointee.eventCheck = true }
             let now = clock.nowNs
             serviceTimers(now: now)

@@ -83,6 +83,9 @@ struct Boot: ParsableCommand {
         valueName: "auto|kvm|interp"))
     var accel: String = "auto"
 
+    @Flag(name: .long, help: "Run the bzImage's own decompressor in the guest instead of unpacking the kernel on the host.")
+    var guestDecompress = false
+
     @Flag(name: .long, help: "Print boot milestones (kernel loaded, guest entered, first output, userspace up) on exit.")
     var bootTimer = false
 
@@ -95,7 +98,7 @@ struct Boot: ParsableCommand {
     var processStart: UInt64 = VirtualClock.hostMonotonicNs()
 
     enum CodingKeys: String, CodingKey {
-        case kernel, initrd, cmdline, noDefaultCmdline, disk, memory, accel, bootTimer, quiet, verbose
+        case kernel, initrd, cmdline, noDefaultCmdline, disk, memory, guestDecompress, accel, bootTimer, quiet, verbose
     }
 
     func run() throws {
@@ -110,6 +113,7 @@ struct Boot: ParsableCommand {
         }
         config.accelerator = a
         config.quiet = quiet
+        config.unpackOnHost = !guestDecompress
         for d in disk { config.disks.append(try DiskConfig.parse(d)) }
         config.verbose = verbose
 

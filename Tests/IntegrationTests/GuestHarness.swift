@@ -61,6 +61,18 @@ enum GuestHarness {
         Array(try Data(contentsOf: guestsDir.appendingPathComponent("\(name).expected")))
     }
 
+    static func expectedStop(_ name: String) throws -> VcpuStop {
+        let text = String(decoding: try Data(contentsOf: guestsDir.appendingPathComponent("\(name).stop")), as: UTF8.self)
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        switch text {
+        case "reset": return .reset
+        case "shutdown": return .shutdown
+        case "haltedForever": return .haltedForever
+        case "poweroff": return .poweroff
+        default: XCTFail("unknown stop '\(text)' in \(name).stop"); return .hostRequest
+        }
+    }
+
     struct Run {
         let stop: Result<VcpuStop, MachineError>
         let output: SerialOutputCollector
