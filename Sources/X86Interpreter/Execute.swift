@@ -803,6 +803,22 @@ extension X86Interpreter {
     func checkIOPL() throws(Fault) {
         if st.pointee.cr0 & CR0.pe != 0 && st.pointee.cpl > Int((st.pointee.flagsRest >> 12) & 3) { throw Fault.gp(0) }
     }
+
+    /// IN/OUT/INS/OUTS permission: allowed when CPL <= IOPL, otherwise only if every bit for
+    /// `port..<port+size` in the TSS I/O permission bitmap is clear (SDM Vol. 1, 19.5.2).
+    func checkIOPermission(port: UInt16, size: Int) throws(Fault) {
+        guard st.pointee.cr0 & CR0.pe != 0 && st.pointee.cpl > Int((st.pointee.flagsRest >> 12) & 3) else { return }
+        let tr = st.pointee.tr
+        // Only a 32/64-bit TSS (available or busy) has a bitmap; its base field is at offset 0x66.
+        guard tr.attr & 0x0D == 0x09, tr.limit >= 0x67 else { throw Fault.gp(0) }
+        let mapBase = try readSys(tr.base &+ 0x66, 2) & 0xFFFF
+        let byteOffset = mapBase &+ UInt64(port >> 3)
+        // Both bytes the check reads must be inside the TSS limit.
+        guard byteOffset &+ 1 <= UInt64(tr.limit) else { throw Fault.gp(0) }
+        let bits = try readSys(tr.base &+ byteOffset, 2)
+        let mask = ((UInt64(1) << UInt64(size)) - 1) << UInt64(port & 7)
+        if bits & mask != 0 { throw Fault.gp(0) }
+    }
     /// Virtual-8086 mode is not modelled (EFLAGS.VM can never be set), so PUSHF/POPF never trap.
     @inline(__always)
     func checkIOPLForV86() throws(Fault) {}

@@ -108,9 +108,9 @@ extension X86Interpreter {
 
     /// INS/OUTS (with REP).
     func stringIO(_ d: UnsafePointer<DecodedInsn>) throws(Fault) {
-        try checkIOPL()
         let s = Int(d.pointee.osz)
         let size = UInt64(1 << s)
+        try checkIOPermission(port: UInt16(truncatingIfNeeded: gpr(Reg.rdx)), size: Int(size))
         let amask = addressMask(d)
         let rep = d.pointee.pfx & (Pfx.rep | Pfx.repne) != 0
         let step = st.pointee.flagsRest & Flag.df != 0 ? 0 &- size : size

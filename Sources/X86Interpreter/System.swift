@@ -364,8 +364,8 @@ extension X86Interpreter {
     func portIO(_ d: UnsafePointer<DecodedInsn>) throws(Fault) {
         let s = Int(d.pointee.osz)
         let port = d.pointee.op == .inImm || d.pointee.op == .outImm ? UInt16(d.pointee.imm) : UInt16(truncatingIfNeeded: gpr(Reg.rdx))
-        try checkIOPL()
         let size = 1 << s
+        try checkIOPermission(port: port, size: size)
         if d.pointee.op == .inImm || d.pointee.op == .inDX {
             let v = io?.portRead(port, size: size) ?? UInt32.max
             setRegSized(0, s, UInt64(v))
