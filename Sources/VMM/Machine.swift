@@ -77,6 +77,8 @@ public final class Machine: IOHandler, @unchecked Sendable {
     public let backend: VcpuBackend
     /// Why this backend was chosen, for the one-line message on stderr.
     public let backendReason: String
+    /// Kernel arguments the backend needs on this host, appended to the command line.
+    public let backendKernelArguments: [String]
     public let interrupts: any InterruptController
     public let timer = BootTimer()
     public let log: Log
@@ -92,6 +94,7 @@ public final class Machine: IOHandler, @unchecked Sendable {
         do { memory = try GuestMemory(size: config.memorySize) } catch { throw .memory(error as! MemoryError) }
         let setup = try Machine.makeBackend(config: config, memory: memory)
         (backend, interrupts, backendReason) = (setup.backend, setup.interrupts, setup.reason)
+        backendKernelArguments = setup.kernelArguments
         do { try setup.registerPlatform(ports) } catch { throw .device("\(error)") }
         try attachLegacyDevices(consoleOutput: consoleOutput)
         try attachPCI(disks: config.disks)
@@ -111,6 +114,8 @@ public final class Machine: IOHandler, @unchecked Sendable {
         let reason: String
         /// Platform devices KVM models in the kernel but the interpreter needs on the bus.
         let registerPlatform: (Bus) throws -> Void
+        /// Kernel arguments this backend needs to work at all on this host.
+        var kernelArguments: [String] = []
     }
 
     /// Picks the backend. `auto`: KVM when a VM can be created and the host runs guest kernel code
@@ -136,11 +141,15 @@ public final class Machine: IOHandler, @unchecked Sendable {
     static func makeKVM(config: MachineConfig, memory: GuestMemory, reason: String) throws(KVMError) -> BackendSetup {
         let kvm = try KVMBackend(memory: memory, irqchip: config.irqchip)
         var reason = reason
+        var args: [String] = []
         if KVMSystem.emulatesSupervisorCode {
-            reason += " (kvm-pvm: guest kernel code is emulated by the host, slowly)"
+            // kvm-pvm's instruction emulator cannot run XRSTOR, and the guest still detects XSAVE
+            // whatever CPUID says; `noxsave` makes Linux use FXSAVE (as with QEMU on this host).
+            args.append("noxsave")
+            reason += " (kvm-pvm: guest kernel code is emulated by the host, slowly; adding 'noxsave')"
         }
         return BackendSetup(backend: kvm, interrupts: kvm.interrupts ?? NoInterruptController(), reason: reason,
-                            registerPlatform: { _ in })
+                            registerPlatform: { _ in }, kernelArguments: args)
     }
 
     static func makeInterpreter(memory: GuestMemory, reason: String) -> BackendSetup {
@@ -227,7 +236,8 @@ public final class Machine: IOHandler, @unchecked Sendable {
     public func loadLinux(kernel: [UInt8], initrd: [UInt8]?, cmdline: String) throws(MachineError) {
         let loaded: LoadedKernel
         do {
-            loaded = try LinuxLoader.load(kernel: kernel, initrd: initrd, cmdline: cmdline, memory: memory,
+            let fullCmdline = ([cmdline] + backendKernelArguments).filter { !$0.isEmpty }.joined(separator: " ")
+            loaded = try LinuxLoader.load(kernel: kernel, initrd: initrd, cmdline: fullCmdline, memory: memory,
                                           unpackOnHost: config.unpackOnHost)
         } catch {
             throw .loader(error)
