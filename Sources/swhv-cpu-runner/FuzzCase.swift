@@ -5,6 +5,7 @@
 //
 // Text format, one record per line (hex numbers without 0x):
 //   C <id> <rflags> <memory seed> <rax> <rcx> ... <r15>     initial state
+//   B <fs base> <gs base>                                   optional, after C (default 0 0)
 //   X <code bytes>                                          loaded at FuzzLayout.code
 //   S <rip> <rflags> <compared-flags mask> [r<n>=<value>]... [m<addr>:<size>=<value>]... [; comment]
 //                                                           state after each instruction: changed
@@ -58,6 +59,7 @@ struct FuzzCase {
     var regs = [UInt64](repeating: 0, count: 16)
     var rflags: UInt64 = 2
     var memorySeed: UInt64 = 0
+    var fsBase: UInt64 = 0, gsBase: UInt64 = 0
     var code: [UInt8] = []
     var steps: [FuzzStep] = []
 }
@@ -119,6 +121,12 @@ struct FuzzCaseReader {
                 c.regs[i] = v
             }
             current = c
+        case "B":
+            guard current != nil, f.count == 3, let fs = Self.hex(f[1]), let gs = Self.hex(f[2]) else {
+                throw bad("B needs the FS and GS bases, inside a case")
+            }
+            current?.fsBase = fs
+            current?.gsBase = gs
         case "X":
             guard current != nil, f.count <= 2 else { throw bad("X outside a case") }
             guard let code = f.count == 2 ? Self.bytes(f[1]) : [] else { throw bad("bad code bytes") }
@@ -187,6 +195,7 @@ final class FuzzMachine {
     let memory: GuestMemory
     let cpu: X86Interpreter
     private let io = NullIO()
+    private let control = VMControl()
     /// RAM outside code/data/stack as set up; checked after each case for stray writes.
     private let pristine: [UInt8]
     private var codeExtent = 0
@@ -221,8 +230,29 @@ final class FuzzMachine {
     static let regNames = ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
                            "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"]
 
-    /// Runs a case; nil when every step matches.
-    func run(_ c: FuzzCase) throws -> FuzzDivergence? {
+    /// Expected data and stack contents, kept up to date with the oracle's writes.
+    private struct Shadow {
+        var data: [UInt8]
+        var stack: [UInt8]
+        var regs: [UInt64]
+
+        mutating func apply(_ s: FuzzStep, problems: inout [String]) {
+            let L = FuzzLayout.self
+            for (i, v) in s.regs { regs[i] = v }
+            for w in s.writes {
+                for b in 0..<w.size {
+                    let a = w.address &+ UInt64(b)
+                    let v = UInt8(truncatingIfNeeded: w.value >> (8 * UInt64(b)))
+                    if a >= L.data && a < L.data + UInt64(L.dataSize) { data[Int(a - L.data)] = v }
+                    else if a >= L.stackLo && a < L.stackTop { stack[Int(a - L.stackLo)] = v }
+                    else { problems.append("oracle wrote outside data and stack at 0x\(String(a, radix: 16))") }
+                }
+            }
+        }
+    }
+
+    /// Loads memory and registers for a case; returns the initial expected state.
+    private func load(_ c: FuzzCase) throws -> Shadow {
         let L = FuzzLayout.self
         // Everything outside data and stack back to the initial image (a previous case may have
         // diverged with a stray write), then this case's code; drop stale decoded blocks.
@@ -234,76 +264,95 @@ final class FuzzMachine {
         try memory.write(bytes: c.code, at: L.code)
         cpu.invalidateCode(physicalAddress: L.code, length: UInt64(max(codeExtent, c.code.count)))
         codeExtent = c.code.count
-        var expData = L.fill(seed: c.memorySeed, base: L.data, count: L.dataSize)
-        let stackSize = Int(L.stackTop - L.stackLo)
-        var expStack = L.fill(seed: c.memorySeed, base: L.stackLo, count: stackSize)
-        try memory.write(bytes: expData, at: L.data)
-        try memory.write(bytes: expStack, at: L.stackLo)
-        let dataPtr = try memory.checkedPointer(L.data, length: UInt64(L.dataSize))
-        let stackPtr = try memory.checkedPointer(L.stackLo, length: UInt64(stackSize))
-
+        let shadow = Shadow(data: L.fill(seed: c.memorySeed, base: L.data, count: L.dataSize),
+                            stack: L.fill(seed: c.memorySeed, base: L.stackLo, count: Int(L.stackTop - L.stackLo)),
+                            regs: c.regs)
+        try memory.write(bytes: shadow.data, at: L.data)
+        try memory.write(bytes: shadow.stack, at: L.stackLo)
         var entry = FuzzMachine.entryState()
         entry.rsp = c.regs[4]
+        entry.fs.base = c.fsBase
+        entry.gs.base = c.gsBase
         try cpu.setEntryState(entry)
         for (i, r) in X86Interpreter.Register.allCases.enumerated() { cpu[r] = c.regs[i] }
         cpu.flags = c.rflags
-        var expRegs = c.regs
+        cpu.interceptedException = nil
+        return shadow
+    }
 
+    /// Differences between the interpreter and the expected registers, RIP, defined flags and memory.
+    private func compare(_ exp: Shadow, rip: UInt64, rflags: UInt64, mask: UInt64, into problems: inout [String]) throws {
+        let L = FuzzLayout.self
+        for (i, r) in X86Interpreter.Register.allCases.enumerated() where cpu[r] != exp.regs[i] {
+            problems.append("\(FuzzMachine.regNames[i]) = \(hex(cpu[r])), expected \(hex(exp.regs[i]))")
+        }
+        if cpu.instructionPointer != rip {
+            problems.append("rip = \(hex(cpu.instructionPointer)), expected \(hex(rip))")
+        }
+        if (cpu.flags ^ rflags) & mask != 0 {
+            problems.append("rflags = \(hex(cpu.flags & mask)), expected \(hex(rflags & mask)) "
+                            + "(differing \(hex((cpu.flags ^ rflags) & mask)), compared \(hex(mask)))")
+        }
+        for (base, exp) in [(L.data, exp.data), (L.stackLo, exp.stack)] {
+            let ptr = try memory.checkedPointer(base, length: UInt64(exp.count))
+            if exp.withUnsafeBytes({ memcmp(ptr, $0.baseAddress!, exp.count) }) == 0 { continue }
+            let got = UnsafeRawBufferPointer(start: ptr, count: exp.count)
+            var shown = 0
+            for i in 0..<exp.count where got[i] != exp[i] {
+                if shown == 6 { problems.append("..."); break }
+                problems.append("mem[\(hex(base + UInt64(i)))] = \(hex(UInt64(got[i]))), expected \(hex(UInt64(exp[i])))")
+                shown += 1
+            }
+        }
+    }
+
+    private func exceptionProblems(retired: UInt64, unimplemented: UInt64, expected: UInt64) -> [String] {
+        if let e = cpu.interceptedException {
+            var what = "exception #\(e.vector)" + (e.errorCode.map { " error code \(hex(UInt64($0)))" } ?? "")
+            if cpu.unimplementedCount != unimplemented {
+                what += " (unimplemented opcode \(hex(UInt64(cpu.lastUnimplemented))))"
+            }
+            return [what]
+        }
+        if cpu.instructionsRetired != retired &+ expected {
+            return ["retired \(cpu.instructionsRetired &- retired) instructions, expected \(expected)"]
+        }
+        return []
+    }
+
+    /// Runs a case; nil when every step matches.
+    ///
+    /// Two passes: the whole stream in one `run(maxInstructions:)` (decoded blocks executed the way
+    /// the VMM runs them, compared at the end), then instruction by instruction with `step`
+    /// (compared after each), which also locates a difference the first pass saw.
+    func run(_ c: FuzzCase) throws -> FuzzDivergence? {
+        let L = FuzzLayout.self
+        var wholeProblems: [String] = []
+        if !c.steps.isEmpty {
+            var exp = try load(c)
+            let retired = cpu.instructionsRetired, unimplemented = cpu.unimplementedCount
+            _ = cpu.run(io: io, control: control, maxInstructions: UInt64(c.steps.count))
+            wholeProblems = exceptionProblems(retired: retired, unimplemented: unimplemented,
+                                              expected: UInt64(c.steps.count))
+            for s in c.steps { exp.apply(s, problems: &wholeProblems) }
+            let last = c.steps[c.steps.count - 1]
+            try compare(exp, rip: last.rip, rflags: last.rflags, mask: last.flagMask, into: &wholeProblems)
+        }
+
+        var exp = try load(c)
         for (k, s) in c.steps.enumerated() {
-            let retired = cpu.instructionsRetired
-            let unimplemented = cpu.unimplementedCount
-            cpu.interceptedException = nil
+            let retired = cpu.instructionsRetired, unimplemented = cpu.unimplementedCount
             cpu.step(io: io)
-            var problems: [String] = []
-            if let e = cpu.interceptedException {
-                var what = "exception #\(e.vector)" + (e.errorCode.map { " error code \(hex(UInt64($0)))" } ?? "")
-                if cpu.unimplementedCount != unimplemented {
-                    what += " (unimplemented opcode \(hex(UInt64(cpu.lastUnimplemented))))"
-                }
-                problems.append(what)
-            } else if cpu.instructionsRetired != retired &+ 1 {
-                problems.append("retired \(cpu.instructionsRetired &- retired) instructions, expected 1")
-            }
-            for (i, v) in s.regs { expRegs[i] = v }
-            for (i, r) in X86Interpreter.Register.allCases.enumerated() where cpu[r] != expRegs[i] {
-                problems.append("\(FuzzMachine.regNames[i]) = \(hex(cpu[r])), expected \(hex(expRegs[i]))")
-            }
-            if cpu.instructionPointer != s.rip {
-                problems.append("rip = \(hex(cpu.instructionPointer)), expected \(hex(s.rip))")
-            }
-            if (cpu.flags ^ s.rflags) & s.flagMask != 0 {
-                problems.append("rflags = \(hex(cpu.flags & s.flagMask)), expected \(hex(s.rflags & s.flagMask)) "
-                                + "(differing \(hex((cpu.flags ^ s.rflags) & s.flagMask)), compared \(hex(s.flagMask)))")
-            }
-            for w in s.writes {
-                for b in 0..<w.size {
-                    let a = w.address &+ UInt64(b)
-                    let v = UInt8(truncatingIfNeeded: w.value >> (8 * UInt64(b)))
-                    if a >= L.data && a < L.data + UInt64(L.dataSize) { expData[Int(a - L.data)] = v }
-                    else if a >= L.stackLo && a < L.stackTop { expStack[Int(a - L.stackLo)] = v }
-                    else { problems.append("oracle wrote outside data and stack at \(hex(a))") }
-                }
-            }
-            for (base, ptr, exp) in [(L.data, dataPtr, expData), (L.stackLo, stackPtr, expStack)] {
-                let same = exp.withUnsafeBytes { memcmp(ptr, $0.baseAddress!, exp.count) == 0 }
-                if !same {
-                    let got = UnsafeRawBufferPointer(start: ptr, count: exp.count)
-                    var shown = 0
-                    for i in 0..<exp.count where got[i] != exp[i] {
-                        if shown == 6 { problems.append("..."); break }
-                        problems.append("mem[\(hex(base + UInt64(i)))] = \(hex(UInt64(got[i]))), expected \(hex(UInt64(exp[i])))")
-                        shown += 1
-                    }
-                }
-            }
+            var problems = exceptionProblems(retired: retired, unimplemented: unimplemented, expected: 1)
+            exp.apply(s, problems: &problems)
+            try compare(exp, rip: s.rip, rflags: s.rflags, mask: s.flagMask, into: &problems)
             if !problems.isEmpty { return FuzzDivergence(step: k, rip: s.rip, problems: problems) }
         }
         // Stray writes anywhere else in RAM (page tables, code, unused memory).
         var expectedRAM = pristine
         for (i, b) in c.code.enumerated() { expectedRAM[Int(L.code) + i] = b }
         let ram = try memory.checkedPointer(0, length: L.ramSize)
-        let ranges = [(0, Int(L.data)), (Int(L.data) + L.dataSize, Int(L.stackLo))]
-        for (lo, hi) in ranges {
+        for (lo, hi) in [(0, Int(L.data)), (Int(L.data) + L.dataSize, Int(L.stackLo))] {
             let same = expectedRAM.withUnsafeBytes { memcmp(ram + lo, $0.baseAddress! + lo, hi - lo) == 0 }
             if !same {
                 let got = UnsafeRawBufferPointer(start: ram, count: Int(L.ramSize))
@@ -312,6 +361,10 @@ final class FuzzMachine {
                                       problems: ["stray write: mem[\(hex(UInt64(first)))] = \(hex(UInt64(got[first]))), "
                                                  + "expected \(hex(UInt64(expectedRAM[first])))"])
             }
+        }
+        if !wholeProblems.isEmpty {
+            return FuzzDivergence(step: c.steps.count, rip: cpu.instructionPointer,
+                                  problems: ["whole-stream run differs at the end, step by step matched: "] + wholeProblems)
         }
         return nil
     }

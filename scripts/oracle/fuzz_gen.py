@@ -118,7 +118,7 @@ class Emu:
         self.interrupt = intno
         uc.emu_stop()
 
-    def reset(self, regs, rflags, mem_seed):
+    def reset(self, regs, rflags, mem_seed, fs_base=0, gs_base=0):
         if self.code_used:
             self.uc.mem_write(CODE, b"\0" * self.code_used)
             # Writes alone leave stale translations reachable from the previous case.
@@ -131,6 +131,8 @@ class Emu:
         self.vals[17] = rflags
         uclib.uc_reg_write_batch(self.h, self.ids, self.ptrs, 16)
         self.uc.reg_write(X.UC_X86_REG_EFLAGS, rflags)
+        self.uc.reg_write(X.UC_X86_REG_FS_BASE, fs_base)
+        self.uc.reg_write(X.UC_X86_REG_GS_BASE, gs_base)
 
     def write_code(self, addr, b):
         self.uc.mem_write(addr, b)
@@ -165,11 +167,12 @@ def in_mapped(addr, n):
 
 class Mem:
     """A memory operand: ModRM mod/rm, optional SIB, displacement, REX.X/B and address size."""
-    __slots__ = ("mod", "rm", "sib", "disp", "dsize", "x", "b", "a32", "riprel", "ea")
+    __slots__ = ("mod", "rm", "sib", "disp", "dsize", "x", "b", "a32", "riprel", "ea", "seg")
 
-    def __init__(self, mod, rm, sib, disp, dsize, x, b, a32, riprel, ea):
+    def __init__(self, mod, rm, sib, disp, dsize, x, b, a32, riprel, ea, seg=None):
         self.mod, self.rm, self.sib, self.disp, self.dsize = mod, rm, sib, disp, dsize
         self.x, self.b, self.a32, self.riprel, self.ea = x, b, a32, riprel, ea
+        self.seg = seg    # 0x64 (FS) / 0x65 (GS) override, or None
 
 
 class Insn:
@@ -227,6 +230,15 @@ class Gen:
                 t = max(lo, t & ~(align - 1))
         return t
 
+    def pick_seg(self, target, a32=False):
+        """Sometimes an FS/GS override: (prefix or None, the offset the address must produce)."""
+        if self.rng.random() < 0.15:
+            p = self.rng.choice((0x64, 0x65))
+            off = (target - self.seg_base[p]) & M64
+            if not a32 or off < (1 << 32):
+                return p, off
+        return None, target
+
     def gen_mem(self, span=8, target=None, rex_ok=True, free=False, rsp_bias=0, a32=None, align=1,
                 no_riprel=False):
         """A memory operand addressing `target` (or any address if free)."""
@@ -235,6 +247,15 @@ class Gen:
             target = self.pick_target(span, align)
         if a32 is None:
             a32 = rng.random() < 0.08
+        m = self._gen_mem(span, target, rex_ok, free, rsp_bias, a32, no_riprel)
+        return m
+
+    def _gen_mem(self, span, target, rex_ok, free, rsp_bias, a32, no_riprel):
+        rng = self.rng
+        seg = None
+        if not free:
+            ea = target
+            seg, target = self.pick_seg(target, a32)
         nreg = 16 if rex_ok else 8
         for _ in range(24):
             form = rng.random()
@@ -262,17 +283,15 @@ class Gen:
             amask = 0xFFFFFFFF if a32 else M64
             if form < 0.12 and not no_riprel:
                 # RIP-relative (EIP-relative with 67): patched once the length is known.
-                return Mem(0, 5, None, 0, 4, 0, 0, a32, target, target)
-            if form < 0.2:
+                return Mem(0, 5, None, 0, 4, 0, 0, a32, target, ea, seg)
+            if form < 0.2 and (target < (1 << 31) or (a32 and target < (1 << 32))):
                 # [disp32] through a SIB with neither base nor index.
                 sib = (rng.randrange(4) << 6) | (4 << 3) | 5
-                return Mem(0, 4, sib, target, 4, 0, 0, a32, None, target)
+                return Mem(0, 4, sib, target, 4, 0, 0, a32, None, ea, seg)
             regval = lambda r: ((self.regs[r] + (rsp_bias if r == RSP else 0)) & amask)
             if form < 0.55:
                 b = rng.randrange(nreg)
-                disp = target - regval(b)
-                if a32:
-                    disp = s32(disp)
+                disp = s32(target - regval(b)) if a32 else s64(target - regval(b))
                 if not -(1 << 31) <= disp < (1 << 31):
                     continue
                 sib = None
@@ -285,7 +304,7 @@ class Gen:
                     mod, dsize = 1, 1
                 else:
                     mod, dsize = 2, 4
-                return Mem(mod, rm, sib, disp, dsize, 0, b >> 3, a32, None, target)
+                return Mem(mod, rm, sib, disp, dsize, 0, b >> 3, a32, None, ea, seg)
             # Base + index*scale (or index*scale + disp32 without base).
             i = rng.randrange(nreg)
             if i == RSP:
@@ -296,7 +315,7 @@ class Gen:
                 if not -(1 << 31) <= disp < (1 << 31):
                     continue
                 sib = (sc << 6) | ((i & 7) << 3) | 5
-                return Mem(0, 4, sib, disp, 4, i >> 3, 0, a32, None, target)
+                return Mem(0, 4, sib, disp, 4, i >> 3, 0, a32, None, ea, seg)
             b = rng.randrange(nreg)
             disp = target - regval(b) - (regval(i) << sc)
             disp = s32(disp) if a32 else s64(disp)
@@ -309,11 +328,13 @@ class Gen:
                 mod, dsize = 1, 1
             else:
                 mod, dsize = 2, 4
-            return Mem(mod, 4, sib, disp, dsize, i >> 3, b >> 3, a32, None, target)
-        # Always possible: RIP-relative, or [disp32] through a SIB.
+            return Mem(mod, 4, sib, disp, dsize, i >> 3, b >> 3, a32, None, ea, seg)
+        # Always possible without an override: RIP-relative, or [disp32] through a SIB.
+        if seg is not None:
+            return self._gen_mem(span, ea, rex_ok, free, rsp_bias, a32, no_riprel)
         if no_riprel:
-            return Mem(0, 4, (4 << 3) | 5, target, 4, 0, 0, a32, None, target)
-        return Mem(0, 5, None, 0, 4, 0, 0, a32, target, target)
+            return Mem(0, 4, (4 << 3) | 5, target, 4, 0, 0, a32, None, ea, seg)
+        return Mem(0, 5, None, 0, 4, 0, 0, a32, target, ea, seg)
 
     # ---- encoding
     def encode(self, op, reg=0, rm=None, size=None, imm=b"", r8=(), pfx=(), lock=False, noise=True,
@@ -354,11 +375,21 @@ class Gen:
             legacy.append(0xF0)
         if isinstance(rm, Mem) and rm.a32:
             legacy.append(0x67)
+        if isinstance(rm, Mem) and rm.seg is not None:
+            legacy.append(rm.seg)
         if noise and rng.random() < 0.1:
-            legacy.append(rng.choice((0x2E, 0x3E, 0x26, 0x36, 0x64, 0x65)))
+            # Null segment prefixes (ignored in 64-bit mode); FS/GS too where nothing is addressed.
+            legacy.append(rng.choice((0x2E, 0x3E, 0x26, 0x36) if isinstance(rm, Mem) else
+                                     (0x2E, 0x3E, 0x26, 0x36, 0x64, 0x65)))
         if noise and W and rng.random() < 0.05:
             legacy.append(0x66)     # REX.W wins over 66
         rng.shuffle(legacy)
+        if isinstance(rm, Mem) and rm.seg is not None:
+            # Unicorn quirk: a null segment prefix (26 2E 36 3E) after FS/GS cancels the override in
+            # QEMU; the host CPU and the interpreter keep FS/GS. Keep FS/GS last among them.
+            legacy = [p for p in legacy if p != rm.seg]
+            at = max([i + 1 for i, p in enumerate(legacy) if p in (0x26, 0x2E, 0x36, 0x3E)], default=0)
+            legacy.insert(rng.randrange(at, len(legacy) + 1), rm.seg)
         if noise and legacy and rng.random() < 0.05:
             # A REX followed by a legacy prefix is ignored.
             legacy.insert(rng.randrange(len(legacy)), 0x40 | rng.randrange(16))
@@ -752,10 +783,10 @@ def f_mov(g):
         if 8 <= r < 16:
             code = fix_rex_b(code, op)
         return Insn(code, "mov")
-    # MOV AL/AX/EAX/RAX <-> moffs (64-bit absolute address).
-    t = g.pick_target(size // 8)
+    # MOV AL/AX/EAX/RAX <-> moffs (64-bit absolute offset, FS/GS base added with an override).
+    seg, off = g.pick_seg(g.pick_target(size // 8))
     op = bytes([0xA0 + wide + (2 if rng.random() < 0.5 else 0)])
-    return Insn(g.encode(op, size=size, imm=imm_bytes(t, 8), noise=False), "moffs")
+    return Insn(g.encode(op, size=size, imm=imm_bytes(off, 8), noise=False, pfx=(seg,) if seg else ()), "moffs")
 
 
 def mov_r32_imm(r, v):
@@ -933,21 +964,30 @@ def f_convert(g):
 STRING_OPS = {"movs": 0xA4, "cmps": 0xA6, "stos": 0xAA, "lods": 0xAC, "scas": 0xAE}
 
 
+def mov_r64_imm(r, v):
+    return bytes([0x48 | (r >> 3), 0xB8 + (r & 7)]) + imm_bytes(v, 8)
+
+
 def f_string(g):
     rng = g.rng
-    name = rng.choice(list(STRING_OPS))
-    size = size_pick(rng)
+    if g.pending_tries == 0:
+        # Chosen once; preparatory loads (count, pointers) keep the same choice.
+        src_seg = rng.choice((None, None, None, None, None, 0x64, 0x65, 0x3E, 0x2E))
+        g.str_choice = (rng.choice(list(STRING_OPS)), size_pick(rng), rng.random() < 0.6, rng.random() < 0.2, src_seg)
+    name, size, rep, a32, src_seg = g.str_choice
     n = size // 8
-    rep = rng.random() < 0.6
-    a32 = rng.random() < 0.2
     amask = 0xFFFFFFFF if a32 else M64
     count = (g.regs[RCX] & amask) if rep else 1
     down = bool(g.flags & DF)
     uses_si = name in ("movs", "cmps", "lods")
     uses_di = name in ("movs", "cmps", "stos", "scas")
 
+    if not uses_si:
+        src_seg = None
+    si_base = g.seg_base.get(src_seg, 0)
+
     def fits(reg):
-        p = g.regs[reg] & amask
+        p = ((si_base if reg == RSI else 0) + (g.regs[reg] & amask)) & M64
         span = count * n
         lo = p - span + n if down else p
         return count == 0 or in_mapped(lo, span)
@@ -973,8 +1013,13 @@ def f_string(g):
         # Point RSI/RDI into data or stack with room for 96 elements of 8 bytes either way.
         lo = rng.choice((DATA, STACK_LO))
         t = lo + 0x300 + rng.randrange(0x2000 - 0x600)
-        op = 0xBE if r == RSI else 0xBF
-        return Insn(b"\x48" + bytes([op]) + imm_bytes(upper | t, 8) if upper else bytes([op]) + imm_bytes(t, 4), "prep")
+        if r == RSI:
+            t = (t - si_base) & M64
+            if a32 and t >= 1 << 32:
+                raise Retry()
+        if upper or t >= 1 << 32:
+            return Insn(mov_r64_imm(r, (upper | t) if a32 else t), "prep")
+        return Insn(bytes([0xBE if r == RSI else 0xBF]) + imm_bytes(t, 4), "prep")
     op = STRING_OPS[name] + (n != 1)
     pfx = []
     if rep:
@@ -983,8 +1028,8 @@ def f_string(g):
         pfx.append(0x67)
     if size == 16:
         pfx.append(0x66)
-    if uses_si and rng.random() < 0.1:
-        pfx.append(rng.choice((0x64, 0x65, 0x3E, 0x2E)))
+    if src_seg is not None:
+        pfx.append(src_seg)
     rng.shuffle(pfx)
     code = bytes(pfx) + (b"\x48" if size == 64 else b"") + bytes([op])
     adj = None
@@ -995,14 +1040,18 @@ def f_string(g):
 
 def f_xlat(g):
     rng = g.rng
-    p = g.regs[RBX] + (g.regs[RAX] & 0xFF)
+    if g.pending_tries == 0:
+        g.xlat_seg = rng.choice((None, None, None, 0x64, 0x65))
+    base = g.seg_base.get(g.xlat_seg, 0)
+    p = (base + g.regs[RBX] + (g.regs[RAX] & 0xFF)) & M64
     if not in_mapped(p, 1):
         if g.pending_tries > 0:
             raise Retry()
         g.pending = f_xlat
         g.pending_tries = 1
-        return Insn(b"\xbb" + imm_bytes(rng.choice((DATA, STACK_LO)) + rng.randrange(0x1F00), 4), "prep")
-    return Insn(b"\x48\xd7" if rng.random() < 0.3 else b"\xd7", "xlat")
+        return Insn(mov_r64_imm(RBX, (rng.choice((DATA, STACK_LO)) + rng.randrange(0x1F00) - base) & M64), "prep")
+    pfx = bytes([g.xlat_seg]) if g.xlat_seg else b""
+    return Insn(pfx + (b"\x48\xd7" if rng.random() < 0.3 else b"\xd7"), "xlat")
 
 
 def f_enter_leave(g):
@@ -1190,7 +1239,22 @@ def loop_reads(spec):
 
 
 class Case:
-    __slots__ = ("seed", "regs", "rflags", "mem_seed", "code", "steps", "truncated")
+    __slots__ = ("seed", "regs", "rflags", "mem_seed", "code", "steps", "fs_base", "gs_base")
+
+
+def rand_seg_base(rng):
+    """0 half the time, else a canonical base: small, below 4 GiB, anywhere in the user half, or
+    (rarely, as the host-CPU check cannot set those) in the kernel half."""
+    c = rng.random()
+    if c < 0.5:
+        return 0
+    if c < 0.65:
+        return rng.randrange(0x200000)
+    if c < 0.8:
+        return rng.randrange(1 << 32)
+    if c < 0.95:
+        return rng.getrandbits(47)
+    return (-rng.randrange(1, 0x200000)) & M64
 
 
 def generate_case(emu, seed, n_insns, weights):
@@ -1206,7 +1270,9 @@ def generate_case(emu, seed, n_insns, weights):
             regs[r] = rng.choice((DATA, STACK_LO)) + 0x100 + rng.randrange(0x1E00)
     rflags = 0x2 | (rng.getrandbits(12) & (ARITH | DF))
     mem_seed = rng.getrandbits(64)
-    emu.reset(regs, rflags, mem_seed)
+    fs_base, gs_base = rand_seg_base(rng), rand_seg_base(rng)
+    g.seg_base = {0x64: fs_base, 0x65: gs_base}
+    emu.reset(regs, rflags, mem_seed, fs_base, gs_base)
     g.regs = list(regs)
     g.flags = rflags
     g.rip = CODE
@@ -1292,6 +1358,7 @@ def generate_case(emu, seed, n_insns, weights):
         g.flags = nflags
     c = Case()
     c.seed, c.regs, c.rflags, c.mem_seed = seed, regs, rflags, mem_seed
+    c.fs_base, c.gs_base = fs_base, gs_base
     c.code = bytes(code)
     c.steps = steps
     return c
@@ -1301,6 +1368,8 @@ def serialize(c, case_id, disasm=False):
     """The text form the Swift runner reads (see FuzzCase.swift)."""
     out = [f"C {case_id} {c.rflags:x} {c.mem_seed:x} " + " ".join(f"{v:x}" for v in c.regs),
            "X " + c.code.hex()]
+    if c.fs_base or c.gs_base:
+        out.insert(1, f"B {c.fs_base:x} {c.gs_base:x}")
     prev = list(c.regs)
     fmt = iced_x86.Formatter(iced_x86.FormatterSyntax.INTEL) if disasm else None
     for (ip, length, regs, rip, rflags, mask, writes) in c.steps:
