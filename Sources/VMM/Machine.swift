@@ -145,8 +145,11 @@ public final class Machine: IOHandler, @unchecked Sendable {
         if KVMSystem.emulatesSupervisorCode {
             // kvm-pvm's instruction emulator cannot run XRSTOR, and the guest still detects XSAVE
             // whatever CPUID says; `noxsave` makes Linux use FXSAVE (as with QEMU on this host).
+            // The guest reads the host's CPUID whatever KVM_SET_CPUID2 says, so features whose
+            // instructions the emulator lacks (POPCNT, CLAC/STAC, RDRAND, ...) are cleared by name.
             args.append("noxsave")
-            reason += " (kvm-pvm: guest kernel code is emulated by the host, slowly; adding 'noxsave')"
+            args.append("clearcpuid=" + KVMBackend.pvmUnemulatedFeatures.joined(separator: ","))
+            reason += " (kvm-pvm: guest kernel code is emulated by the host, slowly; adding 'noxsave clearcpuid=...')"
         }
         return BackendSetup(backend: kvm, interrupts: kvm.interrupts ?? NoInterruptController(), reason: reason,
                             registerPlatform: { _ in }, kernelArguments: args)
