@@ -22,7 +22,10 @@ final class OracleVectorTests: XCTestCase {
     struct Outcome { var passed = 0; var failures: [String] = [] }
 
     func runCategory(_ name: String, file: StaticString = #filePath, line: UInt = #line) throws {
-        let url = OracleVectorTests.vectorDirectory.appendingPathComponent(name + ".json")
+        try runFile(OracleVectorTests.vectorDirectory.appendingPathComponent(name + ".json"), name: name, file: file, line: line)
+    }
+
+    func runFile(_ url: URL, name: String, file: StaticString = #filePath, line: UInt = #line) throws {
         let json = try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as? [[String: Any]] ?? []
         XCTAssertFalse(json.isEmpty, "no vectors in \(name).json", file: file, line: line)
         let mem = try LongModeGuest.makeMemory()
@@ -70,7 +73,11 @@ final class OracleVectorTests: XCTestCase {
                 cpu.mxcsrRegister = UInt32(parse(v["mxcsr"]))
             }
             cpu.interceptedException = nil
-            cpu.step(io: io)
+            if let count = v["count"] as? Int {
+                _ = cpu.run(io: io, control: VMControl(), maxInstructions: UInt64(count))
+            } else {
+                cpu.step(io: io)
+            }
 
             var problems: [String] = []
             if let expectedVector = v["exception"] as? Int {
@@ -134,4 +141,14 @@ final class OracleVectorTests: XCTestCase {
     func testStack() throws { try runCategory("stack") }
     func testStrings() throws { try runCategory("string") }
     func testSSE() throws { try runCategory("sse") }
+    func testSequences() throws { try runCategory("sequence") }
+
+    /// Fuzzing entry point: scripts/oracle/fuzz.py writes sequences to a file named by
+    /// SWHV_ORACLE_VECTORS and runs this test.
+    func testExternalVectors() throws {
+        guard let path = ProcessInfo.processInfo.environment["SWHV_ORACLE_VECTORS"] else {
+            throw XCTSkip("SWHV_ORACLE_VECTORS not set (used by scripts/oracle/fuzz.py)")
+        }
+        try runFile(URL(fileURLWithPath: path), name: "external")
+    }
 }

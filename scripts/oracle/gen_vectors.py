@@ -65,7 +65,7 @@ def assemble(asm):
 XMM_REGS = [getattr(X, "UC_X86_REG_XMM%d" % i) for i in range(16)]
 
 
-def run(code, regs, flags, xmm=None, mxcsr=0x1F80):
+def run(code, regs, flags, xmm=None, mxcsr=0x1F80, count=1):
     """Runs one instruction in unicorn. Returns (regs, rflags, rip, memory changes, exception)."""
     mu = Uc(UC_ARCH_X86, UC_MODE_64)
     mu.mem_map(CODE, 0x1000)
@@ -95,7 +95,7 @@ def run(code, regs, flags, xmm=None, mxcsr=0x1F80):
             # Unicorn counts each REP iteration as an instruction: run to the next one instead.
             mu.emu_start(CODE, CODE + len(code))
         else:
-            mu.emu_start(CODE, CODE + 0x1000, count=1)
+            mu.emu_start(CODE, CODE + 0x1000, count=count)
     except UcError as e:
         return None
     if exc:
@@ -532,7 +532,99 @@ def gen_sse():
         sse(f"cvttsd2si {r(32)}, {xr()}", n=1)
 
 
+# Instruction templates for random sequences: no control flow, no faults, no REP, so unicorn's
+# instruction count equals ours. They exercise lazy-flag hand-offs between instructions.
+def sequence_instruction():
+    size = rng.choice((8, 16, 32, 64, 64, 32))
+    k = rng.random()
+    if k < 0.30:
+        op = rng.choice(["add", "or", "adc", "sbb", "and", "sub", "xor", "cmp", "test"])
+        form = rng.random()
+        if form < 0.5:
+            return f"{op} {r(size)}, {r(size)}"
+        if form < 0.75:
+            return f"{op} {r(size)}, {imm(size)}"
+        return f"{op} {mem(size)}, {r(size)}"
+    if k < 0.40:
+        return f"{rng.choice(['inc', 'dec', 'neg', 'not'])} {r(size)}"
+    if k < 0.52:
+        op = rng.choice(["rol", "ror", "rcl", "rcr", "shl", "shr", "sar"])
+        # Counts whose masked/modulo value is never 0, so the statically known flag effects hold.
+        return f"{op} {r(size)}, {rng.choice([1, 1, 2, 3, 5, 7])}"
+    if k < 0.62:
+        cc = rng.choice(["o", "no", "b", "ae", "e", "ne", "be", "a", "s", "ns", "p", "np", "l", "ge", "le", "g"])
+        return rng.choice([f"set{cc} {r(8)}", f"cmov{cc} {r(64)}, {r(64)}", f"cmov{cc} {r(32)}, {r(32)}"])
+    if k < 0.70:
+        return rng.choice(["clc", "stc", "cmc", "lahf", "sahf", "pushfq", "popfq", "cld", "std"])
+    if k < 0.78:
+        s2 = rng.choice((16, 32, 64))
+        return rng.choice([f"bt {r(s2)}, {r(s2)}", f"bts {r(s2)}, {rng.randrange(64)}", f"btc {r(s2)}, {r(s2)}",
+                           f"bsf {r(s2)}, {r(s2)}", f"bsr {r(s2)}, {r(s2)}"])
+    if k < 0.86:
+        s2 = rng.choice((16, 32, 64))
+        return rng.choice([f"imul {r(s2)}, {r(s2)}", f"mul {r(size)}", f"imul {r(size)}",
+                           f"xadd {r(size)}, {r(size)}", f"cmpxchg {r(size)}, {r(size)}",
+                           f"shld {r(s2)}, {r(s2)}, {rng.randrange(1, 16)}", f"shrd {r(s2)}, {r(s2)}, {rng.randrange(1, 16)}"])
+    return rng.choice([f"mov {r(size)}, {r(size)}", f"lea {r(64)}, [{r(64)}+{r(64)}*2+{rng.randrange(100)}]",
+                       f"movzx {r(32)}, {r(8)}", f"movsx {r(64)}, {r(16)}", f"xchg {r(size)}, {r(size)}",
+                       "cqo", "cdqe", f"push {r(64)}", f"pop {r(64, ('rsp',))}", f"mov {mem(size)}, {r(size)}"])
+
+
+def iced_flags(bits):
+    m = 0
+    for bit, f in ICED_FLAGS.items():
+        if bits & bit:
+            m |= f
+    return m
+
+
+def gen_sequences(count, length, category="sequence"):
+    """Random straight-line sequences. Flags left undefined by one instruction are tracked
+    ("poisoned") until a later instruction defines them; an instruction that would read a
+    poisoned flag is not chosen, and flags still poisoned at the end are not compared."""
+    for _ in range(count):
+        texts = []
+        code = b""
+        poisoned = 0
+        while len(texts) < length:
+            t = sequence_instruction()
+            if "rsp" in t or " rbx" in t or ", rbx" in t or "rsi" in t or "rdi" in t or "r14" in t:
+                continue   # keep the address registers (and the stack pointer) usable
+            try:
+                c = assemble(t)
+            except Exception:
+                continue
+            ins = iced_x86.Decoder(64, c, ip=CODE).decode()
+            if iced_flags(ins.rflags_read) & poisoned:
+                continue
+            undefined = iced_flags(ins.rflags_undefined)
+            defined = iced_flags(ins.rflags_modified) & ~undefined
+            poisoned = (poisoned & ~defined) | undefined
+            texts.append(t)
+            code += c
+        regs = rand_regs()
+        f = rand_flags() & ~0x400
+        res = run(code, regs, f, count=length)
+        if res is None or "exception" in res:
+            continue
+        vec = dict(asm="; ".join(texts), code=code.hex(), count=length, regs=[hex(v) for v in regs], rflags=hex(f),
+                   undef=hex(poisoned), out_regs=[hex(v) for v in res["regs"]], out_rflags=hex(res["rflags"]),
+                   out_rip=hex(res["rip"]), out_mem=res["mem"])
+        vectors.setdefault(category, []).append(vec)
+
+
 def main():
+    if len(sys.argv) > 2 and sys.argv[1] == "--sequences":
+        # Fuzzing mode: N random sequences into the given file (not committed).
+        n = int(sys.argv[2])
+        out = sys.argv[3]
+        rng.seed(int(sys.argv[4]) if len(sys.argv) > 4 else 99)
+        gen_sequences(n, 25)
+        with open(out, "w") as f:
+            json.dump(vectors.get("sequence", []), f, separators=(",", ":"))
+        print(f"{len(vectors.get('sequence', []))} sequences, {25 * len(vectors.get('sequence', []))} instructions -> {out}")
+        return
+    gen_sequences(400, 20)
     gen_sse()
     gen_alu()
     gen_shift()
