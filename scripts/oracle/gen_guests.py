@@ -158,6 +158,41 @@ PROGRAMS = [
         mov dword ptr [rdi+0xB0], 0
         iretq
     """),
+    # x87: load/add/multiply/store/convert, FCOMIP into EFLAGS, control and status words.
+    ("x87Arithmetic", 64, 0x10C00, """
+        fninit
+        fld1
+        fld qword ptr [0x12000]
+        faddp st(1), st
+        fld st(0)
+        fmulp st(1), st
+        fistp dword ptr [0x12010]
+        fild dword ptr [0x12010]
+        fsqrt
+        fstp qword ptr [0x12018]
+        fldpi
+        fld1
+        fcomip st(0), st(1)
+        setb r8b
+        fstp st(0)
+        fnstsw ax
+        fnstcw word ptr [0x12020]
+        hlt
+    """),
+    # FXSAVE image after pushing 1.0 and 0.0.
+    ("fxsaveImage", 64, 0x10D00, """
+        fninit
+        fld1
+        fldz
+        fxsave [0x12100]
+        hlt
+    """),
+    # MOVAPS from a misaligned address raises #GP(0).
+    ("misalignedMovaps", 64, 0x10E00, """
+        nop
+        movaps xmm0, xmmword ptr [0x12001]
+        hlt
+    """),
     # A CPU-bound loop for MIPS figures: ALU, loads/stores, a call, a conditional branch.
     ("benchmarkLoop", 64, 0x10A00, """
         mov rcx, 20000000
