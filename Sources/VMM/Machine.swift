@@ -64,6 +64,7 @@ public enum PCLayout {
     public static let com1IRQ: UInt32 = 4
     public static let postCodePort: UInt64 = 0x80
     public static let bootTimerPort: UInt64 = 0x440
+    public static let bootTimerMMIO: UInt64 = 0xD100_0000
 }
 
 /// A virtual machine: guest memory, buses with devices, and one CPU backend. Owns the run loop.
@@ -186,9 +187,11 @@ public final class Machine: IOHandler, @unchecked Sendable {
                               aboveFourGiB: memory.size > GuestMemory.mmioHoleStart ? memory.size - GuestMemory.mmioHoleStart : 0)
             try rtc.register(on: ports)
             let timer = self.timer
-            try ports.register(BootTimerPort(now: { VirtualClock.hostMonotonicNs() },
-                                             onSignal: { ev in timer.guestSignal(ev.milestone.value) }),
-                               name: "boot-timer", base: UInt64(BootTimerPort.port), length: BootTimerPort.length)
+            let bootTimer = BootTimerPort(now: { VirtualClock.hostMonotonicNs() },
+                                          onSignal: { ev in timer.guestSignal(ev.milestone.value) })
+            try ports.register(bootTimer, name: "boot-timer", base: UInt64(BootTimerPort.port), length: BootTimerPort.length)
+            // The same register as MMIO, for guests whose kernel has no /dev/port (Debian's cloud kernel).
+            try mmio.register(bootTimer, name: "boot-timer", base: PCLayout.bootTimerMMIO, length: 1)
         } catch let e as BusError {
             throw .device(e.description)
         } catch {
