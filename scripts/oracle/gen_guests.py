@@ -193,6 +193,31 @@ PROGRAMS = [
         movaps xmm0, xmmword ptr [0x12001]
         hlt
     """),
+    # Real mode: INT 0x21 through the IVT (handler at 0000:0900), IRET back.
+    ("realModeInt", 16, 0x0800, """
+        mov ax, 0x1234
+        mov sp, 0x7000
+        int 0x21
+        mov bx, ax
+        hlt
+    """),
+    ("realModeHandler", 16, 0x0900, """
+        add ax, 1
+        mov cx, sp
+        iret
+    """),
+    # External interrupts: enable and wait; the handler (vector 0x30 or 0x41) counts in r15.
+    ("waitForInterrupt", 64, 0x10F00, """
+        sti
+        hlt
+        cli
+        hlt
+    """),
+    ("countingHandler", 64, 0x11500, """
+        inc r15
+        mov r11, [rsp]
+        iretq
+    """),
     # A CPU-bound loop for MIPS figures: ALU, loads/stores, a call, a conditional branch.
     ("benchmarkLoop", 64, 0x10A00, """
         mov rcx, 20000000
