@@ -79,7 +79,7 @@ struct Boot: ParsableCommand {
     var memory: String = "512M"
 
     @Option(name: .long, help: ArgumentHelp(
-        "CPU backend: auto (KVM if it works), kvm, or interp (swhv's x86-64 interpreter).",
+        "CPU backend: auto (KVM on hardware-virtualization hosts, else the interpreter), kvm, or interp (swhv's x86-64 interpreter).",
         valueName: "auto|kvm|interp"))
     var accel: String = "auto"
 
@@ -125,8 +125,9 @@ struct Boot: ParsableCommand {
         let machine = try Machine(config: config, consoleOutput: console)
         machine.timer.processStart = processStart
         console.onFirstByte = { [timer = machine.timer] in timer.mark(.firstConsoleByte) }
-        if !quiet { machine.log.info("using \(machine.backend.name): \(machine.backendReason)") }
         try machine.loadLinux(kernel: files.kernel, initrd: files.initrd, cmdline: line)
+        // After loading, so that bad input gets exactly one line on stderr.
+        if !quiet { machine.log.info("using \(machine.backend.name): \(machine.backendReason)") }
 
         let raw = TerminalRawMode()
         machine.startStdinPump(handleEscape: true)
