@@ -253,15 +253,7 @@ public final class KVMBackend: VcpuBackend {
     public var softInterruptWorkaround = KVMSystem.emulatesSupervisorCode
 
     private func injectFailedSoftInterrupt(_ run: UnsafeMutablePointer<kvm_run>) throws -> Bool {
-        guard run.pointee.internal.suberror == UInt32(KVM_INTERNAL_ERROR_EMULATION),
-              run.pointee.internal.ndata >= 3 else { return false }
-        let insn = withUnsafeBytes(of: run.pointee.internal.data) { raw -> [UInt8]? in
-            let flags = raw.load(fromByteOffset: 0, as: UInt64.self)
-            guard flags & UInt64(KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES) != 0 else { return nil }
-            let size = min(Int(raw[8]), 15)
-            return (0..<size).map { raw[9 + $0] }
-        }
-        guard let insn, let op = insn.first else { return false }
+        guard let insn = emulationFailureBytes(run), let op = insn.first else { return false }
         // CLAC/STAC (the guest believes it has SMAP): only RFLAGS.AC changes.
         if insn.count >= 3 && insn[0] == 0x0F && insn[1] == 0x01 && (insn[2] == 0xCA || insn[2] == 0xCB) {
             var regs = try vcpu.getRegs()
@@ -297,26 +289,29 @@ public final class KVMBackend: VcpuBackend {
         return true
     }
 
+    /// The instruction KVM's emulator failed on, when the exit carries its bytes
+    /// (kvm_run.emulation_failure: flags (u64), then insn_size (u8) and up to 15 bytes).
+    private func emulationFailureBytes(_ run: UnsafeMutablePointer<kvm_run>) -> [UInt8]? {
+        guard run.pointee.internal.suberror == UInt32(KVM_INTERNAL_ERROR_EMULATION),
+              run.pointee.internal.ndata >= 3 else { return nil }
+        return withUnsafeBytes(of: run.pointee.internal.data) { raw -> [UInt8]? in
+            let flags = raw.load(fromByteOffset: 0, as: UInt64.self)
+            guard flags & UInt64(KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES) != 0 else { return nil }
+            let size = min(Int(raw[8]), 15)
+            return (0..<size).map { raw[9 + $0] }
+        }
+    }
+
     /// Guest RIP and the words KVM attached to an internal error (for emulation failures they
     /// include the instruction bytes), so a user can report something actionable.
     private func internalErrorDetail(_ run: UnsafeMutablePointer<kvm_run>) -> String {
         var parts: [String] = []
         if let regs = try? vcpu.getRegs() { parts.append("rip 0x\(String(regs.rip, radix: 16))") }
-        let n = min(Int(run.pointee.internal.ndata), 16)
-        let emulationFailure = run.pointee.internal.suberror == UInt32(KVM_INTERNAL_ERROR_EMULATION)
-        if emulationFailure && n >= 2 {
-            // kvm_run.emulation_failure: flags (u64), then insn_size (u8) and up to 15 bytes.
-            let bytes = withUnsafeBytes(of: run.pointee.internal.data) { raw -> [UInt8] in
-                let flags = raw.load(fromByteOffset: 0, as: UInt64.self)
-                guard flags & UInt64(KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES) != 0 else { return [] }
-                let size = min(Int(raw[8]), 15)
-                return (0..<size).map { raw[9 + $0] }
-            }
-            if !bytes.isEmpty {
-                parts.append("instruction bytes " + bytes.map { String(format2: $0) }.joined(separator: " "))
-                return parts.joined(separator: ", ")
-            }
+        if let bytes = emulationFailureBytes(run), !bytes.isEmpty {
+            parts.append("instruction bytes " + bytes.map { String(format2: $0) }.joined(separator: " "))
+            return parts.joined(separator: ", ")
         }
+        let n = min(Int(run.pointee.internal.ndata), 16)
         if n > 0 {
             let words = withUnsafeBytes(of: run.pointee.internal.data) { raw in
                 (0..<n).map { "0x" + String(raw.load(fromByteOffset: $0 * 8, as: UInt64.self), radix: 16) }
