@@ -232,6 +232,19 @@ PROGRAMS = [
         mov esi, [esp+8]
         iretd
     """),
+    # A REP STOSB longer than the interpreter's REP slice (it yields and resumes).
+    ("longRepStos", 64, 0x11600, """
+        mov rdi, 0x200000
+        mov rcx, 100000
+        mov al, 0xAB
+        rep stosb
+        hlt
+    """),
+    # A tight infinite loop, for stop requests.
+    ("spin", 64, 0x11700, """
+    top:
+        jmp top
+    """),
     # A CPU-bound loop for MIPS figures: ALU, loads/stores, a call, a conditional branch.
     ("benchmarkLoop", 64, 0x10A00, """
         mov rcx, 20000000
