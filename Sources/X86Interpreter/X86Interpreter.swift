@@ -312,6 +312,36 @@ public final class X86Interpreter: VcpuBackend {
         }
     }
 
+    /// Executes up to `n` decoded instructions. The switch is inlined here so its register saves
+    /// happen once per block, not once per instruction. A fault restores RIP, is recorded in the
+    /// state (delivered by the caller) and ends the block.
+    @inline(never)
+    func executeBlock(_ block: UnsafeMutablePointer<DecodedInsn>, _ n: Int) -> Int {
+        var p = block
+        var done = 0
+        while done < n {
+            let start = rip
+            rip = start &+ UInt64(p.pointee.len)
+            do {
+                try execute(p)
+            } catch {
+                rip = start
+                st.pointee.pendingFault = true
+                st.pointee.faultVector = error.vector
+                st.pointee.faultCode = error.code
+                st.pointee.faultHasCode = error.hasCode
+                return done
+            }
+            done += 1
+            if st.pointee.codeModified {
+                st.pointee.codeModified = false
+                return done
+            }
+            p += 1
+        }
+        return done
+    }
+
     /// Runs blocks from CS:RIP until `budget` instructions retired, the poll interval expires or
     /// something needs the run loop (an event to check, HLT, shutdown). Returns instructions retired.
     func runBlocks(budget: UInt64) -> Int {
@@ -330,28 +360,14 @@ public final class X86Interpreter: VcpuBackend {
             }
             let remaining = budget &- UInt64(total)
             let n = remaining < UInt64(count) ? Int(remaining) : count
-            var p = block
-            var done = 0
-            while done < n {
-                let start = rip
-                rip = start &+ UInt64(p.pointee.len)
-                do {
-                    try execute(p)
-                } catch {
-                    rip = start
-                    instructionsRetired &+= UInt64(done)
-                    deliverFault(error)
-                    return total + done
-                }
-                done += 1
-                if st.pointee.codeModified {
-                    st.pointee.codeModified = false
-                    break
-                }
-                p += 1
-            }
+            let done = executeBlock(block, n)
             instructionsRetired &+= UInt64(done)
             total += done
+            if st.pointee.pendingFault {
+                st.pointee.pendingFault = false
+                deliverFault(Fault(vector: st.pointee.faultVector, code: st.pointee.faultCode, hasCode: st.pointee.faultHasCode))
+                return total
+            }
             if shadow || tf {
                 if shadow {
                     st.pointee.interruptShadow = false

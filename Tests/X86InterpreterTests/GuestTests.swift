@@ -1,4 +1,5 @@
 import CPUBackend
+import Dispatch
 import VMMemory
 import X86Interpreter
 import XCTest
@@ -152,6 +153,24 @@ final class GuestTests: XCTestCase {
         XCTAssertEqual(cpu[.r14], 2, "#GP handler ran")
         XCTAssertEqual(cpu[.rax], 0, "error code 0")
         XCTAssertEqual(cpu[.rbx], GuestPrograms.misalignedMovaps.address + 1, "fault at MOVAPS")
+    }
+
+    func testLongRepStosCompletesAcrossYields() throws {
+        let (mem, cpu) = try makeKernelGuest(entry: GuestPrograms.longRepStos)
+        XCTAssertEqual(runToHalt(cpu), .haltedForever)
+        XCTAssertEqual(cpu[.rcx], 0)
+        XCTAssertEqual(cpu[.rdi], 0x200000 + 100_000)
+        XCTAssertEqual(try mem.read(UInt8.self, at: 0x200000), 0xAB)
+        XCTAssertEqual(try mem.read(UInt8.self, at: 0x200000 + 99_999), 0xAB)
+        XCTAssertEqual(try mem.read(UInt8.self, at: 0x200000 + 100_000), 0)
+    }
+
+    func testStopRequestFromAnotherThreadInterruptsASpinningGuest() throws {
+        let (_, cpu) = try makeKernelGuest(entry: GuestPrograms.spin)
+        let control = VMControl()
+        DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(50)) { control.requestStop(.poweroff) }
+        XCTAssertEqual(try cpu.run(io: RecordingIO(), control: control), .poweroff)
+        XCTAssertGreaterThan(cpu.instructionsRetired, 0)
     }
 
     func testHostStopRequestEndsRun() throws {

@@ -60,6 +60,33 @@ final class InterruptTests: XCTestCase {
         XCTAssertEqual(cpu[.rsp] & 0xFFFF, 0x7000)
     }
 
+    func testProtectedModeInterruptGate() throws {
+        let mem = try GuestMemory(size: 1 << 20)
+        for p in [GuestPrograms.protectedInt, GuestPrograms.protectedHandler] { try mem.write(bytes: p.code, at: p.address) }
+        let gdt: [UInt64] = [0, 0x00CF_9A00_0000_FFFF, 0x00CF_9200_0000_FFFF]
+        for (i, d) in gdt.enumerated() { try mem.write(d, at: 0x8000 + UInt64(i * 8)) }
+        let handler = GuestPrograms.protectedHandler.address
+        let gate = (handler & 0xFFFF) | 0x08 << 16 | UInt64(0x8E) << 40 | ((handler >> 16) & 0xFFFF) << 48
+        try mem.write(gate, at: 0x9000 + 0x20 * 8)
+        var s = CPUEntryState()
+        s.cr0 = 0x11
+        s.rip = GuestPrograms.protectedInt.address
+        s.rflags = 0x2   // IF clear, so the final HLT ends the run
+        s.cs = Segment(base: 0, limit: 0xFFFF_FFFF, selector: 0x08, type: 0xB, db: true, g: true)
+        let data = Segment(base: 0, limit: 0xFFFF_FFFF, selector: 0x10, type: 0x3, db: true, g: true)
+        s.ds = data; s.es = data; s.ss = data; s.fs = data; s.gs = data
+        s.gdt = DescriptorTable(base: 0x8000, limit: 0x17)
+        s.idt = DescriptorTable(base: 0x9000, limit: 0x7FF)
+        let cpu = X86Interpreter(memory: mem, clock: VirtualClock())
+        try cpu.setEntryState(s)
+        XCTAssertEqual(cpu.run(io: RecordingIO(), control: VMControl(), maxInstructions: 100), .haltedForever)
+        XCTAssertEqual(cpu[.rbx], 0xABCD, "handler ran and IRETD returned")
+        XCTAssertEqual(cpu[.rcx], GuestPrograms.protectedInt.address + 7, "return EIP after INT")
+        XCTAssertEqual(cpu[.rdx], 0x08, "CS in the frame")
+        XCTAssertEqual(cpu[.rsi] & 0xFFFF_FFFF, 0x2, "EFLAGS in the frame")
+        XCTAssertEqual(cpu[.rsp], 0x30000, "stack balanced after IRETD")
+    }
+
     func testPICInterruptThroughLINT0WakesHLTFromTimedDevice() throws {
         let pic = FakePIC()
         let clock = VirtualClock()

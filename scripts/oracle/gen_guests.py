@@ -218,6 +218,33 @@ PROGRAMS = [
         mov r11, [rsp]
         iretq
     """),
+    # 32-bit protected mode: INT 0x20 through a 32-bit interrupt gate, IRETD back.
+    ("protectedInt", 32, 0x20000, """
+        mov esp, 0x30000
+        int 0x20
+        mov ebx, eax
+        hlt
+    """),
+    ("protectedHandler", 32, 0x21000, """
+        mov eax, 0xABCD
+        mov ecx, [esp]
+        mov edx, [esp+4]
+        mov esi, [esp+8]
+        iretd
+    """),
+    # A REP STOSB longer than the interpreter's REP slice (it yields and resumes).
+    ("longRepStos", 64, 0x11600, """
+        mov rdi, 0x200000
+        mov rcx, 100000
+        mov al, 0xAB
+        rep stosb
+        hlt
+    """),
+    # A tight infinite loop, for stop requests.
+    ("spin", 64, 0x11700, """
+    top:
+        jmp top
+    """),
     # A CPU-bound loop for MIPS figures: ALU, loads/stores, a call, a conditional branch.
     ("benchmarkLoop", 64, 0x10A00, """
         mov rcx, 20000000
