@@ -231,8 +231,9 @@ final class DiskTests: XCTestCase {
     // MARK: Raw disk
 
     /// The guest reads what the host wrote at several offsets (aligned, unaligned, the last bytes,
-    /// and a checksum of the whole disk), writes at several offsets (partial sectors, the end, a
-    /// multi-page copy), syncs and reboots; the host file then equals the expected image exactly.
+    /// and checksums of the whole disk, buffered and O_DIRECT), writes at several offsets (partial
+    /// sectors, the end, a 1 MiB O_DIRECT copy, a multi-page copy), syncs and reboots; the host file
+    /// then equals the expected image exactly.
     func testRawDiskReadsHostBytesAndWritesExactlyWhatTheGuestWrote() throws {
         let dir = try temporaryDirectory()
         let img = dir.appendingPathComponent("raw.img").path
@@ -252,18 +253,23 @@ final class DiskTests: XCTestCase {
                            "guest read at offset \(offset)")
         }
         XCTAssertEqual(g.run("sha256sum /dev/vda")?.prefix(64).description, hostSum, "whole-disk checksum in the guest")
+        // O_DIRECT bypasses the guest's page cache: 1 MiB requests of many descriptors.
+        XCTAssertEqual(g.run("dd if=/dev/vda bs=1M iflag=direct 2>/dev/null | sha256sum")?.prefix(64).description,
+                       hostSum, "whole-disk checksum with O_DIRECT reads")
+        XCTAssertEqual(g.runWithStatus("dd if=/dev/vda of=/dev/vda bs=1M count=1 seek=2 iflag=direct oflag=direct")?.status, 0)
+        Self.replace(&image, at: 2 << 20, with: image.subdata(in: 0..<(1 << 20)))
 
         // Writes: (offset, text) through the page cache (read-modify-write of partial pages).
-        let writes: [(Int, String)] = [(512, "GUEST-WROTE-AT-512"), (2_000_001, "guest-unaligned-write"),
+        let writes: [(Int, String)] = [(512, "GUEST-WROTE-AT-512"), (1_500_001, "guest-unaligned-write"),
                                        (size - 12, "guest-at-end")]
         for (offset, text) in writes {
             XCTAssertEqual(g.runWithStatus("printf '\(text)' | dd of=/dev/vda bs=1 seek=\(offset) conv=notrunc")?.status,
                            0, "guest write at \(offset); \(g.tail)")
             Self.replace(&image, at: offset, with: Data(text.utf8))
         }
-        // 32 KiB copied from 4096 to 600 * 4096: multi-page, multi-descriptor requests.
-        XCTAssertEqual(g.runWithStatus("dd if=/dev/vda of=/dev/vda bs=4096 skip=1 seek=600 count=8 conv=notrunc")?.status, 0)
-        Self.replace(&image, at: 600 * 4096, with: image.subdata(in: 4096..<(4096 + 32768)))
+        // 32 KiB copied from 4096 to 900 * 4096 through the page cache.
+        XCTAssertEqual(g.runWithStatus("dd if=/dev/vda of=/dev/vda bs=4096 skip=1 seek=900 count=8 conv=notrunc")?.status, 0)
+        Self.replace(&image, at: 900 * 4096, with: image.subdata(in: 4096..<(4096 + 32768)))
         XCTAssertEqual(g.runWithStatus("sync")?.status, 0)
         g.reboot()
 
@@ -355,32 +361,45 @@ final class DiskTests: XCTestCase {
     // MARK: Read-only and two disks
 
     /// `--disk a.img,serial=... --disk b.img,readonly`: the guest sees vda and vdb with their sizes
-    /// and serial, vdb read-only; writing vdb fails while writing vda works; b.img stays bit-identical.
+    /// and serial, vdb read-only; writing vdb fails while writing vda works; b.img stays
+    /// bit-identical. a.img is a sparse 5 GiB file, so offsets past 4 GiB are exercised too.
     func testTwoDisksAndAReadOnlyDiskStaysBitIdentical() throws {
         let dir = try temporaryDirectory()
         let a = dir.appendingPathComponent("a.img").path, b = dir.appendingPathComponent("b.img").path
-        var aBytes = Self.pattern(count: 2 << 20, seed: 0xA)
-        try aBytes.write(to: URL(fileURLWithPath: a))
-        try Self.pattern(count: 3 << 20, seed: 0xB).write(to: URL(fileURLWithPath: b))
+        let aSize: UInt64 = 5 << 30, bSize = 3 << 20
+        let high: UInt64 = (4 << 30) + (512 << 20) + 3  // past 4 GiB, unaligned
+        XCTAssertTrue(FileManager.default.createFile(atPath: a, contents: nil))
+        let h = try FileHandle(forWritingTo: URL(fileURLWithPath: a))
+        try h.truncate(atOffset: aSize)
+        try h.seek(toOffset: high)
+        try h.write(contentsOf: Data("HOST-PAST-4GIB".utf8))
+        try h.close()
+        try Self.pattern(count: bSize, seed: 0xB).write(to: URL(fileURLWithPath: b))
         let bSum = try sha256(b)
 
         let g = try boot(["--disk", "\(a),serial=swhv-test-a", "--disk", "\(b),readonly"])
         XCTAssertTrue(g.waitForShell(), "no shell; \(g.tail)")
         XCTAssertEqual(g.run("cat /sys/block/vda/size /sys/block/vdb/size")?.split(separator: "\n"),
-                       ["\((2 << 20) / 512)", "\((3 << 20) / 512)"], "sizes in sectors")
+                       ["\(aSize / 512)", "\(bSize / 512)"], "sizes in sectors")
         XCTAssertEqual(g.run("cat /sys/block/vda/ro /sys/block/vdb/ro")?.split(separator: "\n"), ["0", "1"])
         XCTAssertEqual(g.run("cat /sys/block/vda/serial"), "swhv-test-a")
+        XCTAssertEqual(g.run("dd if=/dev/vda bs=1 skip=\(high) count=14 2>/dev/null"), "HOST-PAST-4GIB")
 
         let roWrite = g.runWithStatus("printf 'must-not-land' | dd of=/dev/vdb bs=1 seek=4096 conv=notrunc")
         XCTAssertNotNil(roWrite, g.tail)
         XCTAssertNotEqual(roWrite?.status, 0, "writing the read-only disk succeeded: \(roWrite?.output ?? "")")
-        XCTAssertEqual(g.runWithStatus("printf 'vda-is-writable' | dd of=/dev/vda bs=1 seek=8192 conv=notrunc")?.status, 0)
-        Self.replace(&aBytes, at: 8192, with: Data("vda-is-writable".utf8))
+        XCTAssertEqual(g.runWithStatus("printf 'vda-last-bytes' | dd of=/dev/vda bs=1 seek=\(aSize - 14) conv=notrunc")?.status, 0)
         XCTAssertEqual(g.runWithStatus("sync")?.status, 0)
         g.reboot()
 
         XCTAssertEqual(try sha256(b), bSum, "the read-only disk changed")
-        XCTAssertTrue(try Data(contentsOf: URL(fileURLWithPath: a)) == aBytes, "the writable disk is not as expected")
+        let r = try FileHandle(forReadingFrom: URL(fileURLWithPath: a))
+        defer { try? r.close() }
+        XCTAssertEqual(try r.seekToEnd(), aSize, "the writable disk changed size")
+        try r.seek(toOffset: aSize - 14)
+        XCTAssertEqual(try r.read(upToCount: 14), Data("vda-last-bytes".utf8), "the guest's write past 4 GiB")
+        try r.seek(toOffset: high)
+        XCTAssertEqual(try r.read(upToCount: 14), Data("HOST-PAST-4GIB".utf8))
     }
 
     // MARK: Locking
@@ -425,8 +444,9 @@ final class DiskTests: XCTestCase {
         }
     }
 
-    /// Missing files, directories, empty files and sizes that are not whole sectors: exit 1 with one
-    /// line naming the disk and the problem, in well under a second, without starting the guest.
+    /// Missing files, directories, empty files, sizes that are not whole sectors and a writable disk
+    /// given twice: exit 1 with one line naming the disk and the problem, in well under a second,
+    /// without starting the guest.
     func testBadDisksFailFastWithOneLine() throws {
         let dir = try temporaryDirectory()
         let binary = try releaseBinary()
@@ -436,19 +456,23 @@ final class DiskTests: XCTestCase {
         try Data().write(to: URL(fileURLWithPath: empty))
         let missing = dir.appendingPathComponent("missing.img").path
 
-        let cases: [(String, [String])] = [
-            (missing, ["No such file"]),
-            (dir.path, ["directory"]),
-            ("\(dir.path),readonly", ["not a regular file"]),
-            (odd, ["1000 bytes", "512"]),
-            (empty, ["empty"]),
+        let fine = dir.appendingPathComponent("fine.img").path
+        try Data(count: 4096).write(to: URL(fileURLWithPath: fine))
+
+        let cases: [([String], [String])] = [
+            ([missing], [missing, "No such file"]),
+            ([dir.path], [dir.path, "directory"]),
+            (["\(dir.path),readonly"], [dir.path, "not a regular file"]),
+            ([odd], [odd, "1000 bytes", "512"]),
+            ([empty], [empty, "empty"]),
+            ([fine, "\(fine),readonly"], [fine, "given twice"]),
         ]
-        for (spec, words) in cases {
-            let r = try runHost(binary, try bootArguments(["--disk", spec]))
-            XCTAssertEqual(r.status, 1, "--disk \(spec): \(r.stderr)")
-            XCTAssertLessThan(r.seconds, 1, "--disk \(spec) took \(r.seconds) s")
-            XCTAssertEqual(r.stdout, "", "--disk \(spec) started the guest")
-            assertOneLine(r.stderr, mentions: [spec.split(separator: ",")[0].description] + words)
+        for (specs, words) in cases {
+            let r = try runHost(binary, try bootArguments(specs.flatMap { ["--disk", $0] }))
+            XCTAssertEqual(r.status, 1, "--disk \(specs): \(r.stderr)")
+            XCTAssertLessThan(r.seconds, 1, "--disk \(specs) took \(r.seconds) s")
+            XCTAssertEqual(r.stdout, "", "--disk \(specs) started the guest")
+            assertOneLine(r.stderr, mentions: words)
         }
     }
 }
