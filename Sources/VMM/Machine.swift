@@ -207,6 +207,10 @@ public final class Machine: IOHandler, @unchecked Sendable {
         root.onResetRequest = { control.requestStop(.reset) }
         do {
             for (i, d) in disks.enumerated() {
+                // Our own lock would refuse it with "in use by another process": say what is wrong.
+                if disks[..<i].contains(where: { !($0.readOnly && d.readOnly) && Machine.sameFile($0.path, d.path) }) {
+                    throw MachineError.device("disk \(d.path) is given twice; a writable disk can be attached only once")
+                }
                 let blk = try VirtioBlock(path: d.path, readOnly: d.readOnly,
                                           serial: d.serial.isEmpty ? "swhv-disk\(i)" : d.serial)
                 let dev = try VirtioPciDevice(device: blk, memory: memory, interrupts: interrupts,
@@ -214,11 +218,24 @@ public final class Machine: IOHandler, @unchecked Sendable {
                 _ = try root.add(dev)
             }
             try root.register(ports: ports, mmio: mmio)
+        } catch let e as MachineError {
+            throw e
         } catch let e as BlockError {
             throw .device(e.description)
         } catch {
             throw .device("\(error)")
         }
+    }
+
+    /// Whether two paths name the same file (after resolving links and relative paths).
+    static func sameFile(_ a: String, _ b: String) -> Bool {
+        func resolved(_ p: String) -> String? {
+            guard let r = realpath(p, nil) else { return nil }
+            defer { free(r) }
+            return String(cString: r)
+        }
+        guard let ra = resolved(a), let rb = resolved(b) else { return false }
+        return ra == rb
     }
 
     // MARK: Loading
