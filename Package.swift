@@ -42,6 +42,9 @@ let package = Package(
         .executableTarget(name: "swhv", dependencies: [
             "VMM", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
+        // Replays differential fuzz cases on the interpreter (driven by scripts/oracle/fuzz.py).
+        .executableTarget(name: "swhv-cpu-runner", dependencies: ["X86Interpreter", "VMMemory", "CPUBackend"],
+                          swiftSettings: fastRelease),
 
         .testTarget(name: "VMMemoryTests", dependencies: ["VMMemory"]),
         .testTarget(name: "LinuxLoaderTests", dependencies: ["LinuxLoader", "VMMemory", "CPUBackend"]),

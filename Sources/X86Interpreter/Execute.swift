@@ -226,7 +226,9 @@ extension X86Interpreter {
         case .loop:
             let mask: UInt64 = d.pointee.asz == 3 ? ~0 : (d.pointee.asz == 2 ? 0xFFFF_FFFF : 0xFFFF)
             let c = (gpr(Reg.rcx) &- 1) & mask
-            setGPR(Reg.rcx, (gpr(Reg.rcx) & ~mask) | c)
+            // LOOP with a 32-bit address size writes ECX, which clears the upper half like any
+            // 32-bit register write; only the 16-bit CX form keeps the rest of the register.
+            setGPR(Reg.rcx, d.pointee.asz == 1 ? (gpr(Reg.rcx) & ~mask) | c : c)
             var take = c != 0
             if d.pointee.sub == 0 { take = take && !condition(4) }
             if d.pointee.sub == 1 { take = take && condition(4) }

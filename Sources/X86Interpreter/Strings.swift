@@ -25,8 +25,7 @@ extension X86Interpreter {
         let step = down ? 0 &- size : size
 
         @inline(__always) func advance(_ r: Int) {
-            let v = gpr(r)
-            setGPR(r, (v & ~amask) | ((v &+ step) & amask))
+            setAddressReg(r, gpr(r) &+ step, amask)
         }
 
         if rep == 0 {
@@ -49,7 +48,7 @@ extension X86Interpreter {
                 let n = try bulkString(op, s, srcSeg, amask, count)
                 if n > 0 {
                     count -= n
-                    setGPR(Reg.rcx, (gpr(Reg.rcx) & ~amask) | count)
+                    setAddressReg(Reg.rcx, count, amask)
                     continue
                 }
             }
@@ -57,12 +56,20 @@ extension X86Interpreter {
             if op == .movs || op == .cmps || op == .lods { advance(Reg.rsi) }
             if op != .lods { advance(Reg.rdi) }
             count -= 1
-            setGPR(Reg.rcx, (gpr(Reg.rcx) & ~amask) | count)
+            setAddressReg(Reg.rcx, count, amask)
             if op == .cmps || op == .scas {
                 let zf = condition(4)
                 if rep == Pfx.rep ? !zf : zf { break }
             }
         }
+    }
+
+    /// Writes RSI/RDI/RCX as the address size does: a 32-bit address size writes ESI/EDI/ECX,
+    /// clearing the upper halves like any 32-bit register write in 64-bit mode; 16-bit addressing
+    /// keeps the bits above SI/DI/CX.
+    @inline(__always)
+    func setAddressReg(_ r: Int, _ value: UInt64, _ amask: UInt64) {
+        setGPR(r, amask == 0xFFFF ? (gpr(r) & ~amask) | (value & amask) : value & amask)
     }
 
     /// One element of MOVS/STOS/LODS/CMPS/SCAS.
@@ -122,9 +129,9 @@ extension X86Interpreter {
             let srcAddr = UInt(bitPattern: src), dstAddr = UInt(bitPattern: dst)
             if dstAddr > srcAddr && dstAddr < srcAddr + UInt(bytes) { return 0 }
             dst.copyMemory(from: src, byteCount: bytes)
-            setGPR(Reg.rsi, (gpr(Reg.rsi) & ~amask) | ((siOff &+ n * size) & amask))
+            setAddressReg(Reg.rsi, siOff &+ n * size, amask)
         }
-        setGPR(Reg.rdi, (gpr(Reg.rdi) & ~amask) | ((diOff &+ n * size) & amask))
+        setAddressReg(Reg.rdi, diOff &+ n * size, amask)
         return n
     }
 
@@ -151,15 +158,15 @@ extension X86Interpreter {
                 _ = try rmwPointer(di, Int(size))
                 let v = io?.portRead(port, size: Int(size)) ?? UInt32.max
                 try writeSized(di, s, UInt64(v))
-                setGPR(Reg.rdi, (gpr(Reg.rdi) & ~amask) | ((gpr(Reg.rdi) &+ step) & amask))
+                setAddressReg(Reg.rdi, gpr(Reg.rdi) &+ step, amask)
             } else {
                 let si = linear(Int(d.pointee.seg), gpr(Reg.rsi) & amask)
                 let v = try readSized(si, s)
                 io?.portWrite(port, size: Int(size), value: UInt32(truncatingIfNeeded: v))
-                setGPR(Reg.rsi, (gpr(Reg.rsi) & ~amask) | ((gpr(Reg.rsi) &+ step) & amask))
+                setAddressReg(Reg.rsi, gpr(Reg.rsi) &+ step, amask)
             }
             count -= 1
-            if rep { setGPR(Reg.rcx, (gpr(Reg.rcx) & ~amask) | count) }
+            if rep { setAddressReg(Reg.rcx, count, amask) }
         }
         ioHappened()
     }

@@ -1,23 +1,328 @@
 #!/usr/bin/env python3
-"""Random-sequence differential fuzzing of the interpreter against unicorn.
+"""Differential fuzzer: random x86-64 instruction streams on unicorn (oracle) vs the swhv interpreter.
 
-Generates N random straight-line sequences of 25 instructions (see gen_vectors.gen_sequences),
-runs them through the Swift test OracleVectorTests.testExternalVectors, and reports mismatches.
+    swift build -c release --product swhv-cpu-runner
+    python3 scripts/oracle/fuzz.py --instructions 1000000 --seed 1
 
-    python3 scripts/oracle/fuzz.py [sequences=40000] [seed=1]     # 40000 x 25 = 1M instructions
+Worker processes generate cases (fuzz_gen.py: instruction by instruction against unicorn, iced-x86
+for validation and undefined flags); .build/release/swhv-cpu-runner replays each case step by step
+on the interpreter and reports the first divergence, which is printed here with the disassembly.
+Diverging cases, cut after the diverging step, go to --failures in the corpus format read by
+FuzzRegressionTests. The run ends with a summary and an `N passed, N failed` line (cases).
+
+Unless --no-native, every case also runs on the host CPU (fuzz_native.c, single-stepped at CPL3)
+against the same unicorn expectations, and each divergence is classified:
+  interpreter   the host CPU agrees with unicorn: an interpreter bug
+  unicorn       the host CPU shows what the interpreter shows: a unicorn quirk (not a failure)
+  three-way     interpreter, unicorn and host CPU all differ
+and cases where only the host CPU differs (interpreter and unicorn agree) are counted apart.
+
+    --write-corpus FILE --cases N   writes N cases with disassembly comments instead of running
+    --show SEED:INDEX               regenerates one case and prints it with disassembly
 """
+import argparse
+import collections
+import multiprocessing
 import os
 import subprocess
 import sys
+import threading
+import time
 
-here = os.path.dirname(os.path.abspath(__file__))
-n = int(sys.argv[1]) if len(sys.argv) > 1 else 40000
-seed = sys.argv[2] if len(sys.argv) > 2 else "1"
-out = "/tmp/swhv-fuzz-%s.json" % seed
-subprocess.run([sys.executable, os.path.join(here, "gen_vectors.py"), "--sequences", str(n), out, seed], check=True)
-env = dict(os.environ, SWHV_ORACLE_VECTORS=out)
-r = subprocess.run(["swift", "test", "--filter", "OracleVectorTests.testExternalVectors"], env=env,
-                   capture_output=True, text=True)
-lines = [l for l in (r.stdout + r.stderr).splitlines() if "oracle vectors" in l or "MISMATCH" in l]
-print("\n".join(lines[:60]))
-sys.exit(r.returncode)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fuzz_gen as F  # noqa: E402
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+
+_emu = None
+_cfg = None
+
+
+def _init_worker(cfg):
+    global _emu, _cfg
+    _emu = F.Emu()
+    _cfg = cfg
+
+
+def case_seed(seed, index):
+    return f"{seed}:{index}"
+
+
+def case_length(seed, index, lo, hi):
+    import random
+    return random.Random(f"len:{seed}:{index}").randint(lo, hi)
+
+
+def _make(index):
+    seed, lo, hi, weights = _cfg
+    c = F.generate_case(_emu, case_seed(seed, index), case_length(seed, index, lo, hi), weights)
+    kinds = collections.Counter()
+    return index, F.serialize(c, f"{seed}:{index}"), len(c.steps)
+
+
+def parse_case_text(text):
+    """(code bytes, [step rips]) from a serialized case."""
+    code = b""
+    rips = []
+    for line in text.splitlines():
+        if line.startswith("X "):
+            code = bytes.fromhex(line[2:].strip())
+        elif line.startswith("S "):
+            rips.append(int(line.split()[1], 16))
+    return code, rips
+
+
+def describe(text, step):
+    """Disassembly of the diverging instruction and the few before it."""
+    code, rips = parse_case_text(text)
+    starts = [F.CODE] + rips
+    out = []
+    for k in range(max(0, step - 3), min(step + 1, len(rips))):
+        b, asm = F.disassemble_step(code, starts[k])
+        mark = "=>" if k == step else "  "
+        out.append(f"   {mark} step {k:4d}  {starts[k]:x}: {b:<30} {asm}")
+    return out
+
+
+def mnemonic_at(text, step):
+    code, rips = parse_case_text(text)
+    starts = [F.CODE] + rips
+    if step >= len(rips):
+        return "(end of case)"
+    _, asm = F.disassemble_step(code, starts[step])
+    return asm.split()[0] if asm else "?"
+
+
+def truncated_with_disasm(seed_str, length, weights, step, case_id):
+    """The case regenerated with disassembly comments, cut after the diverging step."""
+    emu = F.Emu()
+    c = F.generate_case(emu, seed_str, length, weights)
+    c.steps = c.steps[:step + 1]
+    return F.serialize(c, case_id, disasm=True)
+
+
+def build_native(path):
+    """Compiles fuzz_native.c when the binary is missing or older than the source."""
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fuzz_native.c")
+    if os.path.exists(path) and os.path.getmtime(path) >= os.path.getmtime(src):
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    subprocess.run(["cc", "-O2", "-fno-stack-protector", "-o", path, src], check=True)
+
+
+def problem_items(problems):
+    """{what: observed value} from a runner's problem list, for comparing two runners' reports."""
+    items = {}
+    for p in problems.split(" | "):
+        if p.startswith("rflags = "):
+            d = p.split("differing ")[1].split(",")[0] if "differing " in p else "?"
+            bits = int(d, 16) & F.NATIVE_FLAGS if d != "?" else -1
+            if bits:
+                items["rflags"] = bits
+        elif " = " in p:
+            k, v = p.split(" = ", 1)
+            items[k] = v.split(",")[0]
+        else:
+            items[p] = ""
+    return items
+
+
+def classify(interp, native):
+    """interp/native: None (pass) or (step, problems)."""
+    if native is ...:
+        return "pass" if interp is None else "unconfirmed"
+    if interp is None:
+        return "pass" if native is None else "hardware-only"
+    if native is None:
+        return "interpreter"
+    if interp[0] == native[0] and problem_items(interp[1]) == problem_items(native[1]):
+        return "unicorn"
+    return "three-way"
+
+
+def build_weights(args):
+    weights = {k: w for k, (_, w) in F.FAMILIES.items()}
+    if args.only:
+        keep = set(args.only.split(","))
+        weights = {k: w for k, w in weights.items() if k in keep}
+    if args.exclude:
+        for k in args.exclude.split(","):
+            weights.pop(k, None)
+    unknown = set((args.only or "").split(",") + (args.exclude or "").split(",")) - set(F.FAMILIES) - {""}
+    if unknown:
+        sys.exit(f"unknown families: {', '.join(sorted(unknown))}; known: {', '.join(F.FAMILIES)}")
+    return weights
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--instructions", type=int, default=1_000_000, help="stop after this many instructions")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="generator processes")
+    ap.add_argument("--min-length", type=int, default=64)
+    ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--runner", default=os.path.join(ROOT, ".build", "release", "swhv-cpu-runner"))
+    ap.add_argument("--no-native", action="store_true", help="skip the host-CPU cross-check")
+    ap.add_argument("--native-bin", default=os.path.join(ROOT, ".build", "fuzz_native"))
+    ap.add_argument("--failures", default="fuzz-failures.txt", help="diverging cases are written here")
+    ap.add_argument("--report", type=int, default=20, help="divergences printed in detail")
+    ap.add_argument("--only", help="comma-separated instruction families to use")
+    ap.add_argument("--exclude", help="comma-separated instruction families to leave out")
+    ap.add_argument("--write-corpus", metavar="FILE")
+    ap.add_argument("--cases", type=int, default=300, help="with --write-corpus: number of cases")
+    ap.add_argument("--show", metavar="SEED:INDEX")
+    args = ap.parse_args()
+    weights = build_weights(args)
+
+    if args.show:
+        s, i = args.show.split(":")
+        emu = F.Emu()
+        c = F.generate_case(emu, case_seed(int(s), int(i)), case_length(int(s), int(i), args.min_length,
+                                                                         args.max_length), weights)
+        sys.stdout.write(F.serialize(c, args.show, disasm=True))
+        return 0
+
+    if args.write_corpus:
+        emu = F.Emu()
+        with open(args.write_corpus, "w") as f:
+            f.write(f"# Differential fuzz corpus: scripts/oracle/fuzz.py --write-corpus --seed {args.seed} "
+                    f"--cases {args.cases} --min-length {args.min_length} --max-length {args.max_length}\n")
+            total = 0
+            for i in range(args.cases):
+                c = F.generate_case(emu, case_seed(args.seed, i),
+                                    case_length(args.seed, i, args.min_length, args.max_length), weights)
+                total += len(c.steps)
+                f.write(F.serialize(c, f"{args.seed}:{i}", disasm=True))
+        print(f"wrote {args.cases} cases, {total} instructions to {args.write_corpus}")
+        return 0
+
+    if not os.path.exists(args.runner):
+        sys.exit(f"no runner at {args.runner}: swift build -c release --product swhv-cpu-runner")
+
+    runner = subprocess.Popen([args.runner], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              bufsize=1 << 20)
+    native = None
+    if not args.no_native:
+        build_native(args.native_bin)
+        native = subprocess.Popen([args.native_bin], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                  bufsize=1 << 20)
+    pending = {}
+    sent = {"cases": 0, "steps": 0}
+    lock = threading.Lock()
+    cfg = (args.seed, args.min_length, args.max_length, weights)
+    start = time.time()
+
+    def feed():
+        with multiprocessing.Pool(args.jobs, initializer=_init_worker, initargs=(cfg,)) as pool:
+            def indices():
+                i = 0
+                while True:
+                    yield i
+                    i += 1
+            for index, text, n in pool.imap(_make, indices(), chunksize=4):
+                if sent["steps"] >= args.instructions:
+                    break
+                with lock:
+                    pending[f"{args.seed}:{index}"] = (text, n)
+                runner.stdin.write(text)
+                if native:
+                    native.stdin.write(text)
+                sent["cases"] += 1
+                sent["steps"] += n
+            pool.terminate()
+        runner.stdin.close()
+        if native:
+            native.stdin.close()
+
+    t = threading.Thread(target=feed, daemon=True)
+    t.start()
+
+    def results(proc):
+        for line in proc.stdout:
+            parts = line.rstrip("\n").split(" ", 4)
+            if parts[0] == "PASS":
+                yield parts[1], None
+            elif parts[0] == "FAIL":
+                yield parts[1], (int(parts[2]), parts[4] if len(parts) > 4 else "")
+            elif parts[0] in ("runner:", "native:"):
+                continue
+            else:
+                print(line.rstrip())
+
+    native_results = results(native) if native else None
+    counts = collections.Counter()
+    steps_checked = 0
+    by_mnemonic = collections.defaultdict(collections.Counter)
+    reported = 0
+    last_progress = start
+    fail_out = None
+    for cid, interp in results(runner):
+        nat = ...
+        if native_results is not None:
+            ncid, nat = next(native_results, (cid, (0, "native runner ended early")))
+            if ncid != cid:
+                sys.exit(f"runners out of step: {cid} vs {ncid}")
+        with lock:
+            text, n = pending.pop(cid, ("", 0))
+        steps_checked += n
+        kind = classify(interp, nat)
+        counts[kind] += 1
+        if kind != "pass":
+            step, problems = interp if interp is not None else nat
+            by_mnemonic[kind][mnemonic_at(text, step)] += 1
+            if reported < args.report and kind != "unicorn":
+                reported += 1
+                who = "host CPU" if kind == "hardware-only" else "interpreter"
+                print(f"DIVERGENCE ({kind}) case {cid} step {step}: {who}: {problems}")
+                if kind in ("three-way",):
+                    print(f"    host CPU: step {nat[0]}: {nat[1]}")
+                for d in describe(text, step):
+                    print(d)
+            if kind != "unicorn":
+                if fail_out is None:
+                    fail_out = open(args.failures, "w")
+                    fail_out.write(f"# Diverging cases from fuzz.py --seed {args.seed} (cut after the diverging step)\n")
+                s_, i_ = cid.split(":")
+                fail_out.write(f"# {kind}: {problems}\n")
+                fail_out.write(truncated_with_disasm(case_seed(int(s_), int(i_)),
+                                                     case_length(int(s_), int(i_), args.min_length, args.max_length),
+                                                     weights, step, cid))
+                fail_out.flush()
+        now = time.time()
+        if now - last_progress > 10:
+            last_progress = now
+            rate = steps_checked / (now - start)
+            print(f"  ... {sum(counts.values())} cases, {steps_checked} instructions, "
+                  f"{sum(counts.values()) - counts['pass']} diverged ({rate:,.0f} instr/s)", file=sys.stderr)
+    rc = runner.wait()
+    nrc = native.wait() if native else 0
+    t.join(timeout=5)
+    elapsed = time.time() - start
+    if fail_out:
+        fail_out.close()
+    if rc not in (0, 1):
+        print(f"runner exited with status {rc}")
+    if nrc not in (0, 1):
+        print(f"native runner exited with status {nrc}")
+    labels = {"interpreter": "interpreter bugs (host CPU agrees with unicorn)",
+              "unconfirmed": "interpreter divergences (no host-CPU check)",
+              "three-way": "three-way differences",
+              "unicorn": "unicorn quirks (interpreter agrees with host CPU; not failures)",
+              "hardware-only": "host CPU alone differs (interpreter agrees with unicorn; not failures)"}
+    for kind, label in labels.items():
+        if counts[kind]:
+            print(f"{label}: {counts[kind]}: " + ", ".join(f"{m} {c}" for m, c in by_mnemonic[kind].most_common(12)))
+    if fail_out:
+        print(f"diverging cases written to {args.failures}")
+    total = sum(counts.values())
+    failed = counts["interpreter"] + counts["unconfirmed"] + counts["three-way"]
+    divergences = total - counts["pass"] - counts["hardware-only"]
+    print(f"fuzz: seed {args.seed}: {total} cases, {steps_checked} instructions, {divergences} divergences from "
+          f"unicorn ({failed} interpreter failures, {counts['unicorn']} unicorn quirks), "
+          f"{counts['hardware-only']} host-CPU-only differences, {elapsed:.0f} s")
+    print(f"{total - failed} passed, {failed} failed")
+    return 0 if failed == 0 and rc in (0, 1) and nrc in (0, 1) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,318 @@
+// Differential fuzz cases: an instruction stream with the oracle's state after every instruction,
+// replayed step by step on the interpreter. Shared by the swhv-cpu-runner executable (driven by
+// scripts/oracle/fuzz.py) and the FuzzRegressionTests corpus (Tests/X86InterpreterTests/FuzzCase.swift
+// is a symbolic link to this file).
+//
+// Text format, one record per line (hex numbers without 0x):
+//   C <id> <rflags> <memory seed> <rax> <rcx> ... <r15>     initial state
+//   X <code bytes>                                          loaded at FuzzLayout.code
+//   S <rip> <rflags> <compared-flags mask> [r<n>=<value>]... [m<addr>:<size>=<value>]... [; comment]
+//                                                           state after each instruction: changed
+//                                                           registers and the memory writes it made
+//   E                                                       end of case
+
+import CPUBackend
+import VMMemory
+import X86Interpreter
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Guest layout of a fuzz case (scripts/oracle/fuzz_gen.py uses the same numbers).
+enum FuzzLayout {
+    static let code: UInt64 = 0x10000, codeSize = 0x10000
+    static let data: UInt64 = 0x10_0000, dataSize = 0x2000
+    static let stackLo: UInt64 = 0x1F_E000, stackTop: UInt64 = 0x20_0000
+    static let ramSize: UInt64 = 2 << 20
+    static let pml4: UInt64 = 0x1000
+
+    /// Initial data and stack contents: splitmix64 of (seed + address * golden ratio) per 8-byte word.
+    static func fill(seed: UInt64, base: UInt64, count: Int) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: count)
+        for i in 0..<count / 8 {
+            var z = seed &+ (base &+ UInt64(i) &* 8) &* 0x9E37_79B9_7F4A_7C15
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            z ^= z >> 31
+            for b in 0..<8 { out[i * 8 + b] = UInt8(truncatingIfNeeded: z >> (8 * UInt64(b))) }
+        }
+        return out
+    }
+}
+
+struct FuzzStep {
+    var rip: UInt64 = 0
+    var rflags: UInt64 = 0
+    /// RFLAGS bits defined at this point (the oracle's undefined flags are left out).
+    var flagMask: UInt64 = 0
+    var regs: [(index: Int, value: UInt64)] = []
+    var writes: [(address: UInt64, size: Int, value: UInt64)] = []
+    /// Disassembly, when the case file carries it.
+    var comment: Substring = ""
+}
+
+struct FuzzCase {
+    var id: Substring = ""
+    var regs = [UInt64](repeating: 0, count: 16)
+    var rflags: UInt64 = 2
+    var memorySeed: UInt64 = 0
+    var code: [UInt8] = []
+    var steps: [FuzzStep] = []
+}
+
+enum FuzzParseError: Error, CustomStringConvertible {
+    case badLine(Int, String)
+    var description: String {
+        switch self { case .badLine(let n, let why): "line \(n): \(why)" }
+    }
+}
+
+/// Reads cases from a line stream.
+struct FuzzCaseReader {
+    private var current: FuzzCase?
+    private var lineNumber = 0
+
+    init() {}
+
+    private static func hex(_ s: Substring) -> UInt64? { UInt64(s, radix: 16) }
+
+    private static func bytes(_ s: Substring) -> [UInt8]? {
+        guard s.utf8.count % 2 == 0 else { return nil }
+        var out: [UInt8] = []
+        out.reserveCapacity(s.utf8.count / 2)
+        var hi: UInt8 = 0
+        for (i, c) in s.utf8.enumerated() {
+            let v: UInt8
+            switch c {
+            case 0x30...0x39: v = c - 0x30
+            case 0x61...0x66: v = c - 0x61 + 10
+            case 0x41...0x46: v = c - 0x41 + 10
+            default: return nil
+            }
+            if i & 1 == 0 { hi = v } else { out.append(hi << 4 | v) }
+        }
+        return out
+    }
+
+    /// Feeds one line; returns a case when its `E` line arrives.
+    mutating func feed(_ line: Substring) throws(FuzzParseError) -> FuzzCase? {
+        lineNumber += 1
+        var text = line
+        var comment: Substring = ""
+        if let semi = line.firstIndex(of: ";") {
+            text = line[..<semi]
+            comment = line[line.index(after: semi)...].drop(while: { $0 == " " })
+        }
+        let f = text.split(separator: " ")
+        guard let tag = f.first else { return nil }
+        let n = lineNumber
+        let bad = { (why: String) in FuzzParseError.badLine(n, why) }
+        switch tag {
+        case "C":
+            guard f.count == 20, let fl = Self.hex(f[2]), let seed = Self.hex(f[3]) else { throw bad("C needs id, rflags, seed, 16 registers") }
+            var c = FuzzCase()
+            c.id = f[1]; c.rflags = fl; c.memorySeed = seed
+            for i in 0..<16 {
+                guard let v = Self.hex(f[4 + i]) else { throw bad("bad register value") }
+                c.regs[i] = v
+            }
+            current = c
+        case "X":
+            guard current != nil, f.count <= 2 else { throw bad("X outside a case") }
+            guard let code = f.count == 2 ? Self.bytes(f[1]) : [] else { throw bad("bad code bytes") }
+            guard code.count <= FuzzLayout.codeSize else { throw bad("code larger than the code region") }
+            current?.code = code
+        case "S":
+            guard current != nil, f.count >= 4, let rip = Self.hex(f[1]), let fl = Self.hex(f[2]),
+                  let mask = Self.hex(f[3]) else { throw bad("S needs rip, rflags, mask") }
+            var s = FuzzStep(rip: rip, rflags: fl, flagMask: mask)
+            s.comment = comment
+            for item in f.dropFirst(4) {
+                guard let eq = item.firstIndex(of: "="), let v = Self.hex(item[item.index(after: eq)...]) else {
+                    throw bad("bad item \(item)")
+                }
+                let key = item[..<eq]
+                if key.first == "r", let n = Int(key.dropFirst()), n >= 0, n < 16 {
+                    s.regs.append((n, v))
+                } else if key.first == "m", let colon = key.firstIndex(of: ":"),
+                          let a = Self.hex(key[key.index(after: key.startIndex)..<colon]),
+                          let n = Int(key[key.index(after: colon)...]), n >= 1, n <= 8 {
+                    s.writes.append((a, n, v))
+                } else {
+                    throw bad("bad item \(item)")
+                }
+            }
+            current?.steps.append(s)
+        case "E":
+            guard let c = current else { throw bad("E outside a case") }
+            current = nil
+            return c
+        default:
+            throw bad("unknown record \(tag)")
+        }
+        return nil
+    }
+
+    /// Parses a whole file.
+    static func parseAll(_ text: String) throws(FuzzParseError) -> [FuzzCase] {
+        var r = FuzzCaseReader()
+        var out: [FuzzCase] = []
+        for line in text.split(separator: "\n", omittingEmptySubsequences: true) {
+            if line.hasPrefix("#") { r.lineNumber += 1; continue }
+            if let c = try r.feed(line) { out.append(c) }
+        }
+        return out
+    }
+}
+
+/// The first point where the interpreter and the oracle disagree.
+struct FuzzDivergence {
+    /// Index into `steps`; `steps.count` for a difference found only at the end (stray writes).
+    var step: Int
+    var rip: UInt64
+    var problems: [String]
+}
+
+private final class NullIO: IOHandler {
+    func portRead(_ port: UInt16, size: Int) -> UInt32 { 0xFFFF_FFFF }
+    func portWrite(_ port: UInt16, size: Int, value: UInt32) {}
+    func mmioRead(_ address: UInt64, size: Int) -> UInt64 { ~0 }
+    func mmioWrite(_ address: UInt64, size: Int, value: UInt64) {}
+}
+
+/// One interpreter on a 2 MiB identity-mapped guest, reused across cases.
+final class FuzzMachine {
+    let memory: GuestMemory
+    let cpu: X86Interpreter
+    private let io = NullIO()
+    /// RAM outside code/data/stack as set up; checked after each case for stray writes.
+    private let pristine: [UInt8]
+    private var codeExtent = 0
+
+    init() throws {
+        memory = try GuestMemory(size: FuzzLayout.ramSize)
+        // PML4 -> PDPT -> PD with one 2 MiB page (present, writable, user) at 0. Accessed and dirty
+        // are preset so that the page walk leaves the tables as they are.
+        try memory.write(UInt64(0x2000 | 0x27), at: FuzzLayout.pml4)
+        try memory.write(UInt64(0x3000 | 0x27), at: 0x2000)
+        try memory.write(UInt64(0xE7), at: 0x3000)
+        pristine = try memory.readBytes(at: 0, count: Int(FuzzLayout.ramSize))
+        cpu = X86Interpreter(memory: memory, clock: VirtualClock())
+        cpu.interceptExceptions = true
+    }
+
+    static func entryState() -> CPUEntryState {
+        var s = CPUEntryState()
+        s.rip = FuzzLayout.code
+        s.cr0 = 0x8005_0033   // PG WP NE ET MP PE
+        s.cr3 = FuzzLayout.pml4
+        s.cr4 = 0x620         // PAE OSFXSR OSXMMEXCPT
+        s.efer = 0xD01        // SCE LME LMA NXE
+        s.cs = Segment(base: 0, limit: 0xFFFF_FFFF, selector: 0x10, type: 0xB, dpl: 0, db: false, l: true, g: true)
+        let data = Segment(base: 0, limit: 0xFFFF_FFFF, selector: 0x18, type: 0x3, dpl: 0, db: true, g: true)
+        s.ds = data; s.es = data; s.ss = data; s.fs = data; s.gs = data
+        return s
+    }
+
+    private func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
+
+    static let regNames = ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
+                           "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"]
+
+    /// Runs a case; nil when every step matches.
+    func run(_ c: FuzzCase) throws -> FuzzDivergence? {
+        let L = FuzzLayout.self
+        // Everything outside data and stack back to the initial image (a previous case may have
+        // diverged with a stray write), then this case's code; drop stale decoded blocks.
+        try pristine.withUnsafeBytes { p throws in
+            try memory.write(buffer: UnsafeRawBufferPointer(rebasing: p[0..<Int(L.data)]), at: 0)
+            try memory.write(buffer: UnsafeRawBufferPointer(rebasing: p[(Int(L.data) + L.dataSize)..<Int(L.stackLo)]),
+                             at: L.data + UInt64(L.dataSize))
+        }
+        try memory.write(bytes: c.code, at: L.code)
+        cpu.invalidateCode(physicalAddress: L.code, length: UInt64(max(codeExtent, c.code.count)))
+        codeExtent = c.code.count
+        var expData = L.fill(seed: c.memorySeed, base: L.data, count: L.dataSize)
+        let stackSize = Int(L.stackTop - L.stackLo)
+        var expStack = L.fill(seed: c.memorySeed, base: L.stackLo, count: stackSize)
+        try memory.write(bytes: expData, at: L.data)
+        try memory.write(bytes: expStack, at: L.stackLo)
+        let dataPtr = try memory.checkedPointer(L.data, length: UInt64(L.dataSize))
+        let stackPtr = try memory.checkedPointer(L.stackLo, length: UInt64(stackSize))
+
+        var entry = FuzzMachine.entryState()
+        entry.rsp = c.regs[4]
+        try cpu.setEntryState(entry)
+        for (i, r) in X86Interpreter.Register.allCases.enumerated() { cpu[r] = c.regs[i] }
+        cpu.flags = c.rflags
+        var expRegs = c.regs
+
+        for (k, s) in c.steps.enumerated() {
+            let retired = cpu.instructionsRetired
+            let unimplemented = cpu.unimplementedCount
+            cpu.interceptedException = nil
+            cpu.step(io: io)
+            var problems: [String] = []
+            if let e = cpu.interceptedException {
+                var what = "exception #\(e.vector)" + (e.errorCode.map { " error code \(hex(UInt64($0)))" } ?? "")
+                if cpu.unimplementedCount != unimplemented {
+                    what += " (unimplemented opcode \(hex(UInt64(cpu.lastUnimplemented))))"
+                }
+                problems.append(what)
+            } else if cpu.instructionsRetired != retired &+ 1 {
+                problems.append("retired \(cpu.instructionsRetired &- retired) instructions, expected 1")
+            }
+            for (i, v) in s.regs { expRegs[i] = v }
+            for (i, r) in X86Interpreter.Register.allCases.enumerated() where cpu[r] != expRegs[i] {
+                problems.append("\(FuzzMachine.regNames[i]) = \(hex(cpu[r])), expected \(hex(expRegs[i]))")
+            }
+            if cpu.instructionPointer != s.rip {
+                problems.append("rip = \(hex(cpu.instructionPointer)), expected \(hex(s.rip))")
+            }
+            if (cpu.flags ^ s.rflags) & s.flagMask != 0 {
+                problems.append("rflags = \(hex(cpu.flags & s.flagMask)), expected \(hex(s.rflags & s.flagMask)) "
+                                + "(differing \(hex((cpu.flags ^ s.rflags) & s.flagMask)), compared \(hex(s.flagMask)))")
+            }
+            for w in s.writes {
+                for b in 0..<w.size {
+                    let a = w.address &+ UInt64(b)
+                    let v = UInt8(truncatingIfNeeded: w.value >> (8 * UInt64(b)))
+                    if a >= L.data && a < L.data + UInt64(L.dataSize) { expData[Int(a - L.data)] = v }
+                    else if a >= L.stackLo && a < L.stackTop { expStack[Int(a - L.stackLo)] = v }
+                    else { problems.append("oracle wrote outside data and stack at \(hex(a))") }
+                }
+            }
+            for (base, ptr, exp) in [(L.data, dataPtr, expData), (L.stackLo, stackPtr, expStack)] {
+                let same = exp.withUnsafeBytes { memcmp(ptr, $0.baseAddress!, exp.count) == 0 }
+                if !same {
+                    let got = UnsafeRawBufferPointer(start: ptr, count: exp.count)
+                    var shown = 0
+                    for i in 0..<exp.count where got[i] != exp[i] {
+                        if shown == 6 { problems.append("..."); break }
+                        problems.append("mem[\(hex(base + UInt64(i)))] = \(hex(UInt64(got[i]))), expected \(hex(UInt64(exp[i])))")
+                        shown += 1
+                    }
+                }
+            }
+            if !problems.isEmpty { return FuzzDivergence(step: k, rip: s.rip, problems: problems) }
+        }
+        // Stray writes anywhere else in RAM (page tables, code, unused memory).
+        var expectedRAM = pristine
+        for (i, b) in c.code.enumerated() { expectedRAM[Int(L.code) + i] = b }
+        let ram = try memory.checkedPointer(0, length: L.ramSize)
+        let ranges = [(0, Int(L.data)), (Int(L.data) + L.dataSize, Int(L.stackLo))]
+        for (lo, hi) in ranges {
+            let same = expectedRAM.withUnsafeBytes { memcmp(ram + lo, $0.baseAddress! + lo, hi - lo) == 0 }
+            if !same {
+                let got = UnsafeRawBufferPointer(start: ram, count: Int(L.ramSize))
+                let first = (lo..<hi).first { got[$0] != expectedRAM[$0] } ?? lo
+                return FuzzDivergence(step: c.steps.count, rip: cpu.instructionPointer,
+                                      problems: ["stray write: mem[\(hex(UInt64(first)))] = \(hex(UInt64(got[first]))), "
+                                                 + "expected \(hex(UInt64(expectedRAM[first])))"])
+            }
+        }
+        return nil
+    }
+}

@@ -1,0 +1,1 @@
+../../Sources/swhv-cpu-runner/FuzzCase.swift

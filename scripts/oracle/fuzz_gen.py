@@ -1,0 +1,1326 @@
+"""Random instruction streams for the differential fuzzer (see fuzz.py), with unicorn as the oracle.
+
+A case is built one instruction at a time against the live oracle state: each candidate encoding
+is generated knowing the current registers and memory (so memory operands land in mapped memory,
+divisions do not fault, string counts stay small), validated by iced-x86, executed in unicorn with
+`until` = the address it must reach, and recorded as a step: changed registers, RFLAGS, which
+RFLAGS bits are defined, and the memory writes it made.
+
+Undefined flags: iced-x86 says which flags an instruction leaves undefined; they stay undefined
+(not compared) until an instruction defines them again. An instruction that would read an
+undefined flag is never emitted as is: a flag-defining CMP/ADD/SUB goes first. Counts known only
+at run time refine iced's static answer (a masked shift count of 0 changes no flag; OF is defined
+for 1-bit shifts; SHL/SHR CF is undefined for counts >= the operand width).
+
+Memory layout (identical in the Swift runner, FuzzCase.swift): code at CODE, data at DATA and stack
+at STACK_LO..STACK_TOP, both filled from a per-case seed with splitmix64 (fill_region).
+"""
+import ctypes
+import random
+
+import numpy as np
+import iced_x86
+from unicorn import Uc, UC_ERR_INSN_INVALID, UC_ARCH_X86, UC_MODE_64, UC_HOOK_MEM_WRITE, UC_HOOK_INTR, UC_PROT_ALL
+from unicorn import x86_const as X
+from unicorn.unicorn_py3.unicorn import uclib
+
+CODE, CODE_SIZE = 0x10000, 0x10000
+DATA, DATA_SIZE = 0x100000, 0x2000
+STACK_LO, STACK_TOP = 0x1FE000, 0x200000
+M64 = (1 << 64) - 1
+
+CF, PF, AF, ZF, SF, DF, OF = 1, 4, 0x10, 0x40, 0x80, 0x400, 0x800
+ARITH = CF | PF | AF | ZF | SF | OF
+# RFLAGS bits the runner compares (minus undefined ones): arithmetic flags, bit 1, TF IF DF IOPL NT AC ID.
+COMPARED = 0x247FD7
+# The flags the host-CPU cross-check compares (fuzz_native.c): OF DF SF ZF AF PF CF.
+NATIVE_FLAGS = 0xCD5
+
+REG_NAMES = ["RAX", "RCX", "RDX", "RBX", "RSP", "RBP", "RSI", "RDI",
+             "R8", "R9", "R10", "R11", "R12", "R13", "R14", "R15"]
+RSP, RBP, RSI, RDI, RCX, RAX, RBX, RDX = 4, 5, 6, 7, 1, 0, 3, 2
+
+# iced RflagsBits -> RFLAGS positions, for all 7-bit combinations.
+_ICED_BITS = {1: OF, 2: SF, 4: ZF, 8: AF, 0x10: CF, 0x20: PF, 0x40: DF}
+ICED_TO_RFLAGS = [sum(v for k, v in _ICED_BITS.items() if i & k) for i in range(128)]
+
+
+def iced_flags(x):
+    return ICED_TO_RFLAGS[x & 0x7F]
+
+
+def fill_region(seed, base, size):
+    """splitmix64 of (seed + address * golden) per 8-byte word; FuzzCase.swift does the same."""
+    idx = np.arange(size // 8, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        z = np.uint64(seed) + (np.uint64(base) + idx * np.uint64(8)) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return z.astype("<u8").tobytes()
+
+
+class Retry(Exception):
+    """The family cannot produce a valid instruction for the current state; pick another."""
+
+
+def s32(v):
+    v &= 0xFFFFFFFF
+    return v - (1 << 32) if v & 0x80000000 else v
+
+
+def s64(v):
+    v &= M64
+    return v - (1 << 64) if v >> 63 else v
+
+
+def sx(v, bits):
+    v &= (1 << bits) - 1
+    return v - (1 << bits) if v >> (bits - 1) else v
+
+
+def cond(cc, f):
+    c, p, z, s, o = f & 1, (f >> 2) & 1, (f >> 6) & 1, (f >> 7) & 1, (f >> 11) & 1
+    r = (o, c, z, c | z, s, p, s ^ o, z | (s ^ o))[cc >> 1]
+    return bool(r) ^ bool(cc & 1)
+
+
+# Flags each condition code reads.
+CC_READS = [OF, OF, CF, CF, ZF, ZF, CF | ZF, CF | ZF, SF, SF, PF, PF, SF | OF, SF | OF, ZF | SF | OF, ZF | SF | OF]
+
+
+class Emu:
+    """One unicorn instance reused across cases: stepping through ctypes (no per-call Python wrapping)."""
+
+    def __init__(self):
+        self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        self.h = self.uc._uch
+        self.uc.mem_map(CODE, CODE_SIZE)
+        self.data = ctypes.create_string_buffer(DATA_SIZE)
+        self.stack = ctypes.create_string_buffer(STACK_TOP - STACK_LO)
+        self.uc.mem_map_ptr(DATA, DATA_SIZE, UC_PROT_ALL, ctypes.addressof(self.data))
+        self.uc.mem_map_ptr(STACK_LO, STACK_TOP - STACK_LO, UC_PROT_ALL, ctypes.addressof(self.stack))
+        names = REG_NAMES + ["RIP", "EFLAGS"]
+        self.n = len(names)
+        self.ids = (ctypes.c_int * self.n)(*[getattr(X, "UC_X86_REG_" + r) for r in names])
+        self.vals = (ctypes.c_uint64 * self.n)()
+        self.ptrs = (ctypes.c_void_p * self.n)(*[ctypes.addressof(self.vals) + 8 * i for i in range(self.n)])
+        self.writes = []
+        self.interrupt = None
+        self.uc.hook_add(UC_HOOK_MEM_WRITE, self._on_write)
+        self.uc.hook_add(UC_HOOK_INTR, self._on_intr)
+        self.code_used = 0
+
+    def _on_write(self, uc, access, address, size, value, user):
+        self.writes.append((address, size, value & ((1 << (8 * size)) - 1)))
+
+    def _on_intr(self, uc, intno, user):
+        self.interrupt = intno
+        uc.emu_stop()
+
+    def reset(self, regs, rflags, mem_seed):
+        if self.code_used:
+            self.uc.mem_write(CODE, b"\0" * self.code_used)
+            # Writes alone leave stale translations reachable from the previous case.
+            self.uc.ctl_flush_tb()
+        self.code_used = 0
+        ctypes.memmove(self.data, fill_region(mem_seed, DATA, DATA_SIZE), DATA_SIZE)
+        ctypes.memmove(self.stack, fill_region(mem_seed, STACK_LO, STACK_TOP - STACK_LO), STACK_TOP - STACK_LO)
+        for i, v in enumerate(regs):
+            self.vals[i] = v
+        self.vals[17] = rflags
+        uclib.uc_reg_write_batch(self.h, self.ids, self.ptrs, 16)
+        self.uc.reg_write(X.UC_X86_REG_EFLAGS, rflags)
+
+    def write_code(self, addr, b):
+        self.uc.mem_write(addr, b)
+        self.code_used = max(self.code_used, addr + len(b) - CODE)
+
+    def step(self, ip, until):
+        """Runs from ip until `until`; returns the unicorn error code (0 = ok)."""
+        self.writes = []
+        self.interrupt = None
+        return uclib.uc_emu_start(self.h, ip, until, 0, 0)
+
+    def read_state(self):
+        uclib.uc_reg_read_batch(self.h, self.ids, self.ptrs, self.n)
+        v = list(self.vals)
+        return v[:16], v[16], v[17]
+
+    def mem(self, addr, n):
+        if DATA <= addr and addr + n <= DATA + DATA_SIZE:
+            return self.data.raw[addr - DATA:addr - DATA + n]
+        if STACK_LO <= addr and addr + n <= STACK_TOP:
+            return self.stack.raw[addr - STACK_LO:addr - STACK_LO + n]
+        return None
+
+    def read64(self, addr):
+        b = self.mem(addr, 8)
+        return None if b is None else int.from_bytes(b, "little")
+
+
+def in_mapped(addr, n):
+    return (DATA <= addr and addr + n <= DATA + DATA_SIZE) or (STACK_LO <= addr and addr + n <= STACK_TOP)
+
+
+class Mem:
+    """A memory operand: ModRM mod/rm, optional SIB, displacement, REX.X/B and address size."""
+    __slots__ = ("mod", "rm", "sib", "disp", "dsize", "x", "b", "a32", "riprel", "ea")
+
+    def __init__(self, mod, rm, sib, disp, dsize, x, b, a32, riprel, ea):
+        self.mod, self.rm, self.sib, self.disp, self.dsize = mod, rm, sib, disp, dsize
+        self.x, self.b, self.a32, self.riprel, self.ea = x, b, a32, riprel, ea
+
+
+class Insn:
+    __slots__ = ("code", "until", "adjust", "filler", "kind")
+
+    def __init__(self, code, kind, until=None, adjust=None):
+        self.code, self.kind, self.until, self.adjust = code, kind, until, adjust
+
+
+HIGH8 = (16, 17, 18, 19)   # AH CH DH BH as byte-register ids
+
+
+class Gen:
+    """Per-case generator state."""
+
+    def __init__(self, rng, emu, families):
+        self.rng = rng
+        self.emu = emu
+        self.families = families
+        self.regs = [0] * 16
+        self.rip = CODE
+        self.flags = 0x2
+        self.pending = None
+        self.rex_mode = False     # byte registers 4-7 mean SPL..DIL (REX present) instead of AH..BH
+
+    # ---- register values
+    def val(self, r, bits):
+        if bits == 8 and r >= 16:
+            return (self.regs[r - 16] >> 8) & 0xFF
+        return self.regs[r] & ((1 << bits) - 1)
+
+    def pick_reg(self, bits, dst=False, exclude=()):
+        rng = self.rng
+        if bits == 8:
+            pool = list(range(16)) if self.rex_mode else [0, 1, 2, 3] + list(HIGH8)
+            if dst and self.rex_mode:
+                pool.remove(RSP)
+        else:
+            pool = [r for r in range(16) if not (dst and r == RSP)]
+        pool = [r for r in pool if r not in exclude]
+        return rng.choice(pool)
+
+    # ---- memory operands
+    def pick_target(self, span, align=1):
+        rng = self.rng
+        if rng.random() < 0.72:
+            lo, hi = DATA, DATA + DATA_SIZE
+        else:
+            lo, hi = STACK_LO, STACK_TOP
+        if lo == DATA and rng.random() < 0.12 and span > 1:
+            t = DATA + 0x1000 - rng.randrange(1, span)          # crosses the page boundary
+        else:
+            t = rng.randrange(lo, hi - span + 1)
+            if align > 1 and rng.random() < 0.8:
+                t = max(lo, t & ~(align - 1))
+        return t
+
+    def gen_mem(self, span=8, target=None, rex_ok=True, free=False, rsp_bias=0, a32=None, align=1,
+                no_riprel=False):
+        """A memory operand addressing `target` (or any address if free)."""
+        rng = self.rng
+        if target is None and not free:
+            target = self.pick_target(span, align)
+        if a32 is None:
+            a32 = rng.random() < 0.08
+        nreg = 16 if rex_ok else 8
+        for _ in range(24):
+            form = rng.random()
+            if free:
+                mod = rng.randrange(3)
+                if rng.random() < 0.5:
+                    rm = rng.randrange(8)
+                    if rm == 4:
+                        continue
+                    base = rm | (8 if rex_ok and rng.random() < 0.3 else 0)
+                    dsize = (0, 1, 4)[mod]
+                    if mod == 0 and rm == 5:
+                        dsize = 4
+                    disp = rng.randrange(-(1 << (8 * dsize - 1)), 1 << (8 * dsize - 1)) if dsize else 0
+                    return Mem(mod, rm, None, disp, dsize, 0, base >> 3, a32, None, None)
+                b = rng.randrange(nreg)
+                i = rng.randrange(nreg)
+                sc = rng.randrange(4)
+                sib = (sc << 6) | ((i & 7) << 3) | (b & 7)
+                dsize = (0, 1, 4)[mod]
+                if mod == 0 and b & 7 == 5:
+                    dsize = 4
+                disp = rng.randrange(-(1 << (8 * dsize - 1)), 1 << (8 * dsize - 1)) if dsize else 0
+                return Mem(mod, 4, sib, disp, dsize, i >> 3, b >> 3, a32, None, None)
+            amask = 0xFFFFFFFF if a32 else M64
+            if form < 0.12 and not no_riprel:
+                # RIP-relative (EIP-relative with 67): patched once the length is known.
+                return Mem(0, 5, None, 0, 4, 0, 0, a32, target, target)
+            if form < 0.2:
+                # [disp32] through a SIB with neither base nor index.
+                sib = (rng.randrange(4) << 6) | (4 << 3) | 5
+                return Mem(0, 4, sib, target, 4, 0, 0, a32, None, target)
+            regval = lambda r: ((self.regs[r] + (rsp_bias if r == RSP else 0)) & amask)
+            if form < 0.55:
+                b = rng.randrange(nreg)
+                disp = target - regval(b)
+                if a32:
+                    disp = s32(disp)
+                if not -(1 << 31) <= disp < (1 << 31):
+                    continue
+                sib = None
+                rm = b & 7
+                if rm == 4:
+                    sib = (rng.randrange(4) << 6) | (4 << 3) | 4
+                if disp == 0 and rm != 5 and rng.random() < 0.6:
+                    mod, dsize = 0, 0
+                elif -128 <= disp < 128 and rng.random() < 0.8:
+                    mod, dsize = 1, 1
+                else:
+                    mod, dsize = 2, 4
+                return Mem(mod, rm, sib, disp, dsize, 0, b >> 3, a32, None, target)
+            # Base + index*scale (or index*scale + disp32 without base).
+            i = rng.randrange(nreg)
+            if i == RSP:
+                continue
+            sc = rng.randrange(4)
+            if rng.random() < 0.15:
+                disp = s64(target - (regval(i) << sc)) if not a32 else s32(target - (regval(i) << sc))
+                if not -(1 << 31) <= disp < (1 << 31):
+                    continue
+                sib = (sc << 6) | ((i & 7) << 3) | 5
+                return Mem(0, 4, sib, disp, 4, i >> 3, 0, a32, None, target)
+            b = rng.randrange(nreg)
+            disp = target - regval(b) - (regval(i) << sc)
+            disp = s32(disp) if a32 else s64(disp)
+            if not -(1 << 31) <= disp < (1 << 31):
+                continue
+            sib = (sc << 6) | ((i & 7) << 3) | (b & 7)
+            if disp == 0 and b & 7 != 5 and rng.random() < 0.6:
+                mod, dsize = 0, 0
+            elif -128 <= disp < 128 and rng.random() < 0.8:
+                mod, dsize = 1, 1
+            else:
+                mod, dsize = 2, 4
+            return Mem(mod, 4, sib, disp, dsize, i >> 3, b >> 3, a32, None, target)
+        # Always possible: RIP-relative, or [disp32] through a SIB.
+        if no_riprel:
+            return Mem(0, 4, (4 << 3) | 5, target, 4, 0, 0, a32, None, target)
+        return Mem(0, 5, None, 0, 4, 0, 0, a32, target, target)
+
+    # ---- encoding
+    def encode(self, op, reg=0, rm=None, size=None, imm=b"", r8=(), pfx=(), lock=False, noise=True,
+               rexw=None):
+        """Assembles prefixes, REX, opcode, ModRM/SIB/displacement and immediate.
+
+        reg: ModRM.reg as a register id (byte ids 16-19 are AH..BH) or an opcode extension.
+        rm: ("r", id) or a Mem. size: 16 adds 66, 64 adds REX.W. r8: byte-register ids used."""
+        rng = self.rng
+        W = (size == 64) if rexw is None else rexw
+        regf = reg - 12 if reg >= 16 else reg
+        R = 1 if 8 <= reg < 16 else 0
+        Xb = B = 0
+        modrm = sib = None
+        disp = b""
+        if isinstance(rm, Mem):
+            Xb, B = rm.x, rm.b
+            modrm = (rm.mod << 6) | ((regf & 7) << 3) | rm.rm
+            sib = rm.sib
+            if rm.dsize:
+                disp = (rm.disp & ((1 << (8 * rm.dsize)) - 1)).to_bytes(rm.dsize, "little")
+        elif rm is not None:
+            r = rm[1]
+            rmf = r - 12 if r >= 16 else r
+            B = 1 if 8 <= r < 16 else 0
+            modrm = 0xC0 | ((regf & 7) << 3) | (rmf & 7)
+        need = W or R or Xb or B or any(4 <= r < 8 for r in r8)
+        forbid = any(r >= 16 for r in r8)
+        if need and forbid:
+            raise Retry()
+        rex = None
+        if need or (not forbid and (self.rex_mode and r8 or rng.random() < 0.06)):
+            rex = 0x40 | (W << 3) | (R << 2) | (Xb << 1) | B
+        legacy = list(pfx)
+        if size == 16:
+            legacy.append(0x66)
+        if lock:
+            legacy.append(0xF0)
+        if isinstance(rm, Mem) and rm.a32:
+            legacy.append(0x67)
+        if noise and rng.random() < 0.1:
+            legacy.append(rng.choice((0x2E, 0x3E, 0x26, 0x36, 0x64, 0x65)))
+        if noise and W and rng.random() < 0.05:
+            legacy.append(0x66)     # REX.W wins over 66
+        rng.shuffle(legacy)
+        if noise and legacy and rng.random() < 0.05:
+            # A REX followed by a legacy prefix is ignored.
+            legacy.insert(rng.randrange(len(legacy)), 0x40 | rng.randrange(16))
+        out = bytearray(legacy)
+        if rex is not None:
+            out.append(rex)
+        out += op
+        if modrm is not None:
+            out.append(modrm)
+        if sib is not None:
+            out.append(sib)
+        doff = len(out)
+        out += disp
+        out += imm
+        if isinstance(rm, Mem) and rm.riprel is not None:
+            nxt = self.rip + len(out)
+            d = rm.riprel - nxt
+            out[doff:doff + 4] = (d & 0xFFFFFFFF).to_bytes(4, "little")
+        if len(out) > 15:
+            raise Retry()
+        return bytes(out)
+
+    def rm_operand(self, bits, dst, span=None, mem_p=0.4, **kw):
+        """A register or memory ModRM operand of `bits` width."""
+        if self.rng.random() < mem_p:
+            return self.gen_mem(span or bits // 8, rex_ok=not (bits == 8 and not self.rex_mode), **kw)
+        return ("r", self.pick_reg(bits, dst=dst))
+
+
+def imm_bytes(v, n):
+    return (v & ((1 << (8 * n)) - 1)).to_bytes(n, "little")
+
+
+EDGE = [0, 1, 2, 3, 0x7F, 0x80, 0xFF, 0x100, 0x7FFF, 0x8000, 0xFFFF, 0x10000, 0x7FFFFFFF, 0x80000000,
+        0xFFFFFFFF, 0x100000000, 0x7FFFFFFFFFFFFFFF, 0x8000000000000000, 0xFFFFFFFFFFFFFFFF]
+
+
+def rand_value(rng):
+    c = rng.random()
+    if c < 0.2:
+        v = rng.choice(EDGE)
+        if rng.random() < 0.3:
+            v += rng.randrange(-2, 3)
+        return v & M64
+    if c < 0.35:
+        return rng.getrandbits(rng.choice((4, 8, 16)))
+    if c < 0.55:
+        return rng.choice((DATA, STACK_LO)) + rng.randrange(0x2000)
+    if c < 0.6:
+        return (-rng.randrange(1, 0x1000)) & M64
+    return rng.getrandbits(64)
+
+
+def rand_imm(rng, n):
+    c = rng.random()
+    if c < 0.3:
+        v = rng.choice(EDGE)
+    elif c < 0.5:
+        v = rng.randrange(-16, 16)
+    else:
+        v = rng.getrandbits(8 * n)
+    return v & ((1 << (8 * n)) - 1)
+
+
+def size_pick(rng, sizes=(8, 16, 32, 64)):
+    return rng.choice(sizes)
+
+
+def iz(size):
+    return 2 if size == 16 else 4
+
+
+# ---------------------------------------------------------------------------------------------
+# Instruction families. Each returns an Insn for the current state or raises Retry; a family may
+# set g.pending to itself after returning a preparatory instruction (e.g. loading a count).
+
+def byte_mode(g, size):
+    g.rex_mode = size == 8 and g.rng.random() < 0.6
+
+
+def f_alu(g):
+    rng = g.rng
+    size = size_pick(rng)
+    byte_mode(g, size)
+    k = rng.randrange(8)
+    wide = size != 8
+    form = rng.random()
+    if form < 0.35:
+        # Ev, Gv (memory destination may be locked).
+        rm = g.rm_operand(size, dst=k != 7)
+        reg = g.pick_reg(size)
+        lock = isinstance(rm, Mem) and k != 7 and rng.random() < 0.2
+        r8 = [reg] + ([rm[1]] if not isinstance(rm, Mem) else []) if size == 8 else ()
+        return Insn(g.encode(bytes([k * 8 + wide]), reg, rm, size, r8=r8, lock=lock), "alu")
+    if form < 0.65:
+        reg = g.pick_reg(size, dst=k != 7)
+        rm = g.rm_operand(size, dst=False)
+        r8 = [reg] + ([rm[1]] if not isinstance(rm, Mem) else []) if size == 8 else ()
+        return Insn(g.encode(bytes([k * 8 + 2 + wide]), reg, rm, size, r8=r8), "alu")
+    if form < 0.75:
+        n = 1 if size == 8 else iz(size)
+        return Insn(g.encode(bytes([k * 8 + 4 + wide]), size=size, imm=imm_bytes(rand_imm(rng, n), n)), "alu")
+    rm = g.rm_operand(size, dst=k != 7)
+    lock = isinstance(rm, Mem) and k != 7 and rng.random() < 0.2
+    r8 = [rm[1]] if size == 8 and not isinstance(rm, Mem) else ()
+    if size == 8:
+        op, n = 0x80, 1
+    elif rng.random() < 0.5:
+        op, n = 0x83, 1
+    else:
+        op, n = 0x81, iz(size)
+    return Insn(g.encode(bytes([op]), k, rm, size, imm=imm_bytes(rand_imm(rng, n), n), r8=r8, lock=lock), "alu")
+
+
+def f_test(g):
+    rng = g.rng
+    size = size_pick(rng)
+    byte_mode(g, size)
+    wide = size != 8
+    c = rng.random()
+    if c < 0.4:
+        rm = g.rm_operand(size, dst=False)
+        reg = g.pick_reg(size)
+        r8 = [reg] + ([rm[1]] if not isinstance(rm, Mem) else []) if size == 8 else ()
+        return Insn(g.encode(bytes([0x84 + wide]), reg, rm, size, r8=r8), "test")
+    n = 1 if size == 8 else iz(size)
+    if c < 0.6:
+        return Insn(g.encode(bytes([0xA8 + wide]), size=size, imm=imm_bytes(rand_imm(rng, n), n)), "test")
+    rm = g.rm_operand(size, dst=False)
+    r8 = [rm[1]] if size == 8 and not isinstance(rm, Mem) else ()
+    return Insn(g.encode(bytes([0xF6 + wide]), 0, rm, size, imm=imm_bytes(rand_imm(rng, n), n), r8=r8), "test")
+
+
+def f_unary(g):
+    rng = g.rng
+    size = size_pick(rng)
+    byte_mode(g, size)
+    wide = size != 8
+    rm = g.rm_operand(size, dst=True)
+    r8 = [rm[1]] if size == 8 and not isinstance(rm, Mem) else ()
+    lock = isinstance(rm, Mem) and rng.random() < 0.2
+    if rng.random() < 0.5:
+        digit = rng.choice((2, 3))
+        # Unicorn quirk: LOCK NEG computes SF/ZF/PF from the wrong value; the host CPU and the
+        # interpreter agree with plain NEG.
+        return Insn(g.encode(bytes([0xF6 + wide]), digit, rm, size, r8=r8, lock=lock and digit == 2), "notneg")
+    return Insn(g.encode(bytes([0xFE + wide]), rng.choice((0, 1)), rm, size, r8=r8, lock=lock), "incdec")
+
+
+def f_mul(g):
+    rng = g.rng
+    c = rng.random()
+    if c < 0.4:
+        size = size_pick(rng)
+        byte_mode(g, size)
+        rm = g.rm_operand(size, dst=False)
+        r8 = [rm[1]] if size == 8 and not isinstance(rm, Mem) else ()
+        return Insn(g.encode(bytes([0xF6 + (size != 8)]), rng.choice((4, 5)), rm, size, r8=r8), "mul")
+    size = size_pick(rng, (16, 32, 64))
+    g.rex_mode = False
+    reg = g.pick_reg(size, dst=True)
+    rm = g.rm_operand(size, dst=False)
+    if c < 0.7:
+        return Insn(g.encode(b"\x0f\xaf", reg, rm, size), "imul")
+    if rng.random() < 0.5:
+        return Insn(g.encode(b"\x6b", reg, rm, size, imm=imm_bytes(rand_imm(rng, 1), 1)), "imul")
+    n = iz(size)
+    return Insn(g.encode(b"\x69", reg, rm, size, imm=imm_bytes(rand_imm(rng, n), n)), "imul")
+
+
+def f_div(g):
+    rng = g.rng
+    size = size_pick(rng)
+    byte_mode(g, size)
+    signed = rng.random() < 0.5
+    rm = g.rm_operand(size, dst=False)
+    if isinstance(rm, Mem):
+        b = g.emu.mem(rm.ea, size // 8)
+        divisor = int.from_bytes(b, "little")
+    else:
+        divisor = g.val(rm[1], size)
+    if size == 8:
+        dividend = g.regs[RAX] & 0xFFFF
+    else:
+        dividend = (g.val(RDX, size) << size) | g.val(RAX, size)
+    ok = divisor != 0
+    if ok:
+        if signed:
+            q = abs(sx(dividend, 2 * size)) // abs(sx(divisor, size))
+            if (sx(dividend, 2 * size) < 0) != (sx(divisor, size) < 0):
+                q = -q
+            ok = -(1 << (size - 1)) <= q < (1 << (size - 1))
+        else:
+            ok = dividend // divisor < (1 << size)
+    if not ok:
+        if g.pending_tries > 3:
+            raise Retry()
+        g.pending = f_div
+        g.pending_tries += 1
+        # Make the high half of the dividend harmless, or the divisor non-zero.
+        if divisor == 0 or rng.random() < 0.3:
+            r = rng.choice([r for r in range(16) if r not in (RSP, RAX, RDX)])
+            return Insn(mov_r32_imm(r, rng.randrange(1, 1 << 16)), "prep")
+        if size == 8:
+            return Insn(b"\x66\x98" if signed else b"\x0f\xb6\xc0", "prep")      # cbw / movzx eax, al
+        if signed:
+            return Insn({16: b"\x66\x99", 32: b"\x99", 64: b"\x48\x99"}[size], "prep")   # cwd/cdq/cqo
+        return Insn(b"\x31\xd2", "prep")                                         # xor edx, edx
+    r8 = [rm[1]] if size == 8 and not isinstance(rm, Mem) else ()
+    return Insn(g.encode(bytes([0xF6 + (size != 8)]), 7 if signed else 6, rm, size, r8=r8), "div")
+
+
+SHIFT_COUNTS = [0, 1, 1, 2, 3, 4, 7, 8, 9, 15, 16, 17, 24, 31, 32, 33, 48, 63, 64, 65, 127, 128, 255]
+
+
+def shift_adjust(digit, size, count):
+    cnt = count & (0x3F if size == 64 else 0x1F)
+
+    def adj(modified, undef):
+        if cnt == 0:
+            return 0, 0
+        if digit < 4:       # rotates: CF, and OF only for 1-bit rotates
+            return CF | OF, (OF if cnt != 1 else 0)
+        u = AF | (OF if cnt != 1 else 0)
+        if digit in (4, 5, 6) and cnt >= size:
+            u |= CF
+        return ARITH, u
+    return adj
+
+
+def f_shift(g):
+    rng = g.rng
+    size = size_pick(rng)
+    byte_mode(g, size)
+    digit = rng.randrange(8)
+    wide = size != 8
+    rm = g.rm_operand(size, dst=True)
+    r8 = [rm[1]] if size == 8 and not isinstance(rm, Mem) else ()
+    c = rng.random()
+    if c < 0.4:
+        count = rng.choice(SHIFT_COUNTS) if rng.random() < 0.7 else rng.randrange(256)
+        code = g.encode(bytes([0xC0 + wide]), digit, rm, size, imm=bytes([count]), r8=r8)
+    elif c < 0.6:
+        count = 1
+        code = g.encode(bytes([0xD0 + wide]), digit, rm, size, r8=r8)
+    else:
+        count = g.regs[RCX] & 0xFF
+        if g.pending is None and rng.random() < 0.5 and g.pending_tries == 0:
+            g.pending = f_shift
+            g.pending_tries = 1
+            return Insn(bytes([0xB1, rng.choice(SHIFT_COUNTS)]), "prep")      # mov cl, imm8
+        code = g.encode(bytes([0xD2 + wide]), digit, rm, size, r8=r8)
+    return Insn(code, "shift", adjust=shift_adjust(digit, size, count))
+
+
+def f_shxd(g):
+    rng = g.rng
+    size = size_pick(rng, (16, 32, 64))
+    g.rex_mode = False
+    right = rng.random() < 0.5
+    imm_form = rng.random() < 0.5
+    # Unicorn quirk: SHLD/SHRD imm8 with a RIP-relative operand leave the immediate out of the
+    # address (QEMU sets no rip_offset there); the host CPU and the interpreter include it.
+    rm = g.rm_operand(size, dst=True, no_riprel=imm_form)
+    reg = g.pick_reg(size)
+    if imm_form:
+        count = rng.choice(SHIFT_COUNTS) if rng.random() < 0.7 else rng.randrange(256)
+        op = b"\x0f\xac" if right else b"\x0f\xa4"
+        imm = bytes([count])
+    else:
+        count = g.regs[RCX] & 0xFF
+        op = b"\x0f\xad" if right else b"\x0f\xa5"
+        imm = b""
+    cnt = count & (0x3F if size == 64 else 0x1F)
+    if size == 16 and cnt > 16:
+        raise Retry()       # result undefined
+    code = g.encode(op, reg, rm, size, imm=imm)
+
+    def adj(modified, undef):
+        if cnt == 0:
+            return 0, 0
+        return ARITH, AF | (OF if cnt != 1 else 0)
+    return Insn(code, "shxd", adjust=adj)
+
+
+def f_bt(g):
+    rng = g.rng
+    size = size_pick(rng, (16, 32, 64))
+    g.rex_mode = False
+    digit = rng.randrange(4)     # BT BTS BTR BTC
+    lock = False
+    if rng.random() < 0.5:
+        rm = g.rm_operand(size, dst=digit != 0)
+        lock = isinstance(rm, Mem) and digit != 0 and rng.random() < 0.2
+        return Insn(g.encode(b"\x0f\xba", 4 + digit, rm, size, imm=bytes([rng.randrange(256)]), lock=lock), "bt")
+    op = (b"\x0f\xa3", b"\x0f\xab", b"\x0f\xb3", b"\x0f\xbb")[digit]
+    if rng.random() < 0.5:
+        dst = g.pick_reg(size, dst=digit != 0)
+        src = g.pick_reg(size)
+        return Insn(g.encode(op, src, ("r", dst), size), "bt")
+    # Memory with a register bit offset: the access lands at ea + (offset >> log2(size)) * size/8.
+    src = g.pick_reg(size)
+    off = sx(g.val(src, size), size)
+    delta = (off >> {16: 4, 32: 5, 64: 6}[size]) * (size // 8)
+    if abs(delta) > 0x10000:
+        raise Retry()
+    t = g.pick_target(size // 8)
+    ea = t - delta
+    m = g.gen_mem(size // 8, target=ea, a32=False)
+    lock = digit != 0 and rng.random() < 0.2
+    return Insn(g.encode(op, src, m, size, lock=lock), "bt")
+
+
+def f_bsf(g):
+    rng = g.rng
+    size = size_pick(rng, (16, 32, 64))
+    g.rex_mode = False
+    reg = g.pick_reg(size, dst=True)
+    rm = g.rm_operand(size, dst=False)
+    return Insn(g.encode(rng.choice((b"\x0f\xbc", b"\x0f\xbd")), reg, rm, size), "bsf")
+
+
+def f_setcc(g):
+    rng = g.rng
+    g.rex_mode = rng.random() < 0.5
+    rm = g.rm_operand(8, dst=True)
+    r8 = [rm[1]] if not isinstance(rm, Mem) else ()
+    # ModRM.reg is ignored by SETcc.
+    return Insn(g.encode(bytes([0x0F, 0x90 + rng.randrange(16)]), rng.randrange(8), rm, None, r8=r8), "setcc")
+
+
+def f_cmov(g):
+    rng = g.rng
+    size = size_pick(rng, (16, 32, 64))
+    g.rex_mode = False
+    reg = g.pick_reg(size, dst=True)
+    rm = g.rm_operand(size, dst=False)
+    return Insn(g.encode(bytes([0x0F, 0x40 + rng.randrange(16)]), reg, rm, size), "cmov")
+
+
+def f_movx(g):
+    rng = g.rng
+    c = rng.random()
+    if c < 0.8:
+        src8 = rng.random() < 0.5
+        size = size_pick(rng, (16, 32, 64))
+        g.rex_mode = src8 and rng.random() < 0.5
+        reg = g.pick_reg(size, dst=True)
+        if g.rex_mode is False and src8 and reg >= 8:
+            raise Retry()
+        rm = g.rm_operand(8 if src8 else 16, dst=False)
+        op = bytes([0x0F, (0xB6 if src8 else 0xB7) + (8 if rng.random() < 0.5 else 0)])
+        r8 = ([rm[1]] if not isinstance(rm, Mem) else []) if src8 else ()
+        return Insn(g.encode(op, reg, rm, size, r8=r8), "movx")
+    size = size_pick(rng, (16, 32, 64, 64))
+    g.rex_mode = False
+    reg = g.pick_reg(size, dst=True)
+    rm = g.rm_operand(32 if size != 16 else 16, dst=False)
+    return Insn(g.encode(b"\x63", reg, rm, size), "movsxd")
+
+
+def f_mov(g):
+    rng = g.rng
+    size = size_pick(rng)
+    byte_mode(g, size)
+    wide = size != 8
+    c = rng.random()
+    if c < 0.5:
+        store = rng.random() < 0.5
+        rm = g.rm_operand(size, dst=store, mem_p=0.6)
+        reg = g.pick_reg(size, dst=not store)
+        r8 = [reg] + ([rm[1]] if not isinstance(rm, Mem) else []) if size == 8 else ()
+        return Insn(g.encode(bytes([0x88 + wide + (0 if store else 2)]), reg, rm, size, r8=r8), "mov")
+    if c < 0.7:
+        rm = g.rm_operand(size, dst=True)
+        n = 1 if size == 8 else iz(size)
+        r8 = [rm[1]] if size == 8 and not isinstance(rm, Mem) else ()
+        return Insn(g.encode(bytes([0xC6 + wide]), 0, rm, size, imm=imm_bytes(rand_imm(rng, n), n), r8=r8), "mov")
+    if c < 0.9:
+        r = g.pick_reg(size, dst=True)
+        r8 = [r] if size == 8 else ()
+        n = 1 if size == 8 else (8 if size == 64 and rng.random() < 0.7 else iz(size))
+        if size == 64 and n == 4:
+            # C7 /0 with REX.W: imm32 sign-extended.
+            return Insn(g.encode(b"\xc7", 0, ("r", r), 64, imm=imm_bytes(rand_imm(rng, 4), 4)), "mov")
+        rf = r - 12 if r >= 16 else r
+        op = bytes([(0xB0 if size == 8 else 0xB8) + (rf & 7)])
+        # B0+r / B8+r: the register is in the opcode, extended by REX.B.
+        code = g.encode(op, size=size, imm=imm_bytes(rand_value(rng) if n == 8 else rand_imm(rng, n), n),
+                        r8=r8 if size == 8 else (), noise=False, rexw=size == 64)
+        if 8 <= r < 16:
+            code = fix_rex_b(code, op)
+        return Insn(code, "mov")
+    # MOV AL/AX/EAX/RAX <-> moffs (64-bit absolute address).
+    t = g.pick_target(size // 8)
+    op = bytes([0xA0 + wide + (2 if rng.random() < 0.5 else 0)])
+    return Insn(g.encode(op, size=size, imm=imm_bytes(t, 8), noise=False), "moffs")
+
+
+def mov_r32_imm(r, v):
+    """MOV r32, imm32 (zero-extends into the 64-bit register)."""
+    return (b"\x41" if r >= 8 else b"") + bytes([0xB8 + (r & 7)]) + imm_bytes(v, 4)
+
+
+def fix_rex_b(code, op):
+    """Sets REX.B for an opcode-embedded register (adding a REX if there is none)."""
+    # The opcode follows the legacy prefixes and the REX.
+    p = 0
+    while code[p] in (0x66, 0x67, 0xF0, 0xF2, 0xF3, 0x2E, 0x3E, 0x26, 0x36, 0x64, 0x65):
+        p += 1
+    if 0x40 <= code[p] <= 0x4F:
+        return code[:p] + bytes([code[p] | 1]) + code[p + 1:]
+    return code[:p] + b"\x41" + code[p:]
+
+
+def f_lea(g):
+    rng = g.rng
+    size = size_pick(rng, (16, 32, 64, 64))
+    g.rex_mode = False
+    reg = g.pick_reg(size, dst=True)
+    m = g.gen_mem(free=rng.random() < 0.5, span=1)
+    return Insn(g.encode(b"\x8d", reg, m, size), "lea")
+
+
+def f_xchg(g):
+    rng = g.rng
+    size = size_pick(rng)
+    byte_mode(g, size)
+    wide = size != 8
+    c = rng.random()
+    if c < 0.25 and size != 8:
+        r = g.pick_reg(size, dst=True)
+        if r == 0:
+            raise Retry()
+        op = bytes([0x90 + (r & 7)])
+        code = g.encode(op, size=size, noise=False, rexw=size == 64)
+        if r >= 8:
+            code = fix_rex_b(code, op)
+        return Insn(code, "xchg")
+    rm = g.rm_operand(size, dst=True)
+    reg = g.pick_reg(size, dst=True)
+    r8 = [reg] + ([rm[1]] if not isinstance(rm, Mem) else []) if size == 8 else ()
+    kind = rng.random()
+    lock = isinstance(rm, Mem) and rng.random() < 0.3
+    if kind < 0.4:
+        return Insn(g.encode(bytes([0x86 + wide]), reg, rm, size, r8=r8, lock=lock), "xchg")
+    if kind < 0.7:
+        return Insn(g.encode(bytes([0x0F, 0xC0 + wide]), reg, rm, size, r8=r8, lock=lock), "xadd")
+    if isinstance(rm, Mem) or rng.random() < 0.5:
+        pass
+    return Insn(g.encode(bytes([0x0F, 0xB0 + wide]), reg, rm, size, r8=r8, lock=lock), "cmpxchg")
+
+
+def f_cmpxchg8b(g):
+    rng = g.rng
+    g.rex_mode = False
+    m = g.gen_mem(8, align=8)
+    cur = g.emu.mem(m.ea, 8)
+    if cur is not None and rng.random() < 0.5 and g.pending_tries == 0:
+        # Make EDX:EAX match memory so the exchange happens: mov eax, imm32 then mov edx, imm32.
+        lo, hi = int.from_bytes(cur[:4], "little"), int.from_bytes(cur[4:], "little")
+        g.pending = f_cmpxchg8b_go
+        g.pending_tries = 1
+        g.saved_mem = m
+        return Insn(b"\xb8" + imm_bytes(lo, 4), "prep"), Insn(b"\xba" + imm_bytes(hi, 4), "prep")
+    return Insn(g.encode(b"\x0f\xc7", 1, m, None, lock=rng.random() < 0.3), "cmpxchg8b")
+
+
+def f_cmpxchg8b_go(g):
+    # EAX/EDX changed since the operand was chosen: address the same bytes afresh.
+    m = g.gen_mem(8, target=g.saved_mem.ea)
+    return Insn(g.encode(b"\x0f\xc7", 1, m, None, lock=g.rng.random() < 0.3), "cmpxchg8b")
+
+
+def f_bswap(g):
+    rng = g.rng
+    size = rng.choice((32, 64))
+    r = g.pick_reg(size, dst=True)
+    g.rex_mode = False
+    op = bytes([0x0F, 0xC8 + (r & 7)])
+    code = g.encode(op, size=size, noise=False, rexw=size == 64)
+    if r >= 8:
+        code = fix_rex_b(code, op)
+    return Insn(code, "bswap")
+
+
+def stack_room(g, push_bytes=0, pop_bytes=0):
+    rsp = g.regs[RSP]
+    return STACK_LO + 0x200 <= rsp - push_bytes and rsp + pop_bytes <= STACK_TOP
+
+
+def f_push(g):
+    rng = g.rng
+    if not stack_room(g, 16):
+        raise Retry()
+    size = 16 if rng.random() < 0.15 else 64
+    c = rng.random()
+    if c < 0.4:
+        r = rng.randrange(16)
+        op = bytes([0x50 + (r & 7)])
+        code = g.encode(op, size=16 if size == 16 else None, noise=False)
+        if r >= 8:
+            code = fix_rex_b(code, op)
+        return Insn(code, "push")
+    if c < 0.7:
+        if rng.random() < 0.5:
+            return Insn(g.encode(b"\x6a", size=16 if size == 16 else None, imm=imm_bytes(rand_imm(rng, 1), 1)), "push")
+        n = 2 if size == 16 else 4
+        return Insn(g.encode(b"\x68", size=16 if size == 16 else None, imm=imm_bytes(rand_imm(rng, n), n)), "push")
+    g.rex_mode = False
+    rm = g.rm_operand(size, dst=False, mem_p=0.7)
+    return Insn(g.encode(b"\xff", 6, rm, 16 if size == 16 else None), "push")
+
+
+def f_pop(g):
+    rng = g.rng
+    size = 16 if rng.random() < 0.15 else 64
+    if not stack_room(g, 0, size // 8) or g.regs[RSP] + 0x100 > STACK_TOP:
+        raise Retry()
+    if rng.random() < 0.6:
+        r = g.pick_reg(64, dst=True)
+        op = bytes([0x58 + (r & 7)])
+        code = g.encode(op, size=16 if size == 16 else None, noise=False)
+        if r >= 8:
+            code = fix_rex_b(code, op)
+        return Insn(code, "pop")
+    g.rex_mode = False
+    # POP r/m computes an RSP-based address with RSP already incremented.
+    if rng.random() < 0.5:
+        rm = ("r", g.pick_reg(64, dst=True))
+    else:
+        rm = g.gen_mem(size // 8, rsp_bias=size // 8)
+    return Insn(g.encode(b"\x8f", 0, rm, 16 if size == 16 else None), "pop")
+
+
+SAFE_FLAGS = CF | PF | AF | ZF | SF | OF | DF
+
+
+def f_popf(g):
+    rng = g.rng
+    if g.pending_tries == 0:
+        if not stack_room(g, 16):
+            raise Retry()
+        g.pending = f_popf
+        g.pending_tries = 1
+        v = (rng.getrandbits(16) & SAFE_FLAGS) | 2
+        if rng.random() < 0.2:
+            g.popf16 = True
+            return Insn(b"\x66\x68" + imm_bytes(v, 2), "prep")
+        g.popf16 = False
+        return Insn(b"\x68" + imm_bytes(v, 4), "prep")
+    return Insn(b"\x66\x9d" if g.popf16 else (b"\x9d" if rng.random() < 0.8 else b"\x48\x9d"), "popf")
+
+
+def f_pushf(g):
+    if not stack_room(g, 16):
+        raise Retry()
+    return Insn(b"\x66\x9c" if g.rng.random() < 0.2 else b"\x9c", "pushf")
+
+
+def f_flagops(g):
+    return Insn(bytes([g.rng.choice((0x9E, 0x9F, 0xF8, 0xF9, 0xF5, 0xFC, 0xFD, 0xFC))]), "flagop")
+
+
+def f_convert(g):
+    rng = g.rng
+    op = rng.choice((0x98, 0x99))
+    size = size_pick(rng, (16, 32, 64))
+    return Insn(g.encode(bytes([op]), size=size, noise=False), "cbw")
+
+
+STRING_OPS = {"movs": 0xA4, "cmps": 0xA6, "stos": 0xAA, "lods": 0xAC, "scas": 0xAE}
+
+
+def f_string(g):
+    rng = g.rng
+    name = rng.choice(list(STRING_OPS))
+    size = size_pick(rng)
+    n = size // 8
+    rep = rng.random() < 0.6
+    a32 = rng.random() < 0.2
+    amask = 0xFFFFFFFF if a32 else M64
+    count = (g.regs[RCX] & amask) if rep else 1
+    down = bool(g.flags & DF)
+    uses_si = name in ("movs", "cmps", "lods")
+    uses_di = name in ("movs", "cmps", "stos", "scas")
+
+    def fits(reg):
+        p = g.regs[reg] & amask
+        span = count * n
+        lo = p - span + n if down else p
+        return count == 0 or in_mapped(lo, span)
+
+    bad = []
+    if rep and count > 96:
+        bad.append(RCX)
+    if uses_si and not fits(RSI):
+        bad.append(RSI)
+    if uses_di and not fits(RDI):
+        bad.append(RDI)
+    if bad:
+        if g.pending_tries > 4:
+            raise Retry()
+        g.pending = f_string
+        g.pending_tries += 1
+        r = bad[0]
+        # With a 32-bit address size only the low halves count: give the upper ones garbage.
+        upper = rng.getrandbits(32) << 32 if a32 and rng.random() < 0.7 else 0
+        if r == RCX:
+            v = rng.choice((0, 1, 2, 3, 5, 8, 13, 17, 31, 64))
+            return Insn(b"\x48\xb9" + imm_bytes(upper | v, 8) if upper else b"\xb9" + imm_bytes(v, 4), "prep")
+        # Point RSI/RDI into data or stack with room for 96 elements of 8 bytes either way.
+        lo = rng.choice((DATA, STACK_LO))
+        t = lo + 0x300 + rng.randrange(0x2000 - 0x600)
+        op = 0xBE if r == RSI else 0xBF
+        return Insn(b"\x48" + bytes([op]) + imm_bytes(upper | t, 8) if upper else bytes([op]) + imm_bytes(t, 4), "prep")
+    op = STRING_OPS[name] + (n != 1)
+    pfx = []
+    if rep:
+        pfx.append(0xF3 if name not in ("cmps", "scas") or rng.random() < 0.5 else 0xF2)
+    if a32:
+        pfx.append(0x67)
+    if size == 16:
+        pfx.append(0x66)
+    if uses_si and rng.random() < 0.1:
+        pfx.append(rng.choice((0x64, 0x65, 0x3E, 0x2E)))
+    rng.shuffle(pfx)
+    code = bytes(pfx) + (b"\x48" if size == 64 else b"") + bytes([op])
+    adj = None
+    if rep and count == 0:
+        adj = lambda m, u: (0, 0)
+    return Insn(code, "string", adjust=adj)
+
+
+def f_xlat(g):
+    rng = g.rng
+    p = g.regs[RBX] + (g.regs[RAX] & 0xFF)
+    if not in_mapped(p, 1):
+        if g.pending_tries > 0:
+            raise Retry()
+        g.pending = f_xlat
+        g.pending_tries = 1
+        return Insn(b"\xbb" + imm_bytes(rng.choice((DATA, STACK_LO)) + rng.randrange(0x1F00), 4), "prep")
+    return Insn(b"\x48\xd7" if rng.random() < 0.3 else b"\xd7", "xlat")
+
+
+def f_enter_leave(g):
+    rng = g.rng
+    rbp, rsp = g.regs[RBP], g.regs[RSP]
+    if rng.random() < 0.5:
+        if not (STACK_LO + 0x200 <= rbp <= STACK_TOP - 0x100):
+            if g.pending_tries > 0:
+                raise Retry()
+            g.pending = f_enter_leave
+            g.pending_tries = 1
+            return Insn(b"\x48\x89\xe5", "prep")         # mov rbp, rsp
+        return Insn(b"\xc9", "leave")
+    level = rng.choice((0, 0, 1, 2, 3))
+    alloc = rng.choice((0, 8, 16, 0x28, rng.randrange(0x100)))
+    if rsp - 8 * (level + 1) - alloc < STACK_LO + 0x200:
+        raise Retry()
+    if level > 1 and not in_mapped(rbp - 8 * (level - 1), 8 * (level - 1)):
+        raise Retry()
+    return Insn(b"\xc8" + imm_bytes(alloc, 2) + bytes([level]), "enter")
+
+
+def f_nop(g):
+    rng = g.rng
+    c = rng.random()
+    if c < 0.3:
+        return Insn(rng.choice((b"\x90", b"\x66\x90", b"\xf3\x90")), "nop")
+    g.rex_mode = False
+    m = g.gen_mem(free=True)
+    return Insn(g.encode(b"\x0f\x1f", 0, m, rng.choice((None, 16))), "nop")
+
+
+def branch_target(g, length, skip_max=40):
+    return g.rip + length + g.rng.randrange(skip_max)
+
+
+def f_jcc(g):
+    rng = g.rng
+    cc = rng.randrange(16)
+    skip = rng.choice((0, 1, 2, rng.randrange(40)))
+    if rng.random() < 0.6:
+        code = bytes([0x70 + cc, skip])
+    else:
+        code = bytes([0x0F, 0x80 + cc]) + imm_bytes(skip, 4)
+    if rng.random() < 0.05:
+        code = bytes([rng.choice((0x2E, 0x3E))]) + code    # branch hints
+    return Insn(code, "jcc", until=("cc", cc, skip))
+
+
+def f_jmp(g):
+    rng = g.rng
+    skip = rng.randrange(40)
+    c = rng.random()
+    if c < 0.35:
+        return Insn(bytes([0xEB, skip]), "jmp", until=("always", skip))
+    if c < 0.55:
+        return Insn(b"\xe9" + imm_bytes(skip, 4), "jmp", until=("always", skip))
+    if c < 0.75:
+        if not stack_room(g, 16):
+            raise Retry()
+        return Insn(b"\xe8" + imm_bytes(skip, 4), "call", until=("always", skip))
+    if c < 0.85:
+        a32 = rng.random() < 0.3
+        return Insn((b"\x67" if a32 else b"") + bytes([0xE3, skip]), "jrcxz",
+                    until=("rcxz", a32, skip))
+    a32 = rng.random() < 0.2
+    kind = rng.randrange(3)     # LOOPNE LOOPE LOOP
+    return Insn((b"\x67" if a32 else b"") + bytes([0xE0 + kind, skip]), "loop", until=("loop", a32, kind, skip))
+
+
+def f_indirect(g):
+    """JMP/CALL through a register holding a forward code address (loaded by a LEA first)."""
+    rng = g.rng
+    for r in range(16):
+        v = g.regs[r]
+        if r != RSP and g.rip + 3 <= v < g.rip + 48:
+            call = rng.random() < 0.4
+            if call and not stack_room(g, 16):
+                raise Retry()
+            code = bytes([0xFF, 0xC0 | ((2 if call else 4) << 3) | (r & 7)])
+            if r >= 8:
+                code = b"\x41" + code
+            if v < g.rip + len(code):
+                continue
+            return Insn(code, "callr" if call else "jmpr", until=("abs", v))
+    if g.pending_tries > 0:
+        raise Retry()
+    g.pending = f_indirect
+    g.pending_tries = 1
+    r = rng.choice([x for x in range(16) if x != RSP])
+    target = g.rip + 7 + 3 + rng.randrange(32)
+    d = target - (g.rip + 7)
+    return Insn(bytes([0x48 | (r >> 3 << 2), 0x8D, 0x05 | ((r & 7) << 3)]) + imm_bytes(d, 4), "prep")
+
+
+def f_ret(g):
+    rng = g.rng
+    top = g.emu.read64(g.regs[RSP])
+    if top is not None and g.rip + 3 <= top < g.rip + 48:
+        imm = rng.choice((0, 0, 8, 16))
+        if g.regs[RSP] + 8 + imm > STACK_TOP - 0x40:
+            imm = 0
+        if imm == 0 and rng.random() < 0.7:
+            return Insn(b"\xc3", "ret", until=("abs", top))
+        return Insn(b"\xc2" + imm_bytes(imm, 2), "ret", until=("abs", top))
+    if g.pending_tries > 0 or not stack_room(g, 16):
+        raise Retry()
+    g.pending = f_ret
+    g.pending_tries = 1
+    target = g.rip + 5 + 3 + rng.randrange(32)
+    return Insn(b"\x68" + imm_bytes(target, 4), "prep")
+
+
+def f_pointer(g):
+    """Reloads a register with a data/stack address: keeps base registers useful for addressing."""
+    rng = g.rng
+    r = g.pick_reg(64, dst=True)
+    t = g.pick_target(8)
+    if rng.random() < 0.5:
+        d = t - (g.rip + 7)
+        return Insn(bytes([0x48 | (r >> 3 << 2), 0x8D, 0x05 | ((r & 7) << 3)]) + imm_bytes(d, 4), "ptr")
+    code = bytes([0xB8 + (r & 7)]) + imm_bytes(t, 4)
+    if r >= 8:
+        code = b"\x41" + code
+    return Insn(code, "ptr")
+
+
+def definer(g):
+    """An instruction that defines all six arithmetic flags (CMP/ADD/SUB)."""
+    rng = g.rng
+    size = rng.choice((32, 64))
+    g.rex_mode = False
+    k = rng.choice((0, 5, 7))
+    a = g.pick_reg(size, dst=k != 7)
+    b = g.pick_reg(size)
+    return Insn(g.encode(bytes([k * 8 + 1]), b, ("r", a), size), "definer")
+
+
+FAMILIES = {
+    "alu": (f_alu, 14), "test": (f_test, 3), "unary": (f_unary, 4), "mul": (f_mul, 4), "div": (f_div, 3),
+    "shift": (f_shift, 8), "shxd": (f_shxd, 3), "bt": (f_bt, 4), "bsf": (f_bsf, 2), "setcc": (f_setcc, 3),
+    "cmov": (f_cmov, 3), "movx": (f_movx, 4), "mov": (f_mov, 10), "lea": (f_lea, 3), "xchg": (f_xchg, 4),
+    "cmpxchg8b": (f_cmpxchg8b, 1), "bswap": (f_bswap, 1), "push": (f_push, 4), "pop": (f_pop, 4),
+    "popf": (f_popf, 1), "pushf": (f_pushf, 1), "flagops": (f_flagops, 2), "convert": (f_convert, 2),
+    "string": (f_string, 5), "xlat": (f_xlat, 1), "enter_leave": (f_enter_leave, 1), "nop": (f_nop, 1),
+    "jcc": (f_jcc, 4), "jmp": (f_jmp, 2), "indirect": (f_indirect, 1), "ret": (f_ret, 1),
+    "pointer": (f_pointer, 3),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Case generation
+
+_decoder_cache = {}
+
+
+def decode(code, ip):
+    d = iced_x86.Decoder(64, code, ip=ip)
+    return d.decode()
+
+
+def branch_next(g, spec, length):
+    kind = spec[0]
+    nxt = g.rip + length
+    if kind == "cc":
+        return nxt + spec[2] if cond(spec[1], g.flags) else nxt
+    if kind == "always":
+        return nxt + spec[1]
+    if kind == "abs":
+        return spec[1]
+    if kind == "rcxz":
+        mask = 0xFFFFFFFF if spec[1] else M64
+        return nxt + spec[2] if g.regs[RCX] & mask == 0 else nxt
+    if kind == "loop":
+        mask = 0xFFFFFFFF if spec[1] else M64
+        c = (g.regs[RCX] - 1) & mask
+        z = bool(g.flags & ZF)
+        taken = c != 0 and (spec[2] == 2 or (spec[2] == 1 and z) or (spec[2] == 0 and not z))
+        return nxt + spec[3] if taken else nxt
+    raise ValueError(kind)
+
+
+def loop_reads(spec):
+    return ZF if spec and spec[0] == "loop" and spec[2] != 2 else 0
+
+
+class Case:
+    __slots__ = ("seed", "regs", "rflags", "mem_seed", "code", "steps", "truncated")
+
+
+def generate_case(emu, seed, n_insns, weights):
+    """Builds one case; returns a Case with steps = [(rip_before, length, regs, rip, rflags, defined_mask, writes)]."""
+    rng = random.Random(seed)
+    g = Gen(rng, emu, None)
+    regs = [rand_value(rng) for _ in range(16)]
+    regs[RSP] = STACK_TOP - 0x1000 + (rng.randrange(-0x40, 0x40) * 8)
+    if rng.random() < 0.1:
+        regs[RSP] += rng.randrange(1, 8)
+    for r in (RSI, RDI, RBX):
+        if rng.random() < 0.7:
+            regs[r] = rng.choice((DATA, STACK_LO)) + 0x100 + rng.randrange(0x1E00)
+    rflags = 0x2 | (rng.getrandbits(12) & (ARITH | DF))
+    mem_seed = rng.getrandbits(64)
+    emu.reset(regs, rflags, mem_seed)
+    g.regs = list(regs)
+    g.flags = rflags
+    g.rip = CODE
+    g.pending_tries = 0
+    names = list(weights)
+    cum = []
+    acc = 0
+    for n in names:
+        acc += weights[n]
+        cum.append(acc)
+    code = bytearray()
+    steps = []
+    undef = 0
+    queue = []
+    failures = 0
+    while len(steps) < n_insns and failures < 200:
+        if g.rip - CODE > CODE_SIZE - 256:
+            break
+        if queue:
+            ins = queue.pop(0)
+        else:
+            fam = g.pending
+            g.pending = None
+            if fam is None:
+                g.pending_tries = 0
+                x = rng.random() * acc
+                lo = 0
+                for i, c in enumerate(cum):
+                    if x < c:
+                        lo = i
+                        break
+                fam = FAMILIES[names[lo]][0]
+            try:
+                res = fam(g)
+            except Retry:
+                failures += 1
+                g.pending = None
+                continue
+            if isinstance(res, tuple):
+                ins, queue = res[0], list(res[1:])
+            else:
+                ins = res
+        di = decode(ins.code, g.rip)
+        if di.code == iced_x86.Code.INVALID or di.len != len(ins.code):
+            failures += 1
+            queue = []
+            g.pending = None
+            continue
+        reads = iced_flags(di.rflags_read) | loop_reads(ins.until)
+        if reads & undef:
+            # Define the flags first; the candidate is dropped (its encoding may depend on RIP).
+            queue = []
+            g.pending = None
+            ins = definer(g)
+            di = decode(ins.code, g.rip)
+        length = len(ins.code)
+        nxt = branch_next(g, ins.until, length) if ins.until is not None else g.rip + length
+        emu.write_code(g.rip, ins.code)
+        off = g.rip - CODE
+        if len(code) < off:
+            code += bytes(off - len(code))
+        code[off:off + length] = ins.code
+        if nxt > g.rip + length:
+            # Bytes jumped over: never executed, random.
+            filler = bytes(rng.getrandbits(8) for _ in range(nxt - g.rip - length))
+            emu.write_code(g.rip + length, filler)
+            code[off + length:off + length] = filler
+        # Unicorn's `until` is only checked in freshly translated code, so a chained translation
+        # block can run past it: a UD2 at the stop address halts such an overrun right there.
+        emu.write_code(nxt, b"\x0f\x0b")
+        err = emu.step(g.rip, nxt)
+        nregs, nrip, nflags = emu.read_state()
+        if err not in (0, UC_ERR_INSN_INVALID) or emu.interrupt not in (None, 6) or nrip != nxt:
+            break
+        modified = iced_flags(di.rflags_modified)
+        undefined = iced_flags(di.rflags_undefined)
+        if ins.adjust is not None:
+            modified, undefined = ins.adjust(modified, undefined)
+        undef = (undef & ~modified) | undefined
+        steps.append((g.rip, length, nregs, nrip, nflags, COMPARED & ~undef, emu.writes))
+        g.regs = nregs
+        g.rip = nrip
+        g.flags = nflags
+    c = Case()
+    c.seed, c.regs, c.rflags, c.mem_seed = seed, regs, rflags, mem_seed
+    c.code = bytes(code)
+    c.steps = steps
+    return c
+
+
+def serialize(c, case_id, disasm=False):
+    """The text form the Swift runner reads (see FuzzCase.swift)."""
+    out = [f"C {case_id} {c.rflags:x} {c.mem_seed:x} " + " ".join(f"{v:x}" for v in c.regs),
+           "X " + c.code.hex()]
+    prev = list(c.regs)
+    fmt = iced_x86.Formatter(iced_x86.FormatterSyntax.INTEL) if disasm else None
+    for (ip, length, regs, rip, rflags, mask, writes) in c.steps:
+        parts = [f"S {rip:x} {rflags:x} {mask:x}"]
+        for i in range(16):
+            if regs[i] != prev[i]:
+                parts.append(f"r{i}={regs[i]:x}")
+        for (a, n, v) in writes:
+            parts.append(f"m{a:x}:{n}={v:x}")
+        if fmt is not None:
+            ins = decode(c.code[ip - CODE:ip - CODE + length], ip)
+            parts.append(f"; {ip:x}: {fmt.format(ins)}")
+        out.append(" ".join(parts))
+        prev = regs
+    out.append("E")
+    return "\n".join(out) + "\n"
+
+
+def disassemble_step(c_code, ip, length=15):
+    b = c_code[ip - CODE:ip - CODE + length]
+    ins = decode(b, ip)
+    fmt = iced_x86.Formatter(iced_x86.FormatterSyntax.INTEL)
+    return b[:ins.len].hex(), fmt.format(ins)

@@ -1,0 +1,379 @@
+// fuzz_native: replays differential fuzz cases (the text format of FuzzCase.swift) on the host CPU
+// at CPL3 and compares every step with the case's expected (unicorn) state. It is the tie-breaker
+// when the interpreter and unicorn disagree: fuzz.py --native runs it next to swhv-cpu-runner.
+//
+// The case's code, data and stack are mapped at their guest addresses in this process. A UD2 in
+// host code enters the guest: the SIGILL handler swaps its saved context for the guest registers
+// with RFLAGS.TF set, so every guest instruction ends in a SIGTRAP whose handler records the
+// registers and a snapshot of data and stack. REP string instructions trap once per iteration;
+// only traps that leave the instruction count. FS base is 0 while the guest runs (as in unicorn and
+// the interpreter), so nothing here may touch thread-local storage then: no errno, no stack
+// protector (build with -fno-stack-protector).
+//
+// What the host CPU shows differently by construction is not compared: TF (kept set by us; PUSHF
+// images get it cleared), IF/IOPL and the other system flags (CPL3), undefined flags (the mask).
+//
+//   cc -O2 -fno-stack-protector -o fuzz_native fuzz_native.c && ./fuzz_native < cases.txt
+// Output: PASS <id> <steps> | FAIL <id> <step> <rip> <problems>, then a summary line.
+
+#define _GNU_SOURCE
+#include <asm/prctl.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#define CODE 0x10000ULL
+#define CODE_SIZE 0x10000ULL
+#define DATA 0x100000ULL
+#define DATA_SIZE 0x2000ULL
+#define STACK_LO 0x1FE000ULL
+#define STACK_TOP 0x200000ULL
+#define STACK_SIZE (STACK_TOP - STACK_LO)
+#define SNAP (DATA_SIZE + STACK_SIZE)
+#define MAXSTEPS 4096
+#define TF 0x100ULL
+#define NATIVE_FLAGS 0xCD5ULL   /* OF DF SF ZF AF PF CF */
+
+struct write { uint64_t addr, value; int size; };
+struct step {
+    uint64_t rip, rflags, mask;
+    int nregs, nwrites;
+    int regidx[16];
+    uint64_t regval[16];
+    struct write *writes;
+};
+struct kase {
+    char id[64];
+    uint64_t regs[16], rflags, seed;
+    uint8_t *code;
+    size_t codelen;
+    int nsteps;
+    struct step steps[MAXSTEPS];
+};
+
+/* Linux mcontext order for our register numbering (rax rcx rdx rbx rsp rbp rsi rdi r8..r15). */
+static const int greg_of[16] = {REG_RAX, REG_RCX, REG_RDX, REG_RBX, REG_RSP, REG_RBP, REG_RSI, REG_RDI,
+                                REG_R8, REG_R9, REG_R10, REG_R11, REG_R12, REG_R13, REG_R14, REG_R15};
+static const char *reg_names[16] = {"rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
+                                    "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"};
+
+/* Guest run state, shared with the signal handlers. */
+static struct kase *cur;
+static volatile int in_guest;
+static gregset_t host_gregs;
+static struct _libc_fpstate host_fp;
+static uint64_t cur_start;
+static int nrec;
+static uint64_t rec_regs[MAXSTEPS][16], rec_rip[MAXSTEPS], rec_flags[MAXSTEPS];
+static uint8_t *snaps;
+static int fault_sig;
+static uint64_t fault_rip;
+
+static void splitmix_fill(uint64_t seed, uint64_t base, uint8_t *out, size_t n) {
+    for (size_t i = 0; i < n / 8; i++) {
+        uint64_t z = seed + (base + i * 8) * 0x9E3779B97F4A7C15ULL;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+        z ^= z >> 31;
+        memcpy(out + i * 8, &z, 8);
+    }
+}
+
+static void leave_guest(ucontext_t *uc) {
+    memcpy(uc->uc_mcontext.gregs, host_gregs, sizeof(gregset_t));
+    if (uc->uc_mcontext.fpregs) memcpy(uc->uc_mcontext.fpregs, &host_fp, sizeof(host_fp));
+    in_guest = 0;
+}
+
+/* Is the instruction at p PUSHF (any prefixes)? */
+static int is_pushf(const uint8_t *p) {
+    for (int i = 0; i < 15; i++) {
+        uint8_t b = p[i];
+        if (b == 0x66 || b == 0x67 || b == 0xF0 || b == 0xF2 || b == 0xF3 || b == 0x2E || b == 0x3E ||
+            b == 0x26 || b == 0x36 || b == 0x64 || b == 0x65 || (b >= 0x40 && b <= 0x4F)) continue;
+        return b == 0x9C;
+    }
+    return 0;
+}
+
+static void on_trap(int sig, siginfo_t *si, void *ctx) {
+    (void)si;
+    ucontext_t *uc = ctx;
+    greg_t *g = uc->uc_mcontext.gregs;
+    if (!in_guest) return;
+    uint64_t rip = (uint64_t)g[REG_RIP];
+    if (sig != SIGTRAP) {
+        fault_sig = sig;
+        fault_rip = rip;
+        leave_guest(uc);
+        return;
+    }
+    if (rip == cur_start) return;      /* another REP iteration */
+    if (is_pushf((const uint8_t *)cur_start)) {
+        /* The pushed image carries our TF and CPL3's IF (the cases run with IF clear): clear both
+           (they are in the low word for either operand size). */
+        *(uint16_t *)(uintptr_t)g[REG_RSP] &= (uint16_t)~(TF | 0x200);
+    }
+    for (int i = 0; i < 16; i++) rec_regs[nrec][i] = (uint64_t)g[greg_of[i]];
+    rec_rip[nrec] = rip;
+    rec_flags[nrec] = (uint64_t)g[REG_EFL];
+    memcpy(snaps + (size_t)nrec * SNAP, (void *)DATA, DATA_SIZE);
+    memcpy(snaps + (size_t)nrec * SNAP + DATA_SIZE, (void *)STACK_LO, STACK_SIZE);
+    nrec++;
+    cur_start = rip;
+    g[REG_EFL] |= TF;   /* POPF may have cleared it */
+    if (nrec >= cur->nsteps) leave_guest(uc);
+}
+
+static void on_enter(int sig, siginfo_t *si, void *ctx) {
+    ucontext_t *uc = ctx;
+    greg_t *g = uc->uc_mcontext.gregs;
+    if (in_guest) {
+        on_trap(sig, si, ctx);
+        return;
+    }
+    memcpy(host_gregs, g, sizeof(gregset_t));
+    host_gregs[REG_RIP] += 2;   /* past the UD2 */
+    if (uc->uc_mcontext.fpregs) memcpy(&host_fp, uc->uc_mcontext.fpregs, sizeof(host_fp));
+    for (int i = 0; i < 16; i++) g[greg_of[i]] = (greg_t)cur->regs[i];
+    g[REG_RIP] = (greg_t)CODE;
+    g[REG_EFL] = (greg_t)((cur->rflags & NATIVE_FLAGS) | 0x202 | TF);
+    cur_start = CODE;
+    nrec = 0;
+    fault_sig = 0;
+    in_guest = 1;
+}
+
+static long raw_arch_prctl(int code, uint64_t addr) {
+    long ret;
+    __asm__ volatile("syscall" : "=a"(ret) : "0"((long)SYS_arch_prctl), "D"((long)code), "S"(addr)
+                     : "rcx", "r11", "memory");
+    return ret;
+}
+
+static void run_guest(void) {
+    uint64_t fs = 0;
+    raw_arch_prctl(ARCH_GET_FS, (uint64_t)(uintptr_t)&fs);
+    alarm(5);
+    raw_arch_prctl(ARCH_SET_FS, 0);
+    __asm__ volatile("ud2" ::: "memory");
+    raw_arch_prctl(ARCH_SET_FS, fs);
+    alarm(0);
+}
+
+static int hexval(int c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+static uint64_t hex64(const char *s, char **end) { return strtoull(s, end, 16); }
+
+/* Parses one S line's items into st. */
+static int parse_step(char *line, struct step *st) {
+    char *semi = strchr(line, ';');
+    if (semi) *semi = 0;
+    char *p = line + 1, *e;
+    st->rip = hex64(p, &e); p = e;
+    st->rflags = hex64(p, &e); p = e;
+    st->mask = hex64(p, &e); p = e;
+    st->nregs = st->nwrites = 0;
+    st->writes = NULL;
+    int cap = 0;
+    for (char *tok = strtok(p, " \n"); tok; tok = strtok(NULL, " \n")) {
+        if (tok[0] == 'r') {
+            int n = atoi(tok + 1);
+            char *eq = strchr(tok, '=');
+            if (!eq || n < 0 || n > 15) return -1;
+            st->regidx[st->nregs] = n;
+            st->regval[st->nregs++] = hex64(eq + 1, NULL);
+        } else if (tok[0] == 'm') {
+            char *colon = strchr(tok, ':'), *eq = strchr(tok, '=');
+            if (!colon || !eq) return -1;
+            if (st->nwrites == cap) {
+                cap = cap ? cap * 2 : 4;
+                st->writes = realloc(st->writes, cap * sizeof(struct write));
+            }
+            struct write *w = &st->writes[st->nwrites++];
+            w->addr = hex64(tok + 1, NULL);
+            w->size = atoi(colon + 1);
+            w->value = hex64(eq + 1, NULL);
+        } else {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void free_case(struct kase *c) {
+    for (int i = 0; i < c->nsteps; i++) free(c->steps[i].writes);
+    free(c->code);
+    c->code = NULL;
+    c->nsteps = 0;
+}
+
+/* Appends to a bounded report. */
+static void add(char *buf, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+#include <stdarg.h>
+static void add(char *buf, size_t cap, const char *fmt, ...) {
+    size_t n = strlen(buf);
+    if (n + 4 >= cap) return;
+    if (n) { strcat(buf, " | "); n += 3; }
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf + n, cap - n, fmt, ap);
+    va_end(ap);
+}
+
+static uint8_t exp_mem[SNAP];
+
+/* Returns 1 if the case passed. */
+static int check_case(struct kase *c) {
+    static char report[4096];
+    uint64_t exp[16];
+    memcpy(exp, c->regs, sizeof(exp));
+    splitmix_fill(c->seed, DATA, exp_mem, DATA_SIZE);
+    splitmix_fill(c->seed, STACK_LO, exp_mem + DATA_SIZE, STACK_SIZE);
+    for (int k = 0; k < c->nsteps; k++) {
+        struct step *st = &c->steps[k];
+        report[0] = 0;
+        for (int i = 0; i < st->nregs; i++) exp[st->regidx[i]] = st->regval[i];
+        for (int i = 0; i < st->nwrites; i++) {
+            struct write *w = &st->writes[i];
+            for (int b = 0; b < w->size; b++) {
+                uint64_t a = w->addr + b;
+                uint8_t v = (uint8_t)(w->value >> (8 * b));
+                if (a >= DATA && a < DATA + DATA_SIZE) exp_mem[a - DATA] = v;
+                else if (a >= STACK_LO && a < STACK_TOP) exp_mem[DATA_SIZE + a - STACK_LO] = v;
+            }
+        }
+        if (k >= nrec) {
+            if (fault_sig) add(report, sizeof report, "signal %d at rip 0x%llx", fault_sig, (unsigned long long)fault_rip);
+            else add(report, sizeof report, "stopped after %d steps", nrec);
+        } else {
+            for (int i = 0; i < 16; i++)
+                if (rec_regs[k][i] != exp[i])
+                    add(report, sizeof report, "%s = 0x%llx, expected 0x%llx", reg_names[i],
+                        (unsigned long long)rec_regs[k][i], (unsigned long long)exp[i]);
+            if (rec_rip[k] != st->rip)
+                add(report, sizeof report, "rip = 0x%llx, expected 0x%llx", (unsigned long long)rec_rip[k],
+                    (unsigned long long)st->rip);
+            uint64_t m = st->mask & NATIVE_FLAGS;
+            if ((rec_flags[k] ^ st->rflags) & m)
+                add(report, sizeof report, "rflags = 0x%llx, expected 0x%llx (differing 0x%llx, compared 0x%llx)",
+                    (unsigned long long)(rec_flags[k] & m), (unsigned long long)(st->rflags & m),
+                    (unsigned long long)((rec_flags[k] ^ st->rflags) & m), (unsigned long long)m);
+            const uint8_t *got = snaps + (size_t)k * SNAP;
+            if (memcmp(got, exp_mem, SNAP)) {
+                int shown = 0;
+                for (size_t i = 0; i < SNAP && shown < 6; i++) {
+                    if (got[i] == exp_mem[i]) continue;
+                    uint64_t a = i < DATA_SIZE ? DATA + i : STACK_LO + (i - DATA_SIZE);
+                    add(report, sizeof report, "mem[0x%llx] = 0x%x, expected 0x%x", (unsigned long long)a, got[i], exp_mem[i]);
+                    shown++;
+                }
+            }
+        }
+        if (report[0]) {
+            printf("FAIL %s %d %llx %s\n", c->id, k, (unsigned long long)st->rip, report);
+            return 0;
+        }
+    }
+    printf("PASS %s %d\n", c->id, c->nsteps);
+    return 1;
+}
+
+static void run_case(struct kase *c) {
+    memset((void *)CODE, 0, CODE_SIZE);
+    memcpy((void *)CODE, c->code, c->codelen);
+    splitmix_fill(c->seed, DATA, (uint8_t *)DATA, DATA_SIZE);
+    splitmix_fill(c->seed, STACK_LO, (uint8_t *)STACK_LO, STACK_SIZE);
+    cur = c;
+    nrec = 0;
+    if (c->nsteps > 0) run_guest();
+    in_guest = 0;
+}
+
+int main(int argc, char **argv) {
+    FILE *in = stdin;
+    if (argc > 1 && !(in = fopen(argv[1], "r"))) { perror(argv[1]); return 2; }
+    if (mmap((void *)CODE, CODE_SIZE, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0) != (void *)CODE ||
+        mmap((void *)DATA, DATA_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0) != (void *)DATA ||
+        mmap((void *)STACK_LO, STACK_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0) != (void *)STACK_LO) {
+        perror("fuzz_native: mmap at the guest addresses");
+        return 2;
+    }
+    snaps = malloc((size_t)MAXSTEPS * SNAP);
+    static char altstack[1 << 16];
+    stack_t ss = {.ss_sp = altstack, .ss_size = sizeof altstack};
+    sigaltstack(&ss, NULL);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;
+    sa.sa_sigaction = on_enter;
+    sigaction(SIGILL, &sa, NULL);
+    sa.sa_sigaction = on_trap;
+    sigaction(SIGTRAP, &sa, NULL);
+    sigaction(SIGSEGV, &sa, NULL);
+    sigaction(SIGBUS, &sa, NULL);
+    sigaction(SIGFPE, &sa, NULL);
+    sigaction(SIGALRM, &sa, NULL);
+
+    static struct kase c;
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    int cases = 0, failed = 0;
+    long steps = 0;
+    int lineno = 0;
+    while ((len = getline(&line, &cap, in)) > 0) {
+        lineno++;
+        if (line[0] == '#' || line[0] == '\n') continue;
+        if (line[0] == 'C') {
+            free_case(&c);
+            char *p = line + 2, *e;
+            char *sp = strchr(p, ' ');
+            if (!sp) goto bad;
+            size_t n = (size_t)(sp - p) < sizeof c.id - 1 ? (size_t)(sp - p) : sizeof c.id - 1;
+            memcpy(c.id, p, n);
+            c.id[n] = 0;
+            p = sp;
+            c.rflags = hex64(p, &e); p = e;
+            c.seed = hex64(p, &e); p = e;
+            for (int i = 0; i < 16; i++) { c.regs[i] = hex64(p, &e); p = e; }
+        } else if (line[0] == 'X') {
+            char *p = line + 1;
+            while (*p == ' ') p++;
+            size_t n = 0;
+            while (hexval(p[n]) >= 0) n++;
+            if (n / 2 > CODE_SIZE) goto bad;
+            c.code = malloc(n / 2 + 1);
+            for (size_t i = 0; i < n / 2; i++) c.code[i] = (uint8_t)(hexval(p[2 * i]) << 4 | hexval(p[2 * i + 1]));
+            c.codelen = n / 2;
+        } else if (line[0] == 'S') {
+            if (c.nsteps >= MAXSTEPS || parse_step(line, &c.steps[c.nsteps]) < 0) goto bad;
+            c.nsteps++;
+        } else if (line[0] == 'E') {
+            run_case(&c);
+            cases++;
+            steps += c.nsteps;
+            if (!check_case(&c)) failed++;
+            fflush(stdout);
+            free_case(&c);
+        } else {
+            goto bad;
+        }
+    }
+    printf("native: %d cases, %ld instructions, %d diverged\n", cases, steps, failed);
+    return failed ? 1 : 0;
+bad:
+    fprintf(stderr, "fuzz_native: bad input at line %d\n", lineno);
+    return 2;
+}
