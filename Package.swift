@@ -1,5 +1,6 @@
 // swift-tools-version:6.0
 import PackageDescription
+import Foundation
 
 // Hot interpreter and device code avoids dynamic exclusivity checks in release builds
 // (measured 4x on a dispatch loop); debug builds keep them as a safety net.
@@ -48,8 +49,23 @@ let package = Package(
         .testTarget(name: "VMMemoryTests", dependencies: ["VMMemory"]),
         .testTarget(name: "LinuxLoaderTests", dependencies: ["LinuxLoader", "VMMemory", "CPUBackend"]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "VMMemory", "CPUBackend"]),
-        .testTarget(name: "X86InterpreterTests", dependencies: ["X86Interpreter", "VMMemory", "CPUBackend"]),
+        .testTarget(name: "X86InterpreterTests", dependencies: ["X86Interpreter", "VMMemory", "CPUBackend"],
+                    exclude: ["Vectors"]),   // oracle vectors: read at run time from the source tree
         .testTarget(name: "IntegrationTests", dependencies: ["KVM", "VMM", "VMMemory", "LinuxLoader", "CPUBackend", "Devices"]),
         .testTarget(name: "CLITests", dependencies: []),
+
+        // Fuzz harnesses (docs/security.md): plain library code, replayed by FuzzRegressionTests.
+        .target(name: "FuzzHarness", dependencies: ["LinuxLoader", "VMMemory", "CPUBackend", "Devices",
+                                                    "X86Interpreter"], path: "Fuzz/Harness"),
+        .testTarget(name: "FuzzRegressionTests", dependencies: ["FuzzHarness"]),
     ]
 )
+
+// The libFuzzer driver needs -sanitize=fuzzer to link, so it exists only for scripts/fuzz
+// (SWHV_FUZZ=1, its own scratch path); a plain `swift build` never sees it.
+if ProcessInfo.processInfo.environment["SWHV_FUZZ"] != nil {
+    package.targets += [
+        .systemLibrary(name: "CFuzzer", path: "Fuzz/CFuzzer"),
+        .executableTarget(name: "swhv-fuzz", dependencies: ["FuzzHarness", "CFuzzer"], path: "Fuzz/Driver"),
+    ]
+}

@@ -12,6 +12,7 @@
 //           -t SECS   wall-clock limit; the run is interrupted through immediate_exit (default 60)
 //           -q        do not echo serial output to stdout
 //           -i        create the in-kernel irqchip + PIT first (HLT then blocks in the kernel)
+//           -c        give the guest a minimal CPUID table (see minimize_cpuid)
 //           -e        work around kvm-pvm's CPL0 INT3/INT n emulation failure: step over the instruction
 //                     and inject the vector with KVM_SET_VCPU_EVENTS (see try_inject_soft_int)
 //         kvm-exit-ref --probe
@@ -76,6 +77,29 @@ static void on_alarm(int sig) {
     if (g_run) g_run->immediate_exit = 1;
 }
 
+static int g_minimal_cpuid;   // -c
+
+// fpu tsc msr pae cx8 apic sep pge cmov pat fxsr sse sse2 / hypervisor; syscall nx lm; lahf. Leaf 7 and
+// XSAVE leaves are cleared.
+static void minimize_cpuid(struct kvm_cpuid2 *c) {
+    for (uint32_t i = 0; i < c->nent; i++) {
+        struct kvm_cpuid_entry2 *e = &c->entries[i];
+        switch (e->function) {
+        case 1:
+            e->edx &= (1u << 0) | (1u << 4) | (1u << 5) | (1u << 6) | (1u << 8) | (1u << 9) | (1u << 11) |
+                      (1u << 13) | (1u << 15) | (1u << 16) | (1u << 24) | (1u << 25) | (1u << 26);
+            e->ecx &= (1u << 31);
+            break;
+        case 7: case 0xd: e->eax = e->ebx = e->ecx = e->edx = 0; break;
+        case 0x80000001:
+            e->edx &= (1u << 11) | (1u << 20) | (1u << 29);
+            e->ecx &= 1u;
+            break;
+        default: break;
+        }
+    }
+}
+
 static int vm_create(struct vm *v, size_t mem_size, int irqchip) {
     memset(v, 0, sizeof *v);
     v->kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
@@ -104,9 +128,11 @@ static int vm_create(struct vm *v, size_t mem_size, int irqchip) {
     v->run = mmap(NULL, v->run_size, PROT_READ | PROT_WRITE, MAP_SHARED, v->vcpu, 0);
     if (v->run == MAP_FAILED) die("mmap kvm_run");
 
-    // Give the guest what KVM supports; kvm-pvm needs no XSAVE hiding for these tiny guests.
+    // Give the guest what KVM supports, or (-c) a minimal table: what a Linux guest needs and nothing
+    // that KVM's instruction emulator cannot run (kvm-pvm emulates guest CPL0 with it).
     struct { struct kvm_cpuid2 h; struct kvm_cpuid_entry2 e[256]; } cpuid = {.h.nent = 256};
     if (ioctl(v->kvm, KVM_GET_SUPPORTED_CPUID, &cpuid) < 0) die("KVM_GET_SUPPORTED_CPUID");
+    if (g_minimal_cpuid) minimize_cpuid(&cpuid.h);
     if (ioctl(v->vcpu, KVM_SET_CPUID2, &cpuid) < 0) die("KVM_SET_CPUID2");
     return 0;
 }
@@ -525,9 +551,6 @@ static void probe_vm_ioctls(int kvm) {
         printf("KVM_IRQ_LINE(4,1): %s\n", ioctl(vm, KVM_IRQ_LINE, &l) < 0 ? strerror(errno) : "ok");
         l.level = 0;
         ioctl(vm, KVM_IRQ_LINE, &l);
-        struct kvm_msi msi = {.address_lo = 0xfee00000, .data = 0x30};
-        int r = ioctl(vm, KVM_SIGNAL_MSI, &msi);
-        printf("KVM_SIGNAL_MSI: %s (rc %d)\n", r < 0 ? strerror(errno) : "ok", r);
         int efd = eventfd(0, EFD_CLOEXEC);
         struct kvm_irqfd irqfd = {.fd = (uint32_t)efd, .gsi = 5};
         printf("KVM_IRQFD(gsi 5): %s\n", ioctl(vm, KVM_IRQFD, &irqfd) < 0 ? strerror(errno) : "ok");
@@ -541,6 +564,12 @@ static void probe_vm_ioctls(int kvm) {
     printf("KVM_GET_CLOCK: %s\n", ioctl(vm, KVM_GET_CLOCK, &cd) < 0 ? strerror(errno) : "ok");
     int vcpu = ioctl(vm, KVM_CREATE_VCPU, 0);
     printf("KVM_CREATE_VCPU: %s\n", vcpu < 0 ? strerror(errno) : "ok");
+    if (irq == 0 && vcpu >= 0) {
+        // Needs a vCPU to deliver to: returns the number of CPUs that got it (0 = none, < 0 = error).
+        struct kvm_msi msi = {.address_lo = 0xfee00000, .data = 0x30};
+        int r = ioctl(vm, KVM_SIGNAL_MSI, &msi);
+        printf("KVM_SIGNAL_MSI(dest APIC 0, vector 0x30): %s (rc %d)\n", r < 0 ? strerror(errno) : "ok", r);
+    }
     if (vcpu >= 0) {
         int khz = ioctl(vcpu, KVM_GET_TSC_KHZ, 0);
         printf("KVM_GET_TSC_KHZ: %d%s\n", khz, khz < 0 ? " (error)" : "");
@@ -668,7 +697,7 @@ static int probe(void) {
 // ---------------------------------------------------------------------------------------------
 
 static int usage(void) {
-    fprintf(stderr, "usage: kvm-exit-ref [-l loadaddr] [-m MiB] [-n N] [-t secs] [-q] [-i] [-e] guest.bin\n"
+    fprintf(stderr, "usage: kvm-exit-ref [-l loadaddr] [-m MiB] [-n N] [-t secs] [-q] [-i] [-e] [-c] guest.bin\n"
                     "       kvm-exit-ref --probe\n");
     return 2;
 }
@@ -682,7 +711,7 @@ int main(int argc, char **argv) {
     long n = -1;
     unsigned timeout = 60;
     int quiet = 0, irqchip = 0, opt;
-    while ((opt = getopt(argc, argv, "l:m:n:t:qie")) != -1) {
+    while ((opt = getopt(argc, argv, "l:m:n:t:qiec")) != -1) {
         switch (opt) {
         case 'l': load = strtoull(optarg, NULL, 0); break;
         case 'm': mib = strtoull(optarg, NULL, 0); break;
@@ -691,6 +720,7 @@ int main(int argc, char **argv) {
         case 'q': quiet = 1; break;
         case 'i': irqchip = 1; break;
         case 'e': g_inject_soft_int = 1; break;
+        case 'c': g_minimal_cpuid = 1; break;
         default: return usage();
         }
     }

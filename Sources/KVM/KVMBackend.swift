@@ -230,10 +230,75 @@ public final class KVMBackend: VcpuBackend {
             case KVM_EXIT_FAIL_ENTRY:
                 throw VcpuError.failEntry(reason: run.pointee.fail_entry.hardware_entry_failure_reason)
             case KVM_EXIT_INTERNAL_ERROR:
+                if softInterruptWorkaround, try injectFailedSoftInterrupt(run) { continue }
                 throw VcpuError.internalError(suberror: run.pointee.internal.suberror, detail: internalErrorDetail(run))
             default:
                 throw VcpuError.unhandled("unhandled KVM exit reason \(run.pointee.exit_reason)")
             }
+        }
+    }
+
+    /// CPU features (by /proc/cpuinfo name) whose instructions kvm-pvm's emulator cannot execute in
+    /// guest kernel code; Linux on kvm-pvm is booted with `clearcpuid=` these.
+    public static let pvmUnemulatedFeatures = [
+        "popcnt", "smap", "smep", "rdrand", "rdseed", "fsgsbase", "invpcid", "pcid", "erms", "fsrm",
+        "umip", "pku", "la57", "rdpid", "cx16", "movbe", "bmi1", "bmi2", "clflushopt", "clwb",
+        "avx", "avx2", "avx512f", "xsave", "xsaveopt", "xsavec", "xsaves", "sha_ni", "aes", "pclmulqdq",
+    ]
+
+    /// kvm-pvm runs guest kernel code through KVM's instruction emulator, which cannot execute
+    /// CLAC/STAC, or INT3/INT n/INTO outside real mode (Linux runs an INT3 self-test at boot, and uses INT3 for
+    /// text patching). When that is the failure, do what the instruction would: step over it and
+    /// inject the vector. Returns false for any other failure.
+    public var softInterruptWorkaround = KVMSystem.emulatesSupervisorCode
+
+    private func injectFailedSoftInterrupt(_ run: UnsafeMutablePointer<kvm_run>) throws -> Bool {
+        guard let insn = emulationFailureBytes(run), let op = insn.first else { return false }
+        // CLAC/STAC (the guest believes it has SMAP): only RFLAGS.AC changes.
+        if insn.count >= 3 && insn[0] == 0x0F && insn[1] == 0x01 && (insn[2] == 0xCA || insn[2] == 0xCB) {
+            var regs = try vcpu.getRegs()
+            let ac: UInt64 = 1 << 18
+            regs.rflags = insn[2] == 0xCA ? regs.rflags & ~ac : regs.rflags | ac
+            regs.rip &+= 3
+            try vcpu.setRegs(regs)
+            return true
+        }
+        let length: UInt64, vector: UInt8
+        switch op {
+        case 0xCC: (length, vector) = (1, 3)
+        case 0xCE: (length, vector) = (1, 4)
+        case 0xCD where insn.count >= 2: (length, vector) = (2, insn[1])
+        default: return false
+        }
+        var regs = try vcpu.getRegs()
+        var events = try vcpu.getVcpuEvents()
+        regs.rip &+= length
+        try vcpu.setRegs(regs)
+        events.flags = 0
+        if vector < 32 {
+            // #BP and #OF are traps: delivered with RIP after the instruction.
+            events.exception.injected = 1
+            events.exception.nr = vector
+            events.exception.has_error_code = 0
+        } else {
+            events.interrupt.injected = 1
+            events.interrupt.nr = vector
+            events.interrupt.soft = 0
+        }
+        try vcpu.setVcpuEvents(events)
+        return true
+    }
+
+    /// The instruction KVM's emulator failed on, when the exit carries its bytes
+    /// (kvm_run.emulation_failure: flags (u64), then insn_size (u8) and up to 15 bytes).
+    private func emulationFailureBytes(_ run: UnsafeMutablePointer<kvm_run>) -> [UInt8]? {
+        guard run.pointee.internal.suberror == UInt32(KVM_INTERNAL_ERROR_EMULATION),
+              run.pointee.internal.ndata >= 3 else { return nil }
+        return withUnsafeBytes(of: run.pointee.internal.data) { raw -> [UInt8]? in
+            let flags = raw.load(fromByteOffset: 0, as: UInt64.self)
+            guard flags & UInt64(KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES) != 0 else { return nil }
+            let size = min(Int(raw[8]), 15)
+            return (0..<size).map { raw[9 + $0] }
         }
     }
 
@@ -242,21 +307,11 @@ public final class KVMBackend: VcpuBackend {
     private func internalErrorDetail(_ run: UnsafeMutablePointer<kvm_run>) -> String {
         var parts: [String] = []
         if let regs = try? vcpu.getRegs() { parts.append("rip 0x\(String(regs.rip, radix: 16))") }
-        let n = min(Int(run.pointee.internal.ndata), 16)
-        let emulationFailure = run.pointee.internal.suberror == UInt32(KVM_INTERNAL_ERROR_EMULATION)
-        if emulationFailure && n >= 2 {
-            // kvm_run.emulation_failure: flags (u64), then insn_size (u8) and up to 15 bytes.
-            let bytes = withUnsafeBytes(of: run.pointee.internal.data) { raw -> [UInt8] in
-                let flags = raw.load(fromByteOffset: 0, as: UInt64.self)
-                guard flags & UInt64(KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES) != 0 else { return [] }
-                let size = min(Int(raw[8]), 15)
-                return (0..<size).map { raw[9 + $0] }
-            }
-            if !bytes.isEmpty {
-                parts.append("instruction bytes " + bytes.map { String(format2: $0) }.joined(separator: " "))
-                return parts.joined(separator: ", ")
-            }
+        if let bytes = emulationFailureBytes(run), !bytes.isEmpty {
+            parts.append("instruction bytes " + bytes.map { String(format2: $0) }.joined(separator: " "))
+            return parts.joined(separator: ", ")
         }
+        let n = min(Int(run.pointee.internal.ndata), 16)
         if n > 0 {
             let words = withUnsafeBytes(of: run.pointee.internal.data) { raw in
                 (0..<n).map { "0x" + String(raw.load(fromByteOffset: $0 * 8, as: UInt64.self), radix: 16) }

@@ -86,6 +86,17 @@ public final class KVMVcpu: @unchecked Sendable {
         }
     }
 
+    public func getVcpuEvents() throws(KVMError) -> kvm_vcpu_events {
+        var e = kvm_vcpu_events()
+        _ = try kvmIoctl(fd, CKVM_KVM_GET_VCPU_EVENTS(), "KVM_GET_VCPU_EVENTS", &e)
+        return e
+    }
+
+    public func setVcpuEvents(_ events: kvm_vcpu_events) throws(KVMError) {
+        var e = events
+        _ = try kvmIoctl(fd, CKVM_KVM_SET_VCPU_EVENTS(), "KVM_SET_VCPU_EVENTS", &e)
+    }
+
     public func getLAPIC() throws(KVMError) -> kvm_lapic_state {
         var s = kvm_lapic_state()
         _ = try kvmIoctl(fd, CKVM_KVM_GET_LAPIC(), "KVM_GET_LAPIC", &s)

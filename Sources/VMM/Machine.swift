@@ -64,6 +64,7 @@ public enum PCLayout {
     public static let com1IRQ: UInt32 = 4
     public static let postCodePort: UInt64 = 0x80
     public static let bootTimerPort: UInt64 = 0x440
+    public static let bootTimerMMIO: UInt64 = 0xD100_0000
 }
 
 /// A virtual machine: guest memory, buses with devices, and one CPU backend. Owns the run loop.
@@ -145,8 +146,11 @@ public final class Machine: IOHandler, @unchecked Sendable {
         if KVMSystem.emulatesSupervisorCode {
             // kvm-pvm's instruction emulator cannot run XRSTOR, and the guest still detects XSAVE
             // whatever CPUID says; `noxsave` makes Linux use FXSAVE (as with QEMU on this host).
+            // The guest reads the host's CPUID whatever KVM_SET_CPUID2 says, so features whose
+            // instructions the emulator lacks (POPCNT, CLAC/STAC, RDRAND, ...) are cleared by name.
             args.append("noxsave")
-            reason += " (kvm-pvm: guest kernel code is emulated by the host, slowly; adding 'noxsave')"
+            args.append("clearcpuid=" + KVMBackend.pvmUnemulatedFeatures.joined(separator: ","))
+            reason += " (kvm-pvm: guest kernel code is emulated by the host, slowly; adding 'noxsave clearcpuid=...')"
         }
         return BackendSetup(backend: kvm, interrupts: kvm.interrupts ?? NoInterruptController(), reason: reason,
                             registerPlatform: { _ in }, kernelArguments: args)
@@ -183,9 +187,11 @@ public final class Machine: IOHandler, @unchecked Sendable {
                               aboveFourGiB: memory.size > GuestMemory.mmioHoleStart ? memory.size - GuestMemory.mmioHoleStart : 0)
             try rtc.register(on: ports)
             let timer = self.timer
-            try ports.register(BootTimerPort(now: { VirtualClock.hostMonotonicNs() },
-                                             onSignal: { ev in timer.guestSignal(ev.milestone.value) }),
-                               name: "boot-timer", base: UInt64(BootTimerPort.port), length: BootTimerPort.length)
+            let bootTimer = BootTimerPort(now: { VirtualClock.hostMonotonicNs() },
+                                          onSignal: { ev in timer.guestSignal(ev.milestone.value) })
+            try ports.register(bootTimer, name: "boot-timer", base: UInt64(BootTimerPort.port), length: BootTimerPort.length)
+            // The same register as MMIO, for guests whose kernel has no /dev/port (Debian's cloud kernel).
+            try mmio.register(bootTimer, name: "boot-timer", base: PCLayout.bootTimerMMIO, length: 1)
         } catch let e as BusError {
             throw .device(e.description)
         } catch {
@@ -201,6 +207,10 @@ public final class Machine: IOHandler, @unchecked Sendable {
         root.onResetRequest = { control.requestStop(.reset) }
         do {
             for (i, d) in disks.enumerated() {
+                // Our own lock would refuse it with "in use by another process": say what is wrong.
+                if disks[..<i].contains(where: { !($0.readOnly && d.readOnly) && Machine.sameFile($0.path, d.path) }) {
+                    throw MachineError.device("disk \(d.path) is given twice; a writable disk can be attached only once")
+                }
                 let blk = try VirtioBlock(path: d.path, readOnly: d.readOnly,
                                           serial: d.serial.isEmpty ? "swhv-disk\(i)" : d.serial)
                 let dev = try VirtioPciDevice(device: blk, memory: memory, interrupts: interrupts,
@@ -208,11 +218,24 @@ public final class Machine: IOHandler, @unchecked Sendable {
                 _ = try root.add(dev)
             }
             try root.register(ports: ports, mmio: mmio)
+        } catch let e as MachineError {
+            throw e
         } catch let e as BlockError {
             throw .device(e.description)
         } catch {
             throw .device("\(error)")
         }
+    }
+
+    /// Whether two paths name the same file (after resolving links and relative paths).
+    static func sameFile(_ a: String, _ b: String) -> Bool {
+        func resolved(_ p: String) -> String? {
+            guard let r = realpath(p, nil) else { return nil }
+            defer { free(r) }
+            return String(cString: r)
+        }
+        guard let ra = resolved(a), let rb = resolved(b) else { return false }
+        return ra == rb
     }
 
     // MARK: Loading

@@ -146,10 +146,16 @@ struct CPUState {
     var halted = false
     /// Interrupts are inhibited until after the next instruction (STI, MOV SS, POP SS).
     var interruptShadow = false
-    /// Set when a write invalidated decoded code, so the current block stops after this instruction.
+    /// Ends the current block after this instruction: a write invalidated decoded code, or a REP
+    /// instruction yielded part-way.
     var codeModified = false
     /// A triple fault happened: the run loop returns `.shutdown`.
     var shutdown = false
+    /// A fault raised inside executeBlock, for the caller to deliver.
+    var pendingFault = false
+    var faultVector: UInt8 = 0
+    var faultCode: UInt32 = 0
+    var faultHasCode = false
     /// An intercepted exception stops the run loop (test hook).
     var testStop = false
     /// Nested exception bookkeeping during delivery (for #DF / triple fault).

@@ -667,9 +667,10 @@ extension X86Interpreter {
         if d.pointee.mem {
             // The destination is always written (the locked cycle), with its old value on failure.
             try writeSized(la, s, equal ? getRegSized(d.pointee.reg, s) : dst)
-        } else {
-            // A register destination is written either way (zero-extending 32-bit operands).
-            setRegSized(d.pointee.rm, s, equal ? getRegSized(d.pointee.reg, s) : dst)
+        } else if equal {
+            // A register destination is written only on success (hardware; QEMU before 8.1 and
+            // unicorn also write it back, zero-extending, on failure).
+            setRegSized(d.pointee.rm, s, getRegSized(d.pointee.reg, s))
         }
         if !equal { setRegSized(0, s, dst) }
         setCC(CC.sub, s, dst: (acc &- dst) & sizeMask(s), src: dst)

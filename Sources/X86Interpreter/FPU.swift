@@ -55,17 +55,34 @@ extension X86Interpreter {
             if st.pointee.cr0 & (CR0.em | CR0.ts) != 0 { throw st.pointee.cr0 & CR0.em != 0 ? Fault.ud : Fault.nm }
             guard la & 15 == 0 else { throw Fault.gp(0) }
             // 64-bit FXSAVE (REX.W) stores 64-bit FIP/FDP; we keep them zero-extended either way.
+            // Registers are kept in physical order; the image holds them in ST(i) order.
+            let top = Int((fsw >> 11) & 7)
+            func imageOffset(_ off: Int) -> Int {
+                guard off >= FX.st0 && off < FX.xmm0 else { return off }
+                let st = (off - FX.st0) / 16
+                return FX.st0 + 16 * ((top + st) & 7) + (off - FX.st0) % 16
+            }
             if d.pointee.op == .fxsave {
+                _ = try rmwPointer(la, 1)
+                _ = try rmwPointer(la &+ 511, 1)
                 for off in stride(from: 0, to: 512, by: 8) {
-                    try write(la &+ UInt64(off), fx.load(fromByteOffset: off, as: UInt64.self))
+                    try write(la &+ UInt64(off), fx.load(fromByteOffset: imageOffset(off), as: UInt64.self))
                 }
             } else {
                 let m = try read(la &+ 24, UInt32.self)
                 if m & ~FX.mxcsrMaskValue != 0 { throw Fault.gp(0) }
                 var image = [UInt64](repeating: 0, count: 64)
                 for i in 0..<64 { image[i] = try read(la &+ UInt64(i * 8), UInt64.self) }
-                for i in 0..<64 where i != 3 && i < 52 {   // keep MXCSR_MASK; 416..511 are reserved
-                    fx.storeBytes(of: image[i], toByteOffset: i * 8, as: UInt64.self)
+                fx.storeBytes(of: image[0], toByteOffset: 0, as: UInt64.self)   // FCW FSW FTW FOP
+                let newTop = Int((fsw >> 11) & 7)
+                for i in 1..<52 where i != 3 {   // keep MXCSR_MASK; 416..511 are reserved
+                    let off = i * 8
+                    var dst = off
+                    if off >= FX.st0 && off < FX.xmm0 {
+                        let st = (off - FX.st0) / 16
+                        dst = FX.st0 + 16 * ((newTop + st) & 7) + (off - FX.st0) % 16
+                    }
+                    fx.storeBytes(of: image[i], toByteOffset: dst, as: UInt64.self)
                 }
                 mxcsr = m
             }

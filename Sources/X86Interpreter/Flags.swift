@@ -89,6 +89,10 @@ extension X86Interpreter {
             return a < b
         case CC.logic: return false
         case CC.inc, CC.dec: return st.pointee.ccSrc2 & 1 != 0
+        case CC.add:
+            let mask = sizeMask(Int(op & 3))
+            return st.pointee.ccDst & mask < st.pointee.ccSrc & mask
+        case CC.szp: return st.pointee.ccSrc & 1 != 0
         default: return arithFlags() & Flag.cf != 0
         }
     }
@@ -122,6 +126,11 @@ extension X86Interpreter {
             default: return slowCondition(cc)
             }
             return v != (cc & 1 != 0)
+        }
+        if kind != CC.eflags && cc >> 1 == 2 {
+            // ZF comes straight from the result for every lazy kind.
+            let r = st.pointee.ccDst & sizeMask(Int(op & 3))
+            return (r == 0) != (cc & 1 != 0)
         }
         if kind == CC.logic {
             let s = Int(op & 3)

@@ -93,7 +93,7 @@ extension X86Interpreter {
         let off = UInt64(vector * 16)
         guard off + 15 <= UInt64(st.pointee.idtLimit) else { throw Fault.gp(gateCode) }
         let lo = try readSys(st.pointee.idtBase &+ off, 8)
-        let hi = try readSys(st.pointee.idtBase &+ off + 8, 8)
+        let hi = try readSys(st.pointee.idtBase &+ off &+ 8, 8)
         let type = (lo >> 40) & 0xF
         guard type == 0xE || type == 0xF else { throw Fault.gp(gateCode) }
         let dpl = Int((lo >> 45) & 3)
@@ -187,7 +187,7 @@ extension X86Interpreter {
             let o = UInt64(4 + newCPL * 8)
             guard o + 5 <= UInt64(tr.limit) else { throw Fault.ts(UInt32(tr.selector & ~3)) }
             let newESP = try readSys(tr.base &+ o, 4)
-            let newSS = UInt16(truncatingIfNeeded: try readSys(tr.base &+ o + 4, 2))
+            let newSS = UInt16(truncatingIfNeeded: try readSys(tr.base &+ o &+ 4, 2))
             guard newSS & ~3 != 0 else { throw Fault.ts(UInt32(newSS & ~3) | ext) }
             let (_, sraw) = try readDescriptor(newSS) { c in Fault.ts(c | ext) }
             let ss = cacheFrom(sraw, selector: newSS)

@@ -81,6 +81,12 @@ extension X86Interpreter {
     /// The guest RAM this CPU runs on.
     public var guestMemory: GuestMemory { memory }
 
+    /// MXCSR.
+    public var mxcsrRegister: UInt32 {
+        get { mxcsr }
+        set { mxcsr = newValue }
+    }
+
     /// Power-on reset (real mode at F000:FFF0).
     public func powerOnReset() { reset() }
 }

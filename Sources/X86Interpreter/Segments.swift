@@ -30,7 +30,7 @@ extension X86Interpreter {
 
     /// Sets the accessed bit of a descriptor if clear (hardware writes it back to the table).
     func markAccessed(_ addr: UInt64, _ raw: UInt64) throws(Fault) {
-        if raw & (1 << 40) == 0 { try writeSys(addr + 5, 1, ((raw >> 40) & 0xFF) | 1) }
+        if raw & (1 << 40) == 0 { try writeSys(addr &+ 5, 1, ((raw >> 40) & 0xFF) | 1) }
     }
 
     /// MOV/POP/LxS to a data segment register or SS, with the protected-mode checks.

@@ -3,6 +3,17 @@
 // REP MOVS/STOS with DF = 0 copy whole runs within a page through host pointers.
 
 extension X86Interpreter {
+    /// Elements (or bulk page runs) a REP instruction processes before yielding.
+    static let repSlice = 16384
+
+    /// Leaves a REP instruction unfinished: RIP back on it, the block ends, the run loop polls.
+    func yieldRep(_ d: UnsafePointer<DecodedInsn>) {
+        rip = rip &- UInt64(d.pointee.len)
+        st.pointee.codeModified = true
+        st.pointee.eventCheck = true
+        pollCountdown = 0
+    }
+
     func stringOp(_ d: UnsafePointer<DecodedInsn>) throws(Fault) {
         let s = Int(d.pointee.osz)
         let size = UInt64(1 << s)
@@ -24,7 +35,15 @@ extension X86Interpreter {
             return
         }
         var count = gpr(Reg.rcx) & amask
+        // A long REP is interrupted every so often (RIP stays on it and it resumes), so the host
+        // can stop the vCPU and interrupts are not held off: hardware also allows this.
+        var slice = X86Interpreter.repSlice
         while count != 0 {
+            if slice <= 0 {
+                yieldRep(d)
+                return
+            }
+            slice -= 1
             if !down && (op == .stos || op == .movs) {
                 let n = try bulkString(op, s, srcSeg, amask, count)
                 if n > 0 {
@@ -82,9 +101,10 @@ extension X86Interpreter {
         let diOff = gpr(Reg.rdi) & amask
         let di = linear(Seg.es, diOff)
         var n = min(count, (4096 - (di & 0xFFF)) / size)
-        // Stay within the address-size wrap.
-        n = min(n, (amask - diOff) / size + 1)
         if n < 2 { return 0 }
+        // Stay within the address-size wrap.
+        let room = (amask - diOff) / size
+        if room < n - 1 { n = room + 1 }
         guard let dst = try rmwPointer(di, Int(n * size)) else { return 0 }
         if op == .stos {
             let v = gpr(0)
@@ -97,7 +117,9 @@ extension X86Interpreter {
         } else {
             let siOff = gpr(Reg.rsi) & amask
             let si = linear(srcSeg, siOff)
-            n = min(n, (4096 - (si & 0xFFF)) / size, (amask - siOff) / size + 1)
+            n = min(n, (4096 - (si & 0xFFF)) / size)
+            let srcRoom = (amask - siOff) / size
+            if srcRoom < n - 1 { n = srcRoom + 1 }
             if n < 2 { return 0 }
             let e = tlbSlot(si)
             guard e.pointee.rtag == si & ~0xFFF else { return 0 }
@@ -123,7 +145,13 @@ extension X86Interpreter {
         let step = st.pointee.flagsRest & Flag.df != 0 ? 0 &- size : size
         let port = UInt16(truncatingIfNeeded: gpr(Reg.rdx))
         var count = rep ? gpr(Reg.rcx) & amask : 1
+        var slice = X86Interpreter.repSlice
         while count != 0 {
+            if slice <= 0 {
+                yieldRep(d)
+                break
+            }
+            slice -= 1
             if d.pointee.op == .ins {
                 let di = linear(Seg.es, gpr(Reg.rdi) & amask)
                 // Check the destination before the port read (reads can have side effects).

@@ -281,7 +281,7 @@ extension X86Interpreter {
         }
         if tr {
             // Mark the TSS busy.
-            try writeSys(addr + 5, 1, ((raw >> 40) & 0xFF) | 2)
+            try writeSys(addr &+ 5, 1, ((raw >> 40) & 0xFF) | 2)
             cache.attr |= 2
             st.pointee.tr = cache
         } else {

@@ -229,7 +229,7 @@ public final class X86Interpreter: VcpuBackend {
             }
             var budget = target &- instructionsRetired
             if st.pointee.interruptShadow || st.pointee.flagsRest & Flag.tf != 0 { budget = 1 }
-            let executed = runBlock(budget: budget)
+            let executed = runBlocks(budget: budget)
             pollCountdown -= executed
         }
     }
@@ -312,20 +312,11 @@ public final class X86Interpreter: VcpuBackend {
         }
     }
 
-    /// Runs (part of) the block at CS:RIP. Returns the number of instructions retired.
-    func runBlock(budget: UInt64) -> Int {
-        let la = (segBase[Seg.cs] &+ rip) & st.pointee.linearMask
-        let block: UnsafeMutablePointer<DecodedInsn>
-        let count: Int
-        do {
-            (block, count) = try fetchBlock(la)
-        } catch {
-            deliverFault(error)
-            return 0
-        }
-        let tf = st.pointee.flagsRest & Flag.tf != 0
-        let shadow = st.pointee.interruptShadow
-        let n = budget < UInt64(count) ? Int(budget) : count
+    /// Executes up to `n` decoded instructions. The switch is inlined here so its register saves
+    /// happen once per block, not once per instruction. A fault restores RIP, is recorded in the
+    /// state (delivered by the caller) and ends the block.
+    @inline(never)
+    func executeBlock(_ block: UnsafeMutablePointer<DecodedInsn>, _ n: Int) -> Int {
         var p = block
         var done = 0
         while done < n {
@@ -335,28 +326,66 @@ public final class X86Interpreter: VcpuBackend {
                 try execute(p)
             } catch {
                 rip = start
-                instructionsRetired &+= UInt64(done)
-                deliverFault(error)
+                st.pointee.pendingFault = true
+                st.pointee.faultVector = error.vector
+                st.pointee.faultCode = error.code
+                st.pointee.faultHasCode = error.hasCode
                 return done
             }
             done += 1
             if st.pointee.codeModified {
                 st.pointee.codeModified = false
-                break
+                return done
             }
             p += 1
         }
-        instructionsRetired &+= UInt64(done)
-        if shadow {
-            st.pointee.interruptShadow = false
-            st.pointee.eventCheck = true
-        }
-        if tf && done > 0 {
-            // Single-step trap after the instruction.
-            st.pointee.dr6 |= 0x4000
-            deliverEvent(vector: 1, kind: .exception)
-        }
         return done
+    }
+
+    /// Runs blocks from CS:RIP until `budget` instructions retired, the poll interval expires or
+    /// something needs the run loop (an event to check, HLT, shutdown). Returns instructions retired.
+    func runBlocks(budget: UInt64) -> Int {
+        let tf = st.pointee.flagsRest & Flag.tf != 0
+        let shadow = st.pointee.interruptShadow
+        var total = 0
+        while true {
+            let la = (segBase[Seg.cs] &+ rip) & st.pointee.linearMask
+            let block: UnsafeMutablePointer<DecodedInsn>
+            let count: Int
+            do {
+                (block, count) = try fetchBlock(la)
+            } catch {
+                deliverFault(error)
+                return total
+            }
+            let remaining = budget &- UInt64(total)
+            let n = remaining < UInt64(count) ? Int(remaining) : count
+            let done = executeBlock(block, n)
+            instructionsRetired &+= UInt64(done)
+            total += done
+            if st.pointee.pendingFault {
+                st.pointee.pendingFault = false
+                deliverFault(Fault(vector: st.pointee.faultVector, code: st.pointee.faultCode, hasCode: st.pointee.faultHasCode))
+                return total
+            }
+            if shadow || tf {
+                if shadow {
+                    st.pointee.interruptShadow = false
+                    st.pointee.eventCheck = true
+                }
+                if tf && done > 0 {
+                    // Single-step trap after the instruction.
+                    st.pointee.dr6 |= 0x4000
+                    deliverEvent(vector: 1, kind: .exception)
+                }
+                return total
+            }
+            if UInt64(total) >= budget || total >= pollCountdown || st.pointee.eventCheck || st.pointee.halted
+                || st.pointee.shutdown || st.pointee.testStop || st.pointee.interruptShadow
+                || st.pointee.flagsRest & Flag.tf != 0 {
+                return total
+            }
+        }
     }
 }
 

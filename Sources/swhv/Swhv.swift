@@ -13,7 +13,7 @@ struct Swhv: ParsableCommand {
             Runs guests on KVM where /dev/kvm works, or on swhv's own x86-64 interpreter.
             The guest console is this terminal (the 16550 UART at COM1). Press Ctrl-A x to quit.
             """,
-        subcommands: [Boot.self])
+        subcommands: [Boot.self, RunImage.self])
 
     /// Errors swhv itself reports get one line and exit status 1; usage errors go through
     /// ArgumentParser (which prints the usage and exits 64).
@@ -79,7 +79,7 @@ struct Boot: ParsableCommand {
     var memory: String = "512M"
 
     @Option(name: .long, help: ArgumentHelp(
-        "CPU backend: auto (KVM if it works), kvm, or interp (swhv's x86-64 interpreter).",
+        "CPU backend: auto (KVM on hardware-virtualization hosts, else the interpreter), kvm, or interp (swhv's x86-64 interpreter).",
         valueName: "auto|kvm|interp"))
     var accel: String = "auto"
 
@@ -125,8 +125,9 @@ struct Boot: ParsableCommand {
         let machine = try Machine(config: config, consoleOutput: console)
         machine.timer.processStart = processStart
         console.onFirstByte = { [timer = machine.timer] in timer.mark(.firstConsoleByte) }
-        if !quiet { machine.log.info("using \(machine.backend.name): \(machine.backendReason)") }
         try machine.loadLinux(kernel: files.kernel, initrd: files.initrd, cmdline: line)
+        // After loading, so that bad input gets exactly one line on stderr.
+        if !quiet { machine.log.info("using \(machine.backend.name): \(machine.backendReason)") }
 
         let raw = TerminalRawMode()
         machine.startStdinPump(handleEscape: true)
@@ -143,5 +144,71 @@ struct Boot: ParsableCommand {
                 if !quiet { machine.log.info("guest stopped: \(stop)") }
             }
         }
+    }
+}
+
+/// Runs a flat real-mode image (the small guests of Tests/Guests): for backend debugging and the
+/// VM-exit benchmark. No firmware, no interrupt controller: `hlt` with interrupts off ends the run.
+struct RunImage: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run-image",
+        abstract: "Run a flat real-mode test image (e.g. Tests/Guests/*.asm assembled with nasm).",
+        discussion: """
+            The image is copied to --load (default 0x1000) and entered in real mode at 0:load with
+            SP 0x8000. COM1 output goes to stdout. The run ends when the guest resets (i8042), halts
+            with interrupts disabled, or triple-faults; swhv prints how it stopped on stderr.
+            """)
+
+    @Option(name: .long, help: ArgumentHelp("Flat binary image.", valueName: "path"))
+    var image: String
+
+    @Option(name: .long, help: ArgumentHelp("Guest-physical load address and entry (real mode).", valueName: "address"))
+    var load: String = "0x1000"
+
+    @Option(name: .long, help: ArgumentHelp("Store a 32-bit value in guest RAM before the run. Repeatable.",
+                                            valueName: "address=value"))
+    var write32: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("Guest RAM (default 16M).", valueName: "size"))
+    var memory: String = "16M"
+
+    @Option(name: .long, help: ArgumentHelp("CPU backend: auto, kvm or interp.", valueName: "auto|kvm|interp"))
+    var accel: String = "auto"
+
+    func run() throws {
+        func number(_ t: String) throws -> UInt64 {
+            let v = t.hasPrefix("0x") ? UInt64(t.dropFirst(2), radix: 16) : UInt64(t)
+            guard let v else { throw MachineError.invalidArgument("'\(t)' is not a number") }
+            return v
+        }
+        var config = MachineConfig()
+        guard let size = MemorySize.parse(memory), size > 0 else {
+            throw MachineError.invalidArgument("--memory '\(memory)' is not a size (try 16M)")
+        }
+        config.memorySize = size
+        guard let a = Accelerator(rawValue: accel) else {
+            throw MachineError.invalidArgument("--accel '\(accel)' is not one of auto, kvm, interp")
+        }
+        config.accelerator = a
+        config.irqchip = false
+        config.quiet = true
+        let address = try number(load)
+        guard address < 0x10000 else { throw MachineError.invalidArgument("--load must be below 0x10000 (real mode)") }
+        let bytes = try HostFile.read(image, role: "image", limit: size)
+        let machine = try Machine(config: config, consoleOutput: HostConsoleOutput())
+        try machine.loadFlat(bytes, at: address, entry: .realMode(cs: 0, ip: UInt16(address), sp: 0x8000))
+        for w in write32 {
+            let parts = w.split(separator: "=", maxSplits: 1).map(String.init)
+            guard parts.count == 2 else { throw MachineError.invalidArgument("--write32 '\(w)' is not address=value") }
+            let (at, value) = (try number(parts[0]), try number(parts[1]))
+            guard value <= UInt32.max else { throw MachineError.invalidArgument("--write32 value \(value) exceeds 32 bits") }
+            do { try machine.memory.write(UInt32(value), at: at) }
+            catch { throw MachineError.invalidArgument("--write32 address 0x\(String(at, radix: 16)) is outside guest RAM") }
+        }
+        let start = VirtualClock.hostMonotonicNs()
+        let stop = try machine.run()
+        let ms = Double(VirtualClock.hostMonotonicNs() - start) / 1e6
+        machine.log.error("\(machine.backend.name): \(stop) after \(ms) ms")
+        if stop == .shutdown { Glibc.exit(2) }
     }
 }

@@ -1,4 +1,5 @@
 import CPUBackend
+import Dispatch
 import VMMemory
 import X86Interpreter
 import XCTest
@@ -121,6 +122,55 @@ final class GuestTests: XCTestCase {
         XCTAssertEqual(cpu[.r15], 1, "timer interrupt handled once")
         XCTAssertEqual(cpu[.r13], 0x77, "execution resumed after HLT")
         XCTAssertGreaterThanOrEqual(elapsed, 200_000, "HLT slept until the timer deadline")
+    }
+
+    func testX87ArithmeticAndStatus() throws {
+        let (mem, cpu) = try makeKernelGuest(entry: GuestPrograms.x87Arithmetic)
+        try mem.write((2.5 as Double).bitPattern, at: 0x12000)
+        XCTAssertEqual(runToHalt(cpu), .haltedForever)
+        XCTAssertEqual(try mem.read(UInt32.self, at: 0x12010), 12, "(1 + 2.5)^2 = 12.25 rounds to 12")
+        XCTAssertEqual(Double(bitPattern: try mem.read(UInt64.self, at: 0x12018)), (12.0 as Double).squareRoot())
+        XCTAssertEqual(cpu[.r8] & 0xFF, 1, "FCOMIP: 1 < pi sets CF")
+        XCTAssertEqual((cpu[.rax] >> 11) & 7, 0, "stack empty again: TOP = 0")
+        XCTAssertEqual(try mem.read(UInt16.self, at: 0x12020), 0x37F, "FNINIT control word")
+    }
+
+    func testFXSAVEStoresRegistersInStackOrder() throws {
+        let (mem, cpu) = try makeKernelGuest(entry: GuestPrograms.fxsaveImage)
+        XCTAssertEqual(runToHalt(cpu), .haltedForever)
+        XCTAssertEqual(try mem.read(UInt16.self, at: 0x12100), 0x37F, "FCW")
+        XCTAssertEqual(try mem.read(UInt16.self, at: 0x12102), 6 << 11, "FSW.TOP = 6 after two pushes")
+        XCTAssertEqual(try mem.read(UInt8.self, at: 0x12104), 0xC0, "abridged tags: physical 6 and 7 valid")
+        XCTAssertEqual(try mem.read(UInt32.self, at: 0x12118), 0x1F80, "MXCSR")
+        XCTAssertEqual(try mem.read(UInt64.self, at: 0x12120), 0, "ST0 = 0.0")
+        XCTAssertEqual(try mem.read(UInt64.self, at: 0x12130), 0x8000_0000_0000_0000, "ST1 = 1.0 significand")
+        XCTAssertEqual(try mem.read(UInt16.self, at: 0x12138), 0x3FFF, "ST1 = 1.0 exponent")
+    }
+
+    func testMisalignedMOVAPSRaisesGP() throws {
+        let (_, cpu) = try makeKernelGuest(entry: GuestPrograms.misalignedMovaps)
+        XCTAssertEqual(runToHalt(cpu), .haltedForever)
+        XCTAssertEqual(cpu[.r14], 2, "#GP handler ran")
+        XCTAssertEqual(cpu[.rax], 0, "error code 0")
+        XCTAssertEqual(cpu[.rbx], GuestPrograms.misalignedMovaps.address + 1, "fault at MOVAPS")
+    }
+
+    func testLongRepStosCompletesAcrossYields() throws {
+        let (mem, cpu) = try makeKernelGuest(entry: GuestPrograms.longRepStos)
+        XCTAssertEqual(runToHalt(cpu), .haltedForever)
+        XCTAssertEqual(cpu[.rcx], 0)
+        XCTAssertEqual(cpu[.rdi], 0x200000 + 100_000)
+        XCTAssertEqual(try mem.read(UInt8.self, at: 0x200000), 0xAB)
+        XCTAssertEqual(try mem.read(UInt8.self, at: 0x200000 + 99_999), 0xAB)
+        XCTAssertEqual(try mem.read(UInt8.self, at: 0x200000 + 100_000), 0)
+    }
+
+    func testStopRequestFromAnotherThreadInterruptsASpinningGuest() throws {
+        let (_, cpu) = try makeKernelGuest(entry: GuestPrograms.spin)
+        let control = VMControl()
+        DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(50)) { control.requestStop(.poweroff) }
+        XCTAssertEqual(try cpu.run(io: RecordingIO(), control: control), .poweroff)
+        XCTAssertGreaterThan(cpu.instructionsRetired, 0)
     }
 
     func testHostStopRequestEndsRun() throws {

@@ -22,7 +22,10 @@ final class OracleVectorTests: XCTestCase {
     struct Outcome { var passed = 0; var failures: [String] = [] }
 
     func runCategory(_ name: String, file: StaticString = #filePath, line: UInt = #line) throws {
-        let url = OracleVectorTests.vectorDirectory.appendingPathComponent(name + ".json")
+        try runFile(OracleVectorTests.vectorDirectory.appendingPathComponent(name + ".json"), name: name, file: file, line: line)
+    }
+
+    func runFile(_ url: URL, name: String, file: StaticString = #filePath, line: UInt = #line) throws {
         let json = try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as? [[String: Any]] ?? []
         XCTAssertFalse(json.isEmpty, "no vectors in \(name).json", file: file, line: line)
         let mem = try LongModeGuest.makeMemory()
@@ -58,8 +61,23 @@ final class OracleVectorTests: XCTestCase {
             try cpu.setEntryState(LongModeGuest.entryState(rip: OracleVectorTests.code, rsp: regs[4]))
             for (i, r) in X86Interpreter.Register.allCases.enumerated() { cpu[r] = regs[i] }
             cpu.flags = parse(v["rflags"])
+            func parse128(_ s: Any?) -> (UInt64, UInt64) {
+                guard let s = s as? String else { return (0, 0) }
+                let digits = String(s.dropFirst(2))
+                let padded = String(repeating: "0", count: max(0, 32 - digits.count)) + digits
+                let hi = UInt64(padded.prefix(16), radix: 16) ?? 0, lo = UInt64(padded.suffix(16), radix: 16) ?? 0
+                return (lo, hi)
+            }
+            if let xmm = v["xmm"] as? [Any] {
+                for i in 0..<16 { cpu.setXMM(i, parse128(xmm[i])) }
+                cpu.mxcsrRegister = UInt32(parse(v["mxcsr"]))
+            }
             cpu.interceptedException = nil
-            cpu.step(io: io)
+            if let count = v["count"] as? Int {
+                _ = cpu.run(io: io, control: VMControl(), maxInstructions: UInt64(count))
+            } else {
+                cpu.step(io: io)
+            }
 
             var problems: [String] = []
             if let expectedVector = v["exception"] as? Int {
@@ -71,6 +89,15 @@ final class OracleVectorTests: XCTestCase {
                 let out = (v["out_regs"] as? [Any] ?? []).map(parse)
                 for (i, r) in X86Interpreter.Register.allCases.enumerated() where cpu[r] != out[i] {
                     problems.append("\(r) = \(hex(cpu[r])), expected \(hex(out[i]))")
+                }
+                if let xmm = v["out_xmm"] as? [Any] {
+                    for i in 0..<16 {
+                        let e = parse128(xmm[i]), g = cpu.xmm(i)
+                        if e != g { problems.append("xmm\(i) = \(hex(g.1)):\(hex(g.0)), expected \(hex(e.1)):\(hex(e.0))") }
+                    }
+                    // Unicorn does not accumulate MXCSR exception flags (bits 0-5); compare the controls.
+                    let m = UInt32(parse(v["out_mxcsr"]))
+                    if (cpu.mxcsrRegister ^ m) & ~0x3F != 0 { problems.append("mxcsr = \(hex(UInt64(cpu.mxcsrRegister))), expected \(hex(UInt64(m)))") }
                 }
                 let rip = parse(v["out_rip"])
                 if cpu.instructionPointer != rip { problems.append("rip = \(hex(cpu.instructionPointer)), expected \(hex(rip))") }
@@ -99,7 +126,7 @@ final class OracleVectorTests: XCTestCase {
         }
         let total = outcome.passed + outcome.failures.count
         print("oracle vectors \(name): \(outcome.passed)/\(total) pass")
-        for f in outcome.failures.prefix(40) { print("  MISMATCH \(f)") }
+        for f in outcome.failures.prefix(80) { print("  MISMATCH \(f)") }
         XCTAssertEqual(outcome.failures.count, 0, "\(outcome.failures.count) of \(total) \(name) vectors mismatch; first: \(outcome.failures.first ?? "")",
                        file: file, line: line)
     }
@@ -113,4 +140,15 @@ final class OracleVectorTests: XCTestCase {
     func testMoves() throws { try runCategory("move") }
     func testStack() throws { try runCategory("stack") }
     func testStrings() throws { try runCategory("string") }
+    func testSSE() throws { try runCategory("sse") }
+    func testSequences() throws { try runCategory("sequence") }
+
+    /// Fuzzing entry point: scripts/oracle/fuzz.py writes sequences to a file named by
+    /// SWHV_ORACLE_VECTORS and runs this test.
+    func testExternalVectors() throws {
+        guard let path = ProcessInfo.processInfo.environment["SWHV_ORACLE_VECTORS"] else {
+            throw XCTSkip("SWHV_ORACLE_VECTORS not set (used by scripts/oracle/fuzz.py)")
+        }
+        try runFile(URL(fileURLWithPath: path), name: "external")
+    }
 }

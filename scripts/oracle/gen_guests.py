@@ -158,6 +158,93 @@ PROGRAMS = [
         mov dword ptr [rdi+0xB0], 0
         iretq
     """),
+    # x87: load/add/multiply/store/convert, FCOMIP into EFLAGS, control and status words.
+    ("x87Arithmetic", 64, 0x10C00, """
+        fninit
+        fld1
+        fld qword ptr [0x12000]
+        faddp st(1), st
+        fld st(0)
+        fmulp st(1), st
+        fistp dword ptr [0x12010]
+        fild dword ptr [0x12010]
+        fsqrt
+        fstp qword ptr [0x12018]
+        fldpi
+        fld1
+        fcomip st(0), st(1)
+        setb r8b
+        fstp st(0)
+        fnstsw ax
+        fnstcw word ptr [0x12020]
+        hlt
+    """),
+    # FXSAVE image after pushing 1.0 and 0.0.
+    ("fxsaveImage", 64, 0x10D00, """
+        fninit
+        fld1
+        fldz
+        fxsave [0x12100]
+        hlt
+    """),
+    # MOVAPS from a misaligned address raises #GP(0).
+    ("misalignedMovaps", 64, 0x10E00, """
+        nop
+        movaps xmm0, xmmword ptr [0x12001]
+        hlt
+    """),
+    # Real mode: INT 0x21 through the IVT (handler at 0000:0900), IRET back.
+    ("realModeInt", 16, 0x0800, """
+        mov ax, 0x1234
+        mov sp, 0x7000
+        int 0x21
+        mov bx, ax
+        hlt
+    """),
+    ("realModeHandler", 16, 0x0900, """
+        add ax, 1
+        mov cx, sp
+        iret
+    """),
+    # External interrupts: enable and wait; the handler (vector 0x30 or 0x41) counts in r15.
+    ("waitForInterrupt", 64, 0x10F00, """
+        sti
+        hlt
+        cli
+        hlt
+    """),
+    ("countingHandler", 64, 0x11500, """
+        inc r15
+        mov r11, [rsp]
+        iretq
+    """),
+    # 32-bit protected mode: INT 0x20 through a 32-bit interrupt gate, IRETD back.
+    ("protectedInt", 32, 0x20000, """
+        mov esp, 0x30000
+        int 0x20
+        mov ebx, eax
+        hlt
+    """),
+    ("protectedHandler", 32, 0x21000, """
+        mov eax, 0xABCD
+        mov ecx, [esp]
+        mov edx, [esp+4]
+        mov esi, [esp+8]
+        iretd
+    """),
+    # A REP STOSB longer than the interpreter's REP slice (it yields and resumes).
+    ("longRepStos", 64, 0x11600, """
+        mov rdi, 0x200000
+        mov rcx, 100000
+        mov al, 0xAB
+        rep stosb
+        hlt
+    """),
+    # A tight infinite loop, for stop requests.
+    ("spin", 64, 0x11700, """
+    top:
+        jmp top
+    """),
     # A CPU-bound loop for MIPS figures: ALU, loads/stores, a call, a conditional branch.
     ("benchmarkLoop", 64, 0x10A00, """
         mov rcx, 20000000

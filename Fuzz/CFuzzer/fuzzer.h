@@ -1,0 +1,5 @@
+// libFuzzer's entry for programs that have their own main (compiler-rt FuzzerInterface.h).
+// Linked in by -sanitize=fuzzer; only the fuzz build (scripts/fuzz) uses this module.
+#include <stddef.h>
+#include <stdint.h>
+int LLVMFuzzerRunDriver(int *argc, char ***argv, int (*UserCb)(const uint8_t *Data, size_t Size));

@@ -1,0 +1,40 @@
+/// The fuzz targets, by the names `scripts/fuzz` and the corpus directories use.
+public enum FuzzTarget: String, CaseIterable, Sendable {
+    /// LinuxLoader.load on arbitrary kernel images, and the host-side decompressors.
+    case loader
+    /// virtio-blk over virtio-pci: descriptor tables and rings in guest RAM, then notifications.
+    case virtio
+    /// The 16550's register interface.
+    case uart
+    /// PCI configuration mechanism #1, config space and the virtio-pci BAR.
+    case pci
+    /// The interpreter's decoder and executor on arbitrary code in a sandboxed guest.
+    case interp
+}
+
+/// Runs inputs against one target. Stateful targets keep their expensive parts (guest RAM, the
+/// interpreter, the disk image) across inputs and reset them before each.
+public final class FuzzHarness {
+    public let target: FuzzTarget
+    private var virtio: VirtioFuzzer?
+    private var interp: InterpreterFuzzer?
+    private var pci: PciFuzzer?
+
+    public init(_ target: FuzzTarget) { self.target = target }
+
+    public func run(_ data: [UInt8]) {
+        switch target {
+        case .loader: LoaderFuzzer.run(data)
+        case .uart: UartFuzzer.run(data)
+        case .pci:
+            if pci == nil { pci = PciFuzzer() }
+            pci!.run(data)
+        case .virtio:
+            if virtio == nil { virtio = VirtioFuzzer() }
+            virtio!.run(data)
+        case .interp:
+            if interp == nil { interp = InterpreterFuzzer() }
+            interp!.run(data)
+        }
+    }
+}

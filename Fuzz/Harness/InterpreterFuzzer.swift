@@ -1,0 +1,166 @@
+import CPUBackend
+import VMMemory
+import X86Interpreter
+
+/// Port and MMIO accesses answered with deterministic junk (a hostile platform as much as a
+/// hostile guest).
+final class FuzzIO: IOHandler {
+    var state: UInt64 = 0
+    var accesses = 0
+    func next() -> UInt64 {
+        state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+        return state >> 11
+    }
+    func portRead(_ port: UInt16, size: Int) -> UInt32 { accesses += 1; return UInt32(truncatingIfNeeded: next()) }
+    func portWrite(_ port: UInt16, size: Int, value: UInt32) { accesses += 1 }
+    func mmioRead(_ address: UInt64, size: Int) -> UInt64 { accesses += 1; return next() }
+    func mmioWrite(_ address: UInt64, size: Int, value: UInt64) { accesses += 1 }
+}
+
+/// Arbitrary bytes as code at 0x10000 in a small guest (2 MiB RAM, identity-mapped, a GDT, an IDT
+/// whose handlers `iretq`, a TSS), in 64-bit ring 0 or ring 3, 32-bit protected mode or real mode,
+/// for a bounded number of instructions. The interpreter must neither trap nor touch host memory
+/// outside guest RAM (ASan), whatever the code does to page tables, descriptor tables or itself.
+///
+/// One interpreter is reused across inputs (it preallocates a large decoded-code pool); guest RAM is
+/// restored from a template and all decoded code invalidated before each input.
+public final class InterpreterFuzzer {
+    static let ramSize: UInt64 = 2 << 20
+    static let code: UInt64 = 0x10000
+    static let prologue: UInt64 = 0x9000
+    static let handler: UInt64 = 0x8000
+    static let maxInstructions = 5_000
+    static let kernelCS: UInt16 = 0x10, kernelDS: UInt16 = 0x18, userDS: UInt16 = 0x23, userCS: UInt16 = 0x2B
+    static let code32: UInt16 = 0x30, tss: UInt16 = 0x38
+
+    let memory: GuestMemory
+    let cpu: X86Interpreter
+    let template: [UInt8]
+    let io = FuzzIO()
+
+    public init() {
+        do { memory = try GuestMemory(size: InterpreterFuzzer.ramSize) } catch { fatalError("guest RAM: \(error)") }
+        cpu = X86Interpreter(memory: memory, clock: VirtualClock())
+        do { try InterpreterFuzzer.buildTemplate(memory) } catch { fatalError("template: \(error)") }
+        template = (try? memory.readBytes(at: 0, count: 0x20000)) ?? []
+    }
+
+    public func run(_ data: [UInt8]) {
+        var input = FuzzInput(data)
+        let flags = input.u8()
+        io.state = UInt64(input.u32())
+        let code = Array(input.rest().prefix(0x8000))
+        // Fresh RAM: the template below 128 KiB (tables, handlers), the code, zeros above.
+        try? memory.write(bytes: template, at: 0)
+        try? memory.fill(0, at: UInt64(template.count), length: InterpreterFuzzer.ramSize - UInt64(template.count))
+        try? memory.write(bytes: code, at: InterpreterFuzzer.code)
+        cpu.invalidateCode(physicalAddress: 0, length: InterpreterFuzzer.ramSize)
+        cpu.powerOnReset()
+        cpu.interceptedException = nil
+        let mode = flags & 3
+        cpu.interceptExceptions = flags & 4 != 0 || mode == 2
+        do { try cpu.setEntryState(entryState(mode: mode, flags: flags)) } catch { return }
+
+        let start = cpu.instructionsRetired
+        for _ in 0..<InterpreterFuzzer.maxInstructions {
+            if cpu.step(io: io) != nil { break }
+            if cpu.interceptedException != nil || cpu.isHalted { break }
+        }
+        fuzzCheck(cpu.instructionsRetired &- start <= UInt64(InterpreterFuzzer.maxInstructions),
+                  "ran \(cpu.instructionsRetired &- start) instructions with a budget of \(InterpreterFuzzer.maxInstructions)")
+    }
+
+    func entryState(mode: UInt8, flags: UInt8) -> CPUEntryState {
+        var s = CPUEntryState()
+        // Registers point into RAM so memory operands mostly hit something.
+        s.rax = 0x1000; s.rbx = 0x100000; s.rcx = 0x40; s.rdx = 0x3F8
+        s.rsi = 0x120000; s.rdi = 0x140000; s.rbp = 0x70000
+        switch mode {
+        case 0, 1:
+            // 64-bit: the prologue loads TR and irets to the code at CPL0 or CPL3.
+            s.rip = InterpreterFuzzer.prologue
+            s.rsp = 0x80000
+            s.cr0 = 0x8005_0033
+            s.cr3 = 0x1000
+            s.cr4 = 0x620 | (flags & 0x10 != 0 ? 0x80 : 0)   // PAE OSFXSR OSXMMEXCPT [PGE]
+            s.efer = 0xD01
+            s.cs = Segment(base: 0, limit: 0xFFFF_FFFF, selector: InterpreterFuzzer.kernelCS, type: 0xB,
+                           db: false, l: true, g: true)
+            let d = Segment(base: 0, limit: 0xFFFF_FFFF, selector: InterpreterFuzzer.kernelDS, type: 0x3,
+                            db: true, g: true)
+            s.ds = d; s.es = d; s.ss = d; s.fs = d; s.gs = d
+            s.gdt = DescriptorTable(base: 0x500, limit: 0x47)
+            s.idt = DescriptorTable(base: 0x4000, limit: 0xFFF)
+            // The prologue pushes SS, RSP, RFLAGS, CS, RIP from rbx..r: set through registers.
+            let user = mode == 1
+            s.rax = UInt64(user ? InterpreterFuzzer.userDS : InterpreterFuzzer.kernelDS)
+            s.rcx = UInt64(user ? InterpreterFuzzer.userCS : InterpreterFuzzer.kernelCS)
+            s.rflags = flags & 8 != 0 ? 0x202 : 0x2
+        case 2:
+            s.rip = InterpreterFuzzer.code
+            s.rsp = 0x80000
+            s.cr0 = 0x11
+            s.cs = Segment(base: 0, limit: 0xFFFF_FFFF, selector: InterpreterFuzzer.code32, type: 0xB, db: true, g: true)
+            let d = Segment(base: 0, limit: 0xFFFF_FFFF, selector: InterpreterFuzzer.kernelDS, type: 0x3,
+                            db: true, g: true)
+            s.ds = d; s.es = d; s.ss = d; s.fs = d; s.gs = d
+            s.gdt = DescriptorTable(base: 0x500, limit: 0x47)
+            s.idt = DescriptorTable(base: 0x4000, limit: 0x7FF)
+        default:
+            s = .realMode(cs: UInt16(InterpreterFuzzer.code >> 4), ip: 0, sp: 0xFFF0)
+            s.ss = .real(0x7000)
+            s.rflags = flags & 8 != 0 ? 0x202 : 0x2
+        }
+        return s
+    }
+
+    static func buildTemplate(_ mem: GuestMemory) throws {
+        // Real-mode IVT: every vector to 0000:8000.
+        for v in 0..<256 { try mem.write(UInt32(handler), at: UInt64(v * 4)) }
+        // Page tables: identity 2 MiB user pages over the first GiB, the 3-4 GiB MMIO range supervisor-only.
+        try mem.write(UInt64(0x2000 | 0x7), at: 0x1000)
+        try mem.write(UInt64(0x3000 | 0x7), at: 0x2000)
+        for i in 0..<UInt64(512) { try mem.write(i << 21 | 0x87, at: 0x3000 + i * 8) }
+        try mem.write(UInt64(0x5000 | 0x3), at: 0x2000 + 3 * 8)
+        for i in 0..<UInt64(512) { try mem.write((0xC000_0000 + (i << 21)) | 0x9B, at: 0x5000 + i * 8) }
+        // TSS (RSP0, IST1) and GDT.
+        let tssBase: UInt64 = 0x6000
+        try mem.write(UInt64(0x80000), at: tssBase + 4)
+        try mem.write(UInt64(0x90000), at: tssBase + 0x24)
+        let gdt: [UInt64] = [
+            0, 0,
+            0x00AF_9B00_0000_FFFF,   // 0x10 kernel code 64
+            0x00CF_9300_0000_FFFF,   // 0x18 kernel data
+            0x00CF_F300_0000_FFFF,   // 0x20 user data
+            0x00AF_FB00_0000_FFFF,   // 0x28 user code 64
+            0x00CF_9B00_0000_FFFF,   // 0x30 kernel code 32
+            0x67 | (tssBase & 0xFF_FFFF) << 16 | 0x89 << 40 | ((tssBase >> 24) & 0xFF) << 56,  // 0x38 TSS
+            tssBase >> 32,
+        ]
+        for (i, d) in gdt.enumerated() { try mem.write(d, at: 0x500 + UInt64(i * 8)) }
+        // IDT: 64-bit interrupt gates, DPL 3, vector 8 (#DF) on IST1, all to the handler.
+        for v in 0..<256 {
+            let ist: UInt64 = v == 8 ? 1 : 0
+            let lo = (handler & 0xFFFF) | UInt64(kernelCS) << 16 | ist << 32 | UInt64(0xEE) << 40
+                | ((handler >> 16) & 0xFFFF) << 48
+            try mem.write(lo, at: 0x4000 + UInt64(v * 16))
+            try mem.write(handler >> 32, at: 0x4000 + UInt64(v * 16) + 8)
+        }
+        // Handler: skip an error code if RSP points at one? Unknowable; just iretq (real mode: dec ax; iret).
+        try mem.write(bytes: [0x48, 0xCF], at: handler)
+        // Prologue: ltr 0x38; push ss(rax), rsp, rflags, cs(rcx), code; iretq.
+        let p: [UInt8] = [
+            0x66, 0xBA, 0x38, 0x00,              // mov dx, 0x38
+            0x0F, 0x00, 0xDA,                    // ltr dx
+            0x50,                                // push rax (SS)
+            0x68, 0x00, 0x00, 0x08, 0x00,        // push 0x80000 (RSP)
+            0x9C,                                // pushfq
+            0x51,                                // push rcx (CS)
+            0x68, 0x00, 0x00, 0x01, 0x00,        // push 0x10000 (RIP)
+            0x48, 0x31, 0xC0,                    // xor rax, rax
+            0x48, 0x31, 0xD2,                    // xor rdx, rdx
+            0x48, 0xCF,                          // iretq
+        ]
+        try mem.write(bytes: p, at: prologue)
+    }
+}
