@@ -6,8 +6,10 @@
 // Text format, one record per line (hex numbers without 0x):
 //   C <id> <rflags> <memory seed> <rax> <rcx> ... <r15>     initial state
 //   B <fs base> <gs base>                                   optional, after C (default 0 0)
+//   V <mxcsr> <compared mxcsr bits> <xmm0> ... <xmm15>      optional, after C (default 1f80, zeros)
 //   X <code bytes>                                          loaded at FuzzLayout.code
-//   S <rip> <rflags> <compared-flags mask> [r<n>=<value>]... [m<addr>:<size>=<value>]... [; comment]
+//   S <rip> <rflags> <compared-flags mask> [r<n>=<value>]... [m<addr>:<size>=<value>]...
+//     [x<n>=<128-bit value>]... [mx=<mxcsr>] [; comment]
 //                                                           state after each instruction: changed
 //                                                           registers and the memory writes it made
 //   E                                                       end of case
@@ -50,6 +52,8 @@ struct FuzzStep {
     var flagMask: UInt64 = 0
     var regs: [(index: Int, value: UInt64)] = []
     var writes: [(address: UInt64, size: Int, value: UInt64)] = []
+    var xmm: [(index: Int, value: (UInt64, UInt64))] = []
+    var mxcsr: UInt32?
     /// Disassembly, when the case file carries it.
     var comment: Substring = ""
 }
@@ -60,6 +64,10 @@ struct FuzzCase {
     var rflags: UInt64 = 2
     var memorySeed: UInt64 = 0
     var fsBase: UInt64 = 0, gsBase: UInt64 = 0
+    var xmm = [(UInt64, UInt64)](repeating: (0, 0), count: 16)
+    var mxcsr: UInt32 = 0x1F80
+    /// MXCSR bits compared (the oracle may not model the exception flags).
+    var mxcsrMask: UInt32 = 0xFFFF
     var code: [UInt8] = []
     var steps: [FuzzStep] = []
 }
@@ -79,6 +87,16 @@ struct FuzzCaseReader {
     init() {}
 
     private static func hex(_ s: Substring) -> UInt64? { UInt64(s, radix: 16) }
+
+    /// A 128-bit hex number as (low, high) quadwords.
+    private static func hex128(_ s: Substring) -> (UInt64, UInt64)? {
+        guard !s.isEmpty, s.utf8.count <= 32 else { return nil }
+        let split = s.index(s.endIndex, offsetBy: -min(16, s.count))
+        guard let lo = UInt64(s[split...], radix: 16) else { return nil }
+        if split == s.startIndex { return (lo, 0) }
+        guard let hi = UInt64(s[..<split], radix: 16) else { return nil }
+        return (lo, hi)
+    }
 
     private static func bytes(_ s: Substring) -> [UInt8]? {
         guard s.utf8.count % 2 == 0 else { return nil }
@@ -127,6 +145,17 @@ struct FuzzCaseReader {
             }
             current?.fsBase = fs
             current?.gsBase = gs
+        case "V":
+            guard current != nil, f.count == 19, let mx = Self.hex(f[1]), let mask = Self.hex(f[2]),
+                  mx <= 0xFFFF, mask <= 0xFFFF else {
+                throw bad("V needs MXCSR, its compared bits and 16 XMM values, inside a case")
+            }
+            current?.mxcsr = UInt32(mx)
+            current?.mxcsrMask = UInt32(mask)
+            for i in 0..<16 {
+                guard let v = Self.hex128(f[3 + i]) else { throw bad("bad XMM value") }
+                current?.xmm[i] = v
+            }
         case "X":
             guard current != nil, f.count <= 2 else { throw bad("X outside a case") }
             guard let code = f.count == 2 ? Self.bytes(f[1]) : [] else { throw bad("bad code bytes") }
@@ -138,12 +167,20 @@ struct FuzzCaseReader {
             var s = FuzzStep(rip: rip, rflags: fl, flagMask: mask)
             s.comment = comment
             for item in f.dropFirst(4) {
+                if item.first == "x", let eq = item.firstIndex(of: "="),
+                   let n = Int(item[item.index(after: item.startIndex)..<eq]), n >= 0, n < 16,
+                   let v = Self.hex128(item[item.index(after: eq)...]) {
+                    s.xmm.append((n, v))
+                    continue
+                }
                 guard let eq = item.firstIndex(of: "="), let v = Self.hex(item[item.index(after: eq)...]) else {
                     throw bad("bad item \(item)")
                 }
                 let key = item[..<eq]
                 if key.first == "r", let n = Int(key.dropFirst()), n >= 0, n < 16 {
                     s.regs.append((n, v))
+                } else if key == "mx", v <= 0xFFFF {
+                    s.mxcsr = UInt32(v)
                 } else if key.first == "m", let colon = key.firstIndex(of: ":"),
                           let a = Self.hex(key[key.index(after: key.startIndex)..<colon]),
                           let n = Int(key[key.index(after: colon)...]), n >= 1, n <= 8 {
@@ -226,6 +263,11 @@ final class FuzzMachine {
     }
 
     private func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
+    private func hex128(_ v: (UInt64, UInt64)) -> String {
+        let lo = String(v.0, radix: 16)
+        return v.1 == 0 ? "0x" + lo : "0x" + String(v.1, radix: 16) + String(repeating: "0", count: 16 - lo.count) + lo
+    }
+    private var mxcsrMask: UInt32 = 0xFFFF
 
     static let regNames = ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
                            "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"]
@@ -235,10 +277,14 @@ final class FuzzMachine {
         var data: [UInt8]
         var stack: [UInt8]
         var regs: [UInt64]
+        var xmm: [(UInt64, UInt64)]
+        var mxcsr: UInt32
 
         mutating func apply(_ s: FuzzStep, problems: inout [String]) {
             let L = FuzzLayout.self
             for (i, v) in s.regs { regs[i] = v }
+            for (i, v) in s.xmm { xmm[i] = v }
+            if let m = s.mxcsr { mxcsr = m }
             for w in s.writes {
                 for b in 0..<w.size {
                     let a = w.address &+ UInt64(b)
@@ -266,7 +312,7 @@ final class FuzzMachine {
         codeExtent = c.code.count
         let shadow = Shadow(data: L.fill(seed: c.memorySeed, base: L.data, count: L.dataSize),
                             stack: L.fill(seed: c.memorySeed, base: L.stackLo, count: Int(L.stackTop - L.stackLo)),
-                            regs: c.regs)
+                            regs: c.regs, xmm: c.xmm, mxcsr: c.mxcsr)
         try memory.write(bytes: shadow.data, at: L.data)
         try memory.write(bytes: shadow.stack, at: L.stackLo)
         var entry = FuzzMachine.entryState()
@@ -276,7 +322,10 @@ final class FuzzMachine {
         try cpu.setEntryState(entry)
         for (i, r) in X86Interpreter.Register.allCases.enumerated() { cpu[r] = c.regs[i] }
         cpu.flags = c.rflags
+        for i in 0..<16 { cpu.setXMM(i, c.xmm[i]) }
+        cpu.mxcsrRegister = c.mxcsr
         cpu.interceptedException = nil
+        mxcsrMask = c.mxcsrMask
         return shadow
     }
 
@@ -288,6 +337,16 @@ final class FuzzMachine {
         }
         if cpu.instructionPointer != rip {
             problems.append("rip = \(hex(cpu.instructionPointer)), expected \(hex(rip))")
+        }
+        for i in 0..<16 {
+            let v = cpu.xmm(i)
+            if v != exp.xmm[i] {
+                problems.append("xmm\(i) = \(hex128(v)), expected \(hex128(exp.xmm[i]))")
+            }
+        }
+        if (cpu.mxcsrRegister ^ exp.mxcsr) & mxcsrMask != 0 {
+            problems.append("mxcsr = \(hex(UInt64(cpu.mxcsrRegister))), expected \(hex(UInt64(exp.mxcsr))) "
+                            + "(compared \(hex(UInt64(mxcsrMask))))")
         }
         if (cpu.flags ^ rflags) & mask != 0 {
             problems.append("rflags = \(hex(cpu.flags & mask)), expected \(hex(rflags & mask)) "

@@ -38,6 +38,7 @@ NATIVE_FLAGS = 0xCD5
 
 REG_NAMES = ["RAX", "RCX", "RDX", "RBX", "RSP", "RBP", "RSI", "RDI",
              "R8", "R9", "R10", "R11", "R12", "R13", "R14", "R15"]
+REG_NAMES_LOWER = {r.lower() for r in REG_NAMES}
 RSP, RBP, RSI, RDI, RCX, RAX, RBX, RDX = 4, 5, 6, 7, 1, 0, 3, 2
 
 # iced RflagsBits -> RFLAGS positions, for all 7-bit combinations.
@@ -105,6 +106,10 @@ class Emu:
         self.ids = (ctypes.c_int * self.n)(*[getattr(X, "UC_X86_REG_" + r) for r in names])
         self.vals = (ctypes.c_uint64 * self.n)()
         self.ptrs = (ctypes.c_void_p * self.n)(*[ctypes.addressof(self.vals) + 8 * i for i in range(self.n)])
+        # XMM0-15 and MXCSR, read only after SSE instructions.
+        self.vids = (ctypes.c_int * 17)(*[getattr(X, f"UC_X86_REG_XMM{i}") for i in range(16)] + [X.UC_X86_REG_MXCSR])
+        self.vbuf = (ctypes.c_uint8 * (17 * 16))()
+        self.vptrs = (ctypes.c_void_p * 17)(*[ctypes.addressof(self.vbuf) + 16 * i for i in range(17)])
         self.writes = []
         self.interrupt = None
         self.uc.hook_add(UC_HOOK_MEM_WRITE, self._on_write)
@@ -118,7 +123,7 @@ class Emu:
         self.interrupt = intno
         uc.emu_stop()
 
-    def reset(self, regs, rflags, mem_seed, fs_base=0, gs_base=0):
+    def reset(self, regs, rflags, mem_seed, fs_base=0, gs_base=0, xmm=None, mxcsr=0x1F80):
         if self.code_used:
             self.uc.mem_write(CODE, b"\0" * self.code_used)
             # Writes alone leave stale translations reachable from the previous case.
@@ -133,6 +138,9 @@ class Emu:
         self.uc.reg_write(X.UC_X86_REG_EFLAGS, rflags)
         self.uc.reg_write(X.UC_X86_REG_FS_BASE, fs_base)
         self.uc.reg_write(X.UC_X86_REG_GS_BASE, gs_base)
+        for i, v in enumerate(xmm or [0] * 16):
+            self.uc.reg_write(getattr(X, f"UC_X86_REG_XMM{i}"), v)
+        self.uc.reg_write(X.UC_X86_REG_MXCSR, mxcsr)
 
     def write_code(self, addr, b):
         self.uc.mem_write(addr, b)
@@ -148,6 +156,14 @@ class Emu:
         uclib.uc_reg_read_batch(self.h, self.ids, self.ptrs, self.n)
         v = list(self.vals)
         return v[:16], v[16], v[17]
+
+    def read_vector_state(self):
+        """([XMM0..15 as 128-bit ints], MXCSR)."""
+        ctypes.memset(self.vbuf, 0, 17 * 16)
+        uclib.uc_reg_read_batch(self.h, self.vids, self.vptrs, 17)
+        raw = bytes(self.vbuf)
+        return ([int.from_bytes(raw[16 * i:16 * i + 16], "little") for i in range(16)],
+                int.from_bytes(raw[256:260], "little"))
 
     def mem(self, addr, n):
         if DATA <= addr and addr + n <= DATA + DATA_SIZE:
@@ -176,10 +192,10 @@ class Mem:
 
 
 class Insn:
-    __slots__ = ("code", "until", "adjust", "filler", "kind")
+    __slots__ = ("code", "until", "adjust", "filler", "kind", "sse")
 
-    def __init__(self, code, kind, until=None, adjust=None):
-        self.code, self.kind, self.until, self.adjust = code, kind, until, adjust
+    def __init__(self, code, kind, until=None, adjust=None, sse=False):
+        self.code, self.kind, self.until, self.adjust, self.sse = code, kind, until, adjust, sse
 
 
 HIGH8 = (16, 17, 18, 19)   # AH CH DH BH as byte-register ids
@@ -216,8 +232,11 @@ class Gen:
         return rng.choice(pool)
 
     # ---- memory operands
-    def pick_target(self, span, align=1):
+    def pick_target(self, span, align=1, aligned=False):
         rng = self.rng
+        if aligned:
+            lo = rng.choice((DATA, STACK_LO))
+            return lo + rng.randrange(0x2000 // align - span // align) * align
         if rng.random() < 0.72:
             lo, hi = DATA, DATA + DATA_SIZE
         else:
@@ -240,11 +259,12 @@ class Gen:
         return None, target
 
     def gen_mem(self, span=8, target=None, rex_ok=True, free=False, rsp_bias=0, a32=None, align=1,
-                no_riprel=False):
-        """A memory operand addressing `target` (or any address if free)."""
+                no_riprel=False, aligned=False):
+        """A memory operand addressing `target` (or any address if free); `aligned` forces
+        `align`-byte alignment of the linear address (SSE m128 operands)."""
         rng = self.rng
         if target is None and not free:
-            target = self.pick_target(span, align)
+            target = self.pick_target(span, align, aligned)
         if a32 is None:
             a32 = rng.random() < 0.08
         m = self._gen_mem(span, target, rex_ok, free, rsp_bias, a32, no_riprel)
@@ -338,7 +358,7 @@ class Gen:
 
     # ---- encoding
     def encode(self, op, reg=0, rm=None, size=None, imm=b"", r8=(), pfx=(), lock=False, noise=True,
-               rexw=None):
+               rexw=None, sse=False):
         """Assembles prefixes, REX, opcode, ModRM/SIB/displacement and immediate.
 
         reg: ModRM.reg as a register id (byte ids 16-19 are AH..BH) or an opcode extension.
@@ -381,8 +401,8 @@ class Gen:
             # Null segment prefixes (ignored in 64-bit mode); FS/GS too where nothing is addressed.
             legacy.append(rng.choice((0x2E, 0x3E, 0x26, 0x36) if isinstance(rm, Mem) else
                                      (0x2E, 0x3E, 0x26, 0x36, 0x64, 0x65)))
-        if noise and W and rng.random() < 0.05:
-            legacy.append(0x66)     # REX.W wins over 66
+        if noise and W and not sse and rng.random() < 0.05:
+            legacy.append(0x66)     # REX.W wins over 66 (in SSE encodings 66 selects the form)
         rng.shuffle(legacy)
         if isinstance(rm, Mem) and rm.seg is not None:
             # Unicorn quirk: a null segment prefix (26 2E 36 3E) after FS/GS cancels the override in
@@ -1190,6 +1210,197 @@ def definer(g):
     return Insn(g.encode(bytes([k * 8 + 1]), b, ("r", a), size), "definer")
 
 
+# ---------------------------------------------------------------------------------------------
+# SSE/SSE2. Operand kinds: "x" XMM register, "xm" XMM or memory, "m" memory only, "g" general
+# register (32 or 64 bits by REX.W), "gm" general register or memory, "g32" 32-bit register.
+# Legacy-encoded m128 operands must be 16-byte aligned unless the instruction says otherwise.
+
+SSE_INT_OPS = [0x60, 0x61, 0x62, 0x63, 0x64, 0x65, 0x66, 0x67, 0x68, 0x69, 0x6A, 0x6B, 0x6C, 0x6D,
+               0x74, 0x75, 0x76, 0xD1, 0xD2, 0xD3, 0xD4, 0xD5, 0xD8, 0xD9, 0xDA, 0xDB, 0xDC, 0xDD,
+               0xDE, 0xDF, 0xE0, 0xE1, 0xE2, 0xE3, 0xE4, 0xE5, 0xE8, 0xE9, 0xEA, 0xEB, 0xEC, 0xED,
+               0xEE, 0xEF, 0xF1, 0xF2, 0xF3, 0xF4, 0xF5, 0xF6, 0xF8, 0xF9, 0xFA, 0xFB, 0xFC, 0xFD, 0xFE]
+
+# (prefix, opcode, destination kind, source kind, memory bytes, aligned, immediate)
+SSE_MOVES = [
+    (0x66, 0x6F, "x", "xm", 16, True, False), (0x66, 0x7F, "xm", "x", 16, True, False),       # movdqa
+    (0xF3, 0x6F, "x", "xm", 16, False, False), (0xF3, 0x7F, "xm", "x", 16, False, False),    # movdqu
+    (None, 0x10, "x", "xm", 16, False, False), (None, 0x11, "xm", "x", 16, False, False),    # movups
+    (0x66, 0x10, "x", "xm", 16, False, False), (0x66, 0x11, "xm", "x", 16, False, False),    # movupd
+    (0xF3, 0x10, "x", "xm", 4, False, False), (0xF3, 0x11, "xm", "x", 4, False, False),      # movss
+    (0xF2, 0x10, "x", "xm", 8, False, False), (0xF2, 0x11, "xm", "x", 8, False, False),      # movsd
+    (None, 0x28, "x", "xm", 16, True, False), (None, 0x29, "xm", "x", 16, True, False),      # movaps
+    (0x66, 0x28, "x", "xm", 16, True, False), (0x66, 0x29, "xm", "x", 16, True, False),      # movapd
+    (None, 0x2B, "m", "x", 16, True, False), (0x66, 0x2B, "m", "x", 16, True, False),        # movntps/pd
+    (0x66, 0xE7, "m", "x", 16, True, False),                                                 # movntdq
+    (0x66, 0x6E, "x", "gm", None, False, False), (0x66, 0x7E, "gm", "x", None, False, False),  # movd/movq
+    (0xF3, 0x7E, "x", "xm", 8, False, False), (0x66, 0xD6, "xm", "x", 8, False, False),      # movq
+    (None, 0x12, "x", "xm", 8, False, False), (None, 0x13, "m", "x", 8, False, False),       # movlps/movhlps
+    (0x66, 0x12, "x", "m", 8, False, False), (0x66, 0x13, "m", "x", 8, False, False),        # movlpd
+    (None, 0x16, "x", "xm", 8, False, False), (None, 0x17, "m", "x", 8, False, False),       # movhps/movlhps
+    (0x66, 0x16, "x", "m", 8, False, False), (0x66, 0x17, "m", "x", 8, False, False),        # movhpd
+    (None, 0x14, "x", "xm", 16, True, False), (None, 0x15, "x", "xm", 16, True, False),      # unpcklps/hps
+    (0x66, 0x14, "x", "xm", 16, True, False), (0x66, 0x15, "x", "xm", 16, True, False),      # unpcklpd/hpd
+    (None, 0x54, "x", "xm", 16, True, False), (None, 0x55, "x", "xm", 16, True, False),      # andps andnps
+    (None, 0x56, "x", "xm", 16, True, False), (None, 0x57, "x", "xm", 16, True, False),      # orps xorps
+    (0x66, 0x54, "x", "xm", 16, True, False), (0x66, 0x57, "x", "xm", 16, True, False),      # andpd xorpd
+    (None, 0x50, "g32", "x", None, False, False), (0x66, 0x50, "g32", "x", None, False, False),  # movmskps/pd
+    (0x66, 0xD7, "g32", "x", None, False, False),                                            # pmovmskb
+    (0x66, 0xC5, "g32", "x", None, False, True),                                             # pextrw
+    (0x66, 0xC4, "x", "gm16", 2, False, True),                                               # pinsrw
+    (0x66, 0x70, "x", "xm", 16, True, True), (0xF3, 0x70, "x", "xm", 16, True, True),        # pshufd/hw
+    (0xF2, 0x70, "x", "xm", 16, True, True),                                                 # pshuflw
+    (None, 0xC6, "x", "xm", 16, True, True), (0x66, 0xC6, "x", "xm", 16, True, True),        # shufps/pd
+    (None, 0xC3, "m", "g", None, False, False),                                              # movnti
+]
+
+SSE_FP_ARITH = [0x51, 0x58, 0x59, 0x5C, 0x5D, 0x5E, 0x5F]
+SSE_CONVERTS = [
+    (0xF3, 0x2A, "x", "gm", None, False), (0xF2, 0x2A, "x", "gm", None, False),              # cvtsi2ss/sd
+    (0xF3, 0x2C, "g", "xm", 4, False), (0xF2, 0x2C, "g", "xm", 8, False),                    # cvttss2si/sd
+    (0xF3, 0x2D, "g", "xm", 4, False), (0xF2, 0x2D, "g", "xm", 8, False),                    # cvtss2si/sd
+    (None, 0x2E, "x", "xm", 4, False), (0x66, 0x2E, "x", "xm", 8, False),                    # ucomiss/sd
+    (None, 0x2F, "x", "xm", 4, False), (0x66, 0x2F, "x", "xm", 8, False),                    # comiss/sd
+    (None, 0x5A, "x", "xm", 8, False), (0x66, 0x5A, "x", "xm", 16, True),                    # cvtps2pd/pd2ps
+    (0xF3, 0x5A, "x", "xm", 4, False), (0xF2, 0x5A, "x", "xm", 8, False),                    # cvtss2sd/sd2ss
+    (None, 0x5B, "x", "xm", 16, True), (0x66, 0x5B, "x", "xm", 16, True),                    # cvtdq2ps/ps2dq
+    (0xF3, 0x5B, "x", "xm", 16, True),                                                       # cvttps2dq
+    (0x66, 0xE6, "x", "xm", 16, True), (0xF3, 0xE6, "x", "xm", 8, False),                    # cvttpd2dq/dq2pd
+    (0xF2, 0xE6, "x", "xm", 16, True),                                                       # cvtpd2dq
+]
+
+F32_SPECIAL = [0, 0x80000000, 0x3F800000, 0xBF800000, 0x7F800000, 0xFF800000, 0x7FC00000, 0xFFC00000,
+               0x7F800001, 0x7FA00000, 0x00000001, 0x807FFFFF, 0x00800000, 0x7F7FFFFF, 0x4B000000,
+               0x4F000000, 0xCF000000, 0x5F000000, 0xDF000000, 0x3F000000, 0x40490FDB]
+F64_SPECIAL = [0, 0x8000000000000000, 0x3FF0000000000000, 0xBFF0000000000000, 0x7FF0000000000000,
+               0xFFF0000000000000, 0x7FF8000000000000, 0xFFF8000000000000, 0x7FF0000000000001,
+               0x0000000000000001, 0x000FFFFFFFFFFFFF, 0x0010000000000000, 0x7FEFFFFFFFFFFFFF,
+               0x41E0000000000000, 0xC1E0000000000000, 0x43E0000000000000, 0xC3E0000000000000,
+               0x3FE0000000000000, 0x400921FB54442D18, 0x41DFFFFFFFC00000]
+
+
+def rand_vector(rng):
+    """128 bits: random, float-like lanes (with special values), doubles, or small integers."""
+    c = rng.random()
+    if c < 0.3:
+        return rng.getrandbits(128)
+    if c < 0.6:
+        lanes = [rng.choice(F32_SPECIAL) if rng.random() < 0.5 else
+                 (rng.getrandbits(1) << 31) | (rng.randrange(100, 156) << 23) | rng.getrandbits(23) for _ in range(4)]
+        return sum(v << (32 * i) for i, v in enumerate(lanes))
+    if c < 0.85:
+        lanes = [rng.choice(F64_SPECIAL) if rng.random() < 0.5 else
+                 (rng.getrandbits(1) << 63) | (rng.randrange(990, 1060) << 52) | rng.getrandbits(52) for _ in range(2)]
+        return lanes[0] | lanes[1] << 64
+    return sum((rng.randrange(-300, 300) & 0xFFFF) << (16 * i) for i in range(8))
+
+
+# Non-default MXCSR modes (rounding other than to nearest, FTZ, DAZ) are generated only when asked
+# for (fuzz.py --fp-modes): the interpreter computes with the host's FPU under fesetround, which
+# the compiler does not order its float operations against, and models neither FTZ nor DAZ.
+FP_MODES = False
+
+
+def rand_mxcsr(rng):
+    """All exceptions masked (no #XM), random sticky flags; with FP_MODES any rounding mode and
+    sometimes FTZ/DAZ."""
+    v = 0x1F80
+    if FP_MODES:
+        v |= rng.randrange(4) << 13
+        if rng.random() < 0.15:
+            v |= 0x8000
+        if rng.random() < 0.15:
+            v |= 0x40
+    if rng.random() < 0.3:
+        v |= rng.getrandbits(6)
+    return v
+
+
+def sse_operand(g, kind, msize, aligned, wide):
+    """ModRM operand of an SSE instruction: ("r", n) for XMM/general registers, or a Mem."""
+    rng = g.rng
+    if kind == "x":
+        return ("r", rng.randrange(16))
+    if kind in ("g", "g32"):
+        return ("r", g.pick_reg(64, dst=True))
+    if kind == "m" or (kind in ("xm", "gm", "gm16") and rng.random() < 0.4):
+        size = msize or (8 if wide else 4)
+        return g.gen_mem(size, align=16 if aligned else 1, aligned=aligned)
+    if kind == "xm":
+        return ("r", rng.randrange(16))
+    return ("r", g.pick_reg(64, dst=False))
+
+
+def sse_insn(g, prefix, opcode, dst, src, msize, aligned, imm=False, wide=None, digit=None, kind="sse"):
+    rng = g.rng
+    g.rex_mode = False
+    if wide is None:
+        wide = rng.random() < 0.5
+    reg_kind, rm_kind = (dst, src) if dst in ("x", "g", "g32") else (src, dst)
+    if digit is not None:
+        reg = digit
+    elif reg_kind == "x":
+        reg = rng.randrange(16)
+    else:
+        reg = g.pick_reg(64, dst=reg_kind in ("g", "g32") and reg_kind == dst)
+    rm = sse_operand(g, rm_kind, msize, aligned, wide)
+    uses_w = "g" in (dst + src) and "g32" not in (dst, src)
+    code = g.encode(bytes([0x0F, opcode]), reg, rm, None, imm=bytes([rng.getrandbits(8)]) if imm else b"",
+                    pfx=(prefix,) if prefix else (), rexw=wide and uses_w, sse=True)
+    return Insn(code, kind, sse=True)
+
+
+def f_sse_int(g):
+    return sse_insn(g, 0x66, g.rng.choice(SSE_INT_OPS), "x", "xm", 16, True, kind="sse-int")
+
+
+def f_sse_move(g):
+    rng = g.rng
+    if rng.random() < 0.15:
+        # Shifts by immediate: 66 0F 71/72/73 with an XMM register operand.
+        op, digit = rng.choice([(0x71, 2), (0x71, 4), (0x71, 6), (0x72, 2), (0x72, 4), (0x72, 6),
+                                (0x73, 2), (0x73, 3), (0x73, 6), (0x73, 7)])
+        count = rng.choice((0, 1, 3, 7, 8, 15, 16, 31, 32, 63, 64, 200))
+        code = g.encode(bytes([0x0F, op]), digit, ("r", rng.randrange(16)), None, imm=bytes([count]),
+                        pfx=(0x66,), sse=True)
+        return Insn(code, "sse-shift", sse=True)
+    prefix, op, dst, src, msize, aligned, imm = rng.choice(SSE_MOVES)
+    # MOVHLPS/MOVLHPS are the register forms of 0F 12/16; movlps/movhps stores need memory.
+    return sse_insn(g, prefix, op, dst, src, msize, aligned, imm, kind="sse-move")
+
+
+def f_sse_fp(g):
+    rng = g.rng
+    c = rng.random()
+    if c < 0.55:
+        prefix = rng.choice((None, 0x66, 0xF3, 0xF2))
+        msize, aligned = {None: (16, True), 0x66: (16, True), 0xF3: (4, False), 0xF2: (8, False)}[prefix]
+        return sse_insn(g, prefix, rng.choice(SSE_FP_ARITH), "x", "xm", msize, aligned, kind="sse-fp")
+    if c < 0.7:
+        prefix = rng.choice((None, 0x66, 0xF3, 0xF2))
+        msize, aligned = {None: (16, True), 0x66: (16, True), 0xF3: (4, False), 0xF2: (8, False)}[prefix]
+        ins = sse_insn(g, prefix, 0xC2, "x", "xm", msize, aligned, imm=True, kind="sse-cmp")
+        ins.code = ins.code[:-1] + bytes([rng.randrange(8)])
+        return ins
+    prefix, op, dst, src, msize, aligned = rng.choice(SSE_CONVERTS)
+    return sse_insn(g, prefix, op, dst, src, msize, aligned, kind="sse-cvt")
+
+
+def f_mxcsr(g):
+    """LDMXCSR of a value stored just before (masks set: no #XM). STMXCSR is left out: unicorn
+    keeps no MXCSR exception flags, so the stored image would differ by design."""
+    rng = g.rng
+    g.rex_mode = False
+    if g.pending_tries > 0:
+        m = g.gen_mem(4, target=g.saved_target)
+        return Insn(g.encode(b"\x0f\xae", 2, m, None, sse=True), "ldmxcsr", sse=True)
+    g.pending = f_mxcsr
+    g.pending_tries = 1
+    t = g.pick_target(4)
+    g.saved_target = t
+    m = g.gen_mem(4, target=t)
+    return Insn(g.encode(b"\xc7", 0, m, None, imm=imm_bytes(rand_mxcsr(rng), 4)), "prep")
+
+
 FAMILIES = {
     "alu": (f_alu, 14), "test": (f_test, 3), "unary": (f_unary, 4), "mul": (f_mul, 4), "div": (f_div, 3),
     "shift": (f_shift, 8), "shxd": (f_shxd, 3), "bt": (f_bt, 4), "bsf": (f_bsf, 2), "setcc": (f_setcc, 3),
@@ -1199,6 +1410,7 @@ FAMILIES = {
     "string": (f_string, 5), "xlat": (f_xlat, 1), "enter_leave": (f_enter_leave, 1), "nop": (f_nop, 1),
     "jcc": (f_jcc, 4), "jmp": (f_jmp, 2), "indirect": (f_indirect, 1), "ret": (f_ret, 1),
     "pointer": (f_pointer, 3),
+    "sse_int": (f_sse_int, 5), "sse_move": (f_sse_move, 5), "sse_fp": (f_sse_fp, 5), "mxcsr": (f_mxcsr, 1),
 }
 
 
@@ -1239,7 +1451,12 @@ def loop_reads(spec):
 
 
 class Case:
-    __slots__ = ("seed", "regs", "rflags", "mem_seed", "code", "steps", "fs_base", "gs_base")
+    __slots__ = ("seed", "regs", "rflags", "mem_seed", "code", "steps", "fs_base", "gs_base", "xmm", "mxcsr")
+
+
+# MXCSR bits compared against unicorn: QEMU 5 (unicorn 2) does not raise the exception flags
+# (bits 0-5), so only the control bits are; the host-CPU check compares all of them.
+MXCSR_COMPARED = 0xFFC0
 
 
 def rand_seg_base(rng):
@@ -1272,7 +1489,10 @@ def generate_case(emu, seed, n_insns, weights):
     mem_seed = rng.getrandbits(64)
     fs_base, gs_base = rand_seg_base(rng), rand_seg_base(rng)
     g.seg_base = {0x64: fs_base, 0x65: gs_base}
-    emu.reset(regs, rflags, mem_seed, fs_base, gs_base)
+    xmm = [rand_vector(rng) for _ in range(16)]
+    mxcsr = rand_mxcsr(rng)
+    emu.reset(regs, rflags, mem_seed, fs_base, gs_base, xmm, mxcsr)
+    cur_xmm, cur_mxcsr = list(xmm), mxcsr
     g.regs = list(regs)
     g.flags = rflags
     g.rip = CODE
@@ -1352,13 +1572,21 @@ def generate_case(emu, seed, n_insns, weights):
         if ins.adjust is not None:
             modified, undefined = ins.adjust(modified, undefined)
         undef = (undef & ~modified) | undefined
-        steps.append((g.rip, length, nregs, nrip, nflags, COMPARED & ~undef, emu.writes))
+        vchanges = []
+        if ins.sse:
+            nxmm, nmx = emu.read_vector_state()
+            vchanges = [(i, v) for i, v in enumerate(nxmm) if v != cur_xmm[i]]
+            if nmx != cur_mxcsr:
+                vchanges.append(("mx", nmx))
+            cur_xmm, cur_mxcsr = nxmm, nmx
+        steps.append((g.rip, length, nregs, nrip, nflags, COMPARED & ~undef, emu.writes, vchanges))
         g.regs = nregs
         g.rip = nrip
         g.flags = nflags
     c = Case()
     c.seed, c.regs, c.rflags, c.mem_seed = seed, regs, rflags, mem_seed
     c.fs_base, c.gs_base = fs_base, gs_base
+    c.xmm, c.mxcsr = xmm, mxcsr
     c.code = bytes(code)
     c.steps = steps
     return c
@@ -1370,15 +1598,18 @@ def serialize(c, case_id, disasm=False):
            "X " + c.code.hex()]
     if c.fs_base or c.gs_base:
         out.insert(1, f"B {c.fs_base:x} {c.gs_base:x}")
+    out.insert(1, f"V {c.mxcsr:x} {MXCSR_COMPARED:x} " + " ".join(f"{v:x}" for v in c.xmm))
     prev = list(c.regs)
     fmt = iced_x86.Formatter(iced_x86.FormatterSyntax.INTEL) if disasm else None
-    for (ip, length, regs, rip, rflags, mask, writes) in c.steps:
+    for (ip, length, regs, rip, rflags, mask, writes, vchanges) in c.steps:
         parts = [f"S {rip:x} {rflags:x} {mask:x}"]
         for i in range(16):
             if regs[i] != prev[i]:
                 parts.append(f"r{i}={regs[i]:x}")
         for (a, n, v) in writes:
             parts.append(f"m{a:x}:{n}={v:x}")
+        for (i, v) in vchanges:
+            parts.append(f"mx={v:x}" if i == "mx" else f"x{i}={v:x}")
         if fmt is not None:
             ins = decode(c.code[ip - CODE:ip - CODE + length], ip)
             parts.append(f"; {ip:x}: {fmt.format(ins)}")

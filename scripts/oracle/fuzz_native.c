@@ -42,14 +42,20 @@
 struct write { uint64_t addr, value; int size; };
 struct step {
     uint64_t rip, rflags, mask;
-    int nregs, nwrites;
+    int nregs, nwrites, nxmm;
     int regidx[16];
     uint64_t regval[16];
+    int xmmidx[16];
+    uint64_t xmmval[16][2];
+    int has_mxcsr;
+    uint32_t mxcsr;
     struct write *writes;
 };
 struct kase {
     char id[64];
     uint64_t regs[16], rflags, seed, fs_base, gs_base;
+    uint64_t xmm[16][2];
+    uint32_t mxcsr, mxcsr_mask;
     uint8_t *code;
     size_t codelen;
     int nsteps;
@@ -70,6 +76,8 @@ static struct _libc_fpstate host_fp;
 static uint64_t cur_start;
 static int nrec;
 static uint64_t rec_regs[MAXSTEPS][16], rec_rip[MAXSTEPS], rec_flags[MAXSTEPS];
+static uint64_t rec_xmm[MAXSTEPS][16][2];
+static uint32_t rec_mxcsr[MAXSTEPS];
 static uint8_t *snaps;
 static int fault_sig;
 static uint64_t fault_rip;
@@ -84,9 +92,26 @@ static void splitmix_fill(uint64_t seed, uint64_t base, uint8_t *out, size_t n) 
     }
 }
 
+/* Makes sigreturn load the legacy x87/SSE area of the frame: with XSAVE frames, state components
+   whose XSTATE_BV bit is clear are reset instead (the header follows the 512-byte legacy area). */
+static void mark_fp_dirty(struct _libc_fpstate *fp) {
+    uint8_t *fx = (uint8_t *)fp;
+    uint32_t magic;
+    memcpy(&magic, fx + 464, 4);
+    if (magic == 0x46505853U) {   /* FP_XSTATE_MAGIC1 */
+        uint64_t bv;
+        memcpy(&bv, fx + 512, 8);
+        bv |= 3;
+        memcpy(fx + 512, &bv, 8);
+    }
+}
+
 static void leave_guest(ucontext_t *uc) {
     memcpy(uc->uc_mcontext.gregs, host_gregs, sizeof(gregset_t));
-    if (uc->uc_mcontext.fpregs) memcpy(uc->uc_mcontext.fpregs, &host_fp, sizeof(host_fp));
+    if (uc->uc_mcontext.fpregs) {
+        memcpy(uc->uc_mcontext.fpregs, &host_fp, sizeof(host_fp));
+        mark_fp_dirty(uc->uc_mcontext.fpregs);
+    }
     in_guest = 0;
 }
 
@@ -122,6 +147,10 @@ static void on_trap(int sig, siginfo_t *si, void *ctx) {
     for (int i = 0; i < 16; i++) rec_regs[nrec][i] = (uint64_t)g[greg_of[i]];
     rec_rip[nrec] = rip;
     rec_flags[nrec] = (uint64_t)g[REG_EFL];
+    if (uc->uc_mcontext.fpregs) {
+        memcpy(rec_xmm[nrec], uc->uc_mcontext.fpregs->_xmm, sizeof rec_xmm[nrec]);
+        rec_mxcsr[nrec] = uc->uc_mcontext.fpregs->mxcsr;
+    }
     memcpy(snaps + (size_t)nrec * SNAP, (void *)DATA, DATA_SIZE);
     memcpy(snaps + (size_t)nrec * SNAP + DATA_SIZE, (void *)STACK_LO, STACK_SIZE);
     nrec++;
@@ -139,7 +168,12 @@ static void on_enter(int sig, siginfo_t *si, void *ctx) {
     }
     memcpy(host_gregs, g, sizeof(gregset_t));
     host_gregs[REG_RIP] += 2;   /* past the UD2 */
-    if (uc->uc_mcontext.fpregs) memcpy(&host_fp, uc->uc_mcontext.fpregs, sizeof(host_fp));
+    if (uc->uc_mcontext.fpregs) {
+        memcpy(&host_fp, uc->uc_mcontext.fpregs, sizeof(host_fp));
+        memcpy(uc->uc_mcontext.fpregs->_xmm, cur->xmm, sizeof cur->xmm);
+        uc->uc_mcontext.fpregs->mxcsr = cur->mxcsr;
+        mark_fp_dirty(uc->uc_mcontext.fpregs);
+    }
     for (int i = 0; i < 16; i++) g[greg_of[i]] = (greg_t)cur->regs[i];
     g[REG_RIP] = (greg_t)CODE;
     g[REG_EFL] = (greg_t)((cur->rflags & NATIVE_FLAGS) | 0x202 | TF);
@@ -184,6 +218,22 @@ static int hexval(int c) {
 
 static uint64_t hex64(const char *s, char **end) { return strtoull(s, end, 16); }
 
+/* A 128-bit hex number (up to 32 digits) as low, high quadwords; returns the end. */
+static const char *hex128(const char *s, uint64_t out[2]) {
+    while (*s == ' ') s++;
+    const char *e = s;
+    while (hexval(*e) >= 0) e++;
+    size_t n = (size_t)(e - s);
+    out[0] = out[1] = 0;
+    for (size_t i = 0; i < n; i++) {
+        int v = hexval(s[i]);
+        size_t pos = n - 1 - i;   /* nibble index from the right */
+        if (pos < 16) out[0] |= (uint64_t)v << (4 * pos);
+        else if (pos < 32) out[1] |= (uint64_t)v << (4 * (pos - 16));
+    }
+    return e;
+}
+
 /* Parses one S line's items into st. */
 static int parse_step(char *line, struct step *st) {
     char *semi = strchr(line, ';');
@@ -192,11 +242,20 @@ static int parse_step(char *line, struct step *st) {
     st->rip = hex64(p, &e); p = e;
     st->rflags = hex64(p, &e); p = e;
     st->mask = hex64(p, &e); p = e;
-    st->nregs = st->nwrites = 0;
+    st->nregs = st->nwrites = st->nxmm = st->has_mxcsr = 0;
     st->writes = NULL;
     int cap = 0;
     for (char *tok = strtok(p, " \n"); tok; tok = strtok(NULL, " \n")) {
-        if (tok[0] == 'r') {
+        if (tok[0] == 'x') {
+            int n = atoi(tok + 1);
+            char *eq = strchr(tok, '=');
+            if (!eq || n < 0 || n > 15) return -1;
+            st->xmmidx[st->nxmm] = n;
+            hex128(eq + 1, st->xmmval[st->nxmm++]);
+        } else if (tok[0] == 'm' && tok[1] == 'x' && tok[2] == '=') {
+            st->has_mxcsr = 1;
+            st->mxcsr = (uint32_t)hex64(tok + 3, NULL);
+        } else if (tok[0] == 'r') {
             int n = atoi(tok + 1);
             char *eq = strchr(tok, '=');
             if (!eq || n < 0 || n > 15) return -1;
@@ -245,14 +304,18 @@ static uint8_t exp_mem[SNAP];
 /* Returns 1 if the case passed. */
 static int check_case(struct kase *c) {
     static char report[4096];
-    uint64_t exp[16];
+    uint64_t exp[16], exp_xmm[16][2];
+    uint32_t exp_mxcsr = c->mxcsr;
     memcpy(exp, c->regs, sizeof(exp));
+    memcpy(exp_xmm, c->xmm, sizeof exp_xmm);
     splitmix_fill(c->seed, DATA, exp_mem, DATA_SIZE);
     splitmix_fill(c->seed, STACK_LO, exp_mem + DATA_SIZE, STACK_SIZE);
     for (int k = 0; k < c->nsteps; k++) {
         struct step *st = &c->steps[k];
         report[0] = 0;
         for (int i = 0; i < st->nregs; i++) exp[st->regidx[i]] = st->regval[i];
+        for (int i = 0; i < st->nxmm; i++) memcpy(exp_xmm[st->xmmidx[i]], st->xmmval[i], 16);
+        if (st->has_mxcsr) exp_mxcsr = st->mxcsr;
         for (int i = 0; i < st->nwrites; i++) {
             struct write *w = &st->writes[i];
             for (int b = 0; b < w->size; b++) {
@@ -273,6 +336,14 @@ static int check_case(struct kase *c) {
             if (rec_rip[k] != st->rip)
                 add(report, sizeof report, "rip = 0x%llx, expected 0x%llx", (unsigned long long)rec_rip[k],
                     (unsigned long long)st->rip);
+            for (int i = 0; i < 16; i++)
+                if (memcmp(rec_xmm[k][i], exp_xmm[i], 16))
+                    add(report, sizeof report, "xmm%d = 0x%016llx%016llx, expected 0x%016llx%016llx", i,
+                        (unsigned long long)rec_xmm[k][i][1], (unsigned long long)rec_xmm[k][i][0],
+                        (unsigned long long)exp_xmm[i][1], (unsigned long long)exp_xmm[i][0]);
+            if ((rec_mxcsr[k] ^ exp_mxcsr) & c->mxcsr_mask)
+                add(report, sizeof report, "mxcsr = 0x%x, expected 0x%x (compared 0x%x)", rec_mxcsr[k], exp_mxcsr,
+                    c->mxcsr_mask);
             uint64_t m = st->mask & NATIVE_FLAGS;
             if ((rec_flags[k] ^ st->rflags) & m)
                 add(report, sizeof report, "rflags = 0x%llx, expected 0x%llx (differing 0x%llx, compared 0x%llx)",
@@ -358,6 +429,15 @@ int main(int argc, char **argv) {
             c.seed = hex64(p, &e); p = e;
             for (int i = 0; i < 16; i++) { c.regs[i] = hex64(p, &e); p = e; }
             c.fs_base = c.gs_base = 0;
+            memset(c.xmm, 0, sizeof c.xmm);
+            c.mxcsr = 0x1F80;
+            c.mxcsr_mask = 0xFFFF;
+        } else if (line[0] == 'V') {
+            char *e;
+            c.mxcsr = (uint32_t)hex64(line + 1, &e);
+            c.mxcsr_mask = (uint32_t)hex64(e, &e);
+            const char *q = e;
+            for (int i = 0; i < 16; i++) q = hex128(q, c.xmm[i]);
         } else if (line[0] == 'B') {
             char *e;
             c.fs_base = hex64(line + 1, &e);
