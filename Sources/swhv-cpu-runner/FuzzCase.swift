@@ -12,6 +12,9 @@
 //     [x<n>=<128-bit value>]... [mx=<mxcsr>] [; comment]
 //                                                           state after each instruction: changed
 //                                                           registers and the memory writes it made
+//   F <vector> <error code or -> <cr2 or -> [; comment]     optional, after the steps: the next
+//                                                           instruction raises this exception and
+//                                                           changes nothing
 //   E                                                       end of case
 
 import CPUBackend
@@ -70,6 +73,15 @@ struct FuzzCase {
     var mxcsrMask: UInt32 = 0xFFFF
     var code: [UInt8] = []
     var steps: [FuzzStep] = []
+    /// The exception the instruction after the last step must raise.
+    var fault: FuzzFault?
+}
+
+struct FuzzFault {
+    var vector: Int
+    var errorCode: UInt32?
+    var cr2: UInt64?
+    var comment: Substring = ""
 }
 
 enum FuzzParseError: Error, CustomStringConvertible {
@@ -190,6 +202,20 @@ struct FuzzCaseReader {
                 }
             }
             current?.steps.append(s)
+        case "F":
+            guard current != nil, f.count == 4, let v = Self.hex(f[1]), v < 32 else {
+                throw bad("F needs a vector, an error code or -, CR2 or -, inside a case")
+            }
+            var fault = FuzzFault(vector: Int(v), comment: comment)
+            if f[2] != "-" {
+                guard let e = Self.hex(f[2]), e <= UInt32.max else { throw bad("bad error code") }
+                fault.errorCode = UInt32(e)
+            }
+            if f[3] != "-" {
+                guard let a = Self.hex(f[3]) else { throw bad("bad CR2") }
+                fault.cr2 = a
+            }
+            current?.fault = fault
         case "E":
             guard let c = current else { throw bad("E outside a case") }
             current = nil
@@ -365,6 +391,30 @@ final class FuzzMachine {
         }
     }
 
+    /// The expected exception (vector, error code, CR2) after `expected` retired instructions.
+    private func faultProblems(_ f: FuzzFault, retired: UInt64, unimplemented: UInt64, expected: UInt64) -> [String] {
+        var problems: [String] = []
+        if cpu.instructionsRetired != retired &+ expected {
+            problems.append("retired \(cpu.instructionsRetired &- retired) instructions, expected \(expected)")
+        }
+        guard let e = cpu.interceptedException else {
+            return problems + ["no exception, expected #\(f.vector)"]
+        }
+        if e.vector != f.vector {
+            var what = "exception #\(e.vector), expected #\(f.vector)"
+            if cpu.unimplementedCount != unimplemented {
+                what += " (unimplemented opcode \(hex(UInt64(cpu.lastUnimplemented))))"
+            }
+            problems.append(what)
+        } else if let want = f.errorCode, e.errorCode != want {
+            problems.append("error code \(e.errorCode.map { hex(UInt64($0)) } ?? "none"), expected \(hex(UInt64(want)))")
+        }
+        if let want = f.cr2, cpu.cr2 != want {
+            problems.append("cr2 = \(hex(cpu.cr2)), expected \(hex(want))")
+        }
+        return problems
+    }
+
     private func exceptionProblems(retired: UInt64, unimplemented: UInt64, expected: UInt64) -> [String] {
         if let e = cpu.interceptedException {
             var what = "exception #\(e.vector)" + (e.errorCode.map { " error code \(hex(UInt64($0)))" } ?? "")
@@ -387,15 +437,22 @@ final class FuzzMachine {
     func run(_ c: FuzzCase) throws -> FuzzDivergence? {
         let L = FuzzLayout.self
         var wholeProblems: [String] = []
-        if !c.steps.isEmpty {
+        let faultRIP = c.steps.last?.rip ?? L.code
+        if !c.steps.isEmpty || c.fault != nil {
             var exp = try load(c)
             let retired = cpu.instructionsRetired, unimplemented = cpu.unimplementedCount
-            _ = cpu.run(io: io, control: control, maxInstructions: UInt64(c.steps.count))
-            wholeProblems = exceptionProblems(retired: retired, unimplemented: unimplemented,
+            _ = cpu.run(io: io, control: control, maxInstructions: UInt64(c.steps.count + (c.fault == nil ? 0 : 1)))
+            if let f = c.fault {
+                wholeProblems = faultProblems(f, retired: retired, unimplemented: unimplemented,
                                               expected: UInt64(c.steps.count))
+            } else {
+                wholeProblems = exceptionProblems(retired: retired, unimplemented: unimplemented,
+                                                  expected: UInt64(c.steps.count))
+            }
             for s in c.steps { exp.apply(s, problems: &wholeProblems) }
-            let last = c.steps[c.steps.count - 1]
-            try compare(exp, rip: last.rip, rflags: last.rflags, mask: last.flagMask, into: &wholeProblems)
+            let last = c.steps.last
+            try compare(exp, rip: faultRIP, rflags: last?.rflags ?? c.rflags, mask: last?.flagMask ?? 0,
+                        into: &wholeProblems)
         }
 
         var exp = try load(c)
@@ -406,6 +463,14 @@ final class FuzzMachine {
             exp.apply(s, problems: &problems)
             try compare(exp, rip: s.rip, rflags: s.rflags, mask: s.flagMask, into: &problems)
             if !problems.isEmpty { return FuzzDivergence(step: k, rip: s.rip, problems: problems) }
+        }
+        if let f = c.fault {
+            let retired = cpu.instructionsRetired, unimplemented = cpu.unimplementedCount
+            cpu.step(io: io)
+            var problems = faultProblems(f, retired: retired, unimplemented: unimplemented, expected: 0)
+            let last = c.steps.last
+            try compare(exp, rip: faultRIP, rflags: last?.rflags ?? c.rflags, mask: last?.flagMask ?? 0, into: &problems)
+            if !problems.isEmpty { return FuzzDivergence(step: c.steps.count, rip: faultRIP, problems: problems) }
         }
         // Stray writes anywhere else in RAM (page tables, code, unused memory).
         var expectedRAM = pristine

@@ -192,10 +192,12 @@ class Mem:
 
 
 class Insn:
-    __slots__ = ("code", "until", "adjust", "filler", "kind", "sse")
+    __slots__ = ("code", "until", "adjust", "filler", "kind", "sse", "fault")
 
-    def __init__(self, code, kind, until=None, adjust=None, sse=False):
+    def __init__(self, code, kind, until=None, adjust=None, sse=False, fault=None):
         self.code, self.kind, self.until, self.adjust, self.sse = code, kind, until, adjust, sse
+        # (vector, error code or None, CR2 or None) for a final instruction that must fault.
+        self.fault = fault
 
 
 HIGH8 = (16, 17, 18, 19)   # AH CH DH BH as byte-register ids
@@ -1401,6 +1403,94 @@ def f_mxcsr(g):
     return Insn(g.encode(b"\xc7", 0, m, None, imm=imm_bytes(rand_mxcsr(rng), 4)), "prep")
 
 
+# ---------------------------------------------------------------------------------------------
+# Faults: a case may end with an instruction that must raise an exception, leaving every register
+# and all memory as they were (precise exceptions). The expected vector comes from the
+# architecture, not from unicorn (QEMU 5 checks neither canonical addresses nor SSE alignment);
+# the host-CPU check confirms it.
+
+FAULT_UD = [b"\x0f\x0b", b"\x06", b"\x07", b"\x0e", b"\x16", b"\x17", b"\x1e", b"\x1f", b"\x27", b"\x2f",
+            b"\x37", b"\x3f", b"\x60", b"\x61", b"\xd4\x0a", b"\xd5\x0a", b"\xd6", b"\xce", b"\x82\xc0\x01",
+            b"\x8d\xc0", b"\xfe\xd0", b"\xff\xf8", b"\xc6\xc8\x00", b"\x0f\x04", b"\x0f\x0a", b"\x0f\xb9\xc0",
+            b"\x0f\xff\xc0", b"\xf0\x01\xc0", b"\xf0\x89\x03", b"\xf0\x90", b"\xf0\x0f\x58\xc0", b"\x8c\xf0",
+            b"\x8e\xc8", b"\x9a\x00\x00\x00\x00\x00\x00", b"\xea\x00\x00\x00\x00\x00\x00"]
+
+# Addresses in [2 MiB, 1 GiB): outside the runner's page tables and unmapped in the host-CPU check.
+PF_LO, PF_HI = 0x10000000, 0x3FFFF000
+
+
+def noncanonical(rng):
+    v = rng.getrandbits(64)
+    top = v >> 47
+    if top == 0 or top == 0x1FFFF:
+        v ^= 1 << 60
+    return v
+
+
+def fault_access(g, reg, rng):
+    """A load, store or read-modify-write through [reg]: (encoding, error-code W bit)."""
+    size = rng.choice((8, 16, 32, 64))
+    g.rex_mode = False
+    m = Mem(1, reg & 7, (rng.randrange(4) << 6) | (4 << 3) | 4 if reg & 7 == 4 else None, 0, 1, 0, reg >> 3, False, None, None)
+    other = g.pick_reg(64 if size != 8 else 8, dst=True, exclude=(reg,))
+    r8 = [other] if size == 8 else ()
+    c = rng.random()
+    if c < 0.4:
+        return g.encode(bytes([0x8A + (size != 8)]), other, m, size, r8=r8, noise=False), 0
+    if c < 0.7:
+        return g.encode(bytes([0x88 + (size != 8)]), other, m, size, r8=r8, noise=False), 2
+    return g.encode(bytes([0x00 + (size != 8)]), other, m, size, r8=r8, noise=False), 2
+
+
+def f_fault(g):
+    rng = g.rng
+    if g.pending_tries == 0:
+        g.fault_kind = rng.choice(("ud", "ud", "de", "gp", "gp-sse", "pf", "ss"))
+        g.fault_reg = rng.choice([r for r in range(16) if r not in (RSP, RBP, RAX, RDX)])
+        g.fault_addr = PF_LO + rng.randrange(PF_HI - PF_LO)
+    kind, r = g.fault_kind, g.fault_reg
+    first = g.pending_tries == 0
+    g.pending = f_fault
+    g.pending_tries += 1
+    if kind == "ud":
+        g.pending = None
+        return Insn(rng.choice(FAULT_UD), "fault-ud", fault=(6, None, None))
+    if kind == "de":
+        if first:
+            return Insn(bytes([0x48 | (r >> 3) << 2 | (r >> 3), 0x31, 0xC0 | (r & 7) << 3 | (r & 7)]), "prep")  # xor r, r
+        g.pending = None
+        size = rng.choice((8, 16, 32, 64))
+        g.rex_mode = True
+        rr = r if size != 8 or r < 8 else r
+        return Insn(g.encode(bytes([0xF6 + (size != 8)]), rng.choice((6, 7)), ("r", rr), size, r8=[rr] if size == 8 else (),
+                             noise=False), "fault-de", fault=(0, None, None))
+    if kind == "gp":
+        if first:
+            return Insn(mov_r64_imm(r, noncanonical(rng)), "prep")
+        g.pending = None
+        code, _ = fault_access(g, r, rng)
+        return Insn(code, "fault-gp", fault=(13, 0, None))
+    if kind == "gp-sse":
+        g.pending = None
+        t = g.pick_target(16, 16, aligned=True) + rng.randrange(1, 16)
+        m = g.gen_mem(16, target=t)
+        prefix, op = rng.choice([(None, 0x28), (0x66, 0x6F), (0x66, 0xFE), (None, 0x58), (0x66, 0x7F), (None, 0x29)])
+        code = g.encode(bytes([0x0F, op]), rng.randrange(16), m, None, pfx=(prefix,) if prefix else (), sse=True)
+        return Insn(code, "fault-gp", fault=(13, 0, None))
+    if kind == "pf":
+        if first:
+            return Insn(mov_r32_imm(r, g.fault_addr), "prep")
+        g.pending = None
+        code, w = fault_access(g, r, rng)
+        return Insn(code, "fault-pf", fault=(14, w, g.fault_addr))
+    # ss: a push with a non-canonical RSP.
+    if first:
+        return Insn(mov_r64_imm(RSP, noncanonical(rng)), "prep")
+    g.pending = None
+    return Insn(rng.choice((b"\x50", b"\x41\x57", b"\x6a\x01", b"\x9c", b"\xe8\x00\x00\x00\x00")), "fault-ss",
+                fault=(12, 0, None))
+
+
 FAMILIES = {
     "alu": (f_alu, 14), "test": (f_test, 3), "unary": (f_unary, 4), "mul": (f_mul, 4), "div": (f_div, 3),
     "shift": (f_shift, 8), "shxd": (f_shxd, 3), "bt": (f_bt, 4), "bsf": (f_bsf, 2), "setcc": (f_setcc, 3),
@@ -1451,7 +1541,8 @@ def loop_reads(spec):
 
 
 class Case:
-    __slots__ = ("seed", "regs", "rflags", "mem_seed", "code", "steps", "fs_base", "gs_base", "xmm", "mxcsr")
+    __slots__ = ("seed", "regs", "rflags", "mem_seed", "code", "steps", "fs_base", "gs_base", "xmm", "mxcsr",
+                 "fault")
 
 
 # MXCSR bits compared against unicorn: QEMU 5 (unicorn 2) does not raise the exception flags
@@ -1472,6 +1563,9 @@ def rand_seg_base(rng):
     if c < 0.95:
         return rng.getrandbits(47)
     return (-rng.randrange(1, 0x200000)) & M64
+
+
+FAULT_P = 0.2
 
 
 def generate_case(emu, seed, n_insns, weights):
@@ -1508,9 +1602,16 @@ def generate_case(emu, seed, n_insns, weights):
     undef = 0
     queue = []
     failures = 0
-    while len(steps) < n_insns and failures < 200:
+    fault = None
+    want_fault = rng.random() < FAULT_P
+    while failures < 200:
         if g.rip - CODE > CODE_SIZE - 256:
             break
+        if len(steps) >= n_insns and not queue and g.pending is None:
+            if not want_fault:
+                break
+            want_fault = False
+            g.pending, g.pending_tries = f_fault, 0
         if queue:
             ins = queue.pop(0)
         else:
@@ -1535,6 +1636,14 @@ def generate_case(emu, seed, n_insns, weights):
                 ins, queue = res[0], list(res[1:])
             else:
                 ins = res
+        if ins.fault is not None:
+            # Not executed here: the case ends with it.
+            off = g.rip - CODE
+            if len(code) < off:
+                code += bytes(off - len(code))
+            code[off:off + len(ins.code)] = ins.code
+            fault = ins.fault
+            break
         di = decode(ins.code, g.rip)
         if di.code == iced_x86.Code.INVALID or di.len != len(ins.code):
             failures += 1
@@ -1589,6 +1698,7 @@ def generate_case(emu, seed, n_insns, weights):
     c.xmm, c.mxcsr = xmm, mxcsr
     c.code = bytes(code)
     c.steps = steps
+    c.fault = fault
     return c
 
 
@@ -1615,6 +1725,15 @@ def serialize(c, case_id, disasm=False):
             parts.append(f"; {ip:x}: {fmt.format(ins)}")
         out.append(" ".join(parts))
         prev = regs
+    if c.fault is not None:
+        v, err, cr2 = c.fault
+        ip = c.steps[-1][3] if c.steps else CODE
+        line = f"F {v:x} " + ("-" if err is None else f"{err:x}") + " " + ("-" if cr2 is None else f"{cr2:x}")
+        if fmt is not None:
+            b = c.code[ip - CODE:ip - CODE + 15]
+            ins = decode(b, ip)
+            line += f" ; {ip:x}: " + (fmt.format(ins) if ins.code != iced_x86.Code.INVALID else b[:4].hex() + " (invalid)")
+        out.append(line)
     out.append("E")
     return "\n".join(out) + "\n"
 

@@ -56,6 +56,10 @@ struct kase {
     uint64_t regs[16], rflags, seed, fs_base, gs_base;
     uint64_t xmm[16][2];
     uint32_t mxcsr, mxcsr_mask;
+    /* A final instruction that must fault: vector, error code (-1: none given), CR2 (has_cr2). */
+    int has_fault, fault_vector, has_cr2;
+    long long fault_err;
+    uint64_t fault_cr2;
     uint8_t *code;
     size_t codelen;
     int nsteps;
@@ -80,7 +84,7 @@ static uint64_t rec_xmm[MAXSTEPS][16][2];
 static uint32_t rec_mxcsr[MAXSTEPS];
 static uint8_t *snaps;
 static int fault_sig;
-static uint64_t fault_rip;
+static uint64_t fault_rip, fault_trapno, fault_errcode, fault_cr2;
 
 static void splitmix_fill(uint64_t seed, uint64_t base, uint8_t *out, size_t n) {
     for (size_t i = 0; i < n / 8; i++) {
@@ -135,6 +139,21 @@ static void on_trap(int sig, siginfo_t *si, void *ctx) {
     if (sig != SIGTRAP) {
         fault_sig = sig;
         fault_rip = rip;
+        fault_trapno = (uint64_t)g[REG_TRAPNO];
+        fault_errcode = (uint64_t)g[REG_ERR];
+        fault_cr2 = (uint64_t)g[REG_CR2];
+        /* The state at the fault, as one more record (checked against "nothing changed"). */
+        if (nrec < MAXSTEPS) {
+            for (int i = 0; i < 16; i++) rec_regs[nrec][i] = (uint64_t)g[greg_of[i]];
+            rec_rip[nrec] = rip;
+            rec_flags[nrec] = (uint64_t)g[REG_EFL];
+            if (uc->uc_mcontext.fpregs) {
+                memcpy(rec_xmm[nrec], uc->uc_mcontext.fpregs->_xmm, sizeof rec_xmm[nrec]);
+                rec_mxcsr[nrec] = uc->uc_mcontext.fpregs->mxcsr;
+            }
+            memcpy(snaps + (size_t)nrec * SNAP, (void *)DATA, DATA_SIZE);
+            memcpy(snaps + (size_t)nrec * SNAP + DATA_SIZE, (void *)STACK_LO, STACK_SIZE);
+        }
         leave_guest(uc);
         return;
     }
@@ -156,7 +175,7 @@ static void on_trap(int sig, siginfo_t *si, void *ctx) {
     nrec++;
     cur_start = rip;
     g[REG_EFL] |= TF;   /* POPF may have cleared it */
-    if (nrec >= cur->nsteps) leave_guest(uc);
+    if (nrec >= cur->nsteps && !cur->has_fault) leave_guest(uc);
 }
 
 static void on_enter(int sig, siginfo_t *si, void *ctx) {
@@ -365,6 +384,47 @@ static int check_case(struct kase *c) {
             return 0;
         }
     }
+    if (c->has_fault) {
+        report[0] = 0;
+        uint64_t rip = c->nsteps ? c->steps[c->nsteps - 1].rip : CODE;
+        uint64_t m = c->nsteps ? c->steps[c->nsteps - 1].mask & NATIVE_FLAGS : 0;
+        uint64_t fl = c->nsteps ? c->steps[c->nsteps - 1].rflags : c->rflags;
+        int k = c->nsteps;
+        if (!fault_sig) {
+            add(report, sizeof report, "no exception, expected #%d", c->fault_vector);
+        } else if ((int)fault_trapno != c->fault_vector) {
+            add(report, sizeof report, "exception #%d (signal %d), expected #%d", (int)fault_trapno, fault_sig,
+                c->fault_vector);
+        } else {
+            /* CPL3 here, CPL0 in the cases: the page-fault error code's U bit differs by design. */
+            uint64_t err = fault_trapno == 14 ? fault_errcode & ~4ULL : fault_errcode;
+            if (c->fault_err >= 0 && err != (uint64_t)c->fault_err)
+                add(report, sizeof report, "error code 0x%llx, expected 0x%llx", (unsigned long long)err,
+                    (unsigned long long)c->fault_err);
+            if (c->has_cr2 && fault_cr2 != c->fault_cr2)
+                add(report, sizeof report, "cr2 = 0x%llx, expected 0x%llx", (unsigned long long)fault_cr2,
+                    (unsigned long long)c->fault_cr2);
+            for (int i = 0; i < 16; i++)
+                if (rec_regs[k][i] != exp[i])
+                    add(report, sizeof report, "%s = 0x%llx, expected 0x%llx", reg_names[i],
+                        (unsigned long long)rec_regs[k][i], (unsigned long long)exp[i]);
+            if (rec_rip[k] != rip)
+                add(report, sizeof report, "rip = 0x%llx, expected 0x%llx", (unsigned long long)rec_rip[k],
+                    (unsigned long long)rip);
+            if ((rec_flags[k] ^ fl) & m)
+                add(report, sizeof report, "rflags = 0x%llx, expected 0x%llx (differing 0x%llx, compared 0x%llx)",
+                    (unsigned long long)(rec_flags[k] & m), (unsigned long long)(fl & m),
+                    (unsigned long long)((rec_flags[k] ^ fl) & m), (unsigned long long)m);
+            for (int i = 0; i < 16; i++)
+                if (memcmp(rec_xmm[k][i], exp_xmm[i], 16))
+                    add(report, sizeof report, "xmm%d changed", i);
+            if (memcmp(snaps + (size_t)k * SNAP, exp_mem, SNAP)) add(report, sizeof report, "memory changed");
+        }
+        if (report[0]) {
+            printf("FAIL %s %d %llx %s\n", c->id, k, (unsigned long long)rip, report);
+            return 0;
+        }
+    }
     printf("PASS %s %d\n", c->id, c->nsteps);
     return 1;
 }
@@ -376,7 +436,7 @@ static int run_case(struct kase *c) {
     splitmix_fill(c->seed, STACK_LO, (uint8_t *)STACK_LO, STACK_SIZE);
     cur = c;
     nrec = 0;
-    int r = c->nsteps > 0 ? run_guest() : 0;
+    int r = c->nsteps > 0 || c->has_fault ? run_guest() : 0;
     in_guest = 0;
     return r;
 }
@@ -432,6 +492,16 @@ int main(int argc, char **argv) {
             memset(c.xmm, 0, sizeof c.xmm);
             c.mxcsr = 0x1F80;
             c.mxcsr_mask = 0xFFFF;
+            c.has_fault = 0;
+        } else if (line[0] == 'F') {
+            char *p = line + 1, *e;
+            c.has_fault = 1;
+            c.fault_vector = (int)hex64(p, &e);
+            p = e;
+            while (*p == ' ') p++;
+            if (*p == '-') { c.fault_err = -1; p++; } else { c.fault_err = (long long)hex64(p, &e); p = e; }
+            while (*p == ' ') p++;
+            if (*p == '-') c.has_cr2 = 0; else { c.has_cr2 = 1; c.fault_cr2 = hex64(p, NULL); }
         } else if (line[0] == 'V') {
             char *e;
             c.mxcsr = (uint32_t)hex64(line + 1, &e);
