@@ -15,6 +15,7 @@ for 1-bit shifts; SHL/SHR CF is undefined for counts >= the operand width).
 Memory layout (identical in the Swift runner, FuzzCase.swift): code at CODE, data at DATA and stack
 at STACK_LO..STACK_TOP, both filled from a per-case seed with splitmix64 (fill_region).
 """
+import collections
 import ctypes
 import random
 
@@ -303,7 +304,7 @@ class Gen:
                 disp = rng.randrange(-(1 << (8 * dsize - 1)), 1 << (8 * dsize - 1)) if dsize else 0
                 return Mem(mod, 4, sib, disp, dsize, i >> 3, b >> 3, a32, None, None)
             amask = 0xFFFFFFFF if a32 else M64
-            if form < 0.12 and not no_riprel:
+            if form < 0.12 and not no_riprel and (a32 or abs(s64(target - self.rip)) < (1 << 31) - 64):
                 # RIP-relative (EIP-relative with 67): patched once the length is known.
                 return Mem(0, 5, None, 0, 4, 0, 0, a32, target, ea, seg)
             if form < 0.2 and (target < (1 << 31) or (a32 and target < (1 << 32))):
@@ -352,7 +353,7 @@ class Gen:
                 mod, dsize = 2, 4
             return Mem(mod, 4, sib, disp, dsize, i >> 3, b >> 3, a32, None, ea, seg)
         # Always possible without an override: RIP-relative, or [disp32] through a SIB.
-        if seg is not None:
+        if seg is not None or (a32 and target >= 1 << 32):
             return self._gen_mem(span, ea, rex_ok, free, rsp_bias, a32, no_riprel)
         if no_riprel:
             return Mem(0, 4, (4 << 3) | 5, target, 4, 0, 0, a32, None, ea, seg)
@@ -1317,7 +1318,7 @@ def rand_mxcsr(rng):
     return v
 
 
-def sse_operand(g, kind, msize, aligned, wide):
+def sse_operand(g, kind, msize, aligned, wide, is_dst=False):
     """ModRM operand of an SSE instruction: ("r", n) for XMM/general registers, or a Mem."""
     rng = g.rng
     if kind == "x":
@@ -1329,7 +1330,7 @@ def sse_operand(g, kind, msize, aligned, wide):
         return g.gen_mem(size, align=16 if aligned else 1, aligned=aligned)
     if kind == "xm":
         return ("r", rng.randrange(16))
-    return ("r", g.pick_reg(64, dst=False))
+    return ("r", g.pick_reg(64, dst=is_dst))
 
 
 def sse_insn(g, prefix, opcode, dst, src, msize, aligned, imm=False, wide=None, digit=None, kind="sse"):
@@ -1344,7 +1345,7 @@ def sse_insn(g, prefix, opcode, dst, src, msize, aligned, imm=False, wide=None, 
         reg = rng.randrange(16)
     else:
         reg = g.pick_reg(64, dst=reg_kind in ("g", "g32") and reg_kind == dst)
-    rm = sse_operand(g, rm_kind, msize, aligned, wide)
+    rm = sse_operand(g, rm_kind, msize, aligned, wide, is_dst=rm_kind == dst)
     uses_w = "g" in (dst + src) and "g32" not in (dst, src)
     code = g.encode(bytes([0x0F, opcode]), reg, rm, None, imm=bytes([rng.getrandbits(8)]) if imm else b"",
                     pfx=(prefix,) if prefix else (), rexw=wide and uses_w, sse=True)
@@ -1388,10 +1389,12 @@ def f_sse_fp(g):
 
 
 def f_mxcsr(g):
-    """LDMXCSR of a value stored just before (masks set: no #XM). STMXCSR is left out: unicorn
-    keeps no MXCSR exception flags, so the stored image would differ by design."""
+    """LDMXCSR of a value stored just before (masks set: no #XM). STMXCSR only when MXCSR flags
+    are compared (unicorn keeps none, so the stored image differs by design)."""
     rng = g.rng
     g.rex_mode = False
+    if MXCSR_COMPARED & 0x3F and g.pending_tries == 0 and rng.random() < 0.4:
+        return Insn(g.encode(b"\x0f\xae", 3, g.gen_mem(4), None, sse=True), "stmxcsr", sse=True)
     if g.pending_tries > 0:
         m = g.gen_mem(4, target=g.saved_target)
         return Insn(g.encode(b"\x0f\xae", 2, m, None, sse=True), "ldmxcsr", sse=True)
@@ -1542,7 +1545,7 @@ def loop_reads(spec):
 
 class Case:
     __slots__ = ("seed", "regs", "rflags", "mem_seed", "code", "steps", "fs_base", "gs_base", "xmm", "mxcsr",
-                 "fault")
+                 "fault", "stop", "kinds")
 
 
 # MXCSR bits compared against unicorn: QEMU 5 (unicorn 2) does not raise the exception flags
@@ -1604,10 +1607,14 @@ def generate_case(emu, seed, n_insns, weights):
     failures = 0
     fault = None
     want_fault = rng.random() < FAULT_P
+    stop = "too many retries"
+    kinds = collections.Counter()
     while failures < 200:
         if g.rip - CODE > CODE_SIZE - 256:
+            stop = "code area full"
             break
         if len(steps) >= n_insns and not queue and g.pending is None:
+            stop = "length reached"
             if not want_fault:
                 break
             want_fault = False
@@ -1643,6 +1650,8 @@ def generate_case(emu, seed, n_insns, weights):
                 code += bytes(off - len(code))
             code[off:off + len(ins.code)] = ins.code
             fault = ins.fault
+            stop = "fault"
+            kinds[ins.kind] += 1
             break
         di = decode(ins.code, g.rip)
         if di.code == iced_x86.Code.INVALID or di.len != len(ins.code):
@@ -1675,7 +1684,10 @@ def generate_case(emu, seed, n_insns, weights):
         err = emu.step(g.rip, nxt)
         nregs, nrip, nflags = emu.read_state()
         if err not in (0, UC_ERR_INSN_INVALID) or emu.interrupt not in (None, 6) or nrip != nxt:
+            # Unicorn could not run it (or stopped elsewhere): the case ends before it.
+            stop = f"unicorn stopped ({ins.kind}: error {err}, interrupt {emu.interrupt})"
             break
+        kinds[ins.kind] += 1
         modified = iced_flags(di.rflags_modified)
         undefined = iced_flags(di.rflags_undefined)
         if ins.adjust is not None:
@@ -1699,6 +1711,8 @@ def generate_case(emu, seed, n_insns, weights):
     c.code = bytes(code)
     c.steps = steps
     c.fault = fault
+    c.stop = stop
+    c.kinds = kinds
     return c
 
 
