@@ -9,7 +9,10 @@
 //   V <mxcsr> <compared mxcsr bits> <xmm0> ... <xmm15>      optional, after C (default 1f80, zeros)
 //   X <code bytes>                                          loaded at FuzzLayout.code
 //   S <rip> <rflags> <compared-flags mask> [r<n>=<value>]... [m<addr>:<size>=<value>]...
-//     [x<n>=<128-bit value>]... [mx=<mxcsr>] [; comment]
+//     [x<n>=<128-bit value>]... [mx=<mxcsr>]
+//     [fx=<fcw>:<fsw>:<abridged ftw>:<compared fsw bits>:<st0>:...:<st7>] [; comment]
+//                                                           (x87 state after an x87 instruction; only
+//                                                           valid ST registers are compared)
 //                                                           state after each instruction: changed
 //                                                           registers and the memory writes it made
 //   F <vector> <error code or -> <cr2 or -> [; comment]     optional, after the steps: the next
@@ -33,6 +36,9 @@ enum FuzzLayout {
     static let stackLo: UInt64 = 0x1F_E000, stackTop: UInt64 = 0x20_0000
     static let ramSize: UInt64 = 2 << 20
     static let pml4: UInt64 = 0x1000
+    /// x87 state is read with FXSAVE [x87Scratch] at x87Stub (then UD2); FNINIT, UD2 at x87Stub + 10.
+    static let x87Scratch: UInt64 = 0x18_0000, x87Stub: UInt64 = 0x1F_0000
+    static let x87StubCode: [UInt8] = [0x0F, 0xAE, 0x04, 0x25, 0x00, 0x00, 0x18, 0x00, 0x0F, 0x0B, 0xDB, 0xE3, 0x0F, 0x0B]
 
     /// Initial data and stack contents: splitmix64 of (seed + address * golden ratio) per 8-byte word.
     static func fill(seed: UInt64, base: UInt64, count: Int) -> [UInt8] {
@@ -57,6 +63,7 @@ struct FuzzStep {
     var writes: [(address: UInt64, size: Int, value: UInt64)] = []
     var xmm: [(index: Int, value: (UInt64, UInt64))] = []
     var mxcsr: UInt32?
+    var x87: FuzzX87?
     /// Disassembly, when the case file carries it.
     var comment: Substring = ""
 }
@@ -75,6 +82,25 @@ struct FuzzCase {
     var steps: [FuzzStep] = []
     /// The exception the instruction after the last step must raise.
     var fault: FuzzFault?
+}
+
+/// x87 state as FXSAVE stores it.
+struct FuzzX87: Equatable {
+    var fcw: UInt16 = 0x37F
+    var fsw: UInt16 = 0
+    var ftw: UInt8 = 0
+    /// FSW bits compared (undefined condition codes and exception flags are not).
+    var fswMask: UInt16 = 0
+    /// ST0...ST7 as 80-bit values: (significand, sign and exponent).
+    var st = [(UInt64, UInt16)](repeating: (0, 0), count: 8)
+
+    static func == (a: FuzzX87, b: FuzzX87) -> Bool {
+        a.fcw == b.fcw && a.fsw == b.fsw && a.ftw == b.ftw && a.fswMask == b.fswMask
+            && zip(a.st, b.st).allSatisfy { $0.0 == $1.0 && $0.1 == $1.1 }
+    }
+
+    /// Whether ST(i) holds a value (FXSAVE's abridged tag is per physical register).
+    func valid(_ i: Int) -> Bool { (ftw >> UInt8((Int(fsw >> 11) + i) & 7)) & 1 != 0 }
 }
 
 struct FuzzFault {
@@ -179,6 +205,20 @@ struct FuzzCaseReader {
             var s = FuzzStep(rip: rip, rflags: fl, flagMask: mask)
             s.comment = comment
             for item in f.dropFirst(4) {
+                if item.hasPrefix("fx=") {
+                    let p = item.dropFirst(3).split(separator: ":", omittingEmptySubsequences: false)
+                    guard p.count == 12, let fcw = Self.hex(p[0]), let fsw = Self.hex(p[1]), let ftw = Self.hex(p[2]),
+                          let mask = Self.hex(p[3]), fcw <= 0xFFFF, fsw <= 0xFFFF, ftw <= 0xFF, mask <= 0xFFFF else {
+                        throw bad("bad x87 item \(item)")
+                    }
+                    var x = FuzzX87(fcw: UInt16(fcw), fsw: UInt16(fsw), ftw: UInt8(ftw), fswMask: UInt16(mask))
+                    for i in 0..<8 {
+                        guard let v = Self.hex128(p[4 + i]), v.1 <= 0xFFFF else { throw bad("bad ST value") }
+                        x.st[i] = (v.0, UInt16(v.1))
+                    }
+                    s.x87 = x
+                    continue
+                }
                 if item.first == "x", let eq = item.firstIndex(of: "="),
                    let n = Int(item[item.index(after: item.startIndex)..<eq]), n >= 0, n < 16,
                    let v = Self.hex128(item[item.index(after: eq)...]) {
@@ -270,6 +310,7 @@ final class FuzzMachine {
         try memory.write(UInt64(0x2000 | 0x27), at: FuzzLayout.pml4)
         try memory.write(UInt64(0x3000 | 0x27), at: 0x2000)
         try memory.write(UInt64(0xE7), at: 0x3000)
+        try memory.write(bytes: FuzzLayout.x87StubCode, at: FuzzLayout.x87Stub)
         pristine = try memory.readBytes(at: 0, count: Int(FuzzLayout.ramSize))
         cpu = X86Interpreter(memory: memory, clock: VirtualClock())
         cpu.interceptExceptions = true
@@ -305,12 +346,15 @@ final class FuzzMachine {
         var regs: [UInt64]
         var xmm: [(UInt64, UInt64)]
         var mxcsr: UInt32
+        /// The x87 state after the last x87 instruction, once there was one.
+        var x87: FuzzX87?
 
         mutating func apply(_ s: FuzzStep, problems: inout [String]) {
             let L = FuzzLayout.self
             for (i, v) in s.regs { regs[i] = v }
             for (i, v) in s.xmm { xmm[i] = v }
             if let m = s.mxcsr { mxcsr = m }
+            if let x = s.x87 { x87 = x }
             for w in s.writes {
                 for b in 0..<w.size {
                     let a = w.address &+ UInt64(b)
@@ -338,7 +382,7 @@ final class FuzzMachine {
         codeExtent = c.code.count
         let shadow = Shadow(data: L.fill(seed: c.memorySeed, base: L.data, count: L.dataSize),
                             stack: L.fill(seed: c.memorySeed, base: L.stackLo, count: Int(L.stackTop - L.stackLo)),
-                            regs: c.regs, xmm: c.xmm, mxcsr: c.mxcsr)
+                            regs: c.regs, xmm: c.xmm, mxcsr: c.mxcsr, x87: nil)
         try memory.write(bytes: shadow.data, at: L.data)
         try memory.write(bytes: shadow.stack, at: L.stackLo)
         var entry = FuzzMachine.entryState()
@@ -350,6 +394,7 @@ final class FuzzMachine {
         cpu.flags = c.rflags
         for i in 0..<16 { cpu.setXMM(i, c.xmm[i]) }
         cpu.mxcsrRegister = c.mxcsr
+        runStub(FuzzLayout.x87Stub + 10)   // FNINIT
         cpu.interceptedException = nil
         mxcsrMask = c.mxcsrMask
         return shadow
@@ -369,6 +414,20 @@ final class FuzzMachine {
             if v != exp.xmm[i] {
                 problems.append("xmm\(i) = \(hex128(v)), expected \(hex128(exp.xmm[i]))")
             }
+        }
+        if let want = exp.x87 {
+            let got = try readX87()
+            var diffs: [String] = []
+            if got.fcw != want.fcw { diffs.append("fcw \(hex(UInt64(got.fcw))) vs \(hex(UInt64(want.fcw)))") }
+            if (got.fsw ^ want.fsw) & want.fswMask != 0 {
+                diffs.append("fsw \(hex(UInt64(got.fsw))) vs \(hex(UInt64(want.fsw))) (compared \(hex(UInt64(want.fswMask))))")
+            }
+            if got.ftw != want.ftw { diffs.append("ftw \(hex(UInt64(got.ftw))) vs \(hex(UInt64(want.ftw)))") }
+            for i in 0..<8 where want.valid(i) && (got.st[i].0 != want.st[i].0 || got.st[i].1 != want.st[i].1) {
+                diffs.append("st\(i) \(hex(UInt64(got.st[i].1)))_\(String(got.st[i].0, radix: 16)) vs "
+                             + "\(hex(UInt64(want.st[i].1)))_\(String(want.st[i].0, radix: 16))")
+            }
+            if !diffs.isEmpty { problems.append("x87 = " + diffs.joined(separator: ", ") + " (got vs expected)") }
         }
         if (cpu.mxcsrRegister ^ exp.mxcsr) & mxcsrMask != 0 {
             problems.append("mxcsr = \(hex(UInt64(cpu.mxcsrRegister))), expected \(hex(UInt64(exp.mxcsr))) "
@@ -413,6 +472,29 @@ final class FuzzMachine {
             problems.append("cr2 = \(hex(cpu.cr2)), expected \(hex(want))")
         }
         return problems
+    }
+
+    /// Runs the one-instruction stub at `address` and returns to the case's RIP.
+    private func runStub(_ address: UInt64) {
+        let rip = cpu.instructionPointer
+        cpu.instructionPointer = address
+        cpu.step(io: io)
+        cpu.instructionPointer = rip
+    }
+
+    /// The interpreter's x87 state, through FXSAVE (the scratch page is put back as it was).
+    private func readX87() throws -> FuzzX87 {
+        runStub(FuzzLayout.x87Stub)
+        let img = try memory.readBytes(at: FuzzLayout.x87Scratch, count: 160)
+        try memory.fill(0, at: FuzzLayout.x87Scratch, length: 512)
+        func u16(_ o: Int) -> UInt16 { UInt16(img[o]) | UInt16(img[o + 1]) << 8 }
+        var x = FuzzX87(fcw: u16(0), fsw: u16(2), ftw: img[4])
+        for i in 0..<8 {
+            var m: UInt64 = 0
+            for b in 0..<8 { m |= UInt64(img[32 + 16 * i + b]) << (8 * UInt64(b)) }
+            x.st[i] = (m, u16(32 + 16 * i + 8))
+        }
+        return x
     }
 
     private func exceptionProblems(retired: UInt64, unimplemented: UInt64, expected: UInt64) -> [String] {

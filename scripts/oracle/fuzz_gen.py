@@ -31,6 +31,10 @@ STACK_LO, STACK_TOP = 0x1FE000, 0x200000
 M64 = (1 << 64) - 1
 
 CF, PF, AF, ZF, SF, DF, OF = 1, 4, 0x10, 0x40, 0x80, 0x400, 0x800
+# x87 readout (same addresses in FuzzCase.swift): FXSAVE [X87_SCRATCH] at X87_STUB, UD2, then
+# FNINIT, UD2 at X87_STUB + 10.
+X87_SCRATCH, X87_STUB = 0x180000, 0x1F0000
+X87_STUB_CODE = bytes.fromhex("0fae042500001800" "0f0b" "dbe3" "0f0b")
 ARITH = CF | PF | AF | ZF | SF | OF
 # RFLAGS bits the runner compares (minus undefined ones): arithmetic flags, bit 1, TF IF DF IOPL NT AC ID.
 COMPARED = 0x247FD7
@@ -116,6 +120,10 @@ class Emu:
         self.uc.hook_add(UC_HOOK_MEM_WRITE, self._on_write)
         self.uc.hook_add(UC_HOOK_INTR, self._on_intr)
         self.code_used = 0
+        # x87 state is read through FXSAVE to a scratch page; FNINIT starts each case.
+        self.uc.mem_map(X87_SCRATCH, 0x1000)
+        self.uc.mem_map(X87_STUB, 0x1000)
+        self.uc.mem_write(X87_STUB, X87_STUB_CODE)
 
     def _on_write(self, uc, access, address, size, value, user):
         self.writes.append((address, size, value & ((1 << (8 * size)) - 1)))
@@ -139,6 +147,7 @@ class Emu:
         self.uc.reg_write(X.UC_X86_REG_EFLAGS, rflags)
         self.uc.reg_write(X.UC_X86_REG_FS_BASE, fs_base)
         self.uc.reg_write(X.UC_X86_REG_GS_BASE, gs_base)
+        self.run_stub(X87_STUB + 10, 2)    # FNINIT
         for i, v in enumerate(xmm or [0] * 16):
             self.uc.reg_write(getattr(X, f"UC_X86_REG_XMM{i}"), v)
         self.uc.reg_write(X.UC_X86_REG_MXCSR, mxcsr)
@@ -157,6 +166,18 @@ class Emu:
         uclib.uc_reg_read_batch(self.h, self.ids, self.ptrs, self.n)
         v = list(self.vals)
         return v[:16], v[16], v[17]
+
+    def run_stub(self, addr, length):
+        saved, self.writes = self.writes, []
+        uclib.uc_emu_start(self.h, addr, addr + length, 0, 0)
+        self.writes = saved
+
+    def read_x87(self):
+        """(FCW, FSW, abridged FTW, [ST0..ST7 as 80-bit ints]) from an FXSAVE image."""
+        self.run_stub(X87_STUB, 8)
+        img = bytes(self.uc.mem_read(X87_SCRATCH, 160))
+        sts = [int.from_bytes(img[32 + 16 * i:42 + 16 * i], "little") for i in range(8)]
+        return (int.from_bytes(img[0:2], "little"), int.from_bytes(img[2:4], "little"), img[4], sts)
 
     def read_vector_state(self):
         """([XMM0..15 as 128-bit ints], MXCSR)."""
@@ -193,10 +214,11 @@ class Mem:
 
 
 class Insn:
-    __slots__ = ("code", "until", "adjust", "filler", "kind", "sse", "fault")
+    __slots__ = ("code", "until", "adjust", "filler", "kind", "sse", "fault", "x87")
 
-    def __init__(self, code, kind, until=None, adjust=None, sse=False, fault=None):
+    def __init__(self, code, kind, until=None, adjust=None, sse=False, fault=None, x87=False):
         self.code, self.kind, self.until, self.adjust, self.sse = code, kind, until, adjust, sse
+        self.x87 = x87
         # (vector, error code or None, CR2 or None) for a final instruction that must fault.
         self.fault = fault
 
@@ -1494,6 +1516,111 @@ def f_fault(g):
                 fault=(12, 0, None))
 
 
+# ---------------------------------------------------------------------------------------------
+# x87. The stack depth comes from the oracle's state (g.x87), so pushes never overflow and pops
+# never underflow. FCW stays at its FNINIT value: the interpreter applies neither rounding nor
+# precision control (documented in X87.swift). Transcendental instructions (FSIN, FPATAN, F2XM1,
+# ...) are left out: the interpreter computes them in double precision.
+# FSW compared: TOP and the condition codes iced-x86 does not call undefined; not the exception
+# flags, SF, ES or B.
+
+X87_FSW_COMPARED = 0x4700 | 0x3800
+ICED_C = {0x400: 0x100, 0x800: 0x200, 0x1000: 0x400, 0x2000: 0x4000}
+
+
+def iced_c_flags(x):
+    return sum(v for k, v in ICED_C.items() if x & k)
+
+
+def x87_depth(g):
+    """(ST registers valid from ST0 on, whether ST7 is free for a push)."""
+    fcw, fsw, ftw, sts = g.x87
+    top = (fsw >> 11) & 7
+    valid = [(ftw >> ((top + i) & 7)) & 1 for i in range(8)]
+    depth = 0
+    while depth < 8 and valid[depth]:
+        depth += 1
+    return depth, not valid[7]
+
+
+def x87_mem(g, size):
+    g.rex_mode = False
+    return g.gen_mem(size)
+
+
+def f_x87(g):
+    rng = g.rng
+    depth, can_push = x87_depth(g)
+    ops = []
+    if can_push:
+        ops += ["const", "fld_mem", "fild", "fld_st"] if depth else ["const", "fld_mem", "fild"]
+    if depth >= 1:
+        ops += ["fst_mem", "fist", "arith_mem", "arith_st", "unary", "compare", "fxch", "fcmov", "fst_st", "status"]
+    if depth >= 2:
+        ops += ["arith_pop", "compare_pop2", "fcomi"]
+    ops += ["control"]
+    op = rng.choice(ops)
+    # Now and then an empty operand (stack underflow: masked invalid, the indefinite NaN).
+    i = rng.randrange(8) if rng.random() < 0.03 else rng.randrange(max(depth, 1))
+
+    def ins(code, kind):
+        return Insn(code, kind, x87=True)
+
+    def mem_insn(opcode, digit, size, kind):
+        return ins(g.encode(bytes([opcode]), digit, x87_mem(g, size), None), kind)
+
+    if op == "const":
+        return ins(bytes([0xD9, rng.choice((0xE8, 0xE9, 0xEA, 0xEB, 0xEC, 0xED, 0xEE))]), "x87-const")
+    if op == "fld_mem":
+        opcode, digit, size = rng.choice(((0xD9, 0, 4), (0xDD, 0, 8), (0xDB, 5, 10)))
+        return mem_insn(opcode, digit, size, "x87-load")
+    if op == "fild":
+        opcode, digit, size = rng.choice(((0xDF, 0, 2), (0xDB, 0, 4), (0xDF, 5, 8)))
+        return mem_insn(opcode, digit, size, "x87-load")
+    if op == "fld_st":
+        return ins(bytes([0xD9, 0xC0 + i]), "x87-load")
+    if op == "fst_mem":
+        opcode, digit, size = rng.choice(((0xD9, 2, 4), (0xDD, 2, 8), (0xD9, 3, 4), (0xDD, 3, 8), (0xDB, 7, 10)))
+        return mem_insn(opcode, digit, size, "x87-store")
+    if op == "fist":
+        opcode, digit, size = rng.choice(((0xDF, 2, 2), (0xDB, 2, 4), (0xDF, 3, 2), (0xDB, 3, 4), (0xDF, 7, 8)))
+        return mem_insn(opcode, digit, size, "x87-store")
+    if op == "fst_st":
+        return ins(bytes([0xDD, rng.choice((0xD0, 0xD8)) + i]), "x87-store")
+    if op == "arith_mem":
+        opcode, size = rng.choice(((0xD8, 4), (0xDC, 8), (0xDA, 4), (0xDE, 2)))
+        return mem_insn(opcode, rng.randrange(8), size, "x87-arith")
+    if op == "arith_st":
+        digit = rng.choice((0, 1, 4, 5, 6, 7))
+        return ins(bytes([rng.choice((0xD8, 0xDC)), 0xC0 + digit * 8 + i]), "x87-arith")
+    if op == "arith_pop":
+        digit = rng.choice((0, 1, 4, 5, 6, 7))
+        return ins(bytes([0xDE, 0xC0 + digit * 8 + max(i, 1)]), "x87-arith")
+    if op == "unary":
+        return ins(bytes([0xD9, rng.choice((0xE0, 0xE1, 0xE4, 0xE5, 0xFA, 0xFC, 0xFD, 0xF4, 0xF8, 0xF5))]), "x87-unary")
+    if op == "compare":
+        return ins(rng.choice((bytes([0xD8, 0xD0 + i]), bytes([0xD8, 0xD8 + i]), bytes([0xDD, 0xE0 + i]),
+                               bytes([0xDD, 0xE8 + i]))), "x87-compare")
+    if op == "compare_pop2":
+        return ins(rng.choice((b"\xde\xd9", b"\xda\xe9")), "x87-compare")
+    if op == "fcomi":
+        return ins(bytes([rng.choice((0xDB, 0xDF)), rng.choice((0xE8, 0xF0)) + i]), "x87-fcomi")
+    if op == "fxch":
+        return ins(bytes([0xD9, 0xC8 + i]), "x87-fxch")
+    if op == "fcmov":
+        return ins(bytes([rng.choice((0xDA, 0xDB)), 0xC0 + rng.randrange(4) * 8 + i]), "x87-fcmov")
+    if op == "status":
+        c = rng.random()
+        if c < 0.4:
+            return ins(b"\xdf\xe0", "x87-status")              # FNSTSW AX
+        if c < 0.7:
+            return mem_insn(0xDD, 7, 2, "x87-status")          # FNSTSW m16
+        return mem_insn(0xD9, 7, 2, "x87-status")              # FNSTCW m16
+    # control
+    return ins(rng.choice((b"\xd9\xd0", b"\x9b", b"\xdb\xe2", b"\xd9\xf7", b"\xd9\xf6", bytes([0xDD, 0xC0 + i]),
+                           b"\xdb\xe3")), "x87-control")
+
+
 FAMILIES = {
     "alu": (f_alu, 14), "test": (f_test, 3), "unary": (f_unary, 4), "mul": (f_mul, 4), "div": (f_div, 3),
     "shift": (f_shift, 8), "shxd": (f_shxd, 3), "bt": (f_bt, 4), "bsf": (f_bsf, 2), "setcc": (f_setcc, 3),
@@ -1504,6 +1631,7 @@ FAMILIES = {
     "jcc": (f_jcc, 4), "jmp": (f_jmp, 2), "indirect": (f_indirect, 1), "ret": (f_ret, 1),
     "pointer": (f_pointer, 3),
     "sse_int": (f_sse_int, 5), "sse_move": (f_sse_move, 5), "sse_fp": (f_sse_fp, 5), "mxcsr": (f_mxcsr, 1),
+    "x87": (f_x87, 6),
 }
 
 
@@ -1590,6 +1718,8 @@ def generate_case(emu, seed, n_insns, weights):
     mxcsr = rand_mxcsr(rng)
     emu.reset(regs, rflags, mem_seed, fs_base, gs_base, xmm, mxcsr)
     cur_xmm, cur_mxcsr = list(xmm), mxcsr
+    g.x87 = emu.read_x87()
+    x87_undef = 0
     g.regs = list(regs)
     g.flags = rflags
     g.rip = CODE
@@ -1700,6 +1830,11 @@ def generate_case(emu, seed, n_insns, weights):
             if nmx != cur_mxcsr:
                 vchanges.append(("mx", nmx))
             cur_xmm, cur_mxcsr = nxmm, nmx
+        if ins.x87:
+            nx = emu.read_x87()
+            x87_undef = (x87_undef & ~iced_c_flags(di.rflags_modified)) | iced_c_flags(di.rflags_undefined)
+            vchanges.append(("fx", nx, X87_FSW_COMPARED & ~x87_undef))
+            g.x87 = nx
         steps.append((g.rip, length, nregs, nrip, nflags, COMPARED & ~undef, emu.writes, vchanges))
         g.regs = nregs
         g.rip = nrip
@@ -1732,8 +1867,14 @@ def serialize(c, case_id, disasm=False):
                 parts.append(f"r{i}={regs[i]:x}")
         for (a, n, v) in writes:
             parts.append(f"m{a:x}:{n}={v:x}")
-        for (i, v) in vchanges:
-            parts.append(f"mx={v:x}" if i == "mx" else f"x{i}={v:x}")
+        for item in vchanges:
+            if item[0] == "fx":
+                (fcw, fsw, ftw, sts), fmask = item[1], item[2]
+                parts.append(f"fx={fcw:x}:{fsw:x}:{ftw:x}:{fmask:x}:" + ":".join(f"{v:x}" for v in sts))
+            elif item[0] == "mx":
+                parts.append(f"mx={item[1]:x}")
+            else:
+                parts.append(f"x{item[0]}={item[1]:x}")
         if fmt is not None:
             ins = decode(c.code[ip - CODE:ip - CODE + length], ip)
             parts.append(f"; {ip:x}: {fmt.format(ins)}")

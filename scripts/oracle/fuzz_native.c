@@ -49,6 +49,11 @@ struct step {
     uint64_t xmmval[16][2];
     int has_mxcsr;
     uint32_t mxcsr;
+    int has_x87;
+    uint16_t fcw, fsw, fsw_mask;
+    uint8_t ftw;
+    uint64_t st_m[8];
+    uint16_t st_e[8];
     struct write *writes;
 };
 struct kase {
@@ -82,6 +87,9 @@ static int nrec;
 static uint64_t rec_regs[MAXSTEPS][16], rec_rip[MAXSTEPS], rec_flags[MAXSTEPS];
 static uint64_t rec_xmm[MAXSTEPS][16][2];
 static uint32_t rec_mxcsr[MAXSTEPS];
+static uint16_t rec_fcw[MAXSTEPS], rec_fsw[MAXSTEPS];
+static uint8_t rec_ftw[MAXSTEPS];
+static uint8_t rec_st[MAXSTEPS][8][10];
 static uint8_t *snaps;
 static int fault_sig;
 static uint64_t fault_rip, fault_trapno, fault_errcode, fault_cr2;
@@ -167,8 +175,13 @@ static void on_trap(int sig, siginfo_t *si, void *ctx) {
     rec_rip[nrec] = rip;
     rec_flags[nrec] = (uint64_t)g[REG_EFL];
     if (uc->uc_mcontext.fpregs) {
-        memcpy(rec_xmm[nrec], uc->uc_mcontext.fpregs->_xmm, sizeof rec_xmm[nrec]);
-        rec_mxcsr[nrec] = uc->uc_mcontext.fpregs->mxcsr;
+        struct _libc_fpstate *fp = uc->uc_mcontext.fpregs;
+        memcpy(rec_xmm[nrec], fp->_xmm, sizeof rec_xmm[nrec]);
+        rec_mxcsr[nrec] = fp->mxcsr;
+        rec_fcw[nrec] = fp->cwd;
+        rec_fsw[nrec] = fp->swd;
+        rec_ftw[nrec] = (uint8_t)fp->ftw;
+        for (int i = 0; i < 8; i++) memcpy(rec_st[nrec][i], &fp->_st[i], 10);
     }
     memcpy(snaps + (size_t)nrec * SNAP, (void *)DATA, DATA_SIZE);
     memcpy(snaps + (size_t)nrec * SNAP + DATA_SIZE, (void *)STACK_LO, STACK_SIZE);
@@ -191,6 +204,13 @@ static void on_enter(int sig, siginfo_t *si, void *ctx) {
         memcpy(&host_fp, uc->uc_mcontext.fpregs, sizeof(host_fp));
         memcpy(uc->uc_mcontext.fpregs->_xmm, cur->xmm, sizeof cur->xmm);
         uc->uc_mcontext.fpregs->mxcsr = cur->mxcsr;
+        /* FNINIT state, as the other runners start each case. */
+        uc->uc_mcontext.fpregs->cwd = 0x37F;
+        uc->uc_mcontext.fpregs->swd = 0;
+        uc->uc_mcontext.fpregs->ftw = 0;
+        uc->uc_mcontext.fpregs->fop = 0;
+        uc->uc_mcontext.fpregs->rip = 0;
+        uc->uc_mcontext.fpregs->rdp = 0;
         mark_fp_dirty(uc->uc_mcontext.fpregs);
     }
     for (int i = 0; i < 16; i++) g[greg_of[i]] = (greg_t)cur->regs[i];
@@ -261,7 +281,7 @@ static int parse_step(char *line, struct step *st) {
     st->rip = hex64(p, &e); p = e;
     st->rflags = hex64(p, &e); p = e;
     st->mask = hex64(p, &e); p = e;
-    st->nregs = st->nwrites = st->nxmm = st->has_mxcsr = 0;
+    st->nregs = st->nwrites = st->nxmm = st->has_mxcsr = st->has_x87 = 0;
     st->writes = NULL;
     int cap = 0;
     for (char *tok = strtok(p, " \n"); tok; tok = strtok(NULL, " \n")) {
@@ -271,6 +291,20 @@ static int parse_step(char *line, struct step *st) {
             if (!eq || n < 0 || n > 15) return -1;
             st->xmmidx[st->nxmm] = n;
             hex128(eq + 1, st->xmmval[st->nxmm++]);
+        } else if (tok[0] == 'f' && tok[1] == 'x' && tok[2] == '=') {
+            char *q = tok + 3, *e;
+            st->has_x87 = 1;
+            st->fcw = (uint16_t)strtoull(q, &e, 16); q = e + 1;
+            st->fsw = (uint16_t)strtoull(q, &e, 16); q = e + 1;
+            st->ftw = (uint8_t)strtoull(q, &e, 16); q = e + 1;
+            st->fsw_mask = (uint16_t)strtoull(q, &e, 16); q = e;
+            for (int i = 0; i < 8; i++) {
+                uint64_t v[2];
+                if (*q != ':') return -1;
+                q = (char *)hex128(q + 1, v);
+                st->st_m[i] = v[0];
+                st->st_e[i] = (uint16_t)v[1];
+            }
         } else if (tok[0] == 'm' && tok[1] == 'x' && tok[2] == '=') {
             st->has_mxcsr = 1;
             st->mxcsr = (uint32_t)hex64(tok + 3, NULL);
@@ -324,6 +358,7 @@ static uint8_t exp_mem[SNAP];
 static int check_case(struct kase *c) {
     static char report[4096];
     uint64_t exp[16], exp_xmm[16][2];
+    struct step *x87 = NULL;   /* the last step with x87 state */
     uint32_t exp_mxcsr = c->mxcsr;
     memcpy(exp, c->regs, sizeof(exp));
     memcpy(exp_xmm, c->xmm, sizeof exp_xmm);
@@ -335,6 +370,7 @@ static int check_case(struct kase *c) {
         for (int i = 0; i < st->nregs; i++) exp[st->regidx[i]] = st->regval[i];
         for (int i = 0; i < st->nxmm; i++) memcpy(exp_xmm[st->xmmidx[i]], st->xmmval[i], 16);
         if (st->has_mxcsr) exp_mxcsr = st->mxcsr;
+        if (st->has_x87) x87 = st;
         for (int i = 0; i < st->nwrites; i++) {
             struct write *w = &st->writes[i];
             for (int b = 0; b < w->size; b++) {
@@ -360,6 +396,29 @@ static int check_case(struct kase *c) {
                     add(report, sizeof report, "xmm%d = 0x%016llx%016llx, expected 0x%016llx%016llx", i,
                         (unsigned long long)rec_xmm[k][i][1], (unsigned long long)rec_xmm[k][i][0],
                         (unsigned long long)exp_xmm[i][1], (unsigned long long)exp_xmm[i][0]);
+            if (x87) {
+                char d[1024] = "";
+                size_t n = 0;
+                if (rec_fcw[k] != x87->fcw)
+                    n += snprintf(d + n, sizeof d - n, "%sfcw 0x%x vs 0x%x", n ? ", " : "", rec_fcw[k], x87->fcw);
+                if ((rec_fsw[k] ^ x87->fsw) & x87->fsw_mask)
+                    n += snprintf(d + n, sizeof d - n, "%sfsw 0x%x vs 0x%x (compared 0x%x)", n ? ", " : "", rec_fsw[k],
+                                  x87->fsw, x87->fsw_mask);
+                if (rec_ftw[k] != x87->ftw)
+                    n += snprintf(d + n, sizeof d - n, "%sftw 0x%x vs 0x%x", n ? ", " : "", rec_ftw[k], x87->ftw);
+                int top = (x87->fsw >> 11) & 7;
+                for (int i = 0; i < 8 && n < sizeof d - 100; i++) {
+                    if (!((x87->ftw >> ((top + i) & 7)) & 1)) continue;
+                    uint64_t m;
+                    uint16_t e;
+                    memcpy(&m, rec_st[k][i], 8);
+                    memcpy(&e, rec_st[k][i] + 8, 2);
+                    if (m != x87->st_m[i] || e != x87->st_e[i])
+                        n += snprintf(d + n, sizeof d - n, "%sst%d 0x%x_%llx vs 0x%x_%llx", n ? ", " : "", i, e,
+                                      (unsigned long long)m, x87->st_e[i], (unsigned long long)x87->st_m[i]);
+                }
+                if (n) add(report, sizeof report, "x87 = %s (got vs expected)", d);
+            }
             if ((rec_mxcsr[k] ^ exp_mxcsr) & c->mxcsr_mask)
                 add(report, sizeof report, "mxcsr = 0x%x, expected 0x%x (compared 0x%x)", rec_mxcsr[k], exp_mxcsr,
                     c->mxcsr_mask);
