@@ -269,9 +269,25 @@ extension X86Interpreter {
                 let r = Float80(atan2(Double(stRead(1)), Double(stRead(0))))
                 fpuPop(); setST(0, r)
             case 0xF4:
+                // FXTRACT: the significand keeps the sign; 0 gives exponent -inf (#Z), infinity +inf.
+                // With no room for the push (stack overflow) both results are the indefinite NaN.
                 let v = stRead(0)
-                setST(0, Float80(v.exponent))
-                fpuPush(v.significand)
+                if ftw & (1 << UInt8((fpuTop - 1) & 7)) != 0 {
+                    setST(0, X86Interpreter.indefinite)
+                    fpuPush(0)
+                } else if v.isNaN {
+                    fpuPush(v)
+                } else if v.isInfinite {
+                    setST(0, .infinity)
+                    fpuPush(v)
+                } else if v == 0 {
+                    fpuException(X87Status.ze)
+                    setST(0, -.infinity)
+                    fpuPush(v)
+                } else {
+                    setST(0, Float80(v.exponent))
+                    fpuPush(Float80(sign: v.sign, exponent: 0, significand: v.significand))
+                }
             case 0xF5, 0xF8:
                 let a = stRead(0), b = stRead(1)
                 let q = modrm == 0xF8 ? (a / b).rounded(.towardZero) : (a / b).rounded(.toNearestOrEven)
