@@ -122,6 +122,15 @@ def problem_items(problems):
             bits = int(d, 16) & F.NATIVE_FLAGS if d != "?" else -1
             if bits:
                 items["rflags"] = bits
+        elif p.startswith("x87 = "):
+            # "x87 = fsw A vs B (compared M), st0 ... vs ... (got vs expected)": one item each.
+            for d in p[len("x87 = "):].replace(" (got vs expected)", "").split(", "):
+                words = d.split()
+                if words[0] == "fsw" and "(compared" in d:
+                    m = int(d.split("(compared ")[1].rstrip(")"), 16)
+                    items["x87 fsw"] = int(words[1], 16) & m
+                else:
+                    items["x87 " + words[0]] = words[1]
         elif " = " in p:
             k, v = p.split(" = ", 1)
             v = v.split(",")[0]
@@ -212,6 +221,8 @@ def main():
     ap.add_argument("--write-corpus", metavar="FILE")
     ap.add_argument("--cases", type=int, default=300, help="with --write-corpus: number of cases")
     ap.add_argument("--show", metavar="SEED:INDEX")
+    ap.add_argument("--code", metavar="HEX,HEX,...", help="print a case running these instructions (regression cases)")
+    ap.add_argument("--code-id", default="code", help="with --code: the case id")
     ap.add_argument("--fp-modes", action="store_true",
                     help="also MXCSR rounding modes other than nearest, FTZ and DAZ (known interpreter gaps)")
     ap.add_argument("--x87", action="store_true", help="also x87 instructions (opt-in, see OPT_IN)")
@@ -230,6 +241,12 @@ def main():
         c = F.generate_case(emu, case_seed(int(s), int(i)), case_length(int(s), int(i), args.min_length,
                                                                          args.max_length), weights)
         sys.stdout.write(F.serialize(c, args.show, disasm=True))
+        return 0
+
+    if args.code:
+        emu = F.Emu()
+        c = F.case_from_code(emu, [bytes.fromhex(x) for x in args.code.split(",")])
+        sys.stdout.write(F.serialize(c, args.code_id, disasm=True))
         return 0
 
     if args.write_corpus:

@@ -1521,10 +1521,13 @@ def f_fault(g):
 # never underflow. FCW stays at its FNINIT value: the interpreter applies neither rounding nor
 # precision control (documented in X87.swift). Transcendental instructions (FSIN, FPATAN, F2XM1,
 # ...) are left out: the interpreter computes them in double precision.
-# FSW compared: TOP and the condition codes iced-x86 does not call undefined; not the exception
-# flags, SF, ES or B.
+# FSW compared: TOP and C0/C2/C3 where iced-x86 does not call them undefined; not the exception
+# flags, SF, ES or B (unicorn raises no x87 exception flags, so FNSTSW is not generated either), and
+# not C1, which the host CPU sets after rounding up and neither unicorn nor the interpreter does.
+# FLD m80 loads only valid encodings (J bit set, exponent non-zero): the host CPU rejects unnormals
+# and pseudo-NaNs as invalid operands, which unicorn and the interpreter compute with.
 
-X87_FSW_COMPARED = 0x4700 | 0x3800
+X87_FSW_COMPARED = 0x4500 | 0x3800
 ICED_C = {0x400: 0x100, 0x800: 0x200, 0x1000: 0x400, 0x2000: 0x4000}
 
 
@@ -1546,6 +1549,11 @@ def x87_depth(g):
 def x87_mem(g, size):
     g.rex_mode = False
     return g.gen_mem(size)
+
+
+def f_x87_fld80(g):
+    g.rex_mode = False
+    return Insn(g.encode(b"\xdb", 5, g.gen_mem(10, target=g.x87_m80), None), "x87-load", x87=True)
 
 
 def f_x87(g):
@@ -1573,6 +1581,15 @@ def f_x87(g):
         return ins(bytes([0xD9, rng.choice((0xE8, 0xE9, 0xEA, 0xEB, 0xEC, 0xED, 0xEE))]), "x87-const")
     if op == "fld_mem":
         opcode, digit, size = rng.choice(((0xD9, 0, 4), (0xDD, 0, 8), (0xDB, 5, 10)))
+        if size == 10:
+            # Make the 80-bit value a valid encoding first: OR the J bit and the exponent's low bit.
+            t = g.pick_target(10)
+            g.rex_mode = False
+            fix_j = Insn(g.encode(b"\x80", 1, g.gen_mem(1, target=t + 7), None, imm=b"\x80"), "prep")
+            fix_e = Insn(g.encode(b"\x80", 1, g.gen_mem(1, target=t + 8), None, imm=b"\x01"), "prep")
+            g.x87_m80 = t
+            g.pending, g.pending_tries = f_x87_fld80, 1
+            return fix_j, fix_e
         return mem_insn(opcode, digit, size, "x87-load")
     if op == "fild":
         opcode, digit, size = rng.choice(((0xDF, 0, 2), (0xDB, 0, 4), (0xDF, 5, 8)))
@@ -1597,7 +1614,9 @@ def f_x87(g):
         digit = rng.choice((0, 1, 4, 5, 6, 7))
         return ins(bytes([0xDE, 0xC0 + digit * 8 + max(i, 1)]), "x87-arith")
     if op == "unary":
-        return ins(bytes([0xD9, rng.choice((0xE0, 0xE1, 0xE4, 0xE5, 0xFA, 0xFC, 0xFD, 0xF4, 0xF8, 0xF5))]), "x87-unary")
+        # FXTRACT pushes: only with room, apart from the occasional overflow.
+        choices = (0xE0, 0xE1, 0xE4, 0xE5, 0xFA, 0xFC, 0xFD, 0xF8, 0xF5) + ((0xF4,) if can_push or rng.random() < 0.05 else ())
+        return ins(bytes([0xD9, rng.choice(choices)]), "x87-unary")
     if op == "compare":
         return ins(rng.choice((bytes([0xD8, 0xD0 + i]), bytes([0xD8, 0xD8 + i]), bytes([0xDD, 0xE0 + i]),
                                bytes([0xDD, 0xE8 + i]))), "x87-compare")
@@ -1610,11 +1629,6 @@ def f_x87(g):
     if op == "fcmov":
         return ins(bytes([rng.choice((0xDA, 0xDB)), 0xC0 + rng.randrange(4) * 8 + i]), "x87-fcmov")
     if op == "status":
-        c = rng.random()
-        if c < 0.4:
-            return ins(b"\xdf\xe0", "x87-status")              # FNSTSW AX
-        if c < 0.7:
-            return mem_insn(0xDD, 7, 2, "x87-status")          # FNSTSW m16
         return mem_insn(0xD9, 7, 2, "x87-status")              # FNSTCW m16
     # control
     return ins(rng.choice((b"\xd9\xd0", b"\x9b", b"\xdb\xe2", b"\xd9\xf7", b"\xd9\xf6", bytes([0xDD, 0xC0 + i]),
@@ -1848,6 +1862,39 @@ def generate_case(emu, seed, n_insns, weights):
     c.fault = fault
     c.stop = stop
     c.kinds = kinds
+    return c
+
+
+def case_from_code(emu, instructions, case_id_seed="code"):
+    """A case running the given instruction encodings in order (FNINIT state, zero registers but
+    RSP, memory from seed 1), with unicorn's state after each: for hand-made regression cases."""
+    c = Case()
+    c.seed = case_id_seed
+    c.regs = [0] * 16
+    c.regs[RSP] = STACK_TOP - 0x1000
+    c.rflags, c.mem_seed, c.fs_base, c.gs_base = 2, 1, 0, 0
+    c.xmm, c.mxcsr, c.fault, c.stop, c.kinds = [0] * 16, 0x1F80, None, "code", collections.Counter()
+    emu.reset(c.regs, c.rflags, c.mem_seed, 0, 0, c.xmm, c.mxcsr)
+    ip, code, steps, undef, x87_undef = CODE, b"", [], 0, 0
+    x87 = emu.read_x87()
+    for b in instructions:
+        di = decode(b, ip)
+        emu.write_code(ip, b)
+        emu.write_code(ip + len(b), b"\x0f\x0b")
+        code += b
+        emu.step(ip, ip + len(b))
+        regs, rip, fl = emu.read_state()
+        writes = emu.writes
+        undef = (undef & ~iced_flags(di.rflags_modified)) | iced_flags(di.rflags_undefined)
+        vchanges = []
+        nx = emu.read_x87()
+        if nx != x87:
+            x87_undef = (x87_undef & ~iced_c_flags(di.rflags_modified)) | iced_c_flags(di.rflags_undefined)
+            vchanges.append(("fx", nx, X87_FSW_COMPARED & ~x87_undef))
+            x87 = nx
+        steps.append((ip, len(b), regs, rip, fl, COMPARED & ~undef, writes, vchanges))
+        ip = rip
+    c.code, c.steps = code, steps
     return c
 
 
