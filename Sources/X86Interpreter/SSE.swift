@@ -204,14 +204,18 @@ extension X86Interpreter {
             if prefix == .p66 {
                 a = Double(bitPattern: xmm128(dst)[0])
                 b = Double(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt64.self) : xmm128(Int(d.pointee.rm) >> 3)[0])
+                noteLaneFlags(a, b, quietInvalid: signaling)
             } else {
-                a = Double(Float(bitPattern: UInt32(truncatingIfNeeded: xmm128(dst)[0])))
-                b = Double(Float(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt32.self) : UInt32(truncatingIfNeeded: xmm128(Int(d.pointee.rm) >> 3)[0])))
+                // Checked as floats: widening quiets a signaling NaN and normalizes a denormal.
+                let fa = Float(bitPattern: UInt32(truncatingIfNeeded: xmm128(dst)[0]))
+                let fb = Float(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt32.self) : UInt32(truncatingIfNeeded: xmm128(Int(d.pointee.rm) >> 3)[0]))
+                noteLaneFlags(fa, fb, quietInvalid: signaling)
+                a = Double(fa)
+                b = Double(fb)
             }
             var f: UInt64 = 0
             if a.isNaN || b.isNaN {
                 f = Flag.zf | Flag.pf | Flag.cf
-                if signaling || a.isSignalingNaN || b.isSignalingNaN { mxcsr |= 1 }
             } else if a < b { f = Flag.cf } else if a == b { f = Flag.zf }
             setArithFlags(f)
         case 0x50:  // MOVMSKPS/PD
@@ -240,15 +244,19 @@ extension X86Interpreter {
                 let s = d.pointee.mem ? V128(try read(linearAddress(d), UInt64.self), 0) : xmm128(Int(d.pointee.rm) >> 3)
                 let f = asFloats(s)
                 v = withMXCSRRounding { V128(Double(f[0]).bitPattern, Double(f[1]).bitPattern) }
+                for i in 0..<2 { noteLaneFlags(f[i], f[i], unary: true) }
             case .p66:
                 let s = asDoubles(try sseSource(d))
                 v = withMXCSRRounding { V128(UInt64(Float(s[0]).bitPattern) | UInt64(Float(s[1]).bitPattern) << 32, 0) }
+                for i in 0..<2 { noteLaneFlags(s[i], s[i], unary: true) }
             case .f3:
                 let x = Float(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt32.self) : UInt32(truncatingIfNeeded: xmm128(Int(d.pointee.rm) >> 3)[0]))
                 v[0] = withMXCSRRounding { Double(x).bitPattern }
+                noteLaneFlags(x, x, unary: true)
             case .f2:
                 let x = Double(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt64.self) : xmm128(Int(d.pointee.rm) >> 3)[0])
                 v[0] = (v[0] & ~0xFFFF_FFFF) | UInt64(withMXCSRRounding { Float(x).bitPattern })
+                noteLaneFlags(x, x, unary: true)
             }
             setXMM128(dst, v)
         case 0x5B:  // CVTDQ2PS / CVTPS2DQ / CVTTPS2DQ
@@ -391,6 +399,20 @@ extension X86Interpreter {
         return wide ? UInt64(bitPattern: Int64(r)) : UInt64(UInt32(bitPattern: Int32(r)))
     }
 
+    /// MXCSR flags the host's fenv does not report, for one lane. DE: a denormal source operand,
+    /// unless a NaN operand, an invalid operation (a NaN result) or a division by zero takes
+    /// precedence, or DAZ. IE: a signaling NaN operand, or any NaN where the instruction signals
+    /// on quiet NaNs too (MIN/MAX, COMIS, the ordered CMP predicates).
+    @inline(__always)
+    func noteLaneFlags<F: BinaryFloatingPoint>(_ x: F, _ y: F, result: F? = nil, unary: Bool = false,
+                                                divide: Bool = false, quietInvalid: Bool = false) {
+        let xNaN = !unary && x.isNaN
+        if (!unary && x.isSignalingNaN) || y.isSignalingNaN || (quietInvalid && (xNaN || y.isNaN)) { mxcsr |= 1 }
+        guard mxcsr & 0x40 == 0, (!unary && x.isSubnormal) || y.isSubnormal else { return }
+        if xNaN || y.isNaN || result?.isNaN == true || (divide && y == 0) { return }
+        mxcsr |= 2
+    }
+
     func floatArithmetic(_ d: UnsafePointer<DecodedInsn>, _ opcode: UInt8, _ prefix: SSEPrefix, _ dst: Int) throws(Fault) {
         var a = xmm128(dst)
         func opF(_ x: Float, _ y: Float) -> Float {
@@ -415,20 +437,30 @@ extension X86Interpreter {
             default: return x > y ? x : y
             }
         }
+        let unary = opcode == 0x51, divide = opcode == 0x5E, minMax = opcode == 0x5D || opcode == 0x5F
         switch prefix {
         case .none:
             let b = asFloats(try sseSource(d)), x = asFloats(a)
-            a = withMXCSRRounding { v128(SIMD4<Float>(opF(x[0], b[0]), opF(x[1], b[1]), opF(x[2], b[2]), opF(x[3], b[3]))) }
+            let r = withMXCSRRounding { SIMD4<Float>(opF(x[0], b[0]), opF(x[1], b[1]), opF(x[2], b[2]), opF(x[3], b[3])) }
+            for i in 0..<4 { noteLaneFlags(x[i], b[i], result: r[i], unary: unary, divide: divide, quietInvalid: minMax) }
+            a = v128(r)
         case .p66:
             let b = asDoubles(try sseSource(d)), x = asDoubles(a)
-            a = withMXCSRRounding { v128(SIMD2<Double>(opD(x[0], b[0]), opD(x[1], b[1]))) }
+            let r = withMXCSRRounding { SIMD2<Double>(opD(x[0], b[0]), opD(x[1], b[1])) }
+            for i in 0..<2 { noteLaneFlags(x[i], b[i], result: r[i], unary: unary, divide: divide, quietInvalid: minMax) }
+            a = v128(r)
         case .f3:
             let y = Float(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt32.self) : UInt32(truncatingIfNeeded: xmm128(Int(d.pointee.rm) >> 3)[0]))
             let x = Float(bitPattern: UInt32(truncatingIfNeeded: a[0]))
-            a[0] = (a[0] & ~0xFFFF_FFFF) | UInt64(withMXCSRRounding { opF(x, y).bitPattern })
+            let r = withMXCSRRounding { opF(x, y) }
+            noteLaneFlags(x, y, result: r, unary: unary, divide: divide, quietInvalid: minMax)
+            a[0] = (a[0] & ~0xFFFF_FFFF) | UInt64(r.bitPattern)
         case .f2:
             let y = Double(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt64.self) : xmm128(Int(d.pointee.rm) >> 3)[0])
-            a[0] = withMXCSRRounding { opD(Double(bitPattern: a[0]), y).bitPattern }
+            let x = Double(bitPattern: a[0])
+            let r = withMXCSRRounding { opD(x, y) }
+            noteLaneFlags(x, y, result: r, unary: unary, divide: divide, quietInvalid: minMax)
+            a[0] = r.bitPattern
         }
         setXMM128(dst, a)
     }
@@ -447,23 +479,32 @@ extension X86Interpreter {
             default: return !(x.isNaN || y.isNaN)
             }
         }
+        // LT, LE, NLT and NLE signal on quiet NaNs too.
+        let ordered = pred == 1 || pred == 2 || pred == 5 || pred == 6
         var a = xmm128(dst)
         switch prefix {
         case .none:
             let x = asFloats(a), y = asFloats(try sseSource(d))
             var r = SIMD4<UInt32>()
-            for i in 0..<4 { r[i] = cmp(Double(x[i]), Double(y[i])) ? ~0 : 0 }
+            for i in 0..<4 {
+                r[i] = cmp(Double(x[i]), Double(y[i])) ? ~0 : 0
+                noteLaneFlags(x[i], y[i], quietInvalid: ordered)
+            }
             a = v128(r)
         case .p66:
             let x = asDoubles(a), y = asDoubles(try sseSource(d))
             a = V128(cmp(x[0], y[0]) ? ~0 : 0, cmp(x[1], y[1]) ? ~0 : 0)
+            for i in 0..<2 { noteLaneFlags(x[i], y[i], quietInvalid: ordered) }
         case .f3:
             let y = Float(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt32.self) : UInt32(truncatingIfNeeded: xmm128(Int(d.pointee.rm) >> 3)[0]))
             let x = Float(bitPattern: UInt32(truncatingIfNeeded: a[0]))
             a[0] = (a[0] & ~0xFFFF_FFFF) | (cmp(Double(x), Double(y)) ? 0xFFFF_FFFF : 0)
+            noteLaneFlags(x, y, quietInvalid: ordered)
         case .f2:
             let y = Double(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt64.self) : xmm128(Int(d.pointee.rm) >> 3)[0])
-            a[0] = cmp(Double(bitPattern: a[0]), y) ? ~0 : 0
+            let x = Double(bitPattern: a[0])
+            a[0] = cmp(x, y) ? ~0 : 0
+            noteLaneFlags(x, y, quietInvalid: ordered)
         }
         setXMM128(dst, a)
     }
