@@ -1877,6 +1877,7 @@ def case_from_code(emu, instructions, case_id_seed="code"):
     emu.reset(c.regs, c.rflags, c.mem_seed, 0, 0, c.xmm, c.mxcsr)
     ip, code, steps, undef, x87_undef = CODE, b"", [], 0, 0
     x87 = emu.read_x87()
+    cur_xmm, cur_mx = emu.read_vector_state()
     for b in instructions:
         di = decode(b, ip)
         emu.write_code(ip, b)
@@ -1887,6 +1888,11 @@ def case_from_code(emu, instructions, case_id_seed="code"):
         writes = emu.writes
         undef = (undef & ~iced_flags(di.rflags_modified)) | iced_flags(di.rflags_undefined)
         vchanges = []
+        nxmm, nmx = emu.read_vector_state()
+        vchanges += [(i, v) for i, v in enumerate(nxmm) if v != cur_xmm[i]]
+        if nmx != cur_mx:
+            vchanges.append(("mx", nmx))
+        cur_xmm, cur_mx = nxmm, nmx
         nx = emu.read_x87()
         if nx != x87:
             x87_undef = (x87_undef & ~iced_c_flags(di.rflags_modified)) | iced_c_flags(di.rflags_undefined)
