@@ -1470,7 +1470,7 @@ def fault_access(g, reg, rng):
 def f_fault(g):
     rng = g.rng
     if g.pending_tries == 0:
-        g.fault_kind = rng.choice(("ud", "ud", "de", "gp", "gp-sse", "pf", "ss"))
+        g.fault_kind = rng.choice(("ud", "ud", "de", "gp", "gp-sse", "pf", "ss", "ss-mem"))
         g.fault_reg = rng.choice([r for r in range(16) if r not in (RSP, RBP, RAX, RDX)])
         g.fault_addr = PF_LO + rng.randrange(PF_HI - PF_LO)
     kind, r = g.fault_kind, g.fault_reg
@@ -1508,6 +1508,13 @@ def f_fault(g):
         g.pending = None
         code, w = fault_access(g, r, rng)
         return Insn(code, "fault-pf", fault=(14, w, g.fault_addr))
+    if kind == "ss-mem":
+        # A non-canonical RBP-based operand addresses through SS: #SS(0), not #GP(0).
+        if first:
+            return Insn(mov_r64_imm(RBP, noncanonical(rng)), "prep")
+        g.pending = None
+        code, _ = fault_access(g, RBP, rng)
+        return Insn(code, "fault-ss", fault=(12, 0, None))
     # ss: a push with a non-canonical RSP.
     if first:
         return Insn(mov_r64_imm(RSP, noncanonical(rng)), "prep")
