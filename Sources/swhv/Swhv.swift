@@ -134,7 +134,13 @@ struct Boot: ParsableCommand {
         let result: Result<VcpuStop, MachineError>
         do { result = .success(try machine.run()) } catch { result = .failure(error) }
         raw?.restore()
-        if bootTimer { machine.log.error(machine.timer.report) }
+        if bootTimer {
+            machine.log.error(machine.timer.report)
+            if let n = machine.backend.guestInstructionCount, let up = machine.timer.milliseconds(.firstInstruction) {
+                let runMs = Double(VirtualClock.hostMonotonicNs() &- processStart) / 1e6 - up
+                machine.log.error("boot timer: \(n) guest instructions, \(Int(Double(n) / max(runMs, 1) / 1000)) MIPS")
+            }
+        }
         switch result {
         case .failure(let e): throw e
         case .success(let stop):
@@ -208,7 +214,11 @@ struct RunImage: ParsableCommand {
         let start = VirtualClock.hostMonotonicNs()
         let stop = try machine.run()
         let ms = Double(VirtualClock.hostMonotonicNs() - start) / 1e6
-        machine.log.error("\(machine.backend.name): \(stop) after \(ms) ms")
+        var line = "\(machine.backend.name): \(stop) after \(ms) ms"
+        if let n = machine.backend.guestInstructionCount {
+            line += ", \(n) guest instructions (\(Int(Double(n) / max(ms, 0.001) / 1000)) MIPS)"
+        }
+        machine.log.error(line)
         if stop == .shutdown { Glibc.exit(2) }
     }
 }
