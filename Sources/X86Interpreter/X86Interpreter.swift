@@ -1,5 +1,8 @@
 import CPUBackend
 import Dispatch
+#if canImport(Glibc)
+import Glibc
+#endif
 import VMMemory
 
 /// The x86-64 interpreter CPU backend.
@@ -35,6 +38,7 @@ public final class X86Interpreter: VcpuBackend {
     let blocks: UnsafeMutablePointer<BlockEntry>
     let pool: UnsafeMutablePointer<DecodedInsn>
     var poolUsed = 0
+    let poolIsMapped: Bool
     /// Per physical page: generation (bumped when decoded code there is invalidated) and whether
     /// decoded code exists (writes to such pages take the slow path).
     let pageGen: UnsafeMutablePointer<UInt32>
@@ -87,8 +91,20 @@ public final class X86Interpreter: VcpuBackend {
         fetchBuffer = .allocate(capacity: 16)
         blocks = .allocate(capacity: BlockCache.slots)
         blocks.initialize(repeating: BlockEntry(), count: BlockCache.slots)
-        pool = .allocate(capacity: BlockCache.poolSize)
-        pool.initialize(repeating: DecodedInsn(), count: BlockCache.poolSize)
+        // The decoded-instruction pool is large (1 Mi entries) but mostly unused on a typical boot:
+        // lazily-committed anonymous memory keeps the VMM's RSS proportional to the code actually
+        // decoded. DecodedInsn is a trivial type and every slot is assigned before it is read.
+        precondition(_isPOD(DecodedInsn.self))
+        let poolBytes = BlockCache.poolSize * MemoryLayout<DecodedInsn>.stride
+        let raw = mmap(nil, poolBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+        if let raw, raw != MAP_FAILED {
+            pool = raw.bindMemory(to: DecodedInsn.self, capacity: BlockCache.poolSize)
+            poolIsMapped = true
+        } else {
+            pool = .allocate(capacity: BlockCache.poolSize)
+            pool.initialize(repeating: DecodedInsn(), count: BlockCache.poolSize)
+            poolIsMapped = false
+        }
         scratch = .allocate(capacity: 1)
         scratch.initialize(to: DecodedInsn())
         physPages = Int(min(memory.highestAddress, 1 << 40) >> 12)
@@ -101,7 +117,12 @@ public final class X86Interpreter: VcpuBackend {
 
     deinit {
         st.deallocate(); regs.deallocate(); segs.deallocate(); segBase.deallocate(); tlb.deallocate()
-        fx.deallocate(); fetchBuffer.deallocate(); blocks.deallocate(); pool.deallocate(); scratch.deallocate()
+        fx.deallocate(); fetchBuffer.deallocate(); blocks.deallocate(); scratch.deallocate()
+        if poolIsMapped {
+            munmap(UnsafeMutableRawPointer(pool), BlockCache.poolSize * MemoryLayout<DecodedInsn>.stride)
+        } else {
+            pool.deallocate()
+        }
         pageGen.deallocate(); codePages.deallocate()
     }
 
