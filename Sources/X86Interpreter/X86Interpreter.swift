@@ -87,8 +87,9 @@ public final class X86Interpreter: VcpuBackend {
         fetchBuffer = .allocate(capacity: 16)
         blocks = .allocate(capacity: BlockCache.slots)
         blocks.initialize(repeating: BlockEntry(), count: BlockCache.slots)
+        // DecodedInsn is a trivial type and entries are written before they are read, so the
+        // 32 MiB pool is left uninitialised (and untouched pages are never committed).
         pool = .allocate(capacity: BlockCache.poolSize)
-        pool.initialize(repeating: DecodedInsn(), count: BlockCache.poolSize)
         scratch = .allocate(capacity: 1)
         scratch.initialize(to: DecodedInsn())
         physPages = Int(min(memory.highestAddress, 1 << 40) >> 12)
