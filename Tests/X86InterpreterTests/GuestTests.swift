@@ -188,3 +188,36 @@ extension X86Interpreter {
         invalidateCode(physicalAddress: p.address, length: UInt64(p.code.count))
     }
 }
+
+/// CPUID answers: the deliberate feature set and the frequency leaf.
+final class CPUIDTests: XCTestCase {
+    func cpuid(_ leaf: UInt32) throws -> (UInt32, UInt32, UInt32, UInt32) {
+        let mem = try LongModeGuest.makeMemory()
+        try mem.write(bytes: [0x0F, 0xA2, 0xF4], at: 0x10000)   // cpuid; hlt
+        let cpu = X86Interpreter(memory: mem, clock: VirtualClock())
+        try cpu.setEntryState(LongModeGuest.entryState(rip: 0x10000, rsp: 0x7F000))
+        cpu[.rax] = UInt64(leaf)
+        _ = cpu.run(io: RecordingIO(), control: VMControl(), maxInstructions: 10)
+        return (UInt32(cpu[.rax]), UInt32(cpu[.rbx]), UInt32(cpu[.rcx]), UInt32(cpu[.rdx]))
+    }
+
+    func testVendorAndFeatures() throws {
+        let (maxLeaf, b, c, d) = try cpuid(0)
+        XCTAssertGreaterThanOrEqual(maxLeaf, 0x15)
+        let vendor = [b, d, c].flatMap { v in (0..<4).map { UInt8(truncatingIfNeeded: v >> ($0 * 8)) } }
+        XCTAssertEqual(String(decoding: vendor, as: UTF8.self), "GenuineIntel")
+        let (_, _, ecx1, edx1) = try cpuid(1)
+        for bit in [0, 4, 5, 6, 8, 9, 13, 15, 24, 25, 26] { XCTAssertNotEqual(edx1 & (1 << bit), 0, "CPUID.1:EDX bit \(bit)") }
+        XCTAssertEqual(ecx1 & (1 << 26), 0, "no XSAVE")
+        XCTAssertEqual(ecx1 & (1 << 23), 0, "no POPCNT")
+        let (_, _, _, edx81) = try cpuid(0x8000_0001)
+        XCTAssertNotEqual(edx81 & (1 << 29), 0, "long mode")
+        XCTAssertNotEqual(edx81 & (1 << 11), 0, "SYSCALL")
+        XCTAssertNotEqual(edx81 & (1 << 20), 0, "NX")
+    }
+
+    func testTSCFrequencyLeaf() throws {
+        let (a, b, c, _) = try cpuid(0x15)
+        XCTAssertEqual(UInt64(c) * UInt64(b) / UInt64(a), 1_000_000_000, "1 GHz TSC")
+    }
+}
