@@ -173,6 +173,21 @@ final class GuestTests: XCTestCase {
         XCTAssertGreaterThan(cpu.instructionsRetired, 0)
     }
 
+    func testSyscallSysretAndSwapgs() throws {
+        let (mem, cpu) = try makeKernelGuest(entry: GuestPrograms.syscallSetup)
+        try cpu.load(program: GuestPrograms.syscallEntry)
+        try cpu.load(program: GuestPrograms.syscallUser)
+        try mem.write(UInt64(0xFEED_FACE), at: 0x13000)
+        XCTAssertEqual(runToHalt(cpu), .haltedForever)
+        XCTAssertEqual(cpu[.r13], 160, "kernel added 100 to the syscall number and SYSRET returned")
+        XCTAssertEqual(cpu[.r9], 0xFEED_FACE, "SWAPGS switched to the kernel GS base")
+        XCTAssertEqual(cpu[.r12], GuestPrograms.syscallUser.address + 9, "RCX held the return address")
+        XCTAssertEqual(cpu[.r8] & 0x200, 0, "SFMASK cleared IF on entry")
+        XCTAssertEqual(cpu[.r14], 2, "HLT at CPL 3 raised #GP")
+        XCTAssertEqual(cpu[.rcx], UInt64(LongModeGuest.userCS), "the #GP came from user mode")
+        XCTAssertEqual(cpu.msr(0xC000_0102), 0x13000, "KERNEL_GS_BASE swapped back")
+    }
+
     func testHostStopRequestEndsRun() throws {
         let (_, cpu) = try makeKernelGuest(entry: GuestPrograms.benchmarkLoop)
         let control = VMControl()
