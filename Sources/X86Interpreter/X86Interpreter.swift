@@ -337,6 +337,9 @@ public final class X86Interpreter: VcpuBackend {
                 st.pointee.codeModified = false
                 return done
             }
+            if p.pointee.pfx & Pfx.trace != 0 && rip != (start & ~0xFFF) | UInt64(UInt32(bitPattern: p.pointee.disp)) {
+                return done   // the branch left the trace
+            }
             p += 1
         }
         return done
