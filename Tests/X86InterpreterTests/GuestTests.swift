@@ -188,6 +188,20 @@ final class GuestTests: XCTestCase {
         XCTAssertEqual(cpu.msr(0xC000_0102), 0x13000, "KERNEL_GS_BASE swapped back")
     }
 
+    func testMMIOGoesToTheHandlerAndLocalAPICIsInternal() throws {
+        let (_, cpu) = try makeKernelGuest(entry: GuestPrograms.mmioAccess)
+        let io = RecordingIO()
+        XCTAssertEqual(runToHalt(cpu, io: io), .haltedForever)
+        XCTAssertEqual(cpu[.rax], io.mmioReadValue & 0xFFFF_FFFF, "32-bit MMIO read")
+        XCTAssertEqual(io.mmioWrites.first?.address, 0xD000_0010)
+        XCTAssertEqual(io.mmioWrites.first?.size, 4)
+        XCTAssertEqual(io.mmioWrites.first?.value, 0x55)
+        XCTAssertEqual(cpu[.rbx], 0x0005_0014, "APIC version register, not the MMIO handler")
+        XCTAssertEqual(io.mmioWrites.count, 1)
+        // A read crossing into the next page is split into byte accesses of both pages.
+        XCTAssertEqual(cpu[.rcx], 0xF0F0_F0F0_F0F0_F0F0, "eight one-byte reads of the low byte")
+    }
+
     func testHostStopRequestEndsRun() throws {
         let (_, cpu) = try makeKernelGuest(entry: GuestPrograms.benchmarkLoop)
         let control = VMControl()

@@ -285,6 +285,16 @@ PROGRAMS = [
         mov r13, rax
         hlt
     """),
+    # MMIO: a device page at 0xD0000000 and the local APIC's version register.
+    ("mmioAccess", 64, 0x12300, """
+        mov rsi, 0xD0000000
+        mov eax, dword ptr [rsi]
+        mov dword ptr [rsi+0x10], 0x55
+        mov rdi, 0xFEE00000
+        mov ebx, dword ptr [rdi+0x30]
+        mov rcx, qword ptr [rsi+0xFFC]
+        hlt
+    """),
     # A CPU-bound loop for MIPS figures: ALU, loads/stores, a call, a conditional branch.
     ("benchmarkLoop", 64, 0x10A00, """
         mov rcx, 20000000
