@@ -202,6 +202,33 @@ final class GuestTests: XCTestCase {
         XCTAssertEqual(cpu[.rcx], 0xF0F0_F0F0_F0F0_F0F0, "eight one-byte reads of the low byte")
     }
 
+    func testFaultWhileDeliveringFaultBecomesDoubleFault() throws {
+        let (mem, cpu) = try makeKernelGuest(entry: GuestPrograms.doubleFault)
+        // Clear the present bit of the #GP gate.
+        let gate = LongModeGuest.idtBase + 13 * 16
+        try mem.write(try mem.read(UInt64.self, at: gate) & ~(UInt64(1) << 47), at: gate)
+        XCTAssertEqual(runToHalt(cpu), .haltedForever)
+        XCTAssertEqual(cpu[.r14], 2, "the #DF handler ran")
+        XCTAssertEqual(cpu[.rax], 0, "#DF error code is 0")
+        XCTAssertEqual(cpu[.rbx], GuestPrograms.doubleFault.address + 10, "#DF frame points at the faulting MOV")
+    }
+
+    func testTripleFaultShutsDown() throws {
+        let (_, cpu) = try makeKernelGuest(entry: GuestPrograms.undefinedOpcode)
+        var s = LongModeGuest.entryState(rip: GuestPrograms.undefinedOpcode.address, rsp: 0x7F000)
+        s.idt = DescriptorTable(base: LongModeGuest.idtBase, limit: 0)
+        try cpu.setEntryState(s)
+        XCTAssertEqual(runToHalt(cpu), .shutdown)
+    }
+
+    func testTrapFlagSingleSteps() throws {
+        let (_, cpu) = try makeKernelGuest(entry: GuestPrograms.singleStep)
+        XCTAssertEqual(runToHalt(cpu), .haltedForever)
+        XCTAssertEqual(cpu[.r14], 1, "#DB handler ran")
+        XCTAssertEqual(cpu[.rbx], GuestPrograms.singleStep.address + 11, "trap after the NOP following POPF")
+        XCTAssertEqual(cpu.flags & 0x100, 0, "TF cleared in the handler")
+    }
+
     func testHostStopRequestEndsRun() throws {
         let (_, cpu) = try makeKernelGuest(entry: GuestPrograms.benchmarkLoop)
         let control = VMControl()

@@ -295,6 +295,21 @@ PROGRAMS = [
         mov rcx, qword ptr [rsi+0xFFC]
         hlt
     """),
+    # A non-canonical access raises #GP; the #GP gate is not present, so delivery escalates to #DF.
+    ("doubleFault", 64, 0x12400, """
+        mov rax, 0x8000000000000000
+        mov rbx, qword ptr [rax]
+        hlt
+    """),
+    # POPF sets TF: the trap comes after the next instruction.
+    ("singleStep", 64, 0x12500, """
+        pushfq
+        or qword ptr [rsp], 0x100
+        popfq
+        nop
+        nop
+        hlt
+    """),
     # A CPU-bound loop for MIPS figures: ALU, loads/stores, a call, a conditional branch.
     ("benchmarkLoop", 64, 0x10A00, """
         mov rcx, 20000000
