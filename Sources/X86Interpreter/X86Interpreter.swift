@@ -48,6 +48,8 @@ public final class X86Interpreter: VcpuBackend {
 
     /// Instructions executed so far (for MIPS figures and bounded runs).
     public internal(set) var instructionsRetired: UInt64 = 0
+    /// Decoded blocks entered (instructionsRetired / blocksEntered is the mean block length).
+    public internal(set) var blocksEntered: UInt64 = 0
     /// Executions of opcodes this model does not implement (each raised #UD in the guest).
     public internal(set) var unimplementedCount: UInt64 = 0
     /// The opcode bytes (map << 8 | opcode) of the last unimplemented instruction seen.
@@ -364,6 +366,7 @@ public final class X86Interpreter: VcpuBackend {
             let remaining = budget &- UInt64(total)
             let n = remaining < UInt64(count) ? Int(remaining) : count
             let done = executeBlock(block, n)
+            blocksEntered &+= 1
             instructionsRetired &+= UInt64(done)
             total += done
             if st.pointee.pendingFault {
