@@ -147,3 +147,67 @@ final class PagingTests: XCTestCase {
         XCTAssertEqual(cpu[.rax], 0xBBBB)
     }
 }
+
+/// 32-bit paging modes: legacy two-level (4 KiB and PSE 4 MiB pages) and PAE.
+final class LegacyPagingTests: XCTestCase {
+    /// Runs `mov eax, [ebx]` in 32-bit protected mode with paging per `cr3`/`cr4`.
+    func readThroughPaging(mem: GuestMemory, cr3: UInt64, cr4: UInt64, address: UInt64) throws -> (UInt64, X86Interpreter) {
+        try mem.write(bytes: [0x8B, 0x03, 0xF4], at: 0x1000)   // identity-mapped by every setup below
+        let gdt: [UInt64] = [0, 0x00CF_9A00_0000_FFFF, 0x00CF_9200_0000_FFFF]
+        for (i, d) in gdt.enumerated() { try mem.write(d, at: 0x500 + UInt64(i * 8)) }
+        var s = CPUEntryState()
+        s.cr0 = 0x8000_0011
+        s.cr3 = cr3
+        s.cr4 = cr4
+        s.rip = 0x1000
+        s.rbx = address
+        s.cs = Segment(base: 0, limit: 0xFFFF_FFFF, selector: 0x08, type: 0xB, db: true, g: true)
+        let data = Segment(base: 0, limit: 0xFFFF_FFFF, selector: 0x10, type: 0x3, db: true, g: true)
+        s.ds = data; s.es = data; s.ss = data
+        s.gdt = DescriptorTable(base: 0x500, limit: 0x17)
+        let cpu = X86Interpreter(memory: mem, clock: VirtualClock())
+        cpu.interceptExceptions = true
+        try cpu.setEntryState(s)
+        _ = cpu.run(io: RecordingIO(), control: VMControl(), maxInstructions: 1)
+        return (cpu[.rax], cpu)
+    }
+
+    func testLegacyTwoLevelPaging() throws {
+        let mem = try GuestMemory(size: 8 << 20)
+        try mem.write(UInt32(0x3000 | 0x3), at: 0x2000)                // PDE 0 -> page table at 0x3000
+        try mem.write(UInt32(0x1000 | 0x3), at: 0x3000 + 1 * 4)        // 0x1000 -> 0x1000 (code)
+        try mem.write(UInt32(0x300000 | 0x3), at: 0x3000 + 0x80 * 4)   // 0x80000 -> 0x300000
+        try mem.write(UInt32(0xCAFE_F00D), at: 0x300010)
+        let (v, cpu) = try readThroughPaging(mem: mem, cr3: 0x2000, cr4: 0, address: 0x80010)
+        XCTAssertNil(cpu.interceptedException)
+        XCTAssertEqual(v, 0xCAFE_F00D)
+        XCTAssertNotEqual(try mem.read(UInt32.self, at: 0x3000 + 0x80 * 4) & 0x20, 0, "accessed bit set")
+    }
+
+    func testPSELargePage() throws {
+        let mem = try GuestMemory(size: 8 << 20)
+        try mem.write(UInt32(0x0000_0083), at: 0x2000)        // 4 MiB identity page at 0
+        try mem.write(UInt32(0x0040_0083), at: 0x2000 + 4)    // 4-8 MiB identity
+        try mem.write(UInt32(0x0000_0083), at: 0x2000 + 8)    // 8-12 MiB -> physical 0
+        try mem.write(UInt32(0x1234_5678), at: 0x5008)
+        let (v, cpu) = try readThroughPaging(mem: mem, cr3: 0x2000, cr4: 0x10, address: 0x80_5008)
+        XCTAssertNil(cpu.interceptedException)
+        XCTAssertEqual(v, 0x1234_5678)
+    }
+
+    func testPAEPaging() throws {
+        let mem = try GuestMemory(size: 8 << 20)
+        try mem.write(UInt64(0x5000 | 0x1), at: 0x4000)                // PDPTE 0 -> PD at 0x5000
+        try mem.write(UInt64(0x0000_0083), at: 0x5000)                 // 2 MiB identity at 0
+        try mem.write(UInt64(0x6000 | 0x3), at: 0x5000 + 8)            // 2-4 MiB via PT at 0x6000
+        try mem.write(UInt64(0x300000 | 0x3), at: 0x6000 + 5 * 8)      // 0x205000 -> 0x300000
+        try mem.write(UInt32(0x0BAD_BEEF), at: 0x300020)
+        let (v, cpu) = try readThroughPaging(mem: mem, cr3: 0x4000, cr4: 0x20, address: 0x205020)
+        XCTAssertNil(cpu.interceptedException)
+        XCTAssertEqual(v, 0x0BAD_BEEF)
+        // An unmapped PAE address faults with CR2.
+        let (_, cpu2) = try readThroughPaging(mem: mem, cr3: 0x4000, cr4: 0x20, address: 0x4000_0000)
+        XCTAssertEqual(cpu2.interceptedException?.vector, 14)
+        XCTAssertEqual(cpu2.cr2, 0x4000_0000)
+    }
+}
