@@ -1,8 +1,5 @@
 import CPUBackend
 import Dispatch
-#if canImport(Glibc)
-import Glibc
-#endif
 import VMMemory
 
 /// The x86-64 interpreter CPU backend.
@@ -38,7 +35,6 @@ public final class X86Interpreter: VcpuBackend {
     let blocks: UnsafeMutablePointer<BlockEntry>
     let pool: UnsafeMutablePointer<DecodedInsn>
     var poolUsed = 0
-    let poolIsMapped: Bool
     /// Per physical page: generation (bumped when decoded code there is invalidated) and whether
     /// decoded code exists (writes to such pages take the slow path).
     let pageGen: UnsafeMutablePointer<UInt32>
@@ -52,6 +48,8 @@ public final class X86Interpreter: VcpuBackend {
 
     /// Instructions executed so far (for MIPS figures and bounded runs).
     public internal(set) var instructionsRetired: UInt64 = 0
+    /// Decoded blocks entered (instructionsRetired / blocksEntered is the mean block length).
+    public internal(set) var blocksEntered: UInt64 = 0
     /// Executions of opcodes this model does not implement (each raised #UD in the guest).
     public internal(set) var unimplementedCount: UInt64 = 0
     /// The opcode bytes (map << 8 | opcode) of the last unimplemented instruction seen.
@@ -91,20 +89,9 @@ public final class X86Interpreter: VcpuBackend {
         fetchBuffer = .allocate(capacity: 16)
         blocks = .allocate(capacity: BlockCache.slots)
         blocks.initialize(repeating: BlockEntry(), count: BlockCache.slots)
-        // The decoded-instruction pool is large (1 Mi entries) but mostly unused on a typical boot:
-        // lazily-committed anonymous memory keeps the VMM's RSS proportional to the code actually
-        // decoded. DecodedInsn is a trivial type and every slot is assigned before it is read.
-        precondition(_isPOD(DecodedInsn.self))
-        let poolBytes = BlockCache.poolSize * MemoryLayout<DecodedInsn>.stride
-        let raw = mmap(nil, poolBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
-        if let raw, raw != MAP_FAILED {
-            pool = raw.bindMemory(to: DecodedInsn.self, capacity: BlockCache.poolSize)
-            poolIsMapped = true
-        } else {
-            pool = .allocate(capacity: BlockCache.poolSize)
-            pool.initialize(repeating: DecodedInsn(), count: BlockCache.poolSize)
-            poolIsMapped = false
-        }
+        // DecodedInsn is a trivial type and entries are written before they are read, so the
+        // 32 MiB pool is left uninitialised (and untouched pages are never committed).
+        pool = .allocate(capacity: BlockCache.poolSize)
         scratch = .allocate(capacity: 1)
         scratch.initialize(to: DecodedInsn())
         physPages = Int(min(memory.highestAddress, 1 << 40) >> 12)
@@ -118,11 +105,7 @@ public final class X86Interpreter: VcpuBackend {
     deinit {
         st.deallocate(); regs.deallocate(); segs.deallocate(); segBase.deallocate(); tlb.deallocate()
         fx.deallocate(); fetchBuffer.deallocate(); blocks.deallocate(); scratch.deallocate()
-        if poolIsMapped {
-            munmap(UnsafeMutableRawPointer(pool), BlockCache.poolSize * MemoryLayout<DecodedInsn>.stride)
-        } else {
-            pool.deallocate()
-        }
+        pool.deallocate()
         pageGen.deallocate(); codePages.deallocate()
     }
 
@@ -358,6 +341,9 @@ public final class X86Interpreter: VcpuBackend {
                 st.pointee.codeModified = false
                 return done
             }
+            if p.pointee.pfx & Pfx.trace != 0 && rip != (start & ~0xFFF) | UInt64(UInt32(bitPattern: p.pointee.disp)) {
+                return done   // the branch left the trace
+            }
             p += 1
         }
         return done
@@ -382,6 +368,7 @@ public final class X86Interpreter: VcpuBackend {
             let remaining = budget &- UInt64(total)
             let n = remaining < UInt64(count) ? Int(remaining) : count
             let done = executeBlock(block, n)
+            blocksEntered &+= 1
             instructionsRetired &+= UInt64(done)
             total += done
             if st.pointee.pendingFault {

@@ -272,10 +272,18 @@ extension X86Interpreter {
                 fpuPush(v.significand)
             case 0xF5, 0xF8:
                 let a = stRead(0), b = stRead(1)
+                if !a.isFinite || b == 0 || b.isNaN {
+                    fpuException(X87Status.ie)
+                    setST(0, X86Interpreter.indefinite)
+                    fsw &= ~X87Status.cc
+                    break
+                }
+                if b.isInfinite { fsw &= ~X87Status.cc; break }   // remainder is ST0 itself
                 let q = modrm == 0xF8 ? (a / b).rounded(.towardZero) : (a / b).rounded(.toNearestOrEven)
                 let r = a - q * b
                 setST(0, r)
-                let qi = UInt64(abs(q).truncatingRemainder(dividingBy: 8))
+                let qAbs = abs(q)
+                let qi = qAbs.isFinite ? UInt64(qAbs.truncatingRemainder(dividingBy: 8)) : 0
                 var s = fsw & ~X87Status.cc
                 if qi & 1 != 0 { s |= X87Status.c1 }
                 if qi & 2 != 0 { s |= X87Status.c3 }
