@@ -50,7 +50,7 @@ let package = Package(
         .testTarget(name: "LinuxLoaderTests", dependencies: ["LinuxLoader", "VMMemory", "CPUBackend"]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "VMMemory", "CPUBackend"]),
         .testTarget(name: "X86InterpreterTests", dependencies: ["X86Interpreter", "VMMemory", "CPUBackend"],
-                    exclude: ["Vectors"]),   // oracle vectors: read at run time from the source tree
+                    exclude: ["Vectors", "FuzzCorpus"]),   // oracle vectors and fuzz corpus: read at run time from the source tree
         .testTarget(name: "IntegrationTests", dependencies: ["KVM", "VMM", "VMMemory", "LinuxLoader", "CPUBackend", "Devices"]),
         .testTarget(name: "CLITests", dependencies: []),
 

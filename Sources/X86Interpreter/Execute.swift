@@ -696,12 +696,24 @@ extension X86Interpreter {
 
     // MARK: Stack
 
+    /// The linear address of an implicit stack access. In 64-bit mode a non-canonical stack
+    /// address raises #SS(0), not the #GP(0) of other data references.
+    @inline(__always)
+    func stackAddress(_ offset: UInt64, _ s: Int) throws(Fault) -> UInt64 {
+        let la = linear(Seg.ss, offset)
+        if st.pointee.codeSize == 2 {
+            let first = Int64(bitPattern: la) >> 47, last = Int64(bitPattern: la &+ UInt64((1 << s) - 1)) >> 47
+            if (first != 0 && first != -1) || (last != 0 && last != -1) { throw Fault.ss(0) }
+        }
+        return la
+    }
+
     @inline(__always)
     func push(_ v: UInt64, _ s: Int) throws(Fault) {
         let mask = st.pointee.stackMask
         let sp = gpr(Reg.rsp)
         let nsp = (sp &- UInt64(1 << s)) & mask
-        let la = linear(Seg.ss, nsp)
+        let la = try stackAddress(nsp, s)
         switch s {
         case 1: try write(la, UInt16(truncatingIfNeeded: v))
         case 2: try write(la, UInt32(truncatingIfNeeded: v))
@@ -714,7 +726,7 @@ extension X86Interpreter {
     func pop(_ s: Int) throws(Fault) -> UInt64 {
         let mask = st.pointee.stackMask
         let sp = gpr(Reg.rsp)
-        let v = try readSized(linear(Seg.ss, sp & mask), s)
+        let v = try readSized(try stackAddress(sp & mask, s), s)
         setGPR(Reg.rsp, (sp & ~mask) | ((sp &+ UInt64(1 << s)) & mask))
         return v
     }
@@ -722,7 +734,7 @@ extension X86Interpreter {
     /// Reads the value `pop` would return without moving the stack pointer (offset in bytes above SP).
     func peek(_ s: Int, at offset: UInt64 = 0) throws(Fault) -> UInt64 {
         let mask = st.pointee.stackMask
-        return try readSized(linear(Seg.ss, (gpr(Reg.rsp) &+ offset) & mask), s)
+        return try readSized(try stackAddress((gpr(Reg.rsp) &+ offset) & mask, s), s)
     }
 
     func adjustSP(_ n: UInt64) {

@@ -118,6 +118,8 @@ extension X86Interpreter {
             let siOff = gpr(Reg.rsi) & amask
             let si = linear(srcSeg, siOff)
             n = min(n, (4096 - (si & 0xFFF)) / size)
+            // Less than two elements left in the source page: n may be 0 here (n - 1 would trap).
+            if n < 2 { return 0 }
             let srcRoom = (amask - siOff) / size
             if srcRoom < n - 1 { n = srcRoom + 1 }
             if n < 2 { return 0 }

@@ -249,11 +249,13 @@ extension X86Interpreter {
             case 0xE4: fpuCompare(stRead(0), 0, unordered: false)
             case 0xE5: fxam()
             case 0xE8: fpuPush(1)
-            case 0xE9: fpuPush(Float80(log2(10.0 as Float80)))
-            case 0xEA: fpuPush(Float80(log2(M_E as Double)))
-            case 0xEB: fpuPush(Float80.pi)
-            case 0xEC: fpuPush(Float80(log10(2.0 as Double)))
-            case 0xED: fpuPush(Float80(M_LN2))
+            // The constants as the FPU holds them (66-bit values rounded to nearest), not computed
+            // in double precision (and Float80.pi is rounded down).
+            case 0xE9: fpuPush(x87Constant(0x4000, 0xD49A_784B_CD1B_8AFE))   // log2(10)
+            case 0xEA: fpuPush(x87Constant(0x3FFF, 0xB8AA_3B29_5C17_F0BC))   // log2(e)
+            case 0xEB: fpuPush(x87Constant(0x4000, 0xC90F_DAA2_2168_C235))   // pi
+            case 0xEC: fpuPush(x87Constant(0x3FFD, 0x9A20_9A84_FBCF_F799))   // log10(2)
+            case 0xED: fpuPush(x87Constant(0x3FFE, 0xB172_17F7_D1CF_79AC))   // ln(2)
             case 0xEE: fpuPush(0)
             case 0xF0: setST(0, Float80(exp2(Double(stRead(0))) - 1))
             case 0xF1:
@@ -267,9 +269,25 @@ extension X86Interpreter {
                 let r = Float80(atan2(Double(stRead(1)), Double(stRead(0))))
                 fpuPop(); setST(0, r)
             case 0xF4:
+                // FXTRACT: the significand keeps the sign; 0 gives exponent -inf (#Z), infinity +inf.
+                // With no room for the push (stack overflow) both results are the indefinite NaN.
                 let v = stRead(0)
-                setST(0, Float80(v.exponent))
-                fpuPush(v.significand)
+                if ftw & (1 << UInt8((fpuTop - 1) & 7)) != 0 {
+                    setST(0, X86Interpreter.indefinite)
+                    fpuPush(0)
+                } else if v.isNaN {
+                    fpuPush(v)
+                } else if v.isInfinite {
+                    setST(0, .infinity)
+                    fpuPush(v)
+                } else if v == 0 {
+                    fpuException(X87Status.ze)
+                    setST(0, -.infinity)
+                    fpuPush(v)
+                } else {
+                    setST(0, Float80(v.exponent))
+                    fpuPush(Float80(sign: v.sign, exponent: 0, significand: v.significand))
+                }
             case 0xF5, 0xF8:
                 let a = stRead(0), b = stRead(1)
                 if !a.isFinite || b == 0 || b.isNaN {
@@ -282,8 +300,8 @@ extension X86Interpreter {
                 let q = modrm == 0xF8 ? (a / b).rounded(.towardZero) : (a / b).rounded(.toNearestOrEven)
                 let r = a - q * b
                 setST(0, r)
-                let qAbs = abs(q)
-                let qi = qAbs.isFinite ? UInt64(qAbs.truncatingRemainder(dividingBy: 8)) : 0
+                // A NaN or infinite quotient (divisor 0, infinite or NaN operands) has no low bits.
+                let qi = q.isFinite ? UInt64(abs(q).truncatingRemainder(dividingBy: 8)) : 0
                 var s = fsw & ~X87Status.cc
                 if qi & 1 != 0 { s |= X87Status.c1 }
                 if qi & 2 != 0 { s |= X87Status.c3 }
@@ -371,6 +389,11 @@ extension X86Interpreter {
                 throw Fault.ud
             }
         }
+    }
+
+    /// A positive normal extended-precision value from its exponent and 64-bit significand.
+    func x87Constant(_ exponent: UInt, _ significand: UInt64) -> Float80 {
+        Float80(sign: .plus, exponentBitPattern: exponent, significandBitPattern: significand & ~(1 << 63))
     }
 
     /// FXAM: classifies ST0 into C3/C2/C0 (and the sign into C1).

@@ -38,10 +38,12 @@ _emu = None
 _cfg = None
 
 
-def _init_worker(cfg):
+def _init_worker(cfg, fp_modes, mxcsr_compared):
     global _emu, _cfg
     _emu = F.Emu()
     _cfg = cfg
+    F.FP_MODES = fp_modes
+    F.MXCSR_COMPARED = mxcsr_compared
 
 
 def case_seed(seed, index):
@@ -56,8 +58,7 @@ def case_length(seed, index, lo, hi):
 def _make(index):
     seed, lo, hi, weights = _cfg
     c = F.generate_case(_emu, case_seed(seed, index), case_length(seed, index, lo, hi), weights)
-    kinds = collections.Counter()
-    return index, F.serialize(c, f"{seed}:{index}"), len(c.steps)
+    return index, F.serialize(c, f"{seed}:{index}"), len(c.steps), c.stop, c.kinds
 
 
 def parse_case_text(text):
@@ -114,22 +115,65 @@ def problem_items(problems):
     """{what: observed value} from a runner's problem list, for comparing two runners' reports."""
     items = {}
     for p in problems.split(" | "):
+        if p == "...":
+            continue
         if p.startswith("rflags = "):
             d = p.split("differing ")[1].split(",")[0] if "differing " in p else "?"
             bits = int(d, 16) & F.NATIVE_FLAGS if d != "?" else -1
             if bits:
                 items["rflags"] = bits
+        elif p.startswith("x87 = "):
+            # "x87 = fsw A vs B (compared M), st0 ... vs ... (got vs expected)": one item each.
+            for d in p[len("x87 = "):].replace(" (got vs expected)", "").split(", "):
+                words = d.split()
+                if words[0] == "fsw" and "(compared" in d:
+                    m = int(d.split("(compared ")[1].rstrip(")"), 16)
+                    items["x87 fsw"] = int(words[1], 16) & m
+                else:
+                    items["x87 " + words[0]] = words[1]
         elif " = " in p:
             k, v = p.split(" = ", 1)
-            items[k] = v.split(",")[0]
+            v = v.split(",")[0]
+            items[k] = int(v, 16) if v.startswith("0x") else v
         else:
             items[p] = ""
     return items
 
 
+# Register results that differ between CPU vendors and QEMU, counted apart when only registers
+# differ: CMPXCHG r32 (AMD leaves the destination alone when the comparison fails and RAX alone
+# when it succeeds; Intel writes the destination back, zero-extended; QEMU also rewrites RAX) and
+# BSF/BSR with a zero source (AMD leaves the destination alone; QEMU clears the upper half of a
+# 32-bit destination; Intel documents it as undefined).
+VENDOR_SPECIFIC = {"cmpxchg", "bsf", "bsr"}
+
+
+def nan_lanes_only(problems):
+    """Whether every difference is an XMM lane that is a NaN on both sides (differing payloads:
+    unicorn's NaN propagation, which the host CPU has always sided against the interpreter on)."""
+    items = [p for p in problems.split(" | ") if p != "..."]
+    for p in items:
+        if not p.startswith("xmm") or ", expected " not in p:
+            return False
+        got, exp = (int(x.split()[0], 16) for x in p.split(" = ", 1)[1].split(", expected "))
+        for lane in range(4):
+            a, b = (got >> (32 * lane)) & 0xFFFFFFFF, (exp >> (32 * lane)) & 0xFFFFFFFF
+            if a == b:
+                continue
+            nan32 = lambda v: (v >> 23) & 0xFF == 0xFF and v & 0x7FFFFF
+            q = lane // 2
+            a64, b64 = (got >> (64 * q)) & (2**64 - 1), (exp >> (64 * q)) & (2**64 - 1)
+            nan64 = lambda v: (v >> 52) & 0x7FF == 0x7FF and v & (2**52 - 1)
+            if not ((nan32(a) and nan32(b)) or (nan64(a64) and nan64(b64))):
+                return False
+    return bool(items)
+
+
 def classify(interp, native):
     """interp/native: None (pass) or (step, problems)."""
     if native is ...:
+        if interp is not None and nan_lanes_only(interp[1]):
+            return "nan-unconfirmed"
         return "pass" if interp is None else "unconfirmed"
     if interp is None:
         return "pass" if native is None else "hardware-only"
@@ -140,8 +184,14 @@ def classify(interp, native):
     return "three-way"
 
 
+# Families left out unless asked for: x87 (--x87) still differs in ways the report lists (FPREM
+# partial remainders, FXTRACT/FSCALE edge cases, C1 after rounding up) and unicorn has x87 quirks.
+OPT_IN = {"x87"}
+
+
 def build_weights(args):
-    weights = {k: w for k, (_, w) in F.FAMILIES.items()}
+    weights = {k: w for k, (_, w) in F.FAMILIES.items() if k not in OPT_IN or getattr(args, k, False)
+               or (args.only and k in args.only.split(","))}
     if args.only:
         keep = set(args.only.split(","))
         weights = {k: w for k, w in weights.items() if k in keep}
@@ -171,7 +221,18 @@ def main():
     ap.add_argument("--write-corpus", metavar="FILE")
     ap.add_argument("--cases", type=int, default=300, help="with --write-corpus: number of cases")
     ap.add_argument("--show", metavar="SEED:INDEX")
+    ap.add_argument("--code", metavar="HEX,HEX,...", help="print a case running these instructions (regression cases)")
+    ap.add_argument("--code-id", default="code", help="with --code: the case id")
+    ap.add_argument("--fp-modes", action="store_true",
+                    help="also MXCSR rounding modes other than nearest, FTZ and DAZ (known interpreter gaps)")
+    ap.add_argument("--x87", action="store_true", help="also x87 instructions (opt-in, see OPT_IN)")
+    ap.add_argument("--mxcsr-flags", action="store_true",
+                    help="compare MXCSR exception flags (and generate STMXCSR): unicorn raises none, so a "
+                         "difference is an interpreter bug only where the host CPU agrees with unicorn")
     args = ap.parse_args()
+    F.FP_MODES = args.fp_modes
+    if args.mxcsr_flags:
+        F.MXCSR_COMPARED = 0xFFFF
     weights = build_weights(args)
 
     if args.show:
@@ -182,18 +243,41 @@ def main():
         sys.stdout.write(F.serialize(c, args.show, disasm=True))
         return 0
 
-    if args.write_corpus:
+    if args.code:
         emu = F.Emu()
-        with open(args.write_corpus, "w") as f:
-            f.write(f"# Differential fuzz corpus: scripts/oracle/fuzz.py --write-corpus --seed {args.seed} "
-                    f"--cases {args.cases} --min-length {args.min_length} --max-length {args.max_length}\n")
-            total = 0
-            for i in range(args.cases):
+        c = F.case_from_code(emu, [bytes.fromhex(x) for x in args.code.split(",")])
+        sys.stdout.write(F.serialize(c, args.code_id, disasm=True))
+        return 0
+
+    if args.write_corpus:
+        # Only cases the interpreter passes go in (the corpus is a regression test): cases that hit
+        # a unicorn quirk or a vendor difference are dropped and counted.
+        if not os.path.exists(args.runner):
+            sys.exit(f"no runner at {args.runner}: swift build -c release --product swhv-cpu-runner")
+        emu = F.Emu()
+        kept, total, dropped, i = [], 0, [], 0
+        while len(kept) < args.cases:
+            batch = []
+            for _ in range(args.cases - len(kept)):
                 c = F.generate_case(emu, case_seed(args.seed, i),
                                     case_length(args.seed, i, args.min_length, args.max_length), weights)
-                total += len(c.steps)
-                f.write(F.serialize(c, f"{args.seed}:{i}", disasm=True))
-        print(f"wrote {args.cases} cases, {total} instructions to {args.write_corpus}")
+                batch.append((f"{args.seed}:{i}", F.serialize(c, f"{args.seed}:{i}", disasm=True), len(c.steps)))
+                i += 1
+            out = subprocess.run([args.runner], input="".join(t for _, t, _ in batch), capture_output=True,
+                                 text=True).stdout
+            passed = {line.split()[1] for line in out.splitlines() if line.startswith("PASS ")}
+            for cid, text, n in batch:
+                if cid in passed:
+                    kept.append(text)
+                    total += n
+                else:
+                    dropped.append(cid)
+        with open(args.write_corpus, "w") as f:
+            f.write(f"# Differential fuzz corpus: scripts/oracle/fuzz.py --write-corpus FILE --seed {args.seed} "
+                    f"--cases {args.cases} --min-length {args.min_length} --max-length {args.max_length}\n")
+            f.write("".join(kept))
+        print(f"wrote {len(kept)} cases, {total} instructions to {args.write_corpus}; "
+              f"dropped {len(dropped)} the interpreter does not pass: {' '.join(dropped)}")
         return 0
 
     if not os.path.exists(args.runner):
@@ -208,31 +292,41 @@ def main():
                                   bufsize=1 << 20)
     pending = {}
     sent = {"cases": 0, "steps": 0}
+    stops = collections.Counter()
+    kind_counts = collections.Counter()
     lock = threading.Lock()
     cfg = (args.seed, args.min_length, args.max_length, weights)
     start = time.time()
 
     def feed():
-        with multiprocessing.Pool(args.jobs, initializer=_init_worker, initargs=(cfg,)) as pool:
+        with multiprocessing.Pool(args.jobs, initializer=_init_worker, initargs=(cfg, args.fp_modes, F.MXCSR_COMPARED)) as pool:
             def indices():
                 i = 0
                 while True:
                     yield i
                     i += 1
-            for index, text, n in pool.imap(_make, indices(), chunksize=4):
+            for index, text, n, stop, kinds in pool.imap(_make, indices(), chunksize=4):
                 if sent["steps"] >= args.instructions:
                     break
+                stops[stop.split(" (")[0] if not stop.startswith("unicorn") else stop] += 1
+                kind_counts.update(kinds)
                 with lock:
                     pending[f"{args.seed}:{index}"] = (text, n)
-                runner.stdin.write(text)
-                if native:
-                    native.stdin.write(text)
+                try:
+                    runner.stdin.write(text)
+                    if native:
+                        native.stdin.write(text)
+                except BrokenPipeError:
+                    break   # a runner died; the main loop reports it
                 sent["cases"] += 1
                 sent["steps"] += n
             pool.terminate()
-        runner.stdin.close()
-        if native:
-            native.stdin.close()
+        for p in (runner, native):
+            if p:
+                try:
+                    p.stdin.close()
+                except BrokenPipeError:
+                    pass
 
     t = threading.Thread(target=feed, daemon=True)
     t.start()
@@ -244,6 +338,8 @@ def main():
                 yield parts[1], None
             elif parts[0] == "FAIL":
                 yield parts[1], (int(parts[2]), parts[4] if len(parts) > 4 else "")
+            elif parts[0] == "SKIP":
+                yield parts[1], ...
             elif parts[0] in ("runner:", "native:"):
                 continue
             else:
@@ -265,20 +361,27 @@ def main():
         with lock:
             text, n = pending.pop(cid, ("", 0))
         steps_checked += n
+        if native_results is not None and nat is ...:
+            counts["native-skipped"] += 1
         kind = classify(interp, nat)
+        if kind in ("hardware-only", "unicorn", "unconfirmed"):
+            step, problems = interp if interp is not None else nat
+            if mnemonic_at(text, step) in VENDOR_SPECIFIC and all(
+                    k in F.REG_NAMES_LOWER for k in problem_items(problems)):
+                kind = "vendor"
         counts[kind] += 1
         if kind != "pass":
             step, problems = interp if interp is not None else nat
             by_mnemonic[kind][mnemonic_at(text, step)] += 1
-            if reported < args.report and kind != "unicorn":
+            if reported < args.report and kind not in ("vendor", "nan-unconfirmed"):
                 reported += 1
                 who = "host CPU" if kind == "hardware-only" else "interpreter"
                 print(f"DIVERGENCE ({kind}) case {cid} step {step}: {who}: {problems}")
-                if kind in ("three-way",):
+                if kind in ("three-way", "unicorn"):
                     print(f"    host CPU: step {nat[0]}: {nat[1]}")
                 for d in describe(text, step):
                     print(d)
-            if kind != "unicorn":
+            if kind not in ("unicorn", "vendor", "nan-unconfirmed"):
                 if fail_out is None:
                     fail_out = open(args.failures, "w")
                     fail_out.write(f"# Diverging cases from fuzz.py --seed {args.seed} (cut after the diverging step)\n")
@@ -292,34 +395,46 @@ def main():
         if now - last_progress > 10:
             last_progress = now
             rate = steps_checked / (now - start)
-            print(f"  ... {sum(counts.values())} cases, {steps_checked} instructions, "
-                  f"{sum(counts.values()) - counts['pass']} diverged ({rate:,.0f} instr/s)", file=sys.stderr)
+            done = sum(counts.values()) - counts["native-skipped"]
+            print(f"  ... {done} cases, {steps_checked} instructions, "
+                  f"{done - counts['pass']} diverged ({rate:,.0f} instr/s)", file=sys.stderr)
     rc = runner.wait()
+    if native and rc not in (0, 1):
+        native.kill()
     nrc = native.wait() if native else 0
     t.join(timeout=5)
     elapsed = time.time() - start
     if fail_out:
         fail_out.close()
     if rc not in (0, 1):
-        print(f"runner exited with status {rc}")
+        print(f"runner exited with status {rc} (a crash: the case after the last reported one; "
+              f"see its standard error above)")
     if nrc not in (0, 1):
         print(f"native runner exited with status {nrc}")
     labels = {"interpreter": "interpreter bugs (host CPU agrees with unicorn)",
               "unconfirmed": "interpreter divergences (no host-CPU check)",
               "three-way": "three-way differences",
               "unicorn": "unicorn quirks (interpreter agrees with host CPU; not failures)",
+              "nan-unconfirmed": "NaN payloads only, host check skipped (as the unicorn quirks above; not failures)",
+              "vendor": "register results where CPU vendors differ (CMPXCHG r32, BSF/BSR of 0; not failures)",
               "hardware-only": "host CPU alone differs (interpreter agrees with unicorn; not failures)"}
     for kind, label in labels.items():
         if counts[kind]:
             print(f"{label}: {counts[kind]}: " + ", ".join(f"{m} {c}" for m, c in by_mnemonic[kind].most_common(12)))
     if fail_out:
         print(f"diverging cases written to {args.failures}")
+    print("instructions by kind: " + ", ".join(f"{k} {v}" for k, v in kind_counts.most_common()))
+    print("cases ended by: " + ", ".join(f"{k} {v}" for k, v in stops.most_common(12)))
+    skipped = counts.pop("native-skipped", 0)
+    if skipped:
+        print(f"host-CPU check skipped for {skipped} cases (kernel-half FS/GS base)")
     total = sum(counts.values())
     failed = counts["interpreter"] + counts["unconfirmed"] + counts["three-way"]
-    divergences = total - counts["pass"] - counts["hardware-only"]
+    hw_only = counts["hardware-only"] + counts["vendor"]
+    divergences = total - counts["pass"] - hw_only
     print(f"fuzz: seed {args.seed}: {total} cases, {steps_checked} instructions, {divergences} divergences from "
-          f"unicorn ({failed} interpreter failures, {counts['unicorn']} unicorn quirks), "
-          f"{counts['hardware-only']} host-CPU-only differences, {elapsed:.0f} s")
+          f"unicorn ({failed} interpreter failures, {counts['unicorn'] + counts['nan-unconfirmed']} unicorn quirks), "
+          f"{hw_only} host-CPU-only differences ({counts['vendor']} vendor-specific), {elapsed:.0f} s")
     print(f"{total - failed} passed, {failed} failed")
     return 0 if failed == 0 and rc in (0, 1) and nrc in (0, 1) else 1
 

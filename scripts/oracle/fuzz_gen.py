@@ -15,6 +15,7 @@ for 1-bit shifts; SHL/SHR CF is undefined for counts >= the operand width).
 Memory layout (identical in the Swift runner, FuzzCase.swift): code at CODE, data at DATA and stack
 at STACK_LO..STACK_TOP, both filled from a per-case seed with splitmix64 (fill_region).
 """
+import collections
 import ctypes
 import random
 
@@ -30,6 +31,10 @@ STACK_LO, STACK_TOP = 0x1FE000, 0x200000
 M64 = (1 << 64) - 1
 
 CF, PF, AF, ZF, SF, DF, OF = 1, 4, 0x10, 0x40, 0x80, 0x400, 0x800
+# x87 readout (same addresses in FuzzCase.swift): FXSAVE [X87_SCRATCH] at X87_STUB, UD2, then
+# FNINIT, UD2 at X87_STUB + 10.
+X87_SCRATCH, X87_STUB = 0x180000, 0x1F0000
+X87_STUB_CODE = bytes.fromhex("0fae042500001800" "0f0b" "dbe3" "0f0b")
 ARITH = CF | PF | AF | ZF | SF | OF
 # RFLAGS bits the runner compares (minus undefined ones): arithmetic flags, bit 1, TF IF DF IOPL NT AC ID.
 COMPARED = 0x247FD7
@@ -38,6 +43,7 @@ NATIVE_FLAGS = 0xCD5
 
 REG_NAMES = ["RAX", "RCX", "RDX", "RBX", "RSP", "RBP", "RSI", "RDI",
              "R8", "R9", "R10", "R11", "R12", "R13", "R14", "R15"]
+REG_NAMES_LOWER = {r.lower() for r in REG_NAMES}
 RSP, RBP, RSI, RDI, RCX, RAX, RBX, RDX = 4, 5, 6, 7, 1, 0, 3, 2
 
 # iced RflagsBits -> RFLAGS positions, for all 7-bit combinations.
@@ -105,11 +111,19 @@ class Emu:
         self.ids = (ctypes.c_int * self.n)(*[getattr(X, "UC_X86_REG_" + r) for r in names])
         self.vals = (ctypes.c_uint64 * self.n)()
         self.ptrs = (ctypes.c_void_p * self.n)(*[ctypes.addressof(self.vals) + 8 * i for i in range(self.n)])
+        # XMM0-15 and MXCSR, read only after SSE instructions.
+        self.vids = (ctypes.c_int * 17)(*[getattr(X, f"UC_X86_REG_XMM{i}") for i in range(16)] + [X.UC_X86_REG_MXCSR])
+        self.vbuf = (ctypes.c_uint8 * (17 * 16))()
+        self.vptrs = (ctypes.c_void_p * 17)(*[ctypes.addressof(self.vbuf) + 16 * i for i in range(17)])
         self.writes = []
         self.interrupt = None
         self.uc.hook_add(UC_HOOK_MEM_WRITE, self._on_write)
         self.uc.hook_add(UC_HOOK_INTR, self._on_intr)
         self.code_used = 0
+        # x87 state is read through FXSAVE to a scratch page; FNINIT starts each case.
+        self.uc.mem_map(X87_SCRATCH, 0x1000)
+        self.uc.mem_map(X87_STUB, 0x1000)
+        self.uc.mem_write(X87_STUB, X87_STUB_CODE)
 
     def _on_write(self, uc, access, address, size, value, user):
         self.writes.append((address, size, value & ((1 << (8 * size)) - 1)))
@@ -118,7 +132,7 @@ class Emu:
         self.interrupt = intno
         uc.emu_stop()
 
-    def reset(self, regs, rflags, mem_seed):
+    def reset(self, regs, rflags, mem_seed, fs_base=0, gs_base=0, xmm=None, mxcsr=0x1F80):
         if self.code_used:
             self.uc.mem_write(CODE, b"\0" * self.code_used)
             # Writes alone leave stale translations reachable from the previous case.
@@ -131,6 +145,12 @@ class Emu:
         self.vals[17] = rflags
         uclib.uc_reg_write_batch(self.h, self.ids, self.ptrs, 16)
         self.uc.reg_write(X.UC_X86_REG_EFLAGS, rflags)
+        self.uc.reg_write(X.UC_X86_REG_FS_BASE, fs_base)
+        self.uc.reg_write(X.UC_X86_REG_GS_BASE, gs_base)
+        self.run_stub(X87_STUB + 10, 2)    # FNINIT
+        for i, v in enumerate(xmm or [0] * 16):
+            self.uc.reg_write(getattr(X, f"UC_X86_REG_XMM{i}"), v)
+        self.uc.reg_write(X.UC_X86_REG_MXCSR, mxcsr)
 
     def write_code(self, addr, b):
         self.uc.mem_write(addr, b)
@@ -146,6 +166,26 @@ class Emu:
         uclib.uc_reg_read_batch(self.h, self.ids, self.ptrs, self.n)
         v = list(self.vals)
         return v[:16], v[16], v[17]
+
+    def run_stub(self, addr, length):
+        saved, self.writes = self.writes, []
+        uclib.uc_emu_start(self.h, addr, addr + length, 0, 0)
+        self.writes = saved
+
+    def read_x87(self):
+        """(FCW, FSW, abridged FTW, [ST0..ST7 as 80-bit ints]) from an FXSAVE image."""
+        self.run_stub(X87_STUB, 8)
+        img = bytes(self.uc.mem_read(X87_SCRATCH, 160))
+        sts = [int.from_bytes(img[32 + 16 * i:42 + 16 * i], "little") for i in range(8)]
+        return (int.from_bytes(img[0:2], "little"), int.from_bytes(img[2:4], "little"), img[4], sts)
+
+    def read_vector_state(self):
+        """([XMM0..15 as 128-bit ints], MXCSR)."""
+        ctypes.memset(self.vbuf, 0, 17 * 16)
+        uclib.uc_reg_read_batch(self.h, self.vids, self.vptrs, 17)
+        raw = bytes(self.vbuf)
+        return ([int.from_bytes(raw[16 * i:16 * i + 16], "little") for i in range(16)],
+                int.from_bytes(raw[256:260], "little"))
 
     def mem(self, addr, n):
         if DATA <= addr and addr + n <= DATA + DATA_SIZE:
@@ -165,18 +205,22 @@ def in_mapped(addr, n):
 
 class Mem:
     """A memory operand: ModRM mod/rm, optional SIB, displacement, REX.X/B and address size."""
-    __slots__ = ("mod", "rm", "sib", "disp", "dsize", "x", "b", "a32", "riprel", "ea")
+    __slots__ = ("mod", "rm", "sib", "disp", "dsize", "x", "b", "a32", "riprel", "ea", "seg")
 
-    def __init__(self, mod, rm, sib, disp, dsize, x, b, a32, riprel, ea):
+    def __init__(self, mod, rm, sib, disp, dsize, x, b, a32, riprel, ea, seg=None):
         self.mod, self.rm, self.sib, self.disp, self.dsize = mod, rm, sib, disp, dsize
         self.x, self.b, self.a32, self.riprel, self.ea = x, b, a32, riprel, ea
+        self.seg = seg    # 0x64 (FS) / 0x65 (GS) override, or None
 
 
 class Insn:
-    __slots__ = ("code", "until", "adjust", "filler", "kind")
+    __slots__ = ("code", "until", "adjust", "filler", "kind", "sse", "fault", "x87")
 
-    def __init__(self, code, kind, until=None, adjust=None):
-        self.code, self.kind, self.until, self.adjust = code, kind, until, adjust
+    def __init__(self, code, kind, until=None, adjust=None, sse=False, fault=None, x87=False):
+        self.code, self.kind, self.until, self.adjust, self.sse = code, kind, until, adjust, sse
+        self.x87 = x87
+        # (vector, error code or None, CR2 or None) for a final instruction that must fault.
+        self.fault = fault
 
 
 HIGH8 = (16, 17, 18, 19)   # AH CH DH BH as byte-register ids
@@ -213,8 +257,11 @@ class Gen:
         return rng.choice(pool)
 
     # ---- memory operands
-    def pick_target(self, span, align=1):
+    def pick_target(self, span, align=1, aligned=False):
         rng = self.rng
+        if aligned:
+            lo = rng.choice((DATA, STACK_LO))
+            return lo + rng.randrange(0x2000 // align - span // align) * align
         if rng.random() < 0.72:
             lo, hi = DATA, DATA + DATA_SIZE
         else:
@@ -227,14 +274,33 @@ class Gen:
                 t = max(lo, t & ~(align - 1))
         return t
 
+    def pick_seg(self, target, a32=False):
+        """Sometimes an FS/GS override: (prefix or None, the offset the address must produce)."""
+        if self.rng.random() < 0.15:
+            p = self.rng.choice((0x64, 0x65))
+            off = (target - self.seg_base[p]) & M64
+            if not a32 or off < (1 << 32):
+                return p, off
+        return None, target
+
     def gen_mem(self, span=8, target=None, rex_ok=True, free=False, rsp_bias=0, a32=None, align=1,
-                no_riprel=False):
-        """A memory operand addressing `target` (or any address if free)."""
+                no_riprel=False, aligned=False):
+        """A memory operand addressing `target` (or any address if free); `aligned` forces
+        `align`-byte alignment of the linear address (SSE m128 operands)."""
         rng = self.rng
         if target is None and not free:
-            target = self.pick_target(span, align)
+            target = self.pick_target(span, align, aligned)
         if a32 is None:
             a32 = rng.random() < 0.08
+        m = self._gen_mem(span, target, rex_ok, free, rsp_bias, a32, no_riprel)
+        return m
+
+    def _gen_mem(self, span, target, rex_ok, free, rsp_bias, a32, no_riprel):
+        rng = self.rng
+        seg = None
+        if not free:
+            ea = target
+            seg, target = self.pick_seg(target, a32)
         nreg = 16 if rex_ok else 8
         for _ in range(24):
             form = rng.random()
@@ -260,19 +326,17 @@ class Gen:
                 disp = rng.randrange(-(1 << (8 * dsize - 1)), 1 << (8 * dsize - 1)) if dsize else 0
                 return Mem(mod, 4, sib, disp, dsize, i >> 3, b >> 3, a32, None, None)
             amask = 0xFFFFFFFF if a32 else M64
-            if form < 0.12 and not no_riprel:
+            if form < 0.12 and not no_riprel and (a32 or abs(s64(target - self.rip)) < (1 << 31) - 64):
                 # RIP-relative (EIP-relative with 67): patched once the length is known.
-                return Mem(0, 5, None, 0, 4, 0, 0, a32, target, target)
-            if form < 0.2:
+                return Mem(0, 5, None, 0, 4, 0, 0, a32, target, ea, seg)
+            if form < 0.2 and (target < (1 << 31) or (a32 and target < (1 << 32))):
                 # [disp32] through a SIB with neither base nor index.
                 sib = (rng.randrange(4) << 6) | (4 << 3) | 5
-                return Mem(0, 4, sib, target, 4, 0, 0, a32, None, target)
+                return Mem(0, 4, sib, target, 4, 0, 0, a32, None, ea, seg)
             regval = lambda r: ((self.regs[r] + (rsp_bias if r == RSP else 0)) & amask)
             if form < 0.55:
                 b = rng.randrange(nreg)
-                disp = target - regval(b)
-                if a32:
-                    disp = s32(disp)
+                disp = s32(target - regval(b)) if a32 else s64(target - regval(b))
                 if not -(1 << 31) <= disp < (1 << 31):
                     continue
                 sib = None
@@ -285,7 +349,7 @@ class Gen:
                     mod, dsize = 1, 1
                 else:
                     mod, dsize = 2, 4
-                return Mem(mod, rm, sib, disp, dsize, 0, b >> 3, a32, None, target)
+                return Mem(mod, rm, sib, disp, dsize, 0, b >> 3, a32, None, ea, seg)
             # Base + index*scale (or index*scale + disp32 without base).
             i = rng.randrange(nreg)
             if i == RSP:
@@ -296,7 +360,7 @@ class Gen:
                 if not -(1 << 31) <= disp < (1 << 31):
                     continue
                 sib = (sc << 6) | ((i & 7) << 3) | 5
-                return Mem(0, 4, sib, disp, 4, i >> 3, 0, a32, None, target)
+                return Mem(0, 4, sib, disp, 4, i >> 3, 0, a32, None, ea, seg)
             b = rng.randrange(nreg)
             disp = target - regval(b) - (regval(i) << sc)
             disp = s32(disp) if a32 else s64(disp)
@@ -309,15 +373,17 @@ class Gen:
                 mod, dsize = 1, 1
             else:
                 mod, dsize = 2, 4
-            return Mem(mod, 4, sib, disp, dsize, i >> 3, b >> 3, a32, None, target)
-        # Always possible: RIP-relative, or [disp32] through a SIB.
+            return Mem(mod, 4, sib, disp, dsize, i >> 3, b >> 3, a32, None, ea, seg)
+        # Always possible without an override: RIP-relative, or [disp32] through a SIB.
+        if seg is not None or (a32 and target >= 1 << 32):
+            return self._gen_mem(span, ea, rex_ok, free, rsp_bias, a32, no_riprel)
         if no_riprel:
-            return Mem(0, 4, (4 << 3) | 5, target, 4, 0, 0, a32, None, target)
-        return Mem(0, 5, None, 0, 4, 0, 0, a32, target, target)
+            return Mem(0, 4, (4 << 3) | 5, target, 4, 0, 0, a32, None, ea, seg)
+        return Mem(0, 5, None, 0, 4, 0, 0, a32, target, ea, seg)
 
     # ---- encoding
     def encode(self, op, reg=0, rm=None, size=None, imm=b"", r8=(), pfx=(), lock=False, noise=True,
-               rexw=None):
+               rexw=None, sse=False):
         """Assembles prefixes, REX, opcode, ModRM/SIB/displacement and immediate.
 
         reg: ModRM.reg as a register id (byte ids 16-19 are AH..BH) or an opcode extension.
@@ -354,11 +420,21 @@ class Gen:
             legacy.append(0xF0)
         if isinstance(rm, Mem) and rm.a32:
             legacy.append(0x67)
+        if isinstance(rm, Mem) and rm.seg is not None:
+            legacy.append(rm.seg)
         if noise and rng.random() < 0.1:
-            legacy.append(rng.choice((0x2E, 0x3E, 0x26, 0x36, 0x64, 0x65)))
-        if noise and W and rng.random() < 0.05:
-            legacy.append(0x66)     # REX.W wins over 66
+            # Null segment prefixes (ignored in 64-bit mode); FS/GS too where nothing is addressed.
+            legacy.append(rng.choice((0x2E, 0x3E, 0x26, 0x36) if isinstance(rm, Mem) else
+                                     (0x2E, 0x3E, 0x26, 0x36, 0x64, 0x65)))
+        if noise and W and not sse and rng.random() < 0.05:
+            legacy.append(0x66)     # REX.W wins over 66 (in SSE encodings 66 selects the form)
         rng.shuffle(legacy)
+        if isinstance(rm, Mem) and rm.seg is not None:
+            # Unicorn quirk: a null segment prefix (26 2E 36 3E) after FS/GS cancels the override in
+            # QEMU; the host CPU and the interpreter keep FS/GS. Keep FS/GS last among them.
+            legacy = [p for p in legacy if p != rm.seg]
+            at = max([i + 1 for i, p in enumerate(legacy) if p in (0x26, 0x2E, 0x36, 0x3E)], default=0)
+            legacy.insert(rng.randrange(at, len(legacy) + 1), rm.seg)
         if noise and legacy and rng.random() < 0.05:
             # A REX followed by a legacy prefix is ignored.
             legacy.insert(rng.randrange(len(legacy)), 0x40 | rng.randrange(16))
@@ -752,10 +828,10 @@ def f_mov(g):
         if 8 <= r < 16:
             code = fix_rex_b(code, op)
         return Insn(code, "mov")
-    # MOV AL/AX/EAX/RAX <-> moffs (64-bit absolute address).
-    t = g.pick_target(size // 8)
+    # MOV AL/AX/EAX/RAX <-> moffs (64-bit absolute offset, FS/GS base added with an override).
+    seg, off = g.pick_seg(g.pick_target(size // 8))
     op = bytes([0xA0 + wide + (2 if rng.random() < 0.5 else 0)])
-    return Insn(g.encode(op, size=size, imm=imm_bytes(t, 8), noise=False), "moffs")
+    return Insn(g.encode(op, size=size, imm=imm_bytes(off, 8), noise=False, pfx=(seg,) if seg else ()), "moffs")
 
 
 def mov_r32_imm(r, v):
@@ -933,21 +1009,30 @@ def f_convert(g):
 STRING_OPS = {"movs": 0xA4, "cmps": 0xA6, "stos": 0xAA, "lods": 0xAC, "scas": 0xAE}
 
 
+def mov_r64_imm(r, v):
+    return bytes([0x48 | (r >> 3), 0xB8 + (r & 7)]) + imm_bytes(v, 8)
+
+
 def f_string(g):
     rng = g.rng
-    name = rng.choice(list(STRING_OPS))
-    size = size_pick(rng)
+    if g.pending_tries == 0:
+        # Chosen once; preparatory loads (count, pointers) keep the same choice.
+        src_seg = rng.choice((None, None, None, None, None, 0x64, 0x65, 0x3E, 0x2E))
+        g.str_choice = (rng.choice(list(STRING_OPS)), size_pick(rng), rng.random() < 0.6, rng.random() < 0.2, src_seg)
+    name, size, rep, a32, src_seg = g.str_choice
     n = size // 8
-    rep = rng.random() < 0.6
-    a32 = rng.random() < 0.2
     amask = 0xFFFFFFFF if a32 else M64
     count = (g.regs[RCX] & amask) if rep else 1
     down = bool(g.flags & DF)
     uses_si = name in ("movs", "cmps", "lods")
     uses_di = name in ("movs", "cmps", "stos", "scas")
 
+    if not uses_si:
+        src_seg = None
+    si_base = g.seg_base.get(src_seg, 0)
+
     def fits(reg):
-        p = g.regs[reg] & amask
+        p = ((si_base if reg == RSI else 0) + (g.regs[reg] & amask)) & M64
         span = count * n
         lo = p - span + n if down else p
         return count == 0 or in_mapped(lo, span)
@@ -973,8 +1058,13 @@ def f_string(g):
         # Point RSI/RDI into data or stack with room for 96 elements of 8 bytes either way.
         lo = rng.choice((DATA, STACK_LO))
         t = lo + 0x300 + rng.randrange(0x2000 - 0x600)
-        op = 0xBE if r == RSI else 0xBF
-        return Insn(b"\x48" + bytes([op]) + imm_bytes(upper | t, 8) if upper else bytes([op]) + imm_bytes(t, 4), "prep")
+        if r == RSI:
+            t = (t - si_base) & M64
+            if a32 and t >= 1 << 32:
+                raise Retry()
+        if upper or t >= 1 << 32:
+            return Insn(mov_r64_imm(r, (upper | t) if a32 else t), "prep")
+        return Insn(bytes([0xBE if r == RSI else 0xBF]) + imm_bytes(t, 4), "prep")
     op = STRING_OPS[name] + (n != 1)
     pfx = []
     if rep:
@@ -983,8 +1073,8 @@ def f_string(g):
         pfx.append(0x67)
     if size == 16:
         pfx.append(0x66)
-    if uses_si and rng.random() < 0.1:
-        pfx.append(rng.choice((0x64, 0x65, 0x3E, 0x2E)))
+    if src_seg is not None:
+        pfx.append(src_seg)
     rng.shuffle(pfx)
     code = bytes(pfx) + (b"\x48" if size == 64 else b"") + bytes([op])
     adj = None
@@ -995,14 +1085,18 @@ def f_string(g):
 
 def f_xlat(g):
     rng = g.rng
-    p = g.regs[RBX] + (g.regs[RAX] & 0xFF)
+    if g.pending_tries == 0:
+        g.xlat_seg = rng.choice((None, None, None, 0x64, 0x65))
+    base = g.seg_base.get(g.xlat_seg, 0)
+    p = (base + g.regs[RBX] + (g.regs[RAX] & 0xFF)) & M64
     if not in_mapped(p, 1):
         if g.pending_tries > 0:
             raise Retry()
         g.pending = f_xlat
         g.pending_tries = 1
-        return Insn(b"\xbb" + imm_bytes(rng.choice((DATA, STACK_LO)) + rng.randrange(0x1F00), 4), "prep")
-    return Insn(b"\x48\xd7" if rng.random() < 0.3 else b"\xd7", "xlat")
+        return Insn(mov_r64_imm(RBX, (rng.choice((DATA, STACK_LO)) + rng.randrange(0x1F00) - base) & M64), "prep")
+    pfx = bytes([g.xlat_seg]) if g.xlat_seg else b""
+    return Insn(pfx + (b"\x48\xd7" if rng.random() < 0.3 else b"\xd7"), "xlat")
 
 
 def f_enter_leave(g):
@@ -1141,6 +1235,406 @@ def definer(g):
     return Insn(g.encode(bytes([k * 8 + 1]), b, ("r", a), size), "definer")
 
 
+# ---------------------------------------------------------------------------------------------
+# SSE/SSE2. Operand kinds: "x" XMM register, "xm" XMM or memory, "m" memory only, "g" general
+# register (32 or 64 bits by REX.W), "gm" general register or memory, "g32" 32-bit register.
+# Legacy-encoded m128 operands must be 16-byte aligned unless the instruction says otherwise.
+
+SSE_INT_OPS = [0x60, 0x61, 0x62, 0x63, 0x64, 0x65, 0x66, 0x67, 0x68, 0x69, 0x6A, 0x6B, 0x6C, 0x6D,
+               0x74, 0x75, 0x76, 0xD1, 0xD2, 0xD3, 0xD4, 0xD5, 0xD8, 0xD9, 0xDA, 0xDB, 0xDC, 0xDD,
+               0xDE, 0xDF, 0xE0, 0xE1, 0xE2, 0xE3, 0xE4, 0xE5, 0xE8, 0xE9, 0xEA, 0xEB, 0xEC, 0xED,
+               0xEE, 0xEF, 0xF1, 0xF2, 0xF3, 0xF4, 0xF5, 0xF6, 0xF8, 0xF9, 0xFA, 0xFB, 0xFC, 0xFD, 0xFE]
+
+# (prefix, opcode, destination kind, source kind, memory bytes, aligned, immediate)
+SSE_MOVES = [
+    (0x66, 0x6F, "x", "xm", 16, True, False), (0x66, 0x7F, "xm", "x", 16, True, False),       # movdqa
+    (0xF3, 0x6F, "x", "xm", 16, False, False), (0xF3, 0x7F, "xm", "x", 16, False, False),    # movdqu
+    (None, 0x10, "x", "xm", 16, False, False), (None, 0x11, "xm", "x", 16, False, False),    # movups
+    (0x66, 0x10, "x", "xm", 16, False, False), (0x66, 0x11, "xm", "x", 16, False, False),    # movupd
+    (0xF3, 0x10, "x", "xm", 4, False, False), (0xF3, 0x11, "xm", "x", 4, False, False),      # movss
+    (0xF2, 0x10, "x", "xm", 8, False, False), (0xF2, 0x11, "xm", "x", 8, False, False),      # movsd
+    (None, 0x28, "x", "xm", 16, True, False), (None, 0x29, "xm", "x", 16, True, False),      # movaps
+    (0x66, 0x28, "x", "xm", 16, True, False), (0x66, 0x29, "xm", "x", 16, True, False),      # movapd
+    (None, 0x2B, "m", "x", 16, True, False), (0x66, 0x2B, "m", "x", 16, True, False),        # movntps/pd
+    (0x66, 0xE7, "m", "x", 16, True, False),                                                 # movntdq
+    (0x66, 0x6E, "x", "gm", None, False, False), (0x66, 0x7E, "gm", "x", None, False, False),  # movd/movq
+    (0xF3, 0x7E, "x", "xm", 8, False, False), (0x66, 0xD6, "xm", "x", 8, False, False),      # movq
+    (None, 0x12, "x", "xm", 8, False, False), (None, 0x13, "m", "x", 8, False, False),       # movlps/movhlps
+    (0x66, 0x12, "x", "m", 8, False, False), (0x66, 0x13, "m", "x", 8, False, False),        # movlpd
+    (None, 0x16, "x", "xm", 8, False, False), (None, 0x17, "m", "x", 8, False, False),       # movhps/movlhps
+    (0x66, 0x16, "x", "m", 8, False, False), (0x66, 0x17, "m", "x", 8, False, False),        # movhpd
+    (None, 0x14, "x", "xm", 16, True, False), (None, 0x15, "x", "xm", 16, True, False),      # unpcklps/hps
+    (0x66, 0x14, "x", "xm", 16, True, False), (0x66, 0x15, "x", "xm", 16, True, False),      # unpcklpd/hpd
+    (None, 0x54, "x", "xm", 16, True, False), (None, 0x55, "x", "xm", 16, True, False),      # andps andnps
+    (None, 0x56, "x", "xm", 16, True, False), (None, 0x57, "x", "xm", 16, True, False),      # orps xorps
+    (0x66, 0x54, "x", "xm", 16, True, False), (0x66, 0x57, "x", "xm", 16, True, False),      # andpd xorpd
+    (None, 0x50, "g32", "x", None, False, False), (0x66, 0x50, "g32", "x", None, False, False),  # movmskps/pd
+    (0x66, 0xD7, "g32", "x", None, False, False),                                            # pmovmskb
+    (0x66, 0xC5, "g32", "x", None, False, True),                                             # pextrw
+    (0x66, 0xC4, "x", "gm16", 2, False, True),                                               # pinsrw
+    (0x66, 0x70, "x", "xm", 16, True, True), (0xF3, 0x70, "x", "xm", 16, True, True),        # pshufd/hw
+    (0xF2, 0x70, "x", "xm", 16, True, True),                                                 # pshuflw
+    (None, 0xC6, "x", "xm", 16, True, True), (0x66, 0xC6, "x", "xm", 16, True, True),        # shufps/pd
+    (None, 0xC3, "m", "g", None, False, False),                                              # movnti
+]
+
+SSE_FP_ARITH = [0x51, 0x58, 0x59, 0x5C, 0x5D, 0x5E, 0x5F]
+SSE_CONVERTS = [
+    (0xF3, 0x2A, "x", "gm", None, False), (0xF2, 0x2A, "x", "gm", None, False),              # cvtsi2ss/sd
+    (0xF3, 0x2C, "g", "xm", 4, False), (0xF2, 0x2C, "g", "xm", 8, False),                    # cvttss2si/sd
+    (0xF3, 0x2D, "g", "xm", 4, False), (0xF2, 0x2D, "g", "xm", 8, False),                    # cvtss2si/sd
+    (None, 0x2E, "x", "xm", 4, False), (0x66, 0x2E, "x", "xm", 8, False),                    # ucomiss/sd
+    (None, 0x2F, "x", "xm", 4, False), (0x66, 0x2F, "x", "xm", 8, False),                    # comiss/sd
+    (None, 0x5A, "x", "xm", 8, False), (0x66, 0x5A, "x", "xm", 16, True),                    # cvtps2pd/pd2ps
+    (0xF3, 0x5A, "x", "xm", 4, False), (0xF2, 0x5A, "x", "xm", 8, False),                    # cvtss2sd/sd2ss
+    (None, 0x5B, "x", "xm", 16, True), (0x66, 0x5B, "x", "xm", 16, True),                    # cvtdq2ps/ps2dq
+    (0xF3, 0x5B, "x", "xm", 16, True),                                                       # cvttps2dq
+    (0x66, 0xE6, "x", "xm", 16, True), (0xF3, 0xE6, "x", "xm", 8, False),                    # cvttpd2dq/dq2pd
+    (0xF2, 0xE6, "x", "xm", 16, True),                                                       # cvtpd2dq
+]
+
+F32_SPECIAL = [0, 0x80000000, 0x3F800000, 0xBF800000, 0x7F800000, 0xFF800000, 0x7FC00000, 0xFFC00000,
+               0x7F800001, 0x7FA00000, 0x00000001, 0x807FFFFF, 0x00800000, 0x7F7FFFFF, 0x4B000000,
+               0x4F000000, 0xCF000000, 0x5F000000, 0xDF000000, 0x3F000000, 0x40490FDB]
+F64_SPECIAL = [0, 0x8000000000000000, 0x3FF0000000000000, 0xBFF0000000000000, 0x7FF0000000000000,
+               0xFFF0000000000000, 0x7FF8000000000000, 0xFFF8000000000000, 0x7FF0000000000001,
+               0x0000000000000001, 0x000FFFFFFFFFFFFF, 0x0010000000000000, 0x7FEFFFFFFFFFFFFF,
+               0x41E0000000000000, 0xC1E0000000000000, 0x43E0000000000000, 0xC3E0000000000000,
+               0x3FE0000000000000, 0x400921FB54442D18, 0x41DFFFFFFFC00000]
+
+
+def rand_vector(rng):
+    """128 bits: random, float-like lanes (with special values), doubles, or small integers."""
+    c = rng.random()
+    if c < 0.3:
+        return rng.getrandbits(128)
+    if c < 0.6:
+        lanes = [rng.choice(F32_SPECIAL) if rng.random() < 0.5 else
+                 (rng.getrandbits(1) << 31) | (rng.randrange(100, 156) << 23) | rng.getrandbits(23) for _ in range(4)]
+        return sum(v << (32 * i) for i, v in enumerate(lanes))
+    if c < 0.85:
+        lanes = [rng.choice(F64_SPECIAL) if rng.random() < 0.5 else
+                 (rng.getrandbits(1) << 63) | (rng.randrange(990, 1060) << 52) | rng.getrandbits(52) for _ in range(2)]
+        return lanes[0] | lanes[1] << 64
+    return sum((rng.randrange(-300, 300) & 0xFFFF) << (16 * i) for i in range(8))
+
+
+# Non-default MXCSR modes (rounding other than to nearest, FTZ, DAZ) are generated only when asked
+# for (fuzz.py --fp-modes): the interpreter computes with the host's FPU under fesetround, which
+# the compiler does not order its float operations against, and models neither FTZ nor DAZ.
+FP_MODES = False
+
+
+def rand_mxcsr(rng):
+    """All exceptions masked (no #XM), random sticky flags; with FP_MODES any rounding mode and
+    sometimes FTZ/DAZ."""
+    v = 0x1F80
+    if FP_MODES:
+        v |= rng.randrange(4) << 13
+        if rng.random() < 0.15:
+            v |= 0x8000
+        if rng.random() < 0.15:
+            v |= 0x40
+    if rng.random() < 0.3:
+        v |= rng.getrandbits(6)
+    return v
+
+
+def sse_operand(g, kind, msize, aligned, wide, is_dst=False):
+    """ModRM operand of an SSE instruction: ("r", n) for XMM/general registers, or a Mem."""
+    rng = g.rng
+    if kind == "x":
+        return ("r", rng.randrange(16))
+    if kind in ("g", "g32"):
+        return ("r", g.pick_reg(64, dst=True))
+    if kind == "m" or (kind in ("xm", "gm", "gm16") and rng.random() < 0.4):
+        size = msize or (8 if wide else 4)
+        return g.gen_mem(size, align=16 if aligned else 1, aligned=aligned)
+    if kind == "xm":
+        return ("r", rng.randrange(16))
+    return ("r", g.pick_reg(64, dst=is_dst))
+
+
+def sse_insn(g, prefix, opcode, dst, src, msize, aligned, imm=False, wide=None, digit=None, kind="sse"):
+    rng = g.rng
+    g.rex_mode = False
+    if wide is None:
+        wide = rng.random() < 0.5
+    reg_kind, rm_kind = (dst, src) if dst in ("x", "g", "g32") else (src, dst)
+    if digit is not None:
+        reg = digit
+    elif reg_kind == "x":
+        reg = rng.randrange(16)
+    else:
+        reg = g.pick_reg(64, dst=reg_kind in ("g", "g32") and reg_kind == dst)
+    rm = sse_operand(g, rm_kind, msize, aligned, wide, is_dst=rm_kind == dst)
+    uses_w = "g" in (dst + src) and "g32" not in (dst, src)
+    code = g.encode(bytes([0x0F, opcode]), reg, rm, None, imm=bytes([rng.getrandbits(8)]) if imm else b"",
+                    pfx=(prefix,) if prefix else (), rexw=wide and uses_w, sse=True)
+    return Insn(code, kind, sse=True)
+
+
+def f_sse_int(g):
+    return sse_insn(g, 0x66, g.rng.choice(SSE_INT_OPS), "x", "xm", 16, True, kind="sse-int")
+
+
+def f_sse_move(g):
+    rng = g.rng
+    if rng.random() < 0.15:
+        # Shifts by immediate: 66 0F 71/72/73 with an XMM register operand.
+        op, digit = rng.choice([(0x71, 2), (0x71, 4), (0x71, 6), (0x72, 2), (0x72, 4), (0x72, 6),
+                                (0x73, 2), (0x73, 3), (0x73, 6), (0x73, 7)])
+        count = rng.choice((0, 1, 3, 7, 8, 15, 16, 31, 32, 63, 64, 200))
+        code = g.encode(bytes([0x0F, op]), digit, ("r", rng.randrange(16)), None, imm=bytes([count]),
+                        pfx=(0x66,), sse=True)
+        return Insn(code, "sse-shift", sse=True)
+    prefix, op, dst, src, msize, aligned, imm = rng.choice(SSE_MOVES)
+    # MOVHLPS/MOVLHPS are the register forms of 0F 12/16; movlps/movhps stores need memory.
+    return sse_insn(g, prefix, op, dst, src, msize, aligned, imm, kind="sse-move")
+
+
+def f_sse_fp(g):
+    rng = g.rng
+    c = rng.random()
+    if c < 0.55:
+        prefix = rng.choice((None, 0x66, 0xF3, 0xF2))
+        msize, aligned = {None: (16, True), 0x66: (16, True), 0xF3: (4, False), 0xF2: (8, False)}[prefix]
+        return sse_insn(g, prefix, rng.choice(SSE_FP_ARITH), "x", "xm", msize, aligned, kind="sse-fp")
+    if c < 0.7:
+        prefix = rng.choice((None, 0x66, 0xF3, 0xF2))
+        msize, aligned = {None: (16, True), 0x66: (16, True), 0xF3: (4, False), 0xF2: (8, False)}[prefix]
+        ins = sse_insn(g, prefix, 0xC2, "x", "xm", msize, aligned, imm=True, kind="sse-cmp")
+        ins.code = ins.code[:-1] + bytes([rng.randrange(8)])
+        return ins
+    prefix, op, dst, src, msize, aligned = rng.choice(SSE_CONVERTS)
+    return sse_insn(g, prefix, op, dst, src, msize, aligned, kind="sse-cvt")
+
+
+def f_mxcsr(g):
+    """LDMXCSR of a value stored just before (masks set: no #XM). STMXCSR only when MXCSR flags
+    are compared (unicorn keeps none, so the stored image differs by design)."""
+    rng = g.rng
+    g.rex_mode = False
+    if MXCSR_COMPARED & 0x3F and g.pending_tries == 0 and rng.random() < 0.4:
+        return Insn(g.encode(b"\x0f\xae", 3, g.gen_mem(4), None, sse=True), "stmxcsr", sse=True)
+    if g.pending_tries > 0:
+        m = g.gen_mem(4, target=g.saved_target)
+        return Insn(g.encode(b"\x0f\xae", 2, m, None, sse=True), "ldmxcsr", sse=True)
+    g.pending = f_mxcsr
+    g.pending_tries = 1
+    t = g.pick_target(4)
+    g.saved_target = t
+    m = g.gen_mem(4, target=t)
+    return Insn(g.encode(b"\xc7", 0, m, None, imm=imm_bytes(rand_mxcsr(rng), 4)), "prep")
+
+
+# ---------------------------------------------------------------------------------------------
+# Faults: a case may end with an instruction that must raise an exception, leaving every register
+# and all memory as they were (precise exceptions). The expected vector comes from the
+# architecture, not from unicorn (QEMU 5 checks neither canonical addresses nor SSE alignment);
+# the host-CPU check confirms it.
+
+FAULT_UD = [b"\x0f\x0b", b"\x06", b"\x07", b"\x0e", b"\x16", b"\x17", b"\x1e", b"\x1f", b"\x27", b"\x2f",
+            b"\x37", b"\x3f", b"\x60", b"\x61", b"\xd4\x0a", b"\xd5\x0a", b"\xd6", b"\xce", b"\x82\xc0\x01",
+            b"\x8d\xc0", b"\xfe\xd0", b"\xff\xf8", b"\xc6\xc8\x00", b"\x0f\x04", b"\x0f\x0a", b"\x0f\xb9\xc0",
+            b"\x0f\xff\xc0", b"\xf0\x01\xc0", b"\xf0\x89\x03", b"\xf0\x90", b"\xf0\x0f\x58\xc0", b"\x8c\xf0",
+            b"\x8e\xc8", b"\x9a\x00\x00\x00\x00\x00\x00", b"\xea\x00\x00\x00\x00\x00\x00"]
+
+# Addresses in [2 MiB, 1 GiB): outside the runner's page tables and unmapped in the host-CPU check.
+PF_LO, PF_HI = 0x10000000, 0x3FFFF000
+
+
+def noncanonical(rng):
+    v = rng.getrandbits(64)
+    top = v >> 47
+    if top == 0 or top == 0x1FFFF:
+        v ^= 1 << 60
+    return v
+
+
+def fault_access(g, reg, rng):
+    """A load, store or read-modify-write through [reg]: (encoding, error-code W bit)."""
+    size = rng.choice((8, 16, 32, 64))
+    g.rex_mode = False
+    m = Mem(1, reg & 7, (rng.randrange(4) << 6) | (4 << 3) | 4 if reg & 7 == 4 else None, 0, 1, 0, reg >> 3, False, None, None)
+    other = g.pick_reg(64 if size != 8 else 8, dst=True, exclude=(reg,))
+    r8 = [other] if size == 8 else ()
+    c = rng.random()
+    if c < 0.4:
+        return g.encode(bytes([0x8A + (size != 8)]), other, m, size, r8=r8, noise=False), 0
+    if c < 0.7:
+        return g.encode(bytes([0x88 + (size != 8)]), other, m, size, r8=r8, noise=False), 2
+    return g.encode(bytes([0x00 + (size != 8)]), other, m, size, r8=r8, noise=False), 2
+
+
+def f_fault(g):
+    rng = g.rng
+    if g.pending_tries == 0:
+        g.fault_kind = rng.choice(("ud", "ud", "de", "gp", "gp-sse", "pf", "ss"))
+        g.fault_reg = rng.choice([r for r in range(16) if r not in (RSP, RBP, RAX, RDX)])
+        g.fault_addr = PF_LO + rng.randrange(PF_HI - PF_LO)
+    kind, r = g.fault_kind, g.fault_reg
+    first = g.pending_tries == 0
+    g.pending = f_fault
+    g.pending_tries += 1
+    if kind == "ud":
+        g.pending = None
+        return Insn(rng.choice(FAULT_UD), "fault-ud", fault=(6, None, None))
+    if kind == "de":
+        if first:
+            return Insn(bytes([0x48 | (r >> 3) << 2 | (r >> 3), 0x31, 0xC0 | (r & 7) << 3 | (r & 7)]), "prep")  # xor r, r
+        g.pending = None
+        size = rng.choice((8, 16, 32, 64))
+        g.rex_mode = True
+        rr = r if size != 8 or r < 8 else r
+        return Insn(g.encode(bytes([0xF6 + (size != 8)]), rng.choice((6, 7)), ("r", rr), size, r8=[rr] if size == 8 else (),
+                             noise=False), "fault-de", fault=(0, None, None))
+    if kind == "gp":
+        if first:
+            return Insn(mov_r64_imm(r, noncanonical(rng)), "prep")
+        g.pending = None
+        code, _ = fault_access(g, r, rng)
+        return Insn(code, "fault-gp", fault=(13, 0, None))
+    if kind == "gp-sse":
+        g.pending = None
+        t = g.pick_target(16, 16, aligned=True) + rng.randrange(1, 16)
+        m = g.gen_mem(16, target=t)
+        prefix, op = rng.choice([(None, 0x28), (0x66, 0x6F), (0x66, 0xFE), (None, 0x58), (0x66, 0x7F), (None, 0x29)])
+        code = g.encode(bytes([0x0F, op]), rng.randrange(16), m, None, pfx=(prefix,) if prefix else (), sse=True)
+        return Insn(code, "fault-gp", fault=(13, 0, None))
+    if kind == "pf":
+        if first:
+            return Insn(mov_r32_imm(r, g.fault_addr), "prep")
+        g.pending = None
+        code, w = fault_access(g, r, rng)
+        return Insn(code, "fault-pf", fault=(14, w, g.fault_addr))
+    # ss: a push with a non-canonical RSP.
+    if first:
+        return Insn(mov_r64_imm(RSP, noncanonical(rng)), "prep")
+    g.pending = None
+    return Insn(rng.choice((b"\x50", b"\x41\x57", b"\x6a\x01", b"\x9c", b"\xe8\x00\x00\x00\x00")), "fault-ss",
+                fault=(12, 0, None))
+
+
+# ---------------------------------------------------------------------------------------------
+# x87. The stack depth comes from the oracle's state (g.x87), so pushes never overflow and pops
+# never underflow. FCW stays at its FNINIT value: the interpreter applies neither rounding nor
+# precision control (documented in X87.swift). Transcendental instructions (FSIN, FPATAN, F2XM1,
+# ...) are left out: the interpreter computes them in double precision.
+# FSW compared: TOP and C0/C2/C3 where iced-x86 does not call them undefined; not the exception
+# flags, SF, ES or B (unicorn raises no x87 exception flags, so FNSTSW is not generated either), and
+# not C1, which the host CPU sets after rounding up and neither unicorn nor the interpreter does.
+# FLD m80 loads only valid encodings (J bit set, exponent non-zero): the host CPU rejects unnormals
+# and pseudo-NaNs as invalid operands, which unicorn and the interpreter compute with.
+
+X87_FSW_COMPARED = 0x4500 | 0x3800
+ICED_C = {0x400: 0x100, 0x800: 0x200, 0x1000: 0x400, 0x2000: 0x4000}
+
+
+def iced_c_flags(x):
+    return sum(v for k, v in ICED_C.items() if x & k)
+
+
+def x87_depth(g):
+    """(ST registers valid from ST0 on, whether ST7 is free for a push)."""
+    fcw, fsw, ftw, sts = g.x87
+    top = (fsw >> 11) & 7
+    valid = [(ftw >> ((top + i) & 7)) & 1 for i in range(8)]
+    depth = 0
+    while depth < 8 and valid[depth]:
+        depth += 1
+    return depth, not valid[7]
+
+
+def x87_mem(g, size):
+    g.rex_mode = False
+    return g.gen_mem(size)
+
+
+def f_x87_fld80(g):
+    g.rex_mode = False
+    return Insn(g.encode(b"\xdb", 5, g.gen_mem(10, target=g.x87_m80), None), "x87-load", x87=True)
+
+
+def f_x87(g):
+    rng = g.rng
+    depth, can_push = x87_depth(g)
+    ops = []
+    if can_push:
+        ops += ["const", "fld_mem", "fild", "fld_st"] if depth else ["const", "fld_mem", "fild"]
+    if depth >= 1:
+        ops += ["fst_mem", "fist", "arith_mem", "arith_st", "unary", "compare", "fxch", "fcmov", "fst_st", "status"]
+    if depth >= 2:
+        ops += ["arith_pop", "compare_pop2", "fcomi"]
+    ops += ["control"]
+    op = rng.choice(ops)
+    # Now and then an empty operand (stack underflow: masked invalid, the indefinite NaN).
+    i = rng.randrange(8) if rng.random() < 0.03 else rng.randrange(max(depth, 1))
+
+    def ins(code, kind):
+        return Insn(code, kind, x87=True)
+
+    def mem_insn(opcode, digit, size, kind):
+        return ins(g.encode(bytes([opcode]), digit, x87_mem(g, size), None), kind)
+
+    if op == "const":
+        return ins(bytes([0xD9, rng.choice((0xE8, 0xE9, 0xEA, 0xEB, 0xEC, 0xED, 0xEE))]), "x87-const")
+    if op == "fld_mem":
+        opcode, digit, size = rng.choice(((0xD9, 0, 4), (0xDD, 0, 8), (0xDB, 5, 10)))
+        if size == 10:
+            # Make the 80-bit value a valid encoding first: OR the J bit and the exponent's low bit.
+            t = g.pick_target(10)
+            g.rex_mode = False
+            fix_j = Insn(g.encode(b"\x80", 1, g.gen_mem(1, target=t + 7), None, imm=b"\x80"), "prep")
+            fix_e = Insn(g.encode(b"\x80", 1, g.gen_mem(1, target=t + 8), None, imm=b"\x01"), "prep")
+            g.x87_m80 = t
+            g.pending, g.pending_tries = f_x87_fld80, 1
+            return fix_j, fix_e
+        return mem_insn(opcode, digit, size, "x87-load")
+    if op == "fild":
+        opcode, digit, size = rng.choice(((0xDF, 0, 2), (0xDB, 0, 4), (0xDF, 5, 8)))
+        return mem_insn(opcode, digit, size, "x87-load")
+    if op == "fld_st":
+        return ins(bytes([0xD9, 0xC0 + i]), "x87-load")
+    if op == "fst_mem":
+        opcode, digit, size = rng.choice(((0xD9, 2, 4), (0xDD, 2, 8), (0xD9, 3, 4), (0xDD, 3, 8), (0xDB, 7, 10)))
+        return mem_insn(opcode, digit, size, "x87-store")
+    if op == "fist":
+        opcode, digit, size = rng.choice(((0xDF, 2, 2), (0xDB, 2, 4), (0xDF, 3, 2), (0xDB, 3, 4), (0xDF, 7, 8)))
+        return mem_insn(opcode, digit, size, "x87-store")
+    if op == "fst_st":
+        return ins(bytes([0xDD, rng.choice((0xD0, 0xD8)) + i]), "x87-store")
+    if op == "arith_mem":
+        opcode, size = rng.choice(((0xD8, 4), (0xDC, 8), (0xDA, 4), (0xDE, 2)))
+        return mem_insn(opcode, rng.randrange(8), size, "x87-arith")
+    if op == "arith_st":
+        digit = rng.choice((0, 1, 4, 5, 6, 7))
+        return ins(bytes([rng.choice((0xD8, 0xDC)), 0xC0 + digit * 8 + i]), "x87-arith")
+    if op == "arith_pop":
+        digit = rng.choice((0, 1, 4, 5, 6, 7))
+        return ins(bytes([0xDE, 0xC0 + digit * 8 + max(i, 1)]), "x87-arith")
+    if op == "unary":
+        # FXTRACT pushes: only with room, apart from the occasional overflow.
+        choices = (0xE0, 0xE1, 0xE4, 0xE5, 0xFA, 0xFC, 0xFD, 0xF8, 0xF5) + ((0xF4,) if can_push or rng.random() < 0.05 else ())
+        return ins(bytes([0xD9, rng.choice(choices)]), "x87-unary")
+    if op == "compare":
+        return ins(rng.choice((bytes([0xD8, 0xD0 + i]), bytes([0xD8, 0xD8 + i]), bytes([0xDD, 0xE0 + i]),
+                               bytes([0xDD, 0xE8 + i]))), "x87-compare")
+    if op == "compare_pop2":
+        return ins(rng.choice((b"\xde\xd9", b"\xda\xe9")), "x87-compare")
+    if op == "fcomi":
+        return ins(bytes([rng.choice((0xDB, 0xDF)), rng.choice((0xE8, 0xF0)) + i]), "x87-fcomi")
+    if op == "fxch":
+        return ins(bytes([0xD9, 0xC8 + i]), "x87-fxch")
+    if op == "fcmov":
+        return ins(bytes([rng.choice((0xDA, 0xDB)), 0xC0 + rng.randrange(4) * 8 + i]), "x87-fcmov")
+    if op == "status":
+        return mem_insn(0xD9, 7, 2, "x87-status")              # FNSTCW m16
+    # control
+    return ins(rng.choice((b"\xd9\xd0", b"\x9b", b"\xdb\xe2", b"\xd9\xf7", b"\xd9\xf6", bytes([0xDD, 0xC0 + i]),
+                           b"\xdb\xe3")), "x87-control")
+
+
 FAMILIES = {
     "alu": (f_alu, 14), "test": (f_test, 3), "unary": (f_unary, 4), "mul": (f_mul, 4), "div": (f_div, 3),
     "shift": (f_shift, 8), "shxd": (f_shxd, 3), "bt": (f_bt, 4), "bsf": (f_bsf, 2), "setcc": (f_setcc, 3),
@@ -1150,6 +1644,8 @@ FAMILIES = {
     "string": (f_string, 5), "xlat": (f_xlat, 1), "enter_leave": (f_enter_leave, 1), "nop": (f_nop, 1),
     "jcc": (f_jcc, 4), "jmp": (f_jmp, 2), "indirect": (f_indirect, 1), "ret": (f_ret, 1),
     "pointer": (f_pointer, 3),
+    "sse_int": (f_sse_int, 5), "sse_move": (f_sse_move, 5), "sse_fp": (f_sse_fp, 5), "mxcsr": (f_mxcsr, 1),
+    "x87": (f_x87, 6),
 }
 
 
@@ -1190,7 +1686,31 @@ def loop_reads(spec):
 
 
 class Case:
-    __slots__ = ("seed", "regs", "rflags", "mem_seed", "code", "steps", "truncated")
+    __slots__ = ("seed", "regs", "rflags", "mem_seed", "code", "steps", "fs_base", "gs_base", "xmm", "mxcsr",
+                 "fault", "stop", "kinds")
+
+
+# MXCSR bits compared against unicorn: QEMU 5 (unicorn 2) does not raise the exception flags
+# (bits 0-5), so only the control bits are; the host-CPU check compares all of them.
+MXCSR_COMPARED = 0xFFC0
+
+
+def rand_seg_base(rng):
+    """0 half the time, else a canonical base: small, below 4 GiB, anywhere in the user half, or
+    (rarely, as the host-CPU check cannot set those) in the kernel half."""
+    c = rng.random()
+    if c < 0.5:
+        return 0
+    if c < 0.65:
+        return rng.randrange(0x200000)
+    if c < 0.8:
+        return rng.randrange(1 << 32)
+    if c < 0.95:
+        return rng.getrandbits(47)
+    return (-rng.randrange(1, 0x200000)) & M64
+
+
+FAULT_P = 0.2
 
 
 def generate_case(emu, seed, n_insns, weights):
@@ -1206,7 +1726,14 @@ def generate_case(emu, seed, n_insns, weights):
             regs[r] = rng.choice((DATA, STACK_LO)) + 0x100 + rng.randrange(0x1E00)
     rflags = 0x2 | (rng.getrandbits(12) & (ARITH | DF))
     mem_seed = rng.getrandbits(64)
-    emu.reset(regs, rflags, mem_seed)
+    fs_base, gs_base = rand_seg_base(rng), rand_seg_base(rng)
+    g.seg_base = {0x64: fs_base, 0x65: gs_base}
+    xmm = [rand_vector(rng) for _ in range(16)]
+    mxcsr = rand_mxcsr(rng)
+    emu.reset(regs, rflags, mem_seed, fs_base, gs_base, xmm, mxcsr)
+    cur_xmm, cur_mxcsr = list(xmm), mxcsr
+    g.x87 = emu.read_x87()
+    x87_undef = 0
     g.regs = list(regs)
     g.flags = rflags
     g.rip = CODE
@@ -1222,9 +1749,20 @@ def generate_case(emu, seed, n_insns, weights):
     undef = 0
     queue = []
     failures = 0
-    while len(steps) < n_insns and failures < 200:
+    fault = None
+    want_fault = rng.random() < FAULT_P
+    stop = "too many retries"
+    kinds = collections.Counter()
+    while failures < 200:
         if g.rip - CODE > CODE_SIZE - 256:
+            stop = "code area full"
             break
+        if len(steps) >= n_insns and not queue and g.pending is None:
+            stop = "length reached"
+            if not want_fault:
+                break
+            want_fault = False
+            g.pending, g.pending_tries = f_fault, 0
         if queue:
             ins = queue.pop(0)
         else:
@@ -1249,6 +1787,16 @@ def generate_case(emu, seed, n_insns, weights):
                 ins, queue = res[0], list(res[1:])
             else:
                 ins = res
+        if ins.fault is not None:
+            # Not executed here: the case ends with it.
+            off = g.rip - CODE
+            if len(code) < off:
+                code += bytes(off - len(code))
+            code[off:off + len(ins.code)] = ins.code
+            fault = ins.fault
+            stop = "fault"
+            kinds[ins.kind] += 1
+            break
         di = decode(ins.code, g.rip)
         if di.code == iced_x86.Code.INVALID or di.len != len(ins.code):
             failures += 1
@@ -1280,20 +1828,73 @@ def generate_case(emu, seed, n_insns, weights):
         err = emu.step(g.rip, nxt)
         nregs, nrip, nflags = emu.read_state()
         if err not in (0, UC_ERR_INSN_INVALID) or emu.interrupt not in (None, 6) or nrip != nxt:
+            # Unicorn could not run it (or stopped elsewhere): the case ends before it.
+            stop = f"unicorn stopped ({ins.kind}: error {err}, interrupt {emu.interrupt})"
             break
+        kinds[ins.kind] += 1
         modified = iced_flags(di.rflags_modified)
         undefined = iced_flags(di.rflags_undefined)
         if ins.adjust is not None:
             modified, undefined = ins.adjust(modified, undefined)
         undef = (undef & ~modified) | undefined
-        steps.append((g.rip, length, nregs, nrip, nflags, COMPARED & ~undef, emu.writes))
+        vchanges = []
+        if ins.sse:
+            nxmm, nmx = emu.read_vector_state()
+            vchanges = [(i, v) for i, v in enumerate(nxmm) if v != cur_xmm[i]]
+            if nmx != cur_mxcsr:
+                vchanges.append(("mx", nmx))
+            cur_xmm, cur_mxcsr = nxmm, nmx
+        if ins.x87:
+            nx = emu.read_x87()
+            x87_undef = (x87_undef & ~iced_c_flags(di.rflags_modified)) | iced_c_flags(di.rflags_undefined)
+            vchanges.append(("fx", nx, X87_FSW_COMPARED & ~x87_undef))
+            g.x87 = nx
+        steps.append((g.rip, length, nregs, nrip, nflags, COMPARED & ~undef, emu.writes, vchanges))
         g.regs = nregs
         g.rip = nrip
         g.flags = nflags
     c = Case()
     c.seed, c.regs, c.rflags, c.mem_seed = seed, regs, rflags, mem_seed
+    c.fs_base, c.gs_base = fs_base, gs_base
+    c.xmm, c.mxcsr = xmm, mxcsr
     c.code = bytes(code)
     c.steps = steps
+    c.fault = fault
+    c.stop = stop
+    c.kinds = kinds
+    return c
+
+
+def case_from_code(emu, instructions, case_id_seed="code"):
+    """A case running the given instruction encodings in order (FNINIT state, zero registers but
+    RSP, memory from seed 1), with unicorn's state after each: for hand-made regression cases."""
+    c = Case()
+    c.seed = case_id_seed
+    c.regs = [0] * 16
+    c.regs[RSP] = STACK_TOP - 0x1000
+    c.rflags, c.mem_seed, c.fs_base, c.gs_base = 2, 1, 0, 0
+    c.xmm, c.mxcsr, c.fault, c.stop, c.kinds = [0] * 16, 0x1F80, None, "code", collections.Counter()
+    emu.reset(c.regs, c.rflags, c.mem_seed, 0, 0, c.xmm, c.mxcsr)
+    ip, code, steps, undef, x87_undef = CODE, b"", [], 0, 0
+    x87 = emu.read_x87()
+    for b in instructions:
+        di = decode(b, ip)
+        emu.write_code(ip, b)
+        emu.write_code(ip + len(b), b"\x0f\x0b")
+        code += b
+        emu.step(ip, ip + len(b))
+        regs, rip, fl = emu.read_state()
+        writes = emu.writes
+        undef = (undef & ~iced_flags(di.rflags_modified)) | iced_flags(di.rflags_undefined)
+        vchanges = []
+        nx = emu.read_x87()
+        if nx != x87:
+            x87_undef = (x87_undef & ~iced_c_flags(di.rflags_modified)) | iced_c_flags(di.rflags_undefined)
+            vchanges.append(("fx", nx, X87_FSW_COMPARED & ~x87_undef))
+            x87 = nx
+        steps.append((ip, len(b), regs, rip, fl, COMPARED & ~undef, writes, vchanges))
+        ip = rip
+    c.code, c.steps = code, steps
     return c
 
 
@@ -1301,20 +1902,40 @@ def serialize(c, case_id, disasm=False):
     """The text form the Swift runner reads (see FuzzCase.swift)."""
     out = [f"C {case_id} {c.rflags:x} {c.mem_seed:x} " + " ".join(f"{v:x}" for v in c.regs),
            "X " + c.code.hex()]
+    if c.fs_base or c.gs_base:
+        out.insert(1, f"B {c.fs_base:x} {c.gs_base:x}")
+    out.insert(1, f"V {c.mxcsr:x} {MXCSR_COMPARED:x} " + " ".join(f"{v:x}" for v in c.xmm))
     prev = list(c.regs)
     fmt = iced_x86.Formatter(iced_x86.FormatterSyntax.INTEL) if disasm else None
-    for (ip, length, regs, rip, rflags, mask, writes) in c.steps:
+    for (ip, length, regs, rip, rflags, mask, writes, vchanges) in c.steps:
         parts = [f"S {rip:x} {rflags:x} {mask:x}"]
         for i in range(16):
             if regs[i] != prev[i]:
                 parts.append(f"r{i}={regs[i]:x}")
         for (a, n, v) in writes:
             parts.append(f"m{a:x}:{n}={v:x}")
+        for item in vchanges:
+            if item[0] == "fx":
+                (fcw, fsw, ftw, sts), fmask = item[1], item[2]
+                parts.append(f"fx={fcw:x}:{fsw:x}:{ftw:x}:{fmask:x}:" + ":".join(f"{v:x}" for v in sts))
+            elif item[0] == "mx":
+                parts.append(f"mx={item[1]:x}")
+            else:
+                parts.append(f"x{item[0]}={item[1]:x}")
         if fmt is not None:
             ins = decode(c.code[ip - CODE:ip - CODE + length], ip)
             parts.append(f"; {ip:x}: {fmt.format(ins)}")
         out.append(" ".join(parts))
         prev = regs
+    if c.fault is not None:
+        v, err, cr2 = c.fault
+        ip = c.steps[-1][3] if c.steps else CODE
+        line = f"F {v:x} " + ("-" if err is None else f"{err:x}") + " " + ("-" if cr2 is None else f"{cr2:x}")
+        if fmt is not None:
+            b = c.code[ip - CODE:ip - CODE + 15]
+            ins = decode(b, ip)
+            line += f" ; {ip:x}: " + (fmt.format(ins) if ins.code != iced_x86.Code.INVALID else b[:4].hex() + " (invalid)")
+        out.append(line)
     out.append("E")
     return "\n".join(out) + "\n"
 
