@@ -3,6 +3,9 @@
 // REP MOVS/STOS with DF = 0 copy whole runs within a page through host pointers.
 
 extension X86Interpreter {
+    /// Iterations (single elements or page-sized bulk runs) of a REP string instruction per dispatch.
+    static let repSlice = 4096
+
     func stringOp(_ d: UnsafePointer<DecodedInsn>) throws(Fault) {
         let s = Int(d.pointee.osz)
         let size = UInt64(1 << s)
@@ -25,7 +28,18 @@ extension X86Interpreter {
             return
         }
         var count = gpr(Reg.rcx) & amask
+        var slices = 0
         while count != 0 {
+            // Hardware takes interrupts between iterations; so does this: after a bounded slice the
+            // instruction ends with RIP still on it (RCX/RSI/RDI show the work done) and the next
+            // dispatch resumes it. Otherwise RCX = 2^64-1 holds the vCPU, deaf to interrupts and to
+            // the host, inside one instruction for hours.
+            if slices == X86Interpreter.repSlice {
+                rip = rip &- UInt64(d.pointee.len)
+                st.pointee.codeModified = true   // leave the block: the next instruction is this one again
+                return
+            }
+            slices += 1
             if !down && (op == .stos || op == .movs) {
                 let n = try bulkString(op, s, srcSeg, amask, count)
                 if n > 0 {
