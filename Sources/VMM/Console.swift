@@ -34,7 +34,7 @@ public final class TerminalRawMode {
 
 /// The one piece of process-global state in swhv: signal handlers and atexit hooks cannot capture
 /// context, so the terminal settings to restore live here while raw mode is active.
-private enum TerminalRestore {
+enum TerminalRestore {
     nonisolated(unsafe) static var fd: Int32 = -1
     nonisolated(unsafe) static var saved = termios()
     nonisolated(unsafe) static var hooksInstalled = false
