@@ -15,7 +15,7 @@ public enum Seccomp {
         SYS_read, SYS_write, SYS_readv, SYS_writev, SYS_pread64, SYS_pwrite64, SYS_preadv, SYS_pwritev,
         SYS_fsync, SYS_fdatasync, SYS_lseek, SYS_close,
         // Locks, sleeping in HLT, time (when the vDSO falls back to the kernel).
-        SYS_futex, SYS_nanosleep, SYS_clock_nanosleep, SYS_clock_gettime, SYS_gettimeofday, SYS_sched_yield,
+        SYS_futex, SYS_poll, SYS_ppoll, SYS_nanosleep, SYS_clock_nanosleep, SYS_clock_gettime, SYS_gettimeofday, SYS_sched_yield,
         // Memory allocation (executable mappings are refused below).
         SYS_munmap, SYS_mremap, SYS_madvise, SYS_brk,
         // Signals: kicks (SIGUSR1), the fatal-signal path that restores the terminal, thread start/exit.

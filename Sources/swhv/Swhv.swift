@@ -147,6 +147,7 @@ struct Boot: ParsableCommand {
         let result: Result<VcpuStop, MachineError>
         do { result = .success(try machine.run()) } catch { result = .failure(error) }
         raw?.restore()
+        console.flush(blockingFor: 500)
         if bootTimer { machine.log.error(machine.timer.report) }
         switch result {
         case .failure(let e): throw e

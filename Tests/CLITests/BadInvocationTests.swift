@@ -173,7 +173,7 @@ final class BadInvocationTests: XCTestCase {
             Case(name: "memory garbage", args: ["boot", "--kernel", k, "--memory", "lots"], message: "memory"),
             Case(name: "memory absurd", args: ["boot", "--kernel", k, "--memory", "99999T"], message: "memory"),
             Case(name: "memory too small", args: ["boot", "--kernel", k, "--memory", "512K"], message: "too small"),
-            Case(name: "memory not whole pages", args: ["boot", "--kernel", k, "--memory", "1001K"], message: "4 KiB"),
+            Case(name: "memory not whole pages", args: ["boot", "--kernel", k, "--memory", "2049K"], message: "4 KiB"),
             Case(name: "accelerator unknown", args: ["boot", "--kernel", k, "--accel", "warp"], message: "accel"),
             Case(name: "command line too long", args: ["boot", "--kernel", elf, "--cmdline",
                                                        String(repeating: "x", count: 5000)] + interp,
