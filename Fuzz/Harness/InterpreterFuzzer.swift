@@ -51,9 +51,10 @@ public final class InterpreterFuzzer {
         io.state = UInt64(input.u32())
         let code = Array(input.rest().prefix(0x8000))
         // Fresh RAM: the template below 128 KiB (tables, handlers), the code, zeros above.
-        try? memory.write(bytes: template, at: 0)
+        // Raw-buffer copies: the generic `write(bytes:)` goes byte by byte.
+        template.withUnsafeBytes { try? memory.write(buffer: $0, at: 0) }
         try? memory.fill(0, at: UInt64(template.count), length: InterpreterFuzzer.ramSize - UInt64(template.count))
-        try? memory.write(bytes: code, at: InterpreterFuzzer.code)
+        code.withUnsafeBytes { try? memory.write(buffer: $0, at: InterpreterFuzzer.code) }
         cpu.invalidateCode(physicalAddress: 0, length: InterpreterFuzzer.ramSize)
         cpu.powerOnReset()
         cpu.interceptedException = nil
