@@ -45,3 +45,44 @@ final class HostileGuestTests: XCTestCase {
         XCTAssertEqual(try mem.read(UInt8.self, at: 0x20_0063), 0x5A)
     }
 }
+
+/// An exception handler that faults again (IRETQ to a bad CS) retires no instruction, ever. The
+/// interpreter used to spin in that loop without polling: `step` never returned and a running VM
+/// ignored the host's stop request. Found by the interp fuzz target.
+final class FaultLoopTests: XCTestCase {
+    func makeFaultLoop() throws -> (X86Interpreter, GuestMemory) {
+        let mem = try LongModeGuest.makeMemory()
+        let cpu = X86Interpreter(memory: mem, clock: VirtualClock())
+        for v in 0..<32 { try LongModeGuest.setGate(mem, vector: v, handler: 0x8000, ist: v == 8 ? 1 : 0) }
+        try mem.write(bytes: [0x48, 0xCF], at: 0x8000)           // iretq
+        // The frame IRETQ pops: RIP, CS (a selector far past the GDT limit), RFLAGS, RSP, SS.
+        for (i, q) in [UInt64(0x8000), 0xFFF8, 0x2, 0x70000, 0x18].enumerated() {
+            try mem.write(q, at: 0x70000 + UInt64(8 * i))
+        }
+        var s = LongModeGuest.entryState(rip: 0x8000, rsp: 0x70000)
+        s.rflags = 0x2
+        try cpu.setEntryState(s)
+        return (cpu, mem)
+    }
+
+    func testStepReturnsFromAFaultLoop() throws {
+        let (cpu, _) = try makeFaultLoop()
+        let done = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) let c = cpu
+        Thread { for _ in 0..<100 { c.step(io: RecordingIO()) }; done.signal() }.start()
+        XCTAssertEqual(done.wait(timeout: .now() + 10), .success, "step() spun in the fault loop")
+    }
+
+    func testHostStopReachesAVMInAFaultLoop() throws {
+        let (cpu, _) = try makeFaultLoop()
+        let control = VMControl()
+        let done = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) let c = cpu
+        nonisolated(unsafe) var stop: VcpuStop?
+        Thread { stop = try? c.run(io: RecordingIO(), control: control); done.signal() }.start()
+        usleep(100_000)
+        control.requestStop(.hostRequest)
+        XCTAssertEqual(done.wait(timeout: .now() + 10), .success, "the VM ignored the stop request")
+        XCTAssertEqual(stop, .hostRequest)
+    }
+}
