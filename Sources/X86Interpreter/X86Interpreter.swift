@@ -215,10 +215,11 @@ public final class X86Interpreter: VcpuBackend {
         defer { self.io = nil }
         if let control { registerKicker(control) }
         let target = instructionsRetired &+ limit < instructionsRetired ? UInt64.max : instructionsRetired &+ limit
+        var eventsWithoutProgress: UInt64 = 0
         while true {
             if st.pointee.shutdown { return .shutdown }
             if st.pointee.testStop { st.pointee.testStop = false; return nil }
-            if instructionsRetired >= target { return nil }
+            if instructionsRetired >= target || eventsWithoutProgress >= limit { return nil }
             if pollCountdown <= 0 {
                 pollCountdown = X86Interpreter.pollInterval
                 if let stop = poll(control) { return stop }
@@ -234,7 +235,11 @@ public final class X86Interpreter: VcpuBackend {
             var budget = target &- instructionsRetired
             if st.pointee.interruptShadow || st.pointee.flagsRest & Flag.tf != 0 { budget = 1 }
             let executed = runBlocks(budget: budget)
-            pollCountdown -= executed
+            // A fault whose handler faults again (an IRETQ to a bad CS, say) retires nothing, forever.
+            // Each such delivery still counts towards polling and the run's limit; otherwise the
+            // loop never polls again and the VM ignores the host (Ctrl-A x) for good.
+            pollCountdown -= max(executed, 1)
+            eventsWithoutProgress = executed == 0 ? eventsWithoutProgress + 1 : 0
         }
     }
 
