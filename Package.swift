@@ -37,7 +37,9 @@ let package = Package(
                 swiftSettings: fastRelease),
         // The machine: assembles memory, loader, devices and a backend; owns the run loop.
         .target(name: "VMM", dependencies: ["KVM", "VMMemory", "LinuxLoader", "CPUBackend", "Devices",
-                                            "X86Interpreter"]),
+                                            "X86Interpreter", "CKVM", "CSeccomp"]),
+        // linux/seccomp.h and linux/filter.h, for the VMM's system-call filter.
+        .systemLibrary(name: "CSeccomp", path: "Modules/CSeccomp"),
         // The command line: argument parsing only.
         .executableTarget(name: "swhv", dependencies: [
             "VMM", .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -15,12 +15,12 @@ public enum LoaderFuzzer {
         let ramSizes: [UInt64] = [1 << 20, 2 << 20, 24 << 20, 64 << 20]
         let ram = ramSizes[Int(mode >> 2) & 3]
         let unpack = mode & 0x10 != 0
-        let initrdSize = mode & 0x20 != 0 ? Int(input.u16()) * 512 : 0
+        let initrdSize = mode & 0x20 != 0 ? Int(input.u8()) * 4096 + Int(input.u8()) : 0
         let kernel: [UInt8]
         if mode & 3 == 1 {
             let compression = PayloadCompression.allCases[Int(input.u8()) % PayloadCompression.allCases.count]
             // Cap the size claim: the real limit (1 GiB) is tested elsewhere and would only slow the fuzzer.
-            let claimed = input.u32() % (8 << 20)
+            let claimed = input.u32() % (1 << 20)
             kernel = wrappedBzImage(payload: Array(input.rest()), magicOf: compression, uncompressedSize: claimed)
             // The decompressors on their own, as the loader calls them.
             if let elf = try? LinuxLoader.extractVmlinux(bzImage: kernel) {

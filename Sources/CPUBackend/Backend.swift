@@ -246,4 +246,11 @@ public protocol VcpuBackend: AnyObject {
     /// Runs guest code until it stops. Port/MMIO accesses are delivered to `io` synchronously.
     /// Returns when the guest stops (or `control` asks it to); throws `VcpuError` on failures.
     func run(io: IOHandler, control: VMControl) throws -> VcpuStop
+    /// Guest instructions executed so far, where the backend counts them (the interpreter does;
+    /// hardware virtualization does not).
+    var guestInstructionCount: UInt64? { get }
+}
+
+extension VcpuBackend {
+    public var guestInstructionCount: UInt64? { nil }
 }

@@ -34,7 +34,7 @@ public final class TerminalRawMode {
 
 /// The one piece of process-global state in swhv: signal handlers and atexit hooks cannot capture
 /// context, so the terminal settings to restore live here while raw mode is active.
-private enum TerminalRestore {
+enum TerminalRestore {
     nonisolated(unsafe) static var fd: Int32 = -1
     nonisolated(unsafe) static var saved = termios()
     nonisolated(unsafe) static var hooksInstalled = false
@@ -102,12 +102,15 @@ final class StdinPump: @unchecked Sendable {
     private let control: VMControl
     private let deliver: @Sendable ([UInt8]) -> Void
     private let handleEscape: Bool
+    private let backlog: @Sendable () -> Int
     private var thread = pthread_t()
 
-    init(control: VMControl, handleEscape: Bool, deliver: @escaping @Sendable ([UInt8]) -> Void) {
+    init(control: VMControl, handleEscape: Bool, backlog: @escaping @Sendable () -> Int = { 0 },
+         deliver: @escaping @Sendable ([UInt8]) -> Void) {
         self.control = control
         self.deliver = deliver
         self.handleEscape = handleEscape
+        self.backlog = backlog
     }
 
     func start() {
@@ -127,6 +130,8 @@ final class StdinPump: @unchecked Sendable {
         var parser = EscapeParser()
         var buf = [UInt8](repeating: 0, count: 4096)
         while control.stopRequest == nil {
+            // Backpressure: read no more while the guest has not taken what it was sent.
+            if backlog() >= Machine.maxPendingInput { usleep(2_000); continue }
             let n = buf.withUnsafeMutableBytes { Glibc.read(STDIN_FILENO, $0.baseAddress, $0.count) }
             if n < 0 { if errno == EINTR { continue }; return }
             if n == 0 { return }  // EOF: the guest keeps running without input.
@@ -143,26 +148,94 @@ final class StdinPump: @unchecked Sendable {
     }
 }
 
-/// Console output to a host file descriptor. Never blocks the vCPU for long: on a full pipe or a
-/// closed stdout, bytes are dropped (and counted) rather than wedging the guest.
+/// Console output to a host file descriptor. Never blocks the vCPU: pipes, FIFOs, sockets and
+/// terminals are written through a private non-blocking descriptor; what the reader cannot take yet
+/// waits in a bounded buffer (`bufferCapacity`), and only when that is full, or the reader has gone
+/// (EPIPE), are bytes dropped and counted. A guest printing into a pipe nobody reads keeps running.
 public final class HostConsoleOutput: SerialOutput {
+    /// Bytes held for a slow reader (a burst of kernel messages on a slow terminal fits).
+    public static let bufferCapacity = 1 << 20
     private let fd: Int32
+    private let ownsFD: Bool
+    private var pending: [UInt8] = []
+    private var pendingStart = 0
     public private(set) var bytesWritten: UInt64 = 0
     public private(set) var bytesDropped: UInt64 = 0
     /// Called once, with the first byte the guest prints (for the boot timer).
     public var onFirstByte: (() -> Void)?
 
-    public init(fd: Int32 = STDOUT_FILENO) { self.fd = fd }
+    public init(fd: Int32 = STDOUT_FILENO) {
+        // A reader that goes away must not kill swhv (and its guest) with SIGPIPE: writes fail with EPIPE.
+        signal(SIGPIPE, SIG_IGN)
+        var st = stat()
+        let type = fstat(fd, &st) == 0 ? st.st_mode & S_IFMT : 0
+        // O_NONBLOCK on the inherited descriptor would also change it for the shell that shares it;
+        // a fresh open of the same pipe or terminal gets a description of its own.
+        if type == S_IFIFO || type == S_IFCHR || type == S_IFSOCK {
+            let own = open("/proc/self/fd/\(fd)", O_WRONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY)
+            if own >= 0 {
+                (self.fd, ownsFD) = (own, true)
+                return
+            }
+        }
+        (self.fd, ownsFD) = (fd, false)
+    }
+
+    deinit {
+        flush(blockingFor: 100)
+        if ownsFD { close(fd) }
+    }
+
+    /// Bytes waiting for the reader.
+    public var bufferedCount: Int { pending.count - pendingStart }
 
     public func write(_ byte: UInt8) {
         if let f = onFirstByte { onFirstByte = nil; f() }
-        var b = byte
-        while true {
-            let n = Glibc.write(fd, &b, 1)
-            if n == 1 { bytesWritten += 1; return }
+        if bufferedCount > 0 {
+            drain()
+        }
+        if bufferedCount == 0 {
+            var b = byte
+            while true {
+                let n = Glibc.write(fd, &b, 1)
+                if n == 1 { bytesWritten += 1; return }
+                if n < 0 && errno == EINTR { continue }
+                if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { break }
+                bytesDropped += 1   // EPIPE, EBADF, EIO: the reader is gone for good
+                return
+            }
+        }
+        guard bufferedCount < HostConsoleOutput.bufferCapacity else { bytesDropped += 1; return }
+        if pendingStart > 0 && pendingStart >= pending.count / 2 {
+            pending.removeFirst(pendingStart)
+            pendingStart = 0
+        }
+        pending.append(byte)
+    }
+
+    /// Writes as much of the buffer as the reader takes now.
+    private func drain() {
+        while pendingStart < pending.count {
+            let n = pending.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + pendingStart, $0.count - pendingStart) }
+            if n > 0 { pendingStart += n; bytesWritten += UInt64(n); continue }
             if n < 0 && errno == EINTR { continue }
-            bytesDropped += 1
-            return
+            if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { return }
+            bytesDropped += UInt64(pending.count - pendingStart)   // the reader is gone
+            pendingStart = pending.count
+        }
+        pending.removeAll(keepingCapacity: pending.count <= 4096)
+        pendingStart = 0
+    }
+
+    /// At exit: gives a slow reader up to `milliseconds` to take what is buffered.
+    public func flush(blockingFor milliseconds: Int) {
+        var waited = 0
+        while bufferedCount > 0 {
+            drain()
+            guard bufferedCount > 0, waited < milliseconds else { break }
+            var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+            _ = poll(&p, 1, 10)
+            waited += 10
         }
     }
 }

@@ -6,7 +6,7 @@ public enum HostFile {
     public static func size(of path: String, role: String) throws(MachineError) -> UInt64 {
         var st = stat()
         guard stat(path, &st) == 0 else {
-            throw MachineError.file(role: role, path: path, problem: String(cString: strerror(errno)))
+            throw MachineError.file(role: role, path: path, problem: "cannot be read: " + String(cString: strerror(errno)))
         }
         if (st.st_mode & S_IFMT) == S_IFDIR {
             throw MachineError.file(role: role, path: path, problem: "is a directory")
@@ -27,7 +27,7 @@ public enum HostFile {
         }
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else {
-            throw MachineError.file(role: role, path: path, problem: String(cString: strerror(errno)))
+            throw MachineError.file(role: role, path: path, problem: "cannot be read: " + String(cString: strerror(errno)))
         }
         defer { close(fd) }
         var bytes = [UInt8](repeating: 0, count: Int(size))
@@ -42,9 +42,31 @@ public enum HostFile {
             return nil
         }
         if let failure {
-            throw MachineError.file(role: role, path: path, problem: String(cString: strerror(failure)))
+            throw MachineError.file(role: role, path: path, problem: "cannot be read: " + String(cString: strerror(failure)))
         }
         if done < bytes.count { bytes.removeLast(bytes.count - done) }
         return bytes
+    }
+
+    /// Checks disk paths before any is opened: a FIFO would block `open` (read-only opens wait for
+    /// a writer), a directory or device node is no disk, and one image given twice would be
+    /// refused by its own lock with a misleading "in use by another process". Missing files are
+    /// left to the disk's own open, which names the error.
+    public static func checkDisks(_ paths: [String]) throws(MachineError) {
+        var seen: [(dev: UInt64, ino: UInt64, path: String)] = []
+        for path in paths {
+            var st = stat()
+            guard stat(path, &st) == 0 else { continue }
+            let type = st.st_mode & S_IFMT
+            if type == S_IFDIR { throw MachineError.file(role: "disk", path: path, problem: "is a directory") }
+            guard type == S_IFREG || type == S_IFBLK else {
+                throw MachineError.file(role: "disk", path: path, problem: "is not a regular file or block device")
+            }
+            if let first = seen.first(where: { $0.dev == UInt64(st.st_dev) && $0.ino == UInt64(st.st_ino) }) {
+                let same = first.path == path ? "" : " (as '\(first.path)')"
+                throw MachineError.file(role: "disk", path: path, problem: "is given more than once\(same)")
+            }
+            seen.append((UInt64(st.st_dev), UInt64(st.st_ino), path))
+        }
     }
 }

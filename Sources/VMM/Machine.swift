@@ -3,6 +3,7 @@ import Devices
 import Glibc
 import KVM
 import LinuxLoader
+import Synchronization
 import VMMemory
 import X86Interpreter
 
@@ -88,6 +89,11 @@ public final class Machine: IOHandler, @unchecked Sendable {
     /// Host input waiting for room in the UART's receive FIFO (bounded).
     private var pendingInput: [UInt8] = []
     public static let maxPendingInput = 1 << 16
+    /// Bytes sent with `sendInput` that have not reached the UART yet (posted or pending): the
+    /// stdin pump waits while this is at `maxPendingInput`, so fast input is held back, not
+    /// queued without bound or dropped.
+    private let inputBacklog = Atomic<Int>(0)
+    public var inputBacklogCount: Int { inputBacklog.load(ordering: .relaxed) }
 
     public init(config: MachineConfig, consoleOutput: SerialOutput) throws(MachineError) {
         self.config = config
@@ -286,9 +292,12 @@ public final class Machine: IOHandler, @unchecked Sendable {
 
     /// Queues host bytes for the guest's serial port. Safe from any thread.
     public func sendInput(_ bytes: [UInt8]) {
+        inputBacklog.add(bytes.count, ordering: .relaxed)
         control.post { [unowned self] in
             let room = Machine.maxPendingInput - self.pendingInput.count
-            self.pendingInput.append(contentsOf: bytes.prefix(max(room, 0)))
+            let kept = min(bytes.count, max(room, 0))
+            self.pendingInput.append(contentsOf: bytes.prefix(kept))
+            if kept < bytes.count { self.inputBacklog.subtract(bytes.count - kept, ordering: .relaxed) }
             self.feedUART()
         }
     }
@@ -297,12 +306,16 @@ public final class Machine: IOHandler, @unchecked Sendable {
     func feedUART() {
         guard !pendingInput.isEmpty else { return }
         let accepted = uart.enqueue(pendingInput)
-        if accepted > 0 { pendingInput.removeFirst(accepted) }
+        if accepted > 0 {
+            pendingInput.removeFirst(accepted)
+            inputBacklog.subtract(accepted, ordering: .relaxed)
+        }
     }
 
     /// Starts reading the host's stdin into the guest console, handling the Ctrl-A x escape.
     public func startStdinPump(handleEscape: Bool) {
-        let pump = StdinPump(control: control, handleEscape: handleEscape) { [unowned self] bytes in
+        let pump = StdinPump(control: control, handleEscape: handleEscape,
+                             backlog: { [unowned self] in self.inputBacklogCount }) { [unowned self] bytes in
             self.sendInput(bytes)
         }
         pump.start()

@@ -47,6 +47,7 @@ public final class GuestMemory: @unchecked Sendable {
     /// Smallest and largest RAM we accept. 16 MiB is far below what Linux needs but lets tests run small guests.
     public static let minimumSize: UInt64 = 1 << 20
     public static let maximumSize: UInt64 = 1 << 40
+    static let guardSize = 4096
 
     public let regions: [MemoryRegion]
     /// Total bytes of guest RAM.
@@ -73,14 +74,20 @@ public final class GuestMemory: @unchecked Sendable {
         }
         var regions: [MemoryRegion] = []
         for (base, len) in layout {
-            // MAP_NORESERVE: guest RAM is committed lazily, as the guest touches it.
-            let p = mmap(nil, Int(len), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+            // MAP_NORESERVE: guest RAM is committed lazily, as the guest touches it. An inaccessible
+            // guard page on each side catches any host-side overrun and keeps the kernel from merging
+            // guest RAM with neighbouring anonymous mappings (so /proc/PID/smaps shows it alone).
+            let guardLen = UInt64(GuestMemory.guardSize)
+            let p = mmap(nil, Int(len + 2 * guardLen), PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
             guard let p, p != MAP_FAILED else {
                 let e = errno
-                for r in regions { munmap(r.host, Int(r.size)) }
+                for r in regions { munmap(r.host - GuestMemory.guardSize, Int(r.size + 2 * guardLen)) }
                 throw MemoryError.mapFailed(size: len, errno: e)
             }
-            regions.append(MemoryRegion(guestBase: base, size: len, host: p))
+            mprotect(p, Int(guardLen), PROT_NONE)
+            mprotect(p + Int(guardLen + len), Int(guardLen), PROT_NONE)
+            regions.append(MemoryRegion(guestBase: base, size: len, host: p + Int(guardLen)))
         }
         self.regions = regions
         self.size = size
@@ -88,7 +95,9 @@ public final class GuestMemory: @unchecked Sendable {
     }
 
     deinit {
-        if ownsMappings { for r in regions { munmap(r.host, Int(r.size)) } }
+        if ownsMappings {
+            for r in regions { munmap(r.host - GuestMemory.guardSize, Int(r.size) + 2 * GuestMemory.guardSize) }
+        }
     }
 
     /// The end of the highest RAM byte + 1 (guest-physical).

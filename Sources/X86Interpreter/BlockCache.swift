@@ -53,12 +53,13 @@ extension X86Interpreter {
         }
         if poolUsed + BlockCache.maxBlock > BlockCache.poolSize { flushCodeCache() }
         let base = pool + poolUsed
-        let avail = 4096 - Int(pa & 0xFFF)
-        let bytes = UnsafePointer(host.assumingMemoryBound(to: UInt8.self))
-        var off = 0
+        // Decode by page offset: in 64-bit code a block is a trace that follows direct jumps and
+        // calls, and the not-taken side of conditional branches, as long as they stay in this page.
+        var pageOffset = Int(pa & 0xFFF)
+        let pageBytes = UnsafePointer((host - pageOffset).assumingMemoryBound(to: UInt8.self))
         var n = 0
-        while n < BlockCache.maxBlock && off < avail {
-            var dec = Decoder(bytes: bytes + off, available: avail - off, codeSize: Int(mode))
+        while n < BlockCache.maxBlock && pageOffset < 4096 {
+            var dec = Decoder(bytes: pageBytes + pageOffset, available: 4096 - pageOffset, codeSize: Int(mode))
             do {
                 base[n] = try dec.decode()
             } catch .needMore {
@@ -70,9 +71,27 @@ extension X86Interpreter {
                 n += 1
                 break
             }
-            off += Int(base[n].len)
+            let next = pageOffset + Int(base[n].len)
             n += 1
-            if dec.endsBlock { break }
+            if !dec.endsBlock {
+                pageOffset = next
+                continue
+            }
+            guard mode == 2 else { break }
+            let op = base[n - 1].op
+            let expected: Int
+            switch op {
+            case .jcc:
+                expected = next
+            case .jmpRel, .callRel:
+                expected = next + Int(Int64(bitPattern: base[n - 1].imm))
+            default:
+                expected = -1
+            }
+            guard expected >= 0 && expected < 4096 else { break }
+            base[n - 1].pfx |= Pfx.trace
+            base[n - 1].disp = Int32(expected)
+            pageOffset = expected
         }
         poolUsed += n
         if codePages[page] == 0 {

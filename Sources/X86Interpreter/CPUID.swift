@@ -24,7 +24,11 @@ extension X86Interpreter {
     /// CPUID.80000001:EDX — syscall nx lm; ECX — lahf_lm.
     static let cpuidExt1EDX: UInt32 = 1 << 11 | 1 << 20 | 1 << 29
     static let cpuidExt1ECX: UInt32 = 1 << 0
-    static let maxBasicLeaf: UInt32 = 7
+    /// Leaves 2-0x14 read as zero (no cache/topology/power/perfmon enumeration); 0x15 gives the
+    /// TSC and crystal frequency so Linux needs no PIT calibration.
+    static let maxBasicLeaf: UInt32 = 0x15
+    /// The TSC and the local APIC timer input both count VM-clock nanoseconds: 1 GHz.
+    static let tscHz: UInt32 = 1_000_000_000
     static let brand = "swhv x86-64 interpreter"
 
     func cpuid() {
@@ -43,6 +47,10 @@ extension X86Interpreter {
             a = 0x0000_0F61   // family 15, model 6, stepping 1
             b = 0x0001_0800 | (apic.id << 24)   // CLFLUSH line 64 bytes, 1 logical processor
             d = X86Interpreter.cpuid1EDX
+        case 0x15:
+            // TSC/crystal ratio 1/1 with a 1 GHz crystal: Linux derives both the TSC frequency and
+            // the APIC timer period from this (both run at 1 GHz here).
+            a = 1; b = 1; c = X86Interpreter.tscHz
         case 0x8000_0000:
             a = 0x8000_0008
         case 0x8000_0001:

@@ -136,7 +136,8 @@ struct CPUState {
     var miscEnable: UInt64 = 1  // fast strings
     var tscOffset: UInt64 = 0
     var tscAux: UInt64 = 0
-    var mtrrDefType: UInt64 = 0
+    /// MTRRs enabled, default type write-back (no firmware runs to program them).
+    var mtrrDefType: UInt64 = 0x806
 
     // Execution bookkeeping.
     /// 0 when CPL < 3, TLBSize.entries at CPL 3: user and supervisor translations live apart.

@@ -79,6 +79,8 @@ enum Pfx {
     static let opsize: UInt8 = 8   // 66 (mandatory prefix for SSE)
     static let rexW: UInt8 = 16
     static let rex: UInt8 = 32
+    /// A branch inside a trace: the block continues only if RIP lands on page offset `disp`.
+    static let trace: UInt8 = 64
 }
 
 struct DecodedInsn {

@@ -317,7 +317,9 @@ extension X86Interpreter {
         // #PF error code bits.
         let code: UInt32 = (isWrite ? 2 : 0) | (user ? 4 : 0) | (access == .exec && nxe ? 16 : 0)
         let addrMask: UInt64 = ((UInt64(1) << UInt64(X86Interpreter.physAddrBits)) - 1) & ~0xFFF
-        let rsvdHigh: UInt64 = ~((UInt64(1) << UInt64(X86Interpreter.physAddrBits)) - 1) & 0x7FF0_0000_0000_0000
+        // Reserved: address bits from MAXPHYADDR to 51, and NX when EFER.NXE is off. Bits 52-62
+        // are ignored (software-available; Linux uses some of them).
+        let rsvdHigh: UInt64 = (((UInt64(1) << 52) - 1) & ~((UInt64(1) << UInt64(X86Interpreter.physAddrBits)) - 1))
             | (nxe ? 0 : 1 << 63)
 
         func fault(_ present: Bool, rsvd: Bool = false) -> Fault {

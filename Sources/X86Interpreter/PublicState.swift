@@ -87,6 +87,9 @@ extension X86Interpreter {
         set { mxcsr = newValue }
     }
 
+    /// Drops every cached translation (as a CR3 write without global pages would).
+    public func invalidateTranslations() { flushTLB(keepGlobal: false) }
+
     /// Power-on reset (real mode at F000:FFF0).
     public func powerOnReset() { reset() }
 }

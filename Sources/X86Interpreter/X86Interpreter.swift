@@ -48,6 +48,8 @@ public final class X86Interpreter: VcpuBackend {
 
     /// Instructions executed so far (for MIPS figures and bounded runs).
     public internal(set) var instructionsRetired: UInt64 = 0
+    /// Decoded blocks entered (instructionsRetired / blocksEntered is the mean block length).
+    public internal(set) var blocksEntered: UInt64 = 0
     /// Executions of opcodes this model does not implement (each raised #UD in the guest).
     public internal(set) var unimplementedCount: UInt64 = 0
     /// The opcode bytes (map << 8 | opcode) of the last unimplemented instruction seen.
@@ -87,8 +89,9 @@ public final class X86Interpreter: VcpuBackend {
         fetchBuffer = .allocate(capacity: 16)
         blocks = .allocate(capacity: BlockCache.slots)
         blocks.initialize(repeating: BlockEntry(), count: BlockCache.slots)
+        // DecodedInsn is a trivial type and entries are written before they are read, so the
+        // 32 MiB pool is left uninitialised (and untouched pages are never committed).
         pool = .allocate(capacity: BlockCache.poolSize)
-        pool.initialize(repeating: DecodedInsn(), count: BlockCache.poolSize)
         scratch = .allocate(capacity: 1)
         scratch.initialize(to: DecodedInsn())
         physPages = Int(min(memory.highestAddress, 1 << 40) >> 12)
@@ -101,7 +104,8 @@ public final class X86Interpreter: VcpuBackend {
 
     deinit {
         st.deallocate(); regs.deallocate(); segs.deallocate(); segBase.deallocate(); tlb.deallocate()
-        fx.deallocate(); fetchBuffer.deallocate(); blocks.deallocate(); pool.deallocate(); scratch.deallocate()
+        fx.deallocate(); fetchBuffer.deallocate(); blocks.deallocate(); scratch.deallocate()
+        pool.deallocate()
         pageGen.deallocate(); codePages.deallocate()
     }
 
@@ -211,10 +215,11 @@ public final class X86Interpreter: VcpuBackend {
         defer { self.io = nil }
         if let control { registerKicker(control) }
         let target = instructionsRetired &+ limit < instructionsRetired ? UInt64.max : instructionsRetired &+ limit
+        var eventsWithoutProgress: UInt64 = 0
         while true {
             if st.pointee.shutdown { return .shutdown }
             if st.pointee.testStop { st.pointee.testStop = false; return nil }
-            if instructionsRetired >= target { return nil }
+            if instructionsRetired >= target || eventsWithoutProgress >= limit { return nil }
             if pollCountdown <= 0 {
                 pollCountdown = X86Interpreter.pollInterval
                 if let stop = poll(control) { return stop }
@@ -230,7 +235,11 @@ public final class X86Interpreter: VcpuBackend {
             var budget = target &- instructionsRetired
             if st.pointee.interruptShadow || st.pointee.flagsRest & Flag.tf != 0 { budget = 1 }
             let executed = runBlocks(budget: budget)
-            pollCountdown -= executed
+            // A fault whose handler faults again (an IRETQ to a bad CS, say) retires nothing, forever.
+            // Each such delivery still counts towards polling and the run's limit; otherwise the
+            // loop never polls again and the VM ignores the host (Ctrl-A x) for good.
+            pollCountdown -= max(executed, 1)
+            eventsWithoutProgress = executed == 0 ? eventsWithoutProgress + 1 : 0
         }
     }
 
@@ -345,6 +354,9 @@ public final class X86Interpreter: VcpuBackend {
                 st.pointee.codeModified = false
                 return done
             }
+            if p.pointee.pfx & Pfx.trace != 0 && rip != (start & ~0xFFF) | UInt64(UInt32(bitPattern: p.pointee.disp)) {
+                return done   // the branch left the trace
+            }
             p += 1
         }
         return done
@@ -369,6 +381,7 @@ public final class X86Interpreter: VcpuBackend {
             let remaining = budget &- UInt64(total)
             let n = remaining < UInt64(count) ? Int(remaining) : count
             let done = executeBlock(block, n)
+            blocksEntered &+= 1
             instructionsRetired &+= UInt64(done)
             total += done
             if st.pointee.pendingFault {

@@ -290,9 +290,16 @@ extension X86Interpreter {
                 }
             case 0xF5, 0xF8:
                 let a = stRead(0), b = stRead(1)
+                if !a.isFinite || b == 0 || b.isNaN {
+                    fpuException(X87Status.ie)
+                    setST(0, X86Interpreter.indefinite)
+                    fsw &= ~X87Status.cc
+                    break
+                }
+                if b.isInfinite { fsw &= ~X87Status.cc; break }   // remainder is ST0 itself
                 var q = modrm == 0xF8 ? (a / b).rounded(.towardZero) : (a / b).rounded(.toNearestOrEven)
                 var r = a - q * b
-                if a.isFinite && b.isFinite && a != 0 && b != 0 && a.exponent - b.exponent < 64 {
+                if a != 0 && a.exponent - b.exponent < 64 {
                     // The exact remainder (a - q * b rounds once the quotient passes 2^11 or so); the
                     // quotient, below 2^64, comes back exactly from it.
                     r = modrm == 0xF8 ? a.truncatingRemainder(dividingBy: b) : a.remainder(dividingBy: b)

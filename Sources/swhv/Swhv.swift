@@ -13,7 +13,7 @@ struct Swhv: ParsableCommand {
             Runs guests on KVM where /dev/kvm works, or on swhv's own x86-64 interpreter.
             The guest console is this terminal (the 16550 UART at COM1). Press Ctrl-A x to quit.
             """,
-        subcommands: [Boot.self, RunImage.self])
+        subcommands: [Boot.self, RunImage.self, SeccompCheck.self])
 
     /// Errors swhv itself reports get one line and exit status 1; usage errors go through
     /// ArgumentParser (which prints the usage and exits 64).
@@ -95,10 +95,15 @@ struct Boot: ParsableCommand {
     @Flag(name: [.short, .long], help: "Debug logging on stderr (unhandled device accesses, exits).")
     var verbose = false
 
+    @Flag(name: .long, help: ArgumentHelp(
+        "Run without the seccomp system-call filter (for debugging swhv; see docs/security.md)."))
+    var noSeccomp = false
+
     var processStart: UInt64 = VirtualClock.hostMonotonicNs()
 
     enum CodingKeys: String, CodingKey {
         case kernel, initrd, cmdline, noDefaultCmdline, disk, memory, guestDecompress, accel, bootTimer, quiet, verbose
+        case noSeccomp
     }
 
     func run() throws {
@@ -115,7 +120,13 @@ struct Boot: ParsableCommand {
         config.quiet = quiet
         config.unpackOnHost = !guestDecompress
         for d in disk { config.disks.append(try DiskConfig.parse(d)) }
+        try HostFile.checkDisks(config.disks.map(\.path))
         config.verbose = verbose
+        if quiet && verbose { throw MachineError.invalidArgument("--quiet and --verbose contradict each other; use one") }
+        if noDefaultCmdline && (cmdline ?? "").isEmpty {
+            throw MachineError.invalidArgument(
+                "--no-default-cmdline needs --cmdline: the kernel would get an empty command line (and no console)")
+        }
 
         var line = noDefaultCmdline ? "" : LinuxLoader.defaultCmdline
         if let cmdline, !cmdline.isEmpty { line = line.isEmpty ? cmdline : line + " " + cmdline }
@@ -131,10 +142,19 @@ struct Boot: ParsableCommand {
 
         let raw = TerminalRawMode()
         machine.startStdinPump(handleEscape: true)
+        // Everything is open and mapped: from here on the guest faces only the calls the run loop needs.
+        if !noSeccomp { try Seccomp.install() }
         let result: Result<VcpuStop, MachineError>
         do { result = .success(try machine.run()) } catch { result = .failure(error) }
         raw?.restore()
-        if bootTimer { machine.log.error(machine.timer.report) }
+        console.flush(blockingFor: 500)
+        if bootTimer {
+            machine.log.error(machine.timer.report)
+            if let n = machine.backend.guestInstructionCount, let up = machine.timer.milliseconds(.firstInstruction) {
+                let runMs = Double(VirtualClock.hostMonotonicNs() &- processStart) / 1e6 - up
+                machine.log.error("boot timer: \(n) guest instructions, \(Int(Double(n) / max(runMs, 1) / 1000)) MIPS")
+            }
+        }
         switch result {
         case .failure(let e): throw e
         case .success(let stop):
@@ -208,7 +228,51 @@ struct RunImage: ParsableCommand {
         let start = VirtualClock.hostMonotonicNs()
         let stop = try machine.run()
         let ms = Double(VirtualClock.hostMonotonicNs() - start) / 1e6
-        machine.log.error("\(machine.backend.name): \(stop) after \(ms) ms")
+        var line = "\(machine.backend.name): \(stop) after \(ms) ms"
+        if let n = machine.backend.guestInstructionCount {
+            line += ", \(n) guest instructions (\(Int(Double(n) / max(ms, 0.001) / 1000)) MIPS)"
+        }
+        machine.log.error(line)
         if stop == .shutdown { Glibc.exit(2) }
+    }
+}
+
+/// Hidden: installs swhv's seccomp filter and makes one system call, so tests can show what the
+/// filter allows and refuses without a guest. `allowed` exercises the calls a run needs.
+struct SeccompCheck: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "seccomp-check", abstract: "Install the seccomp filter and try a system call.",
+        shouldDisplay: false)
+
+    @Argument(help: "allowed, socket, execve, openat, mmap-exec, ioctl, kill")
+    var call: String
+
+    func run() throws {
+        try Seccomp.install()
+        func say(_ s: String) { _ = (s + "\n").withCString { write(STDOUT_FILENO, $0, strlen($0)) } }
+        switch call {
+        case "allowed":
+            var ts = timespec()
+            clock_gettime(CLOCK_MONOTONIC, &ts)
+            let p = UnsafeMutableRawPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+            p.deallocate()
+            var m = pthread_mutex_t()
+            pthread_mutex_init(&m, nil); pthread_mutex_lock(&m); pthread_mutex_unlock(&m)
+            usleep(1000)
+            say("allowed calls work")
+            return
+        case "socket": _ = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        case "execve": _ = execv("/bin/true", [strdup("/bin/true"), nil])
+        case "openat":
+            let fd = open("/etc/hostname", O_RDONLY)
+            say(fd < 0 ? "open refused: \(String(cString: strerror(errno)))" : "open allowed")
+            return
+        case "mmap-exec": _ = mmap(nil, 4096, PROT_READ | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        case "ioctl": _ = Seccomp.syscall(16 /* ioctl */, Int(STDIN_FILENO), Int(TIOCSTI), 0)
+        case "kill": _ = kill(1, 0)
+        default: throw MachineError.invalidArgument("unknown call '\(call)'")
+        }
+        say("\(call) was not refused")
+        Glibc.exit(3)
     }
 }

@@ -84,62 +84,162 @@ final class BadInvocationTests: XCTestCase {
         XCTAssertEqual(r.stdout, "", "nothing on the guest console", file: file, line: line)
     }
 
-    func testMissingKernelFile() throws {
-        try assertOneLineFailure(["boot", "--kernel", scratch.appendingPathComponent("nope").path], mentions: "No such file")
+    /// A tiny valid x86-64 vmlinux (one PT_LOAD at 16 MiB): gets past every file and format check,
+    /// so what fails is the option under test.
+    func tinyELF() -> [UInt8] {
+        var b = [UInt8](repeating: 0, count: 0x1000)
+        func p<T: FixedWidthInteger>(_ v: T, _ off: Int) {
+            for i in 0..<MemoryLayout<T>.size { b[off + i] = UInt8(truncatingIfNeeded: v >> (8 * i)) }
+        }
+        b[0] = 0x7F; b[1] = 0x45; b[2] = 0x4C; b[3] = 0x46; b[4] = 2; b[5] = 1; b[6] = 1
+        p(UInt16(2), 0x10); p(UInt16(62), 0x12); p(UInt32(1), 0x14)
+        p(UInt64(0x100_0000), 0x18); p(UInt64(64), 0x20)
+        p(UInt16(64), 0x34); p(UInt16(56), 0x36); p(UInt16(1), 0x38)
+        p(UInt32(1), 64); p(UInt32(7), 68); p(UInt64(0x1000), 72); p(UInt64(0x100_0000), 80)
+        p(UInt64(0x100_0000), 88); p(UInt64(16), 96); p(UInt64(0x1000), 104)
+        return b + [UInt8](repeating: 0xF4, count: 16)
     }
 
-    func testKernelIsDirectory() throws {
-        try assertOneLineFailure(["boot", "--kernel", scratch.path], mentions: "directory")
-    }
-
-    func testEmptyKernel() throws {
-        try assertOneLineFailure(["boot", "--kernel", try file("empty", [])], mentions: "empty")
-    }
-
-    func testRandomFileAsKernel() throws {
-        var g = SystemRandomNumberGenerator()
-        let bytes = (0..<65536).map { _ in UInt8.random(in: 0...255, using: &g) }
-        try assertOneLineFailure(["boot", "--kernel", try file("random", bytes)], mentions: "kernel")
-    }
-
-    func testTruncatedBzImage() throws {
-        try assertOneLineFailure(["boot", "--kernel", try file("trunc", bzImageHeaderOnly())], mentions: "truncated")
-    }
-
-    func testMissingInitrd() throws {
-        try assertOneLineFailure(["boot", "--kernel", try file("k", bzImageHeaderOnly()),
-                                  "--initrd", scratch.appendingPathComponent("missing.gz").path],
-                                 mentions: "initrd")
-    }
-
-    func testInitrdLargerThanRAM() throws {
-        let big = scratch.appendingPathComponent("big.img")
-        FileManager.default.createFile(atPath: big.path, contents: nil)
-        let h = try FileHandle(forWritingTo: big)
-        try h.truncate(atOffset: 80 << 20)  // sparse: 80 MiB
+    func sparseFile(_ name: String, size: UInt64) throws -> String {
+        let u = scratch.appendingPathComponent(name)
+        FileManager.default.createFile(atPath: u.path, contents: nil)
+        let h = try FileHandle(forWritingTo: u)
+        try h.truncate(atOffset: size)
         try h.close()
-        try assertOneLineFailure(["boot", "--kernel", try file("k", bzImageHeaderOnly()), "--initrd", big.path,
-                                  "--memory", "64M"], mentions: "larger than guest RAM")
+        return u.path
     }
 
-    func testZeroMemory() throws {
-        try assertOneLineFailure(["boot", "--kernel", try file("k", bzImageHeaderOnly()), "--memory", "0"],
-                                 mentions: "memory")
+    func fifo(_ name: String) -> String {
+        let path = scratch.appendingPathComponent(name).path
+        XCTAssertEqual(mkfifo(path, 0o600), 0)
+        return path
     }
 
-    func testGarbageMemorySize() throws {
-        try assertOneLineFailure(["boot", "--kernel", try file("k", bzImageHeaderOnly()), "--memory", "lots"],
-                                 mentions: "memory")
+    /// One bad command line: what the user typed and what swhv must answer.
+    struct Case {
+        let name: String
+        let args: [String]
+        /// 1 for swhv's own one-line errors, 64 for usage errors (ArgumentParser's EX_USAGE).
+        var status: Int32 = 1
+        let message: String
     }
 
-    func testAbsurdMemorySize() throws {
-        try assertOneLineFailure(["boot", "--kernel", try file("k", bzImageHeaderOnly()), "--memory", "99999T"],
-                                 mentions: "memory")
+    /// Builds the table; files are made in the per-test scratch directory.
+    func badCases() throws -> [Case] {
+        let missing = scratch.appendingPathComponent("nope").path
+        let dir = scratch.path
+        let k = try file("k", bzImageHeaderOnly())
+        let elf = try file("vmlinux", tinyELF())
+        var g = SystemRandomNumberGenerator()
+        let random = try file("random", (0..<65536).map { _ in UInt8.random(in: 0...255, using: &g) })
+        var elf32 = tinyELF(); elf32[4] = 1
+        var arm64 = tinyELF(); arm64[0x12] = 183
+        var oldProto = bzImageHeaderOnly(); oldProto[0x206] = 0x0B   // 2.11
+        var no64 = bzImageHeaderOnly() + [UInt8](repeating: 0, count: 0x11000); no64[0x236] = 0
+        let gzip = try file("initramfs.cpio.gz", [0x1F, 0x8B, 0x08, 0x00] + [UInt8](repeating: 0, count: 600))
+        let disk = try sparseFile("disk.img", size: 1 << 20)
+        let odd = try sparseFile("odd.img", size: 1000)
+        let emptyDisk = try file("empty.img", [])
+        let interp = ["--accel", "interp"]
+        return [
+            Case(name: "kernel missing", args: ["boot", "--kernel", missing], message: "No such file"),
+            Case(name: "kernel is a directory", args: ["boot", "--kernel", dir], message: "is a directory"),
+            Case(name: "kernel is a FIFO", args: ["boot", "--kernel", fifo("kfifo")], message: "not a regular file"),
+            Case(name: "kernel is a character device", args: ["boot", "--kernel", "/dev/zero"], message: "not a regular file"),
+            Case(name: "kernel empty", args: ["boot", "--kernel", try file("empty", [])], message: "empty"),
+            Case(name: "kernel random bytes", args: ["boot", "--kernel", random], message: "not a Linux kernel"),
+            Case(name: "kernel truncated bzImage", args: ["boot", "--kernel", k], message: "truncated"),
+            Case(name: "kernel is a gzip (initrd and kernel swapped)", args: ["boot", "--kernel", gzip, "--initrd", k],
+                 message: "not a Linux kernel"),
+            Case(name: "kernel 32-bit ELF", args: ["boot", "--kernel", try file("elf32", elf32)], message: "not x86-64"),
+            Case(name: "kernel arm64 ELF", args: ["boot", "--kernel", try file("arm64", arm64)], message: "EM_X86_64"),
+            Case(name: "kernel boot protocol too old", args: ["boot", "--kernel", try file("old", oldProto)],
+                 message: "too old"),
+            Case(name: "kernel without 64-bit entry", args: ["boot", "--kernel", try file("no64", no64)],
+                 message: "64-bit entry"),
+            Case(name: "kernel larger than RAM", args: ["boot", "--kernel", try sparseFile("huge", size: 80 << 20),
+                                                        "--memory", "64M"], message: "too large"),
+            Case(name: "initrd missing", args: ["boot", "--kernel", k, "--initrd", missing], message: "initrd"),
+            Case(name: "initrd is a directory", args: ["boot", "--kernel", k, "--initrd", dir], message: "is a directory"),
+            Case(name: "initrd empty", args: ["boot", "--kernel", k, "--initrd", try file("e2", [])], message: "initrd"),
+            Case(name: "initrd larger than RAM", args: ["boot", "--kernel", k, "--initrd",
+                                                        try sparseFile("big", size: 80 << 20), "--memory", "64M"],
+                 message: "larger than guest RAM"),
+            Case(name: "initrd does not fit beside the kernel", args: ["boot", "--kernel", elf, "--initrd",
+                                                                       try sparseFile("60m", size: 60 << 20),
+                                                                       "--memory", "64M"] + interp,
+                 message: "does not fit"),
+            Case(name: "memory zero", args: ["boot", "--kernel", k, "--memory", "0"], message: "memory"),
+            Case(name: "memory garbage", args: ["boot", "--kernel", k, "--memory", "lots"], message: "memory"),
+            Case(name: "memory absurd", args: ["boot", "--kernel", k, "--memory", "99999T"], message: "memory"),
+            Case(name: "memory too small", args: ["boot", "--kernel", k, "--memory", "512K"], message: "too small"),
+            Case(name: "memory not whole pages", args: ["boot", "--kernel", k, "--memory", "2049K"], message: "4 KiB"),
+            Case(name: "accelerator unknown", args: ["boot", "--kernel", k, "--accel", "warp"], message: "accel"),
+            Case(name: "command line too long", args: ["boot", "--kernel", elf, "--cmdline",
+                                                       String(repeating: "x", count: 5000)] + interp,
+                 message: "command line"),
+            Case(name: "quiet and verbose", args: ["boot", "--kernel", k, "--quiet", "--verbose"],
+                 message: "--quiet and --verbose"),
+            Case(name: "no default cmdline without cmdline", args: ["boot", "--kernel", k, "--no-default-cmdline"],
+                 message: "--no-default-cmdline"),
+            Case(name: "disk missing", args: ["boot", "--kernel", k, "--disk", missing] + interp, message: "No such file"),
+            Case(name: "disk is a directory", args: ["boot", "--kernel", k, "--disk", dir] + interp,
+                 message: "is a directory"),
+            Case(name: "disk is a FIFO (read-only)", args: ["boot", "--kernel", k, "--disk", fifo("dfifo") + ",readonly"]
+                 + interp, message: "not a regular file"),
+            Case(name: "disk is a FIFO", args: ["boot", "--kernel", k, "--disk", fifo("dfifo2")] + interp,
+                 message: "not a regular file"),
+            Case(name: "disk empty", args: ["boot", "--kernel", k, "--disk", emptyDisk] + interp, message: "empty"),
+            Case(name: "disk size not a multiple of 512", args: ["boot", "--kernel", k, "--disk", odd] + interp,
+                 message: "not a multiple of 512"),
+            Case(name: "disk option unknown", args: ["boot", "--kernel", k, "--disk", disk + ",fast"] + interp,
+                 message: "unknown"),
+            Case(name: "disk serial too long", args: ["boot", "--kernel", k, "--disk",
+                                                      disk + ",serial=" + String(repeating: "s", count: 21)] + interp,
+                 message: "longer than 20 bytes"),
+            Case(name: "disk without a path", args: ["boot", "--kernel", k, "--disk", ",readonly"] + interp,
+                 message: "no path"),
+            Case(name: "disk given twice", args: ["boot", "--kernel", k, "--disk", disk, "--disk", disk] + interp,
+                 message: "more than once"),
+            Case(name: "unknown option", args: ["boot", "--kernel", k, "--turbo"], status: 64, message: "--turbo"),
+            Case(name: "unknown subcommand", args: ["start"], status: 64, message: "start"),
+            Case(name: "option without its value", args: ["boot", "--kernel"], status: 64, message: "--kernel"),
+        ]
     }
 
-    func testUnknownAccelerator() throws {
-        try assertOneLineFailure(["boot", "--kernel", try file("k", bzImageHeaderOnly()), "--accel", "warp"],
-                                 mentions: "accel")
+    func testBadInvocationsFailFastWithOneLine() throws {
+        let cases = try badCases()
+        XCTAssertGreaterThanOrEqual(cases.count, 20)
+        for c in cases {
+            let r = try swhv(c.args)
+            XCTAssertEqual(r.status, c.status, "\(c.name): exit status; stderr=\(r.stderr)")
+            let lines = r.stderr.split(separator: "\n", omittingEmptySubsequences: true)
+                .map { $0.trimmingCharacters(in: CharacterSet(charactersIn: "\r")) }
+            if c.status == 1 {
+                XCTAssertEqual(lines.count, 1, "\(c.name): expected one line, got: \(r.stderr)")
+                XCTAssertTrue(lines.first?.hasPrefix("swhv: error: ") ?? false, "\(c.name): \(r.stderr)")
+            } else {
+                XCTAssertTrue(lines.first?.hasPrefix("Error: ") ?? false, "\(c.name): \(r.stderr)")
+            }
+            XCTAssertTrue(lines.first?.lowercased().contains(c.message.lowercased()) ?? false,
+                          "\(c.name): the error should mention '\(c.message)': \(r.stderr)")
+            XCTAssertLessThan(r.seconds, 1, "\(c.name): bad input must fail fast")
+            XCTAssertEqual(r.stdout, "", "\(c.name): nothing on the guest console")
+        }
+    }
+
+    /// A writable image another process holds (as a second swhv would) is refused, not shared.
+    func testDiskInUseIsRefused() throws {
+        let disk = try sparseFile("locked.img", size: 1 << 20)
+        let fd = open(disk, O_RDWR)
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        defer { close(fd) }
+        XCTAssertEqual(flock(fd, LOCK_EX | LOCK_NB), 0)
+        try assertOneLineFailure(["boot", "--kernel", try file("k", bzImageHeaderOnly()), "--disk", disk,
+                                  "--accel", "interp"], mentions: "in use by another process")
+        // Read-only users share the image with each other, but not with a writer.
+        try assertOneLineFailure(["boot", "--kernel", try file("k", bzImageHeaderOnly()), "--disk", disk + ",readonly",
+                                  "--accel", "interp"], mentions: "in use by another process")
     }
 
     func testMissingKernelOptionIsAUsageError() throws {

@@ -22,6 +22,11 @@ enum GuestChecks {
         XCTAssertTrue(r.mmio.reads.contains(4), "the guest's MMIO read reached the device")
     }
 
+    /// 10 x 4096 iterations of a 14-instruction integer loop; the checksum was cross-checked on QEMU.
+    static func cpuloop(on a: Accelerator) throws {
+        _ = try check("cpuloop", on: a) { machine in try machine.memory.write(UInt32(10), at: 0x500) }
+    }
+
     static func userspace(on a: Accelerator) throws {
         _ = try check("userspace", on: a) { machine in
             try machine.memory.write(UInt32(2000), at: 0x500)  // N port writes per phase
@@ -35,6 +40,7 @@ final class KVMGuestTests: XCTestCase {
     func testProtectedModeGuestDoesMMIOAndHalts() throws { try GuestChecks.protectedMode(on: .kvm) }
     func testLongModeGuestRunsAndTripleFaults() throws { _ = try GuestChecks.check("long", on: .kvm) }
     func testUserspaceGuestExitsFromCPL0AndCPL3() throws { try GuestChecks.userspace(on: .kvm) }
+    func testCPULoopChecksum() throws { try GuestChecks.cpuloop(on: .kvm) }
 }
 
 final class InterpreterGuestTests: XCTestCase {
@@ -42,4 +48,5 @@ final class InterpreterGuestTests: XCTestCase {
     func testProtectedModeGuestDoesMMIOAndHalts() throws { try GuestChecks.protectedMode(on: .interp) }
     func testLongModeGuestRunsAndTripleFaults() throws { _ = try GuestChecks.check("long", on: .interp) }
     func testUserspaceGuestExitsFromCPL0AndCPL3() throws { try GuestChecks.userspace(on: .interp) }
+    func testCPULoopChecksum() throws { try GuestChecks.cpuloop(on: .interp) }
 }

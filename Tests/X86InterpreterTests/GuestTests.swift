@@ -173,6 +173,62 @@ final class GuestTests: XCTestCase {
         XCTAssertGreaterThan(cpu.instructionsRetired, 0)
     }
 
+    func testSyscallSysretAndSwapgs() throws {
+        let (mem, cpu) = try makeKernelGuest(entry: GuestPrograms.syscallSetup)
+        try cpu.load(program: GuestPrograms.syscallEntry)
+        try cpu.load(program: GuestPrograms.syscallUser)
+        try mem.write(UInt64(0xFEED_FACE), at: 0x13000)
+        XCTAssertEqual(runToHalt(cpu), .haltedForever)
+        XCTAssertEqual(cpu[.r13], 160, "kernel added 100 to the syscall number and SYSRET returned")
+        XCTAssertEqual(cpu[.r9], 0xFEED_FACE, "SWAPGS switched to the kernel GS base")
+        XCTAssertEqual(cpu[.r12], GuestPrograms.syscallUser.address + 9, "RCX held the return address")
+        XCTAssertEqual(cpu[.r8] & 0x200, 0, "SFMASK cleared IF on entry")
+        XCTAssertEqual(cpu[.r14], 2, "HLT at CPL 3 raised #GP")
+        XCTAssertEqual(cpu[.rcx], UInt64(LongModeGuest.userCS), "the #GP came from user mode")
+        XCTAssertEqual(cpu.msr(0xC000_0102), 0x13000, "KERNEL_GS_BASE swapped back")
+    }
+
+    func testMMIOGoesToTheHandlerAndLocalAPICIsInternal() throws {
+        let (_, cpu) = try makeKernelGuest(entry: GuestPrograms.mmioAccess)
+        let io = RecordingIO()
+        XCTAssertEqual(runToHalt(cpu, io: io), .haltedForever)
+        XCTAssertEqual(cpu[.rax], io.mmioReadValue & 0xFFFF_FFFF, "32-bit MMIO read")
+        XCTAssertEqual(io.mmioWrites.first?.address, 0xD000_0010)
+        XCTAssertEqual(io.mmioWrites.first?.size, 4)
+        XCTAssertEqual(io.mmioWrites.first?.value, 0x55)
+        XCTAssertEqual(cpu[.rbx], 0x0005_0014, "APIC version register, not the MMIO handler")
+        XCTAssertEqual(io.mmioWrites.count, 1)
+        // A read crossing into the next page is split into byte accesses of both pages.
+        XCTAssertEqual(cpu[.rcx], 0xF0F0_F0F0_F0F0_F0F0, "eight one-byte reads of the low byte")
+    }
+
+    func testFaultWhileDeliveringFaultBecomesDoubleFault() throws {
+        let (mem, cpu) = try makeKernelGuest(entry: GuestPrograms.doubleFault)
+        // Clear the present bit of the #GP gate.
+        let gate = LongModeGuest.idtBase + 13 * 16
+        try mem.write(try mem.read(UInt64.self, at: gate) & ~(UInt64(1) << 47), at: gate)
+        XCTAssertEqual(runToHalt(cpu), .haltedForever)
+        XCTAssertEqual(cpu[.r14], 2, "the #DF handler ran")
+        XCTAssertEqual(cpu[.rax], 0, "#DF error code is 0")
+        XCTAssertEqual(cpu[.rbx], GuestPrograms.doubleFault.address + 10, "#DF frame points at the faulting MOV")
+    }
+
+    func testTripleFaultShutsDown() throws {
+        let (_, cpu) = try makeKernelGuest(entry: GuestPrograms.undefinedOpcode)
+        var s = LongModeGuest.entryState(rip: GuestPrograms.undefinedOpcode.address, rsp: 0x7F000)
+        s.idt = DescriptorTable(base: LongModeGuest.idtBase, limit: 0)
+        try cpu.setEntryState(s)
+        XCTAssertEqual(runToHalt(cpu), .shutdown)
+    }
+
+    func testTrapFlagSingleSteps() throws {
+        let (_, cpu) = try makeKernelGuest(entry: GuestPrograms.singleStep)
+        XCTAssertEqual(runToHalt(cpu), .haltedForever)
+        XCTAssertEqual(cpu[.r14], 1, "#DB handler ran")
+        XCTAssertEqual(cpu[.rbx], GuestPrograms.singleStep.address + 11, "trap after the NOP following POPF")
+        XCTAssertEqual(cpu.flags & 0x100, 0, "TF cleared in the handler")
+    }
+
     func testHostStopRequestEndsRun() throws {
         let (_, cpu) = try makeKernelGuest(entry: GuestPrograms.benchmarkLoop)
         let control = VMControl()
@@ -186,5 +242,38 @@ extension X86Interpreter {
     func load(program p: (address: UInt64, code: [UInt8])) throws {
         try guestMemory.write(bytes: p.code, at: p.address)
         invalidateCode(physicalAddress: p.address, length: UInt64(p.code.count))
+    }
+}
+
+/// CPUID answers: the deliberate feature set and the frequency leaf.
+final class CPUIDTests: XCTestCase {
+    func cpuid(_ leaf: UInt32) throws -> (UInt32, UInt32, UInt32, UInt32) {
+        let mem = try LongModeGuest.makeMemory()
+        try mem.write(bytes: [0x0F, 0xA2, 0xF4], at: 0x10000)   // cpuid; hlt
+        let cpu = X86Interpreter(memory: mem, clock: VirtualClock())
+        try cpu.setEntryState(LongModeGuest.entryState(rip: 0x10000, rsp: 0x7F000))
+        cpu[.rax] = UInt64(leaf)
+        _ = cpu.run(io: RecordingIO(), control: VMControl(), maxInstructions: 10)
+        return (UInt32(cpu[.rax]), UInt32(cpu[.rbx]), UInt32(cpu[.rcx]), UInt32(cpu[.rdx]))
+    }
+
+    func testVendorAndFeatures() throws {
+        let (maxLeaf, b, c, d) = try cpuid(0)
+        XCTAssertGreaterThanOrEqual(maxLeaf, 0x15)
+        let vendor = [b, d, c].flatMap { v in (0..<4).map { UInt8(truncatingIfNeeded: v >> ($0 * 8)) } }
+        XCTAssertEqual(String(decoding: vendor, as: UTF8.self), "GenuineIntel")
+        let (_, _, ecx1, edx1) = try cpuid(1)
+        for bit in [0, 4, 5, 6, 8, 9, 13, 15, 24, 25, 26] { XCTAssertNotEqual(edx1 & (1 << bit), 0, "CPUID.1:EDX bit \(bit)") }
+        XCTAssertEqual(ecx1 & (1 << 26), 0, "no XSAVE")
+        XCTAssertEqual(ecx1 & (1 << 23), 0, "no POPCNT")
+        let (_, _, _, edx81) = try cpuid(0x8000_0001)
+        XCTAssertNotEqual(edx81 & (1 << 29), 0, "long mode")
+        XCTAssertNotEqual(edx81 & (1 << 11), 0, "SYSCALL")
+        XCTAssertNotEqual(edx81 & (1 << 20), 0, "NX")
+    }
+
+    func testTSCFrequencyLeaf() throws {
+        let (a, b, c, _) = try cpuid(0x15)
+        XCTAssertEqual(UInt64(c) * UInt64(b) / UInt64(a), 1_000_000_000, "1 GHz TSC")
     }
 }

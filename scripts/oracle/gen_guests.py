@@ -245,6 +245,71 @@ PROGRAMS = [
     top:
         jmp top
     """),
+    # SYSCALL/SYSRET round trip with SWAPGS; the user program then faults on HLT.
+    ("syscallSetup", 64, 0x12000, """
+        mov ax, 0x38
+        ltr ax
+        mov ecx, 0xC0000081
+        xor eax, eax
+        mov edx, 0x00180010
+        wrmsr
+        mov ecx, 0xC0000082
+        mov eax, 0x12100
+        xor edx, edx
+        wrmsr
+        mov ecx, 0xC0000084
+        mov eax, 0x200
+        wrmsr
+        mov ecx, 0xC0000102
+        mov eax, 0x13000
+        wrmsr
+        mov rcx, 0x12200
+        mov r11, 0x202
+        mov rsp, 0x70000
+        .byte 0x48, 0x0F, 0x07
+    """),
+    ("syscallEntry", 64, 0x12100, """
+        swapgs
+        xor r9d, r9d
+        mov r9, qword ptr gs:[r9]
+        pushfq
+        pop r8
+        add rax, 100
+        mov r12, rcx
+        swapgs
+        .byte 0x48, 0x0F, 0x07
+    """),
+    ("syscallUser", 64, 0x12200, """
+        mov rax, 60
+        syscall
+        mov r13, rax
+        hlt
+    """),
+    # MMIO: a device page at 0xD0000000 and the local APIC's version register.
+    ("mmioAccess", 64, 0x12300, """
+        mov rsi, 0xD0000000
+        mov eax, dword ptr [rsi]
+        mov dword ptr [rsi+0x10], 0x55
+        mov rdi, 0xFEE00000
+        mov ebx, dword ptr [rdi+0x30]
+        mov rcx, qword ptr [rsi+0xFFC]
+        hlt
+    """),
+    # A non-canonical access raises #GP; the #GP gate is not present, so delivery escalates to #DF.
+    ("doubleFault", 64, 0x12400, """
+        mov rax, 0x8000000000000000
+        mov rbx, qword ptr [rax]
+        hlt
+    """),
+    # POPF sets TF: the trap comes after the next instruction.
+    ("singleStep", 64, 0x12500, """
+        pushfq
+        or qword ptr [rsp], 0x100
+        popfq
+        nop
+        nop
+        hlt
+    """),
     # A CPU-bound loop for MIPS figures: ALU, loads/stores, a call, a conditional branch.
     ("benchmarkLoop", 64, 0x10A00, """
         mov rcx, 20000000
