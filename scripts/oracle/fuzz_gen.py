@@ -1322,18 +1322,20 @@ def rand_vector(rng):
 # Non-default MXCSR modes (rounding other than to nearest, FTZ, DAZ) are generated only when asked
 # for (fuzz.py --fp-modes): the interpreter computes with the host's FPU under fesetround, which
 # the compiler does not order its float operations against, and models neither FTZ nor DAZ.
-FP_MODES = False
+# FP_MODES: "" (nearest, no FTZ/DAZ), "rc" (rounding modes), "ftz-daz", or "all".
+FP_MODES = ""
 
 
 def rand_mxcsr(rng):
-    """All exceptions masked (no #XM), random sticky flags; with FP_MODES any rounding mode and
-    sometimes FTZ/DAZ."""
+    """All exceptions masked (no #XM), random sticky flags; with FP_MODES other rounding modes
+    and/or FTZ and DAZ."""
     v = 0x1F80
-    if FP_MODES:
+    if FP_MODES in ("rc", "all"):
         v |= rng.randrange(4) << 13
-        if rng.random() < 0.15:
+    if FP_MODES in ("ftz-daz", "all"):
+        if rng.random() < 0.4:
             v |= 0x8000
-        if rng.random() < 0.15:
+        if rng.random() < 0.4:
             v |= 0x40
     if rng.random() < 0.3:
         v |= rng.getrandbits(6)
