@@ -182,9 +182,9 @@ extension X86Interpreter {
             let i = wide ? Int64(bitPattern: src) : Int64(Int32(truncatingIfNeeded: src))
             var v = xmm128(dst)
             if prefix == .f2 {
-                v[0] = withMXCSRRounding { Double(i).bitPattern }
+                v[0] = withMXCSRRounding { roundToDouble(Float80(i)) }.bitPattern
             } else {
-                v[0] = (v[0] & ~0xFFFF_FFFF) | UInt64(withMXCSRRounding { Float(i).bitPattern })
+                v[0] = (v[0] & ~0xFFFF_FFFF) | UInt64(withMXCSRRounding { roundToFloat(Float80(i)) }.bitPattern)
             }
             setXMM128(dst, v)
         case 0x2C, 0x2D:  // CVTT/CVT SS/SD -> integer
@@ -247,7 +247,7 @@ extension X86Interpreter {
                 for i in 0..<2 { noteLaneFlags(f[i], f[i], unary: true) }
             case .p66:
                 let s = daz(asDoubles(try sseSource(d)))
-                let r = withMXCSRRounding { SIMD2<Float>(Float(s[0]), Float(s[1])) }
+                let r = withMXCSRRounding { SIMD2<Float>(roundToFloat(Float80(s[0])), roundToFloat(Float80(s[1]))) }
                 v = V128(UInt64(ftz(r[0]).bitPattern) | UInt64(ftz(r[1]).bitPattern) << 32, 0)
                 for i in 0..<2 { noteLaneFlags(s[i], s[i], unary: true) }
             case .f3:
@@ -256,7 +256,7 @@ extension X86Interpreter {
                 noteLaneFlags(x, x, unary: true)
             case .f2:
                 let x = daz(Double(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt64.self) : xmm128(Int(d.pointee.rm) >> 3)[0]))
-                v[0] = (v[0] & ~0xFFFF_FFFF) | UInt64(ftz(withMXCSRRounding { Float(x) }).bitPattern)
+                v[0] = (v[0] & ~0xFFFF_FFFF) | UInt64(ftz(withMXCSRRounding { roundToFloat(Float80(x)) }).bitPattern)
                 noteLaneFlags(x, x, unary: true)
             }
             setXMM128(dst, v)
@@ -265,7 +265,7 @@ extension X86Interpreter {
             var r = SIMD4<UInt32>()
             if prefix == .none {
                 let w = asDwords(s)
-                withMXCSRRounding { for i in 0..<4 { r[i] = Float(Int32(bitPattern: w[i])).bitPattern } }
+                withMXCSRRounding { for i in 0..<4 { r[i] = roundToFloat(Float80(Int32(bitPattern: w[i]))).bitPattern } }
             } else if prefix == .p66 || prefix == .f3 {
                 let f = daz(asFloats(s))
                 for i in 0..<4 { r[i] = UInt32(truncatingIfNeeded: convertToInteger(Double(f[i]), wide: false, truncate: prefix == .f3)) }
@@ -398,6 +398,32 @@ extension X86Interpreter {
         if r >= limit || r < -limit { mxcsr |= 1; return indefinite }
         if r != x { mxcsr |= 32 }
         return wide ? UInt64(bitPattern: Int64(r)) : UInt64(UInt32(bitPattern: Int32(r)))
+    }
+
+    /// `x` (exact in Float80) rounded to Float as MXCSR.RC says. The host's conversion may run under
+    /// round-to-nearest whatever fesetround said (the compiler assumes the default FP environment
+    /// and may move it), so a result on the wrong side of `x` is stepped by one ulp.
+    func roundToFloat(_ x: Float80) -> Float {
+        var f = Float(x)
+        if x.isNaN { return f }
+        switch (mxcsr >> 13) & 3 {
+        case 1: if Float80(f) > x { f = f.nextDown }
+        case 2: if Float80(f) < x { f = f.nextUp }
+        case 3: if abs(Float80(f)) > abs(x) { f = f > 0 ? f.nextDown : f.nextUp }
+        default: break
+        }
+        return f
+    }
+    func roundToDouble(_ x: Float80) -> Double {
+        var f = Double(x)
+        if x.isNaN { return f }
+        switch (mxcsr >> 13) & 3 {
+        case 1: if Float80(f) > x { f = f.nextDown }
+        case 2: if Float80(f) < x { f = f.nextUp }
+        case 3: if abs(Float80(f)) > abs(x) { f = f > 0 ? f.nextDown : f.nextUp }
+        default: break
+        }
+        return f
     }
 
     /// DAZ: a denormal source operand reads as a zero of its sign.

@@ -280,6 +280,7 @@ class Gen:
             p = self.rng.choice((0x64, 0x65))
             off = (target - self.seg_base[p]) & M64
             if not a32 or off < (1 << 32):
+                self.used_fsgs = True
                 return p, off
         return None, target
 
@@ -1075,6 +1076,7 @@ def f_string(g):
         pfx.append(0x66)
     if src_seg is not None:
         pfx.append(src_seg)
+        g.used_fsgs = True
     rng.shuffle(pfx)
     code = bytes(pfx) + (b"\x48" if size == 64 else b"") + bytes([op])
     adj = None
@@ -1096,6 +1098,7 @@ def f_xlat(g):
         g.pending_tries = 1
         return Insn(mov_r64_imm(RBX, (rng.choice((DATA, STACK_LO)) + rng.randrange(0x1F00) - base) & M64), "prep")
     pfx = bytes([g.xlat_seg]) if g.xlat_seg else b""
+    g.used_fsgs = g.used_fsgs or g.xlat_seg is not None
     return Insn(pfx + (b"\x48\xd7" if rng.random() < 0.3 else b"\xd7"), "xlat")
 
 
@@ -1714,7 +1717,7 @@ def rand_seg_base(rng):
         return rng.randrange(0x200000)
     if c < 0.8:
         return rng.randrange(1 << 32)
-    if c < 0.95:
+    if c < 0.98:
         return rng.getrandbits(47)
     return (-rng.randrange(1, 0x200000)) & M64
 
@@ -1737,6 +1740,7 @@ def generate_case(emu, seed, n_insns, weights):
     mem_seed = rng.getrandbits(64)
     fs_base, gs_base = rand_seg_base(rng), rand_seg_base(rng)
     g.seg_base = {0x64: fs_base, 0x65: gs_base}
+    g.used_fsgs = False
     xmm = [rand_vector(rng) for _ in range(16)]
     mxcsr = rand_mxcsr(rng)
     emu.reset(regs, rflags, mem_seed, fs_base, gs_base, xmm, mxcsr)
@@ -1864,7 +1868,8 @@ def generate_case(emu, seed, n_insns, weights):
         g.flags = nflags
     c = Case()
     c.seed, c.regs, c.rflags, c.mem_seed = seed, regs, rflags, mem_seed
-    c.fs_base, c.gs_base = fs_base, gs_base
+    # Bases no instruction used are left out (the host-CPU check cannot set kernel-half ones).
+    c.fs_base, c.gs_base = (fs_base, gs_base) if g.used_fsgs else (0, 0)
     c.xmm, c.mxcsr = xmm, mxcsr
     c.code = bytes(code)
     c.steps = steps
