@@ -350,8 +350,11 @@ extension X86Interpreter {
                 let conds: [UInt8] = [2, 4, 6, 10]   // B, E, BE, P
                 var take = condition(conds[reg])
                 if opcode == 3 { take = !take }
+                // An empty source (or ST0) is a stack underflow whether or not the move happens:
+                // ST0 gets the indefinite NaN, as on hardware.
+                let empty = stIsEmpty(i) || stIsEmpty(0)
                 let v = stRead(i)
-                if take { setST(0, v) }
+                if take || empty { setST(0, empty ? X86Interpreter.indefinite : v) }
             } else if opcode == 3 && modrm == 0xE4 {
                 break  // FNSETPM (287): no-op
             } else {
