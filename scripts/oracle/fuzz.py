@@ -19,6 +19,24 @@ and cases where only the host CPU differs (interpreter and unicorn agree) are co
 
     --write-corpus FILE --cases N   writes N cases with disassembly comments instead of running
     --show SEED:INDEX               regenerates one case and prints it with disassembly
+    --code HEX,HEX,...              a hand-made case running these instructions
+    --x87 / --fp-modes / --mxcsr-flags   opt-in areas (see --help)
+
+Which oracle decides what. Unicorn (QEMU 5's CPU model) gives the expected state; the host CPU
+(an AMD EPYC here, single-stepped at CPL3) decides whenever the two disagree. Unicorn quirks the
+host CPU showed, and how they are handled:
+  - SHLD/SHRD imm8 with a RIP-relative operand address the wrong byte: not generated.
+  - LOCK NEG computes SF/ZF/PF from the wrong value: NEG is not locked.
+  - A null segment prefix (26/2E/36/3E) after FS/GS cancels the override: FS/GS is placed last.
+  - CMPXCHG r32 rewrites RAX even when the comparison succeeds; packed-single NaN propagation,
+    x87 C1/FCOMI flags, FPREM in double precision, +QNaN for the x87 indefinite: classified
+    "unicorn quirk" (the interpreter agrees with the host CPU), not failures.
+  - No MXCSR or x87 exception flags: not compared unless --mxcsr-flags (then the host judges);
+    STMXCSR and FNSTSW are not generated against unicorn.
+  - No canonical-address or SSE alignment checks: fault cases take their vector from the
+    architecture, confirmed by the host CPU.
+Vendor differences (AMD host vs the Intel behaviour QEMU implements) in CMPXCHG r32 and
+BSF/BSR of 0 are counted apart. Undefined flags (iced-x86) are never compared.
 """
 import argparse
 import collections
