@@ -182,9 +182,9 @@ extension X86Interpreter {
             let i = wide ? Int64(bitPattern: src) : Int64(Int32(truncatingIfNeeded: src))
             var v = xmm128(dst)
             if prefix == .f2 {
-                v[0] = withMXCSRRounding { Double(i).bitPattern }
+                v[0] = withMXCSRRounding { roundToDouble(Float80(i)) }.bitPattern
             } else {
-                v[0] = (v[0] & ~0xFFFF_FFFF) | UInt64(withMXCSRRounding { Float(i).bitPattern })
+                v[0] = (v[0] & ~0xFFFF_FFFF) | UInt64(withMXCSRRounding { roundToFloat(Float80(i)) }.bitPattern)
             }
             setXMM128(dst, v)
         case 0x2C, 0x2D:  // CVTT/CVT SS/SD -> integer
@@ -192,9 +192,9 @@ extension X86Interpreter {
             let wide = d.pointee.pfx & Pfx.rexW != 0
             let value: Double
             if prefix == .f2 {
-                value = Double(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt64.self) : xmm128(Int(d.pointee.rm) >> 3)[0])
+                value = daz(Double(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt64.self) : xmm128(Int(d.pointee.rm) >> 3)[0]))
             } else {
-                value = Double(Float(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt32.self) : UInt32(truncatingIfNeeded: xmm128(Int(d.pointee.rm) >> 3)[0])))
+                value = Double(daz(Float(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt32.self) : UInt32(truncatingIfNeeded: xmm128(Int(d.pointee.rm) >> 3)[0]))))
             }
             let r = convertToInteger(value, wide: wide, truncate: opcode == 0x2C)
             setRegSized(d.pointee.reg, wide ? 3 : 2, r)
@@ -202,16 +202,20 @@ extension X86Interpreter {
             let a: Double, b: Double
             let signaling = opcode == 0x2F
             if prefix == .p66 {
-                a = Double(bitPattern: xmm128(dst)[0])
-                b = Double(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt64.self) : xmm128(Int(d.pointee.rm) >> 3)[0])
+                a = daz(Double(bitPattern: xmm128(dst)[0]))
+                b = daz(Double(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt64.self) : xmm128(Int(d.pointee.rm) >> 3)[0]))
+                noteLaneFlags(a, b, quietInvalid: signaling)
             } else {
-                a = Double(Float(bitPattern: UInt32(truncatingIfNeeded: xmm128(dst)[0])))
-                b = Double(Float(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt32.self) : UInt32(truncatingIfNeeded: xmm128(Int(d.pointee.rm) >> 3)[0])))
+                // Checked as floats: widening quiets a signaling NaN and normalizes a denormal.
+                let fa = daz(Float(bitPattern: UInt32(truncatingIfNeeded: xmm128(dst)[0])))
+                let fb = daz(Float(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt32.self) : UInt32(truncatingIfNeeded: xmm128(Int(d.pointee.rm) >> 3)[0])))
+                noteLaneFlags(fa, fb, quietInvalid: signaling)
+                a = Double(fa)
+                b = Double(fb)
             }
             var f: UInt64 = 0
             if a.isNaN || b.isNaN {
                 f = Flag.zf | Flag.pf | Flag.cf
-                if signaling || a.isSignalingNaN || b.isSignalingNaN { mxcsr |= 1 }
             } else if a < b { f = Flag.cf } else if a == b { f = Flag.zf }
             setArithFlags(f)
         case 0x50:  // MOVMSKPS/PD
@@ -238,17 +242,22 @@ extension X86Interpreter {
             switch prefix {
             case .none:
                 let s = d.pointee.mem ? V128(try read(linearAddress(d), UInt64.self), 0) : xmm128(Int(d.pointee.rm) >> 3)
-                let f = asFloats(s)
+                let f = daz(asFloats(s))
                 v = withMXCSRRounding { V128(Double(f[0]).bitPattern, Double(f[1]).bitPattern) }
+                for i in 0..<2 { noteLaneFlags(f[i], f[i], unary: true) }
             case .p66:
-                let s = asDoubles(try sseSource(d))
-                v = withMXCSRRounding { V128(UInt64(Float(s[0]).bitPattern) | UInt64(Float(s[1]).bitPattern) << 32, 0) }
+                let s = daz(asDoubles(try sseSource(d)))
+                let r = withMXCSRRounding { SIMD2<Float>(roundToFloat(Float80(s[0])), roundToFloat(Float80(s[1]))) }
+                v = V128(UInt64(ftz(r[0]).bitPattern) | UInt64(ftz(r[1]).bitPattern) << 32, 0)
+                for i in 0..<2 { noteLaneFlags(s[i], s[i], unary: true) }
             case .f3:
-                let x = Float(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt32.self) : UInt32(truncatingIfNeeded: xmm128(Int(d.pointee.rm) >> 3)[0]))
+                let x = daz(Float(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt32.self) : UInt32(truncatingIfNeeded: xmm128(Int(d.pointee.rm) >> 3)[0])))
                 v[0] = withMXCSRRounding { Double(x).bitPattern }
+                noteLaneFlags(x, x, unary: true)
             case .f2:
-                let x = Double(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt64.self) : xmm128(Int(d.pointee.rm) >> 3)[0])
-                v[0] = (v[0] & ~0xFFFF_FFFF) | UInt64(withMXCSRRounding { Float(x).bitPattern })
+                let x = daz(Double(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt64.self) : xmm128(Int(d.pointee.rm) >> 3)[0]))
+                v[0] = (v[0] & ~0xFFFF_FFFF) | UInt64(ftz(withMXCSRRounding { roundToFloat(Float80(x)) }).bitPattern)
+                noteLaneFlags(x, x, unary: true)
             }
             setXMM128(dst, v)
         case 0x5B:  // CVTDQ2PS / CVTPS2DQ / CVTTPS2DQ
@@ -256,9 +265,9 @@ extension X86Interpreter {
             var r = SIMD4<UInt32>()
             if prefix == .none {
                 let w = asDwords(s)
-                withMXCSRRounding { for i in 0..<4 { r[i] = Float(Int32(bitPattern: w[i])).bitPattern } }
+                withMXCSRRounding { for i in 0..<4 { r[i] = roundToFloat(Float80(Int32(bitPattern: w[i]))).bitPattern } }
             } else if prefix == .p66 || prefix == .f3 {
-                let f = asFloats(s)
+                let f = daz(asFloats(s))
                 for i in 0..<4 { r[i] = UInt32(truncatingIfNeeded: convertToInteger(Double(f[i]), wide: false, truncate: prefix == .f3)) }
             } else { return try unimplementedSSE(opcode) }
             setXMM128(dst, v128(r))
@@ -269,7 +278,7 @@ extension X86Interpreter {
                 let w = asDwords(d.pointee.mem ? V128(try read(linearAddress(d), UInt64.self), 0) : s)
                 setXMM128(dst, V128(Double(Int32(bitPattern: w[0])).bitPattern, Double(Int32(bitPattern: w[1])).bitPattern))
             case .p66, .f2:
-                let f = asDoubles(s)
+                let f = daz(asDoubles(s))
                 let lo = convertToInteger(f[0], wide: false, truncate: prefix == .p66) & 0xFFFF_FFFF
                 let hi = convertToInteger(f[1], wide: false, truncate: prefix == .p66) & 0xFFFF_FFFF
                 setXMM128(dst, V128(lo | hi << 32, 0))
@@ -391,6 +400,62 @@ extension X86Interpreter {
         return wide ? UInt64(bitPattern: Int64(r)) : UInt64(UInt32(bitPattern: Int32(r)))
     }
 
+    /// `x` (exact in Float80) rounded to Float as MXCSR.RC says. The host's conversion may run under
+    /// round-to-nearest whatever fesetround said (the compiler assumes the default FP environment
+    /// and may move it), so a result on the wrong side of `x` is stepped by one ulp.
+    func roundToFloat(_ x: Float80) -> Float {
+        var f = Float(x)
+        if x.isNaN { return f }
+        switch (mxcsr >> 13) & 3 {
+        case 1: if Float80(f) > x { f = f.nextDown }
+        case 2: if Float80(f) < x { f = f.nextUp }
+        case 3: if abs(Float80(f)) > abs(x) { f = f > 0 ? f.nextDown : f.nextUp }
+        default: break
+        }
+        return f
+    }
+    func roundToDouble(_ x: Float80) -> Double {
+        var f = Double(x)
+        if x.isNaN { return f }
+        switch (mxcsr >> 13) & 3 {
+        case 1: if Float80(f) > x { f = f.nextDown }
+        case 2: if Float80(f) < x { f = f.nextUp }
+        case 3: if abs(Float80(f)) > abs(x) { f = f > 0 ? f.nextDown : f.nextUp }
+        default: break
+        }
+        return f
+    }
+
+    /// DAZ: a denormal source operand reads as a zero of its sign.
+    @inline(__always)
+    func daz<F: BinaryFloatingPoint>(_ v: F) -> F {
+        mxcsr & 0x40 != 0 && v.isSubnormal ? (v.sign == .minus ? -0.0 : 0.0) : v
+    }
+    @inline(__always) func daz(_ v: SIMD4<Float>) -> SIMD4<Float> { SIMD4(daz(v[0]), daz(v[1]), daz(v[2]), daz(v[3])) }
+    @inline(__always) func daz(_ v: SIMD2<Double>) -> SIMD2<Double> { SIMD2(daz(v[0]), daz(v[1])) }
+
+    /// FTZ (with underflow masked): a denormal result becomes a zero of its sign, raising UE and PE.
+    @inline(__always)
+    func ftz<F: BinaryFloatingPoint>(_ v: F) -> F {
+        guard mxcsr & 0x8800 == 0x8800, v.isSubnormal else { return v }
+        mxcsr |= 0x30
+        return v.sign == .minus ? -0.0 : 0.0
+    }
+
+    /// MXCSR flags the host's fenv does not report, for one lane. DE: a denormal source operand,
+    /// unless a NaN operand, an invalid operation (a NaN result) or a division by zero takes
+    /// precedence, or DAZ. IE: a signaling NaN operand, or any NaN where the instruction signals
+    /// on quiet NaNs too (MIN/MAX, COMIS, the ordered CMP predicates).
+    @inline(__always)
+    func noteLaneFlags<F: BinaryFloatingPoint>(_ x: F, _ y: F, result: F? = nil, unary: Bool = false,
+                                                divide: Bool = false, quietInvalid: Bool = false) {
+        let xNaN = !unary && x.isNaN
+        if (!unary && x.isSignalingNaN) || y.isSignalingNaN || (quietInvalid && (xNaN || y.isNaN)) { mxcsr |= 1 }
+        guard mxcsr & 0x40 == 0, (!unary && x.isSubnormal) || y.isSubnormal else { return }
+        if xNaN || y.isNaN || result?.isNaN == true || (divide && y == 0) { return }
+        mxcsr |= 2
+    }
+
     func floatArithmetic(_ d: UnsafePointer<DecodedInsn>, _ opcode: UInt8, _ prefix: SSEPrefix, _ dst: Int) throws(Fault) {
         var a = xmm128(dst)
         func opF(_ x: Float, _ y: Float) -> Float {
@@ -415,20 +480,34 @@ extension X86Interpreter {
             default: return x > y ? x : y
             }
         }
+        let unary = opcode == 0x51, divide = opcode == 0x5E, minMax = opcode == 0x5D || opcode == 0x5F
+        // Operands are DAZ-flushed; MIN/MAX return one of them and cannot underflow (no FTZ),
+        // arithmetic results are FTZ-flushed.
+        @inline(__always) func lane<F: BinaryFloatingPoint>(_ x: F, _ y: F, _ op: (F, F) -> F) -> F {
+            let fx = daz(x), fy = daz(y)
+            if minMax {
+                let pickX = opcode == 0x5D ? fx < fy : fx > fy
+                noteLaneFlags(fx, fy, quietInvalid: true)
+                return pickX ? fx : fy
+            }
+            let r = withMXCSRRounding { op(fx, fy) }
+            noteLaneFlags(fx, fy, result: r, unary: unary, divide: divide)
+            return ftz(r)
+        }
         switch prefix {
         case .none:
             let b = asFloats(try sseSource(d)), x = asFloats(a)
-            a = withMXCSRRounding { v128(SIMD4<Float>(opF(x[0], b[0]), opF(x[1], b[1]), opF(x[2], b[2]), opF(x[3], b[3]))) }
+            a = v128(SIMD4<Float>(lane(x[0], b[0], opF), lane(x[1], b[1], opF), lane(x[2], b[2], opF), lane(x[3], b[3], opF)))
         case .p66:
             let b = asDoubles(try sseSource(d)), x = asDoubles(a)
-            a = withMXCSRRounding { v128(SIMD2<Double>(opD(x[0], b[0]), opD(x[1], b[1]))) }
+            a = v128(SIMD2<Double>(lane(x[0], b[0], opD), lane(x[1], b[1], opD)))
         case .f3:
             let y = Float(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt32.self) : UInt32(truncatingIfNeeded: xmm128(Int(d.pointee.rm) >> 3)[0]))
             let x = Float(bitPattern: UInt32(truncatingIfNeeded: a[0]))
-            a[0] = (a[0] & ~0xFFFF_FFFF) | UInt64(withMXCSRRounding { opF(x, y).bitPattern })
+            a[0] = (a[0] & ~0xFFFF_FFFF) | UInt64(lane(x, y, opF).bitPattern)
         case .f2:
             let y = Double(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt64.self) : xmm128(Int(d.pointee.rm) >> 3)[0])
-            a[0] = withMXCSRRounding { opD(Double(bitPattern: a[0]), y).bitPattern }
+            a[0] = lane(Double(bitPattern: a[0]), y, opD).bitPattern
         }
         setXMM128(dst, a)
     }
@@ -447,23 +526,32 @@ extension X86Interpreter {
             default: return !(x.isNaN || y.isNaN)
             }
         }
+        // LT, LE, NLT and NLE signal on quiet NaNs too.
+        let ordered = pred == 1 || pred == 2 || pred == 5 || pred == 6
         var a = xmm128(dst)
         switch prefix {
         case .none:
-            let x = asFloats(a), y = asFloats(try sseSource(d))
+            let x = daz(asFloats(a)), y = daz(asFloats(try sseSource(d)))
             var r = SIMD4<UInt32>()
-            for i in 0..<4 { r[i] = cmp(Double(x[i]), Double(y[i])) ? ~0 : 0 }
+            for i in 0..<4 {
+                r[i] = cmp(Double(x[i]), Double(y[i])) ? ~0 : 0
+                noteLaneFlags(x[i], y[i], quietInvalid: ordered)
+            }
             a = v128(r)
         case .p66:
-            let x = asDoubles(a), y = asDoubles(try sseSource(d))
+            let x = daz(asDoubles(a)), y = daz(asDoubles(try sseSource(d)))
             a = V128(cmp(x[0], y[0]) ? ~0 : 0, cmp(x[1], y[1]) ? ~0 : 0)
+            for i in 0..<2 { noteLaneFlags(x[i], y[i], quietInvalid: ordered) }
         case .f3:
-            let y = Float(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt32.self) : UInt32(truncatingIfNeeded: xmm128(Int(d.pointee.rm) >> 3)[0]))
-            let x = Float(bitPattern: UInt32(truncatingIfNeeded: a[0]))
+            let y = daz(Float(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt32.self) : UInt32(truncatingIfNeeded: xmm128(Int(d.pointee.rm) >> 3)[0])))
+            let x = daz(Float(bitPattern: UInt32(truncatingIfNeeded: a[0])))
             a[0] = (a[0] & ~0xFFFF_FFFF) | (cmp(Double(x), Double(y)) ? 0xFFFF_FFFF : 0)
+            noteLaneFlags(x, y, quietInvalid: ordered)
         case .f2:
-            let y = Double(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt64.self) : xmm128(Int(d.pointee.rm) >> 3)[0])
-            a[0] = cmp(Double(bitPattern: a[0]), y) ? ~0 : 0
+            let y = daz(Double(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt64.self) : xmm128(Int(d.pointee.rm) >> 3)[0]))
+            let x = daz(Double(bitPattern: a[0]))
+            a[0] = cmp(x, y) ? ~0 : 0
+            noteLaneFlags(x, y, quietInvalid: ordered)
         }
         setXMM128(dst, a)
     }

@@ -335,10 +335,18 @@ public final class X86Interpreter: VcpuBackend {
                 try execute(p)
             } catch {
                 rip = start
+                var fault = error
+                // The page walk raises #GP(0) for a non-canonical address; through SS (an RSP- or
+                // RBP-based operand) that is a stack fault.
+                if fault.vector == 13 && fault.code == 0 && p.pointee.mem && Int(p.pointee.seg) == Seg.ss
+                    && st.pointee.codeSize == 2 {
+                    let top = Int64(bitPattern: linearAddress(p)) >> 47
+                    if top != 0 && top != -1 { fault = Fault.ss(0) }
+                }
                 st.pointee.pendingFault = true
-                st.pointee.faultVector = error.vector
-                st.pointee.faultCode = error.code
-                st.pointee.faultHasCode = error.hasCode
+                st.pointee.faultVector = fault.vector
+                st.pointee.faultCode = fault.code
+                st.pointee.faultHasCode = fault.hasCode
                 return done
             }
             done += 1

@@ -297,8 +297,14 @@ extension X86Interpreter {
                     break
                 }
                 if b.isInfinite { fsw &= ~X87Status.cc; break }   // remainder is ST0 itself
-                let q = modrm == 0xF8 ? (a / b).rounded(.towardZero) : (a / b).rounded(.toNearestOrEven)
-                let r = a - q * b
+                var q = modrm == 0xF8 ? (a / b).rounded(.towardZero) : (a / b).rounded(.toNearestOrEven)
+                var r = a - q * b
+                if a != 0 && a.exponent - b.exponent < 64 {
+                    // The exact remainder (a - q * b rounds once the quotient passes 2^11 or so); the
+                    // quotient, below 2^64, comes back exactly from it.
+                    r = modrm == 0xF8 ? a.truncatingRemainder(dividingBy: b) : a.remainder(dividingBy: b)
+                    q = ((a - r) / b).rounded()
+                }
                 setST(0, r)
                 // A NaN or infinite quotient (divisor 0, infinite or NaN operands) has no low bits.
                 let qi = q.isFinite ? UInt64(abs(q).truncatingRemainder(dividingBy: 8)) : 0

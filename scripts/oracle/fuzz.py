@@ -223,8 +223,9 @@ def main():
     ap.add_argument("--show", metavar="SEED:INDEX")
     ap.add_argument("--code", metavar="HEX,HEX,...", help="print a case running these instructions (regression cases)")
     ap.add_argument("--code-id", default="code", help="with --code: the case id")
-    ap.add_argument("--fp-modes", action="store_true",
-                    help="also MXCSR rounding modes other than nearest, FTZ and DAZ (known interpreter gaps)")
+    ap.add_argument("--fp-modes", nargs="?", const="all", default="", choices=("rc", "ftz-daz", "all"),
+                    help="also MXCSR rounding modes other than nearest (rc), FTZ and DAZ (ftz-daz), or both "
+                         "(all, the default with the flag): known interpreter gaps")
     ap.add_argument("--x87", action="store_true", help="also x87 instructions (opt-in, see OPT_IN)")
     ap.add_argument("--mxcsr-flags", action="store_true",
                     help="compare MXCSR exception flags (and generate STMXCSR): unicorn raises none, so a "

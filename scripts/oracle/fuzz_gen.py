@@ -280,6 +280,7 @@ class Gen:
             p = self.rng.choice((0x64, 0x65))
             off = (target - self.seg_base[p]) & M64
             if not a32 or off < (1 << 32):
+                self.used_fsgs = True
                 return p, off
         return None, target
 
@@ -1075,6 +1076,7 @@ def f_string(g):
         pfx.append(0x66)
     if src_seg is not None:
         pfx.append(src_seg)
+        g.used_fsgs = True
     rng.shuffle(pfx)
     code = bytes(pfx) + (b"\x48" if size == 64 else b"") + bytes([op])
     adj = None
@@ -1096,6 +1098,7 @@ def f_xlat(g):
         g.pending_tries = 1
         return Insn(mov_r64_imm(RBX, (rng.choice((DATA, STACK_LO)) + rng.randrange(0x1F00) - base) & M64), "prep")
     pfx = bytes([g.xlat_seg]) if g.xlat_seg else b""
+    g.used_fsgs = g.used_fsgs or g.xlat_seg is not None
     return Insn(pfx + (b"\x48\xd7" if rng.random() < 0.3 else b"\xd7"), "xlat")
 
 
@@ -1322,18 +1325,20 @@ def rand_vector(rng):
 # Non-default MXCSR modes (rounding other than to nearest, FTZ, DAZ) are generated only when asked
 # for (fuzz.py --fp-modes): the interpreter computes with the host's FPU under fesetround, which
 # the compiler does not order its float operations against, and models neither FTZ nor DAZ.
-FP_MODES = False
+# FP_MODES: "" (nearest, no FTZ/DAZ), "rc" (rounding modes), "ftz-daz", or "all".
+FP_MODES = ""
 
 
 def rand_mxcsr(rng):
-    """All exceptions masked (no #XM), random sticky flags; with FP_MODES any rounding mode and
-    sometimes FTZ/DAZ."""
+    """All exceptions masked (no #XM), random sticky flags; with FP_MODES other rounding modes
+    and/or FTZ and DAZ."""
     v = 0x1F80
-    if FP_MODES:
+    if FP_MODES in ("rc", "all"):
         v |= rng.randrange(4) << 13
-        if rng.random() < 0.15:
+    if FP_MODES in ("ftz-daz", "all"):
+        if rng.random() < 0.4:
             v |= 0x8000
-        if rng.random() < 0.15:
+        if rng.random() < 0.4:
             v |= 0x40
     if rng.random() < 0.3:
         v |= rng.getrandbits(6)
@@ -1470,7 +1475,7 @@ def fault_access(g, reg, rng):
 def f_fault(g):
     rng = g.rng
     if g.pending_tries == 0:
-        g.fault_kind = rng.choice(("ud", "ud", "de", "gp", "gp-sse", "pf", "ss"))
+        g.fault_kind = rng.choice(("ud", "ud", "de", "gp", "gp-sse", "pf", "ss", "ss-mem"))
         g.fault_reg = rng.choice([r for r in range(16) if r not in (RSP, RBP, RAX, RDX)])
         g.fault_addr = PF_LO + rng.randrange(PF_HI - PF_LO)
     kind, r = g.fault_kind, g.fault_reg
@@ -1508,6 +1513,13 @@ def f_fault(g):
         g.pending = None
         code, w = fault_access(g, r, rng)
         return Insn(code, "fault-pf", fault=(14, w, g.fault_addr))
+    if kind == "ss-mem":
+        # A non-canonical RBP-based operand addresses through SS: #SS(0), not #GP(0).
+        if first:
+            return Insn(mov_r64_imm(RBP, noncanonical(rng)), "prep")
+        g.pending = None
+        code, _ = fault_access(g, RBP, rng)
+        return Insn(code, "fault-ss", fault=(12, 0, None))
     # ss: a push with a non-canonical RSP.
     if first:
         return Insn(mov_r64_imm(RSP, noncanonical(rng)), "prep")
@@ -1705,7 +1717,7 @@ def rand_seg_base(rng):
         return rng.randrange(0x200000)
     if c < 0.8:
         return rng.randrange(1 << 32)
-    if c < 0.95:
+    if c < 0.98:
         return rng.getrandbits(47)
     return (-rng.randrange(1, 0x200000)) & M64
 
@@ -1728,6 +1740,7 @@ def generate_case(emu, seed, n_insns, weights):
     mem_seed = rng.getrandbits(64)
     fs_base, gs_base = rand_seg_base(rng), rand_seg_base(rng)
     g.seg_base = {0x64: fs_base, 0x65: gs_base}
+    g.used_fsgs = False
     xmm = [rand_vector(rng) for _ in range(16)]
     mxcsr = rand_mxcsr(rng)
     emu.reset(regs, rflags, mem_seed, fs_base, gs_base, xmm, mxcsr)
@@ -1855,7 +1868,8 @@ def generate_case(emu, seed, n_insns, weights):
         g.flags = nflags
     c = Case()
     c.seed, c.regs, c.rflags, c.mem_seed = seed, regs, rflags, mem_seed
-    c.fs_base, c.gs_base = fs_base, gs_base
+    # Bases no instruction used are left out (the host-CPU check cannot set kernel-half ones).
+    c.fs_base, c.gs_base = (fs_base, gs_base) if g.used_fsgs else (0, 0)
     c.xmm, c.mxcsr = xmm, mxcsr
     c.code = bytes(code)
     c.steps = steps
@@ -1877,6 +1891,7 @@ def case_from_code(emu, instructions, case_id_seed="code"):
     emu.reset(c.regs, c.rflags, c.mem_seed, 0, 0, c.xmm, c.mxcsr)
     ip, code, steps, undef, x87_undef = CODE, b"", [], 0, 0
     x87 = emu.read_x87()
+    cur_xmm, cur_mx = emu.read_vector_state()
     for b in instructions:
         di = decode(b, ip)
         emu.write_code(ip, b)
@@ -1887,6 +1902,11 @@ def case_from_code(emu, instructions, case_id_seed="code"):
         writes = emu.writes
         undef = (undef & ~iced_flags(di.rflags_modified)) | iced_flags(di.rflags_undefined)
         vchanges = []
+        nxmm, nmx = emu.read_vector_state()
+        vchanges += [(i, v) for i, v in enumerate(nxmm) if v != cur_xmm[i]]
+        if nmx != cur_mx:
+            vchanges.append(("mx", nmx))
+        cur_xmm, cur_mx = nxmm, nmx
         nx = emu.read_x87()
         if nx != x87:
             x87_undef = (x87_undef & ~iced_c_flags(di.rflags_modified)) | iced_c_flags(di.rflags_undefined)
