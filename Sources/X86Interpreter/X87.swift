@@ -275,7 +275,9 @@ extension X86Interpreter {
                 let q = modrm == 0xF8 ? (a / b).rounded(.towardZero) : (a / b).rounded(.toNearestOrEven)
                 let r = a - q * b
                 setST(0, r)
-                let qi = UInt64(abs(q).truncatingRemainder(dividingBy: 8))
+                // NaN or infinite operands (or a zero divisor) leave no quotient bits; converting
+                // them would trap, and the guest chooses the operands.
+                let qi = q.isFinite ? UInt64(abs(q).truncatingRemainder(dividingBy: 8)) : 0
                 var s = fsw & ~X87Status.cc
                 if qi & 1 != 0 { s |= X87Status.c1 }
                 if qi & 2 != 0 { s |= X87Status.c3 }
