@@ -778,13 +778,11 @@ extension X86Interpreter {
     }
 
     func pushf(_ d: UnsafePointer<DecodedInsn>) throws(Fault) {
-        try checkIOPLForV86()
         let s = Int(d.pointee.osz)
         try push(rflags & ~(Flag.vm | Flag.rf), s)
     }
 
     func popf(_ d: UnsafePointer<DecodedInsn>) throws(Fault) {
-        try checkIOPLForV86()
         let s = Int(d.pointee.osz)
         let v = try pop(s)
         var changeable: UInt64 = Flag.arith | Flag.tf | Flag.df | Flag.nt | Flag.ac | Flag.id
@@ -804,9 +802,6 @@ extension X86Interpreter {
     func checkIOPL() throws(Fault) {
         if st.pointee.cr0 & CR0.pe != 0 && st.pointee.cpl > Int((st.pointee.flagsRest >> 12) & 3) { throw Fault.gp(0) }
     }
-    /// Virtual-8086 mode is not modelled (EFLAGS.VM can never be set), so PUSHF/POPF never trap.
-    @inline(__always)
-    func checkIOPLForV86() throws(Fault) {}
 
     // MARK: BCD
 
