@@ -169,6 +169,10 @@ public final class Machine: IOHandler, @unchecked Sendable {
         let cpu = X86Interpreter(memory: memory, clock: clock, externalInterrupts: platform.pic,
                                  timedDevices: [pit])
         platform.onMSI = { [unowned cpu] address, data in cpu.deliverMSI(address: address, data: data) }
+        // Disk reads land in guest RAM without passing the CPU: drop code decoded from those pages.
+        memory.dmaWriteObserver = { [unowned cpu] address, length in
+            cpu.invalidateCode(physicalAddress: address, length: length)
+        }
         return BackendSetup(backend: cpu, interrupts: platform, reason: reason, registerPlatform: { bus in
             try platform.pic.register(on: bus)
             try pit.register(on: bus)

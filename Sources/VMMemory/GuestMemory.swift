@@ -100,6 +100,17 @@ public final class GuestMemory: @unchecked Sendable {
         }
     }
 
+    /// Called after a device writes guest RAM behind the CPU's back (DMA: a virtio-blk read). The
+    /// interpreter installs it to drop decoded instructions cached for those pages. Set once while
+    /// the machine is built; called on the vCPU thread only.
+    public var dmaWriteObserver: ((UInt64, UInt64) -> Void)?
+
+    /// Devices call this after filling guest RAM directly (not through `write`).
+    @inline(__always)
+    public func noteDMAWrite(_ address: UInt64, length: UInt64) {
+        dmaWriteObserver?(address, length)
+    }
+
     /// The end of the highest RAM byte + 1 (guest-physical).
     public var highestAddress: UInt64 { regions.last!.guestEnd }
 

@@ -792,13 +792,11 @@ extension X86Interpreter {
     }
 
     func pushf(_ d: UnsafePointer<DecodedInsn>) throws(Fault) {
-        try checkIOPLForV86()
         let s = Int(d.pointee.osz)
         try push(rflags & ~(Flag.vm | Flag.rf), s)
     }
 
     func popf(_ d: UnsafePointer<DecodedInsn>) throws(Fault) {
-        try checkIOPLForV86()
         let s = Int(d.pointee.osz)
         let v = try pop(s)
         var changeable: UInt64 = Flag.arith | Flag.tf | Flag.df | Flag.nt | Flag.ac | Flag.id
@@ -834,9 +832,6 @@ extension X86Interpreter {
         let mask = ((UInt64(1) << UInt64(size)) - 1) << UInt64(port & 7)
         if bits & mask != 0 { throw Fault.gp(0) }
     }
-    /// Virtual-8086 mode is not modelled (EFLAGS.VM can never be set), so PUSHF/POPF never trap.
-    @inline(__always)
-    func checkIOPLForV86() throws(Fault) {}
 
     // MARK: BCD
 

@@ -65,7 +65,8 @@ public final class X86Interpreter: VcpuBackend {
     var pollCountdown = 0
     static let pollInterval = 8192
     let wakeup = DispatchSemaphore(value: 0)
-    var kickedControls: [ObjectIdentifier] = []
+    /// The VMControl our kicker is registered with (a vCPU normally runs under one for its life).
+    weak var kickedControl: VMControl?
     /// MTRR MSRs: stored, not acted on (all memory is write-back).
     var mtrrs: [UInt32: UInt64] = [:]
 
@@ -244,9 +245,8 @@ public final class X86Interpreter: VcpuBackend {
     }
 
     func registerKicker(_ control: VMControl) {
-        let id = ObjectIdentifier(control)
-        if kickedControls.contains(id) { return }
-        kickedControls.append(id)
+        if kickedControl === control { return }
+        kickedControl = control
         let sem = wakeup
         control.addKicker { sem.signal() }
     }

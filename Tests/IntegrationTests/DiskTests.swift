@@ -466,10 +466,10 @@ final class DiskTests: XCTestCase {
         let cases: [([String], [String])] = [
             ([missing], [missing, "No such file"]),
             ([dir.path], [dir.path, "directory"]),
-            (["\(dir.path),readonly"], [dir.path, "not a regular file"]),
+            (["\(dir.path),readonly"], [dir.path, "directory"]),
             ([odd], [odd, "1000 bytes", "512"]),
             ([empty], [empty, "empty"]),
-            ([fine, "\(fine),readonly"], [fine, "given twice"]),
+            ([fine, "\(fine),readonly"], [fine, "given more than once"]),
         ]
         for (specs, words) in cases {
             let r = try runHost(binary, try bootArguments(specs.flatMap { ["--disk", $0] }))

@@ -86,3 +86,32 @@ final class FaultLoopTests: XCTestCase {
         XCTAssertEqual(stop, .hostRequest)
     }
 }
+
+/// x87 instructions on NaN and infinity must not trap the host. Found by the interp fuzz target:
+/// FPREM1 with a NaN operand converted a NaN quotient to an integer and crashed swhv.
+final class X87HostileOperandTests: XCTestCase {
+    func testRemainderOfNaNAndInfinityDoesNotTrap() throws {
+        for (a, b) in [(Float80.nan, 1.0), (1.0, 0.0), (Float80.infinity, 2.0), (3.0, Float80.nan)] as [(Float80, Float80)] {
+            for op: UInt8 in [0xF5, 0xF8] {   // FPREM1, FPREM
+                let mem = try LongModeGuest.makeMemory()
+                let cpu = X86Interpreter(memory: mem, clock: VirtualClock())
+                try mem.write(bytes: b.bitPatternBytes + a.bitPatternBytes, at: 0x20_0000)
+                // fld tbyte [0x200000] (b); fld tbyte [0x20000a] (a); fprem(1); hlt
+                try mem.write(bytes: [0xDB, 0x2C, 0x25, 0x00, 0x00, 0x20, 0x00,
+                                      0xDB, 0x2C, 0x25, 0x0A, 0x00, 0x20, 0x00,
+                                      0xD9, op, 0xF4], at: 0x10000)
+                try cpu.setEntryState(LongModeGuest.entryState(rip: 0x10000, rsp: 0x80000))
+                for _ in 0..<4 { cpu.step(io: RecordingIO()) }
+                XCTAssertEqual(cpu.instructionPointer, 0x10011, "ran through \(a) rem \(b) (op \(op))")
+            }
+        }
+    }
+}
+
+private extension Float80 {
+    /// The 10-byte little-endian memory image FLD m80 reads.
+    var bitPatternBytes: [UInt8] {
+        var v = self
+        return withUnsafeBytes(of: &v) { Array($0.prefix(10)) }
+    }
+}

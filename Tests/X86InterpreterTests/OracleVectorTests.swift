@@ -52,8 +52,10 @@ final class OracleVectorTests: XCTestCase {
                 code.append(UInt8(codeHex[idx..<next], radix: 16) ?? 0)
                 idx = next
             }
+            // The generator's code page holds the code, 16 NOPs, then zeros.
+            try mem.fill(0, at: OracleVectorTests.code, length: 0x1000)
             try mem.write(bytes: code + [UInt8](repeating: 0x90, count: 16), at: OracleVectorTests.code)
-            cpu.invalidateCode(physicalAddress: OracleVectorTests.code, length: 64)
+            cpu.invalidateCode(physicalAddress: OracleVectorTests.code, length: 0x1000)
             try mem.write(bytes: dataPattern, at: OracleVectorTests.data)
             try mem.write(bytes: stackPattern, at: OracleVectorTests.stackLo)
 

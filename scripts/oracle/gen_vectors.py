@@ -583,6 +583,11 @@ def iced_flags(bits):
     return m
 
 
+# Any spelling of the registers the sequences use as addresses (rbx, rsi, rdi, r14) or the stack.
+import re
+ADDRESS_REGS = re.compile(r"\b(rbx|ebx|bx|bl|bh|rsi|esi|si|sil|rdi|edi|di|dil|r14[dwb]?|rsp|esp|sp|spl)\b")
+
+
 def gen_sequences(count, length, category="sequence"):
     """Random straight-line sequences. Flags left undefined by one instruction are tracked
     ("poisoned") until a later instruction defines them; an instruction that would read a
@@ -593,7 +598,7 @@ def gen_sequences(count, length, category="sequence"):
         poisoned = 0
         while len(texts) < length:
             t = sequence_instruction()
-            if "rsp" in t or " rbx" in t or ", rbx" in t or "rsi" in t or "rdi" in t or "r14" in t:
+            if ADDRESS_REGS.search(re.sub(r"\[[^]]*\]", "[]", t)):
                 continue   # keep the address registers (and the stack pointer) usable
             try:
                 c = assemble(t)

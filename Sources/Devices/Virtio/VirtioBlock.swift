@@ -194,6 +194,7 @@ public final class VirtioBlock: VirtioDevice {
             for s in segs {
                 guard let p = memory.hostPointer(s.address, length: s.length),
                       transfer(p, length: s.length, fileOffset: pos, write: false) else { return ioerr }
+                memory.noteDMAWrite(s.address, length: s.length)  // the guest may execute what it read
                 pos += s.length
             }
             return (VirtioBlock.statusOK, dataInLength)
