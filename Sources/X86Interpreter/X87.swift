@@ -328,7 +328,15 @@ extension X86Interpreter {
             case 0xFD:
                 let s = stRead(1).rounded(.towardZero)
                 let v = stRead(0)
-                setST(0, s.isFinite && abs(s) < 65536 ? Float80(sign: .plus, exponent: Int(s), significand: 1) * v : v * Float80(exp2(Double(s))))
+                if s.isFinite && abs(s) < 65536 {
+                    setST(0, Float80(sign: .plus, exponent: Int(s), significand: 1) * v)
+                } else if s.isFinite {
+                    // A huge finite scale: zeros and infinities stay, anything else overflows or
+                    // underflows (exp2 of it is inf or 0, and 0 * inf would be an invalid NaN).
+                    setST(0, v == 0 || !v.isFinite ? v : v * (s > 0 ? Float80.infinity : 0))
+                } else {
+                    setST(0, v * Float80(exp2(Double(s))))
+                }
             case 0xFE: setST(0, Float80(sin(Double(stRead(0))))); fsw &= ~X87Status.c2
             case 0xFF: setST(0, Float80(cos(Double(stRead(0))))); fsw &= ~X87Status.c2
             default: throw Fault.ud
