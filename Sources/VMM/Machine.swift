@@ -83,6 +83,8 @@ public final class Machine: IOHandler, @unchecked Sendable {
     public let backendKernelArguments: [String]
     public let interrupts: any InterruptController
     public let timer = BootTimer()
+    /// The one VM clock: the RTC here, and the interpreter's TSC, PIT and APIC timer, all read it.
+    public let clock = VirtualClock()
     public let log: Log
 
     public private(set) var uart: Uart16550!
@@ -99,7 +101,7 @@ public final class Machine: IOHandler, @unchecked Sendable {
         self.config = config
         log = Log(level: config.verbose ? .debug : (config.quiet ? .error : .info))
         do { memory = try GuestMemory(size: config.memorySize) } catch { throw .memory(error as! MemoryError) }
-        let setup = try Machine.makeBackend(config: config, memory: memory)
+        let setup = try Machine.makeBackend(config: config, memory: memory, clock: clock)
         (backend, interrupts, backendReason) = (setup.backend, setup.interrupts, setup.reason)
         backendKernelArguments = setup.kernelArguments
         do { try setup.registerPlatform(ports) } catch { throw .device("\(error)") }
@@ -128,20 +130,22 @@ public final class Machine: IOHandler, @unchecked Sendable {
     /// Picks the backend. `auto`: KVM when a VM can be created and the host runs guest kernel code
     /// on hardware; the interpreter when /dev/kvm is missing, unusable, or kvm-pvm (which emulates
     /// guest supervisor code far slower than the interpreter runs it).
-    static func makeBackend(config: MachineConfig, memory: GuestMemory) throws(MachineError) -> BackendSetup {
+    static func makeBackend(config: MachineConfig, memory: GuestMemory, clock: VirtualClock) throws(MachineError)
+        -> BackendSetup
+    {
         switch config.accelerator {
         case .interp:
-            return makeInterpreter(memory: memory, reason: "requested with --accel interp")
+            return makeInterpreter(memory: memory, clock: clock, reason: "requested with --accel interp")
         case .kvm:
             do { return try makeKVM(config: config, memory: memory, reason: "requested with --accel kvm") }
             catch { throw .kvm(error) }
         case .auto:
             if KVMSystem.emulatesSupervisorCode {
-                return makeInterpreter(memory: memory,
+                return makeInterpreter(memory: memory, clock: clock,
                     reason: "this host's /dev/kvm is kvm-pvm, which emulates guest kernel code slowly")
             }
             do { return try makeKVM(config: config, memory: memory, reason: "/dev/kvm works") }
-            catch { return makeInterpreter(memory: memory, reason: "KVM is unusable (\(error))") }
+            catch { return makeInterpreter(memory: memory, clock: clock, reason: "KVM is unusable (\(error))") }
         }
     }
 
@@ -162,8 +166,7 @@ public final class Machine: IOHandler, @unchecked Sendable {
                             registerPlatform: { _ in }, kernelArguments: args)
     }
 
-    static func makeInterpreter(memory: GuestMemory, reason: String) -> BackendSetup {
-        let clock = VirtualClock()
+    static func makeInterpreter(memory: GuestMemory, clock: VirtualClock, reason: String) -> BackendSetup {
         let platform = PlatformInterrupts()
         let pit = Pit8254(clock: clock, irq: platform.line(0))
         let cpu = X86Interpreter(memory: memory, clock: clock, externalInterrupts: platform.pic,
@@ -191,7 +194,6 @@ public final class Machine: IOHandler, @unchecked Sendable {
             try i8042.register(on: ports)
             try ports.register(PortSink(), name: "post-code", base: UInt64(PortSink.postCodePort), length: 1)
             // KVM does not model the CMOS RTC in the kernel: Linux reads the wall clock from it.
-            let clock = VirtualClock()
             let rtc = CmosRtc(clock: clock, irq: IRQLine(controller: interrupts, gsi: 8))
             rtc.setMemorySize(belowFourGiB: min(memory.size, GuestMemory.mmioHoleStart),
                               aboveFourGiB: memory.size > GuestMemory.mmioHoleStart ? memory.size - GuestMemory.mmioHoleStart : 0)
