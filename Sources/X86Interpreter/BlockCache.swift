@@ -3,6 +3,13 @@
 // physical page has a generation number: decoding marks the page as holding code (so TLB write
 // entries for it take the slow path), and a guest write there bumps the generation, which makes
 // every block of that page stale at its next lookup. The pool is flushed wholesale when full.
+//
+// Chaining: each decoded block has two links remembering where control went after it (linear
+// address → successor block). Following a link skips the TLB lookup and the hash probe, which are
+// dependent loads that miss the cache at every block boundary. A link is valid while the chain
+// epoch is unchanged (bumped by anything that could change a linear → physical mapping, its
+// permissions or the code size: TLB flushes, INVLPG, mode and CPL changes, a cache flush) and the
+// successor's page generation is unchanged (its code was not written).
 
 struct BlockEntry {
     var pa: UInt64 = ~0
@@ -10,6 +17,27 @@ struct BlockEntry {
     var gen: UInt32 = 0
     var start: Int32 = 0
     var count: Int32 = 0
+    var id: Int32 = -1
+}
+
+/// Where a block went next (see "Chaining" above).
+struct BlockLink {
+    var la: UInt64 = ~0
+    var epoch: UInt32 = 0
+    var gen: UInt32 = 0
+    var start: Int32 = 0
+    var count: Int32 = 0
+    var id: Int32 = -1
+    var page: Int32 = 0
+}
+
+/// A block ready to run: its instructions, how many, and its id for chaining (-1: not chainable).
+struct BlockRef {
+    var insns: UnsafeMutablePointer<DecodedInsn>
+    var count: Int
+    var id: Int32
+    /// Physical page of the block's first instruction (valid when id >= 0).
+    var page: Int32 = 0
 }
 
 enum BlockCache {
@@ -26,7 +54,7 @@ extension X86Interpreter {
 
     /// The decoded block starting at linear address `la` (CS:RIP).
     @inline(__always)
-    func fetchBlock(_ la: UInt64) throws(Fault) -> (UnsafeMutablePointer<DecodedInsn>, Int) {
+    func fetchBlock(_ la: UInt64) throws(Fault) -> BlockRef {
         let e = tlbSlot(la)
         let pa: UInt64
         if e.pointee.xtag == la & ~0xFFF {
@@ -39,19 +67,22 @@ extension X86Interpreter {
         let page = Int(pa >> 12)
         if slot.pointee.pa == pa && slot.pointee.mode == mode && page < physPages
             && slot.pointee.gen == pageGen[page] {
-            return (pool + Int(slot.pointee.start), Int(slot.pointee.count))
+            return BlockRef(insns: pool + Int(slot.pointee.start), count: Int(slot.pointee.count), id: slot.pointee.id,
+                            page: Int32(truncatingIfNeeded: page))
         }
         return try decodeBlock(la: la, pa: pa, mode: mode, slot: slot)
     }
 
     func decodeBlock(la: UInt64, pa: UInt64, mode: UInt32, slot: UnsafeMutablePointer<BlockEntry>) throws(Fault)
-        -> (UnsafeMutablePointer<DecodedInsn>, Int) {
+        -> BlockRef {
         let page = Int(pa >> 12)
         guard page < physPages, let host = memory.hostPointer(pa, length: 1) else {
             // Executing from MMIO (ROM, device memory): decode one instruction without caching.
             return try decodeUncached(la: la)
         }
-        if poolUsed + BlockCache.maxBlock > BlockCache.poolSize { flushCodeCache() }
+        if poolUsed + BlockCache.maxBlock > BlockCache.poolSize || Int(blocksDecoded) >= BlockCache.poolSize {
+            flushCodeCache()
+        }
         let base = pool + poolUsed
         // Decode by page offset: in 64-bit code a block is a trace that follows direct jumps and
         // calls, and the not-taken side of conditional branches, as long as they stay in this page.
@@ -93,18 +124,23 @@ extension X86Interpreter {
             base[n - 1].disp = Int32(expected)
             pageOffset = expected
         }
+        for i in 0..<n { base[i].specialise(mode: mode) }
         poolUsed += n
         if codePages[page] == 0 {
             codePages[page] = 1
             protectCodePage(page)
         }
-        slot.pointee = BlockEntry(pa: pa, mode: mode, gen: pageGen[page], start: Int32(base - pool), count: Int32(n))
-        return (base, n)
+        let id = blocksDecoded
+        blocksDecoded += 1
+        links[2 * Int(id)] = BlockLink()
+        links[2 * Int(id) + 1] = BlockLink()
+        slot.pointee = BlockEntry(pa: pa, mode: mode, gen: pageGen[page], start: Int32(base - pool), count: Int32(n), id: id)
+        return BlockRef(insns: base, count: n, id: id, page: Int32(truncatingIfNeeded: page))
     }
 
     /// Decodes a single instruction into the scratch slot: for instructions that cross a page or
     /// live outside RAM. Fetch faults are raised in order (first page, then second page).
-    func decodeUncached(la: UInt64) throws(Fault) -> (UnsafeMutablePointer<DecodedInsn>, Int) {
+    func decodeUncached(la: UInt64) throws(Fault) -> BlockRef {
         let user = st.pointee.cpl == 3
         var fetched = 0
         var pa = try translate(la, .exec, user: user)
@@ -112,7 +148,7 @@ extension X86Interpreter {
             var dec = Decoder(bytes: UnsafePointer(fetchBuffer), available: fetched, codeSize: st.pointee.codeSize)
             do {
                 scratch.pointee = try dec.decode()
-                return (scratch, 1)
+                return BlockRef(insns: scratch, count: 1, id: -1)
             } catch .needMore {
                 // Fetch one more byte, translating when crossing into the next page.
                 let a = (la &+ UInt64(fetched)) & st.pointee.linearMask
@@ -122,7 +158,7 @@ extension X86Interpreter {
                 fetched += 1
             } catch {
                 scratch.pointee = DecodedInsn(op: .ud, len: 15, sub: 13)
-                return (scratch, 1)
+                return BlockRef(insns: scratch, count: 1, id: -1)
             }
         }
     }
@@ -137,5 +173,40 @@ extension X86Interpreter {
     func flushCodeCache() {
         for i in 0..<BlockCache.slots { blocks[i] = BlockEntry() }
         poolUsed = 0
+        blocksDecoded = 0
+        bumpChainEpoch()
     }
+
+    /// Invalidates every chain link (see "Chaining" above).
+    @inline(__always)
+    func bumpChainEpoch() {
+        chainEpoch &+= 1
+        if chainEpoch == 0 { chainEpoch = 1 }   // 0 marks a link never set
+    }
+
+    /// The block after block `from` (which just ran) at linear address `la`, through its links.
+    @inline(__always)
+    func followLink(from: Int32, la: UInt64) -> BlockRef? {
+        let l = links + 2 * Int(from)
+        for i in 0..<2 {
+            let e = l + i
+            if e.pointee.la == la && e.pointee.epoch == chainEpoch && pageGen[Int(e.pointee.page)] == e.pointee.gen {
+                return BlockRef(insns: pool + Int(e.pointee.start), count: Int(e.pointee.count), id: e.pointee.id,
+                                page: e.pointee.page)
+            }
+        }
+        return nil
+    }
+
+    /// Remembers that block `from` continued at `la` with block `to`.
+    func setLink(from: Int32, la: UInt64, to: BlockRef) {
+        guard to.id >= 0 else { return }
+        let l = links + 2 * Int(from)
+        // Fill an unused or stale link first; otherwise replace the second one, so a block with a
+        // stable successor (the fall-through or a loop) keeps it beside a changing one (RET).
+        let i = l.pointee.epoch != chainEpoch ? 0 : 1
+        l[i] = BlockLink(la: la, epoch: chainEpoch, gen: pageGen[Int(to.page)], start: Int32(to.insns - pool),
+                         count: Int32(to.count), id: to.id, page: to.page)
+    }
+
 }

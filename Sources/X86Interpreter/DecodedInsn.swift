@@ -63,6 +63,24 @@ enum Op: UInt16 {
 
     // FPU / SIMD. imm holds the opcode (and ModRM) for the sub-decoder.
     case fwait, x87, sse, fxsave, fxrstor, ldmxcsr, stmxcsr
+
+    // Specialised forms of the hottest instructions in 64-bit code (Specialise.swift): no operand
+    // size, addressing-size or register/memory decisions left for run time. RR/RI forms write
+    // `rm` from `reg` (or `imm`); memory forms have 64-bit addressing in 64-bit mode only.
+    // Ordered in three groups the block loop relies on: ops that write no memory and do not
+    // branch (from mov64RR), ops that write memory (from store64), control transfers (from jz64).
+    case mov64RR, mov32RR, load64, load32, lea64, movsxd64RR
+    case add64RR, sub64RR, cmp64RR, and64RR, or64RR, xor64RR, adc64RR, sbb64RR, test64RR
+    case add32RR, sub32RR, cmp32RR, and32RR, or32RR, xor32RR, test32RR
+    case add64RI, sub64RI, cmp64RI, and64RI, or64RI, xor64RI
+    case add32RI, sub32RI, cmp32RI, and32RI, or32RI, xor32RI
+    case add64RM, cmp64RM, cmp64MI, cmp32MI
+    case shl64RI, shr64RI, sar64RI, shl32RI, shr32RI, sar32RI
+    case imul64RR, imul64RRI
+    case inc64R, dec64R, inc32R, dec32R
+    case pop64R
+    case store64, store32, push64R
+    case jz64, jnz64, jcc64, jmp64, call64, ret64
 }
 
 /// ALU kinds in the encoding's order (the reg field of 0x80-0x83, bits 3-5 of 0x00-0x3F).

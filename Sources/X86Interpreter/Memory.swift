@@ -464,6 +464,7 @@ extension X86Interpreter {
 
     /// Flushes the whole TLB (CR3 write without PGE, CR0/CR4 paging changes).
     func flushTLB(keepGlobal: Bool) {
+        bumpChainEpoch()
         for i in 0..<(2 * TLBSize.entries) {
             if keepGlobal && tlb[i].phys & 1 != 0 { continue }
             tlb[i] = TLBEntry()
@@ -472,6 +473,7 @@ extension X86Interpreter {
 
     /// INVLPG: drops any entry for the page (both privilege halves).
     func flushTLBPage(_ la: UInt64) {
+        bumpChainEpoch()
         let idx = Int((la >> 12) & TLBSize.mask)
         tlb[idx] = TLBEntry()
         tlb[TLBSize.entries + idx] = TLBEntry()

@@ -35,6 +35,10 @@ public final class X86Interpreter: VcpuBackend {
     let blocks: UnsafeMutablePointer<BlockEntry>
     let pool: UnsafeMutablePointer<DecodedInsn>
     var poolUsed = 0
+    /// Chain links, two per decoded block (by block id); see BlockCache.swift.
+    let links: UnsafeMutablePointer<BlockLink>
+    var blocksDecoded: Int32 = 0
+    var chainEpoch: UInt32 = 1
     /// Per physical page: generation (bumped when decoded code there is invalidated) and whether
     /// decoded code exists (writes to such pages take the slow path).
     let pageGen: UnsafeMutablePointer<UInt32>
@@ -93,6 +97,8 @@ public final class X86Interpreter: VcpuBackend {
         // DecodedInsn is a trivial type and entries are written before they are read, so the
         // 32 MiB pool is left uninitialised (and untouched pages are never committed).
         pool = .allocate(capacity: BlockCache.poolSize)
+        // Written for each block as it is decoded; pages of unused ids are never committed.
+        links = .allocate(capacity: 2 * BlockCache.poolSize)
         scratch = .allocate(capacity: 1)
         scratch.initialize(to: DecodedInsn())
         physPages = Int(min(memory.highestAddress, 1 << 40) >> 12)
@@ -106,7 +112,7 @@ public final class X86Interpreter: VcpuBackend {
     deinit {
         st.deallocate(); regs.deallocate(); segs.deallocate(); segBase.deallocate(); tlb.deallocate()
         fx.deallocate(); fetchBuffer.deallocate(); blocks.deallocate(); scratch.deallocate()
-        pool.deallocate()
+        pool.deallocate(); links.deallocate()
         pageGen.deallocate(); codePages.deallocate()
     }
 
@@ -204,6 +210,7 @@ public final class X86Interpreter: VcpuBackend {
     }
 
     func refreshSegBases() {
+        bumpChainEpoch()
         let long = st.pointee.codeSize == 2
         for i in 0..<6 { segBase[i] = long && i < 4 ? 0 : segs[i].base }
         segBase[6] = 0
@@ -331,22 +338,22 @@ public final class X86Interpreter: VcpuBackend {
         while done < n {
             let start = rip
             rip = start &+ UInt64(p.pointee.len)
+            let op = p.pointee.op.rawValue
             do {
-                try execute(p)
+                if op >= Op.mov64RR.rawValue {
+                    _ = try executeSpecialised(p)
+                    if op < Op.store64.rawValue {
+                        // Writes no memory and does not branch: nothing below can apply.
+                        done += 1
+                        p += 1
+                        continue
+                    }
+                } else {
+                    try execute(p)
+                }
             } catch {
                 rip = start
-                var fault = error
-                // The page walk raises #GP(0) for a non-canonical address; through SS (an RSP- or
-                // RBP-based operand) that is a stack fault.
-                if fault.vector == 13 && fault.code == 0 && p.pointee.mem && Int(p.pointee.seg) == Seg.ss
-                    && st.pointee.codeSize == 2 {
-                    let top = Int64(bitPattern: linearAddress(p)) >> 47
-                    if top != 0 && top != -1 { fault = Fault.ss(0) }
-                }
-                st.pointee.pendingFault = true
-                st.pointee.faultVector = fault.vector
-                st.pointee.faultCode = fault.code
-                st.pointee.faultHasCode = fault.hasCode
+                recordFault(error, p)
                 return done
             }
             done += 1
@@ -362,25 +369,47 @@ public final class X86Interpreter: VcpuBackend {
         return done
     }
 
+    /// Records a fault raised by `p` for delivery once the block has ended.
+    func recordFault(_ error: Fault, _ p: UnsafePointer<DecodedInsn>) {
+        var fault = error
+        // The page walk raises #GP(0) for a non-canonical address; through SS (an RSP- or
+        // RBP-based operand) that is a stack fault.
+        if fault.vector == 13 && fault.code == 0 && p.pointee.mem && Int(p.pointee.seg) == Seg.ss
+            && st.pointee.codeSize == 2 {
+            let top = Int64(bitPattern: linearAddress(p)) >> 47
+            if top != 0 && top != -1 { fault = Fault.ss(0) }
+        }
+        st.pointee.pendingFault = true
+        st.pointee.faultVector = fault.vector
+        st.pointee.faultCode = fault.code
+        st.pointee.faultHasCode = fault.hasCode
+    }
+
     /// Runs blocks from CS:RIP until `budget` instructions retired, the poll interval expires or
     /// something needs the run loop (an event to check, HLT, shutdown). Returns instructions retired.
     func runBlocks(budget: UInt64) -> Int {
         let tf = st.pointee.flagsRest & Flag.tf != 0
         let shadow = st.pointee.interruptShadow
         var total = 0
+        var previous: Int32 = -1
         while true {
             let la = (segBase[Seg.cs] &+ rip) & st.pointee.linearMask
-            let block: UnsafeMutablePointer<DecodedInsn>
-            let count: Int
-            do {
-                (block, count) = try fetchBlock(la)
-            } catch {
-                deliverFault(error)
-                return total
+            let block: BlockRef
+            if previous >= 0, let next = followLink(from: previous, la: la) {
+                block = next
+            } else {
+                do {
+                    block = try fetchBlock(la)
+                } catch {
+                    deliverFault(error)
+                    return total
+                }
+                if previous >= 0 { setLink(from: previous, la: la, to: block) }
             }
             let remaining = budget &- UInt64(total)
-            let n = remaining < UInt64(count) ? Int(remaining) : count
-            let done = executeBlock(block, n)
+            let n = remaining < UInt64(block.count) ? Int(remaining) : block.count
+            let done = executeBlock(block.insns, n)
+            previous = block.id
             blocksEntered &+= 1
             instructionsRetired &+= UInt64(done)
             total += done

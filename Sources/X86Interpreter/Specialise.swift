@@ -1,0 +1,307 @@
+// Decode-time specialisation of the hottest instruction forms in 64-bit code.
+//
+// A Linux boot on the interpreter spends most of its instructions in a few dozen forms (register
+// moves, 64-bit ALU on registers, loads and stores with 64-bit addressing, Jcc, PUSH/POP, CALL/RET).
+// The generic executor handles each through nested decisions on operand size, register-or-memory
+// and ALU kind; here a decoded instruction whose shape is known is rewritten to an op that has none
+// of those left, so the executor's switch goes straight to a few lines of straight code. Every
+// specialised op must behave exactly like the generic one it replaces (flags, faults, zero
+// extension); oracle vectors and the differential fuzzer cover both through the same decoder.
+
+extension DecodedInsn {
+    /// Rewrites `self` to a specialised op when one applies; `mode` is the code size it was decoded
+    /// for (specialisation is only done for 64-bit code, where segment bases of ES/CS/SS/DS are 0,
+    /// linear addresses are 64 bits wide and 64-bit addressing needs no truncation).
+    mutating func specialise(mode: UInt32) {
+        guard mode == 2, pfx & (Pfx.lock | Pfx.rep | Pfx.repne) == 0 else { return }
+        let wide = osz == 3, dword = osz == 2
+        guard wide || dword else { return }
+        let mem64 = mem && asz == 3
+        switch op {
+        case .movEG:
+            if !mem { op = wide ? .mov64RR : .mov32RR }
+            else if mem64 { op = wide ? .store64 : .store32 }
+        case .movGE:
+            if !mem { swap(&reg, &rm); op = wide ? .mov64RR : .mov32RR }
+            else if mem64 { op = wide ? .load64 : .load32 }
+        case .lea:
+            if wide && mem64 { op = .lea64 }
+        case .movsxd:
+            if wide && !mem { op = .movsxd64RR }
+        case .aluEG:
+            guard !mem else { return }
+            let table64: [Op] = [.add64RR, .or64RR, .adc64RR, .sbb64RR, .and64RR, .sub64RR, .xor64RR, .cmp64RR]
+            let table32: [Op?] = [.add32RR, .or32RR, nil, nil, .and32RR, .sub32RR, .xor32RR, .cmp32RR]
+            if wide { op = table64[Int(sub & 7)] } else if let o = table32[Int(sub & 7)] { op = o }
+        case .aluGE:
+            if !mem {
+                let table64: [Op] = [.add64RR, .or64RR, .adc64RR, .sbb64RR, .and64RR, .sub64RR, .xor64RR, .cmp64RR]
+                let table32: [Op?] = [.add32RR, .or32RR, nil, nil, .and32RR, .sub32RR, .xor32RR, .cmp32RR]
+                if wide { swap(&reg, &rm); op = table64[Int(sub & 7)] }
+                else if let o = table32[Int(sub & 7)] { swap(&reg, &rm); op = o }
+            } else if wide && mem64 && sub == AluKind.add {
+                op = .add64RM
+            } else if wide && mem64 && sub == AluKind.cmp {
+                op = .cmp64RM
+            }
+        case .aluEI:
+            if !mem {
+                let table64: [Op?] = [.add64RI, .or64RI, nil, nil, .and64RI, .sub64RI, .xor64RI, .cmp64RI]
+                let table32: [Op?] = [.add32RI, .or32RI, nil, nil, .and32RI, .sub32RI, .xor32RI, .cmp32RI]
+                if let o = (wide ? table64 : table32)[Int(sub & 7)] { op = o }
+            } else if mem64 && sub == AluKind.cmp {
+                op = wide ? .cmp64MI : .cmp32MI
+            }
+        case .testEG:
+            if !mem { op = wide ? .test64RR : .test32RR }
+        case .shiftEI:
+            // A masked count of 0 changes no flags: left to the generic code.
+            let count = imm & (wide ? 0x3F : 0x1F)
+            guard !mem && count != 0 else { return }
+            switch sub & 7 {
+            case 4, 6: op = wide ? .shl64RI : .shl32RI
+            case 5: op = wide ? .shr64RI : .shr32RI
+            case 7: op = wide ? .sar64RI : .sar32RI
+            default: return
+            }
+            imm = count
+        case .imulGE:
+            if wide && !mem { op = .imul64RR }
+        case .imulGEI:
+            if wide && !mem { op = .imul64RRI }
+        case .incE:
+            if !mem { op = wide ? .inc64R : .inc32R }
+        case .decE:
+            if !mem { op = wide ? .dec64R : .dec32R }
+        case .pushE:
+            if wide && !mem { op = .push64R }
+        case .popE:
+            if wide && !mem { op = .pop64R }
+        case .jcc:
+            if wide { op = sub == 4 ? .jz64 : sub == 5 ? .jnz64 : .jcc64 }
+        case .jmpRel:
+            if wide { op = .jmp64 }
+        case .callRel:
+            if wide { op = .call64 }
+        case .ret:
+            if wide && imm == 0 { op = .ret64 }
+        default:
+            break
+        }
+    }
+}
+
+extension X86Interpreter {
+    /// Linear address of a 64-bit-addressed memory operand in 64-bit code.
+    @inline(__always)
+    func linearAddress64(_ d: UnsafePointer<DecodedInsn>) -> UInt64 {
+        UInt64(bitPattern: Int64(d.pointee.disp)) &+ reg64(d.pointee.base)
+            &+ (reg64(d.pointee.index) &<< UInt64(d.pointee.scale)) &+ segBase[Int(d.pointee.seg)]
+    }
+
+    @inline(__always)
+    func rr64(_ d: UnsafePointer<DecodedInsn>) -> (UInt64, UInt64) { (reg64(d.pointee.rm), reg64(d.pointee.reg)) }
+
+    @inline(__always)
+    func rr32(_ d: UnsafePointer<DecodedInsn>) -> (UInt32, UInt32) {
+        (getReg(d.pointee.rm, UInt32.self), getReg(d.pointee.reg, UInt32.self))
+    }
+
+    @inline(__always)
+    func setReg32(_ off: UInt8, _ v: UInt32) { setReg64(off, UInt64(v)) }
+
+    /// Executes a specialised op (see `DecodedInsn.specialise`). Returns false if `d` is not one.
+    @inline(__always)
+    func executeSpecialised(_ d: UnsafePointer<DecodedInsn>) throws(Fault) -> Bool {
+        switch d.pointee.op {
+        case .mov64RR: setReg64(d.pointee.rm, reg64(d.pointee.reg))
+        case .mov32RR: setReg64(d.pointee.rm, reg64(d.pointee.reg) & 0xFFFF_FFFF)
+        case .load64: setReg64(d.pointee.reg, try read(linearAddress64(d), UInt64.self))
+        case .load32: setReg32(d.pointee.reg, try read(linearAddress64(d), UInt32.self))
+        case .store64: try write(linearAddress64(d), reg64(d.pointee.reg))
+        case .store32: try write(linearAddress64(d), getReg(d.pointee.reg, UInt32.self))
+        case .lea64:
+            setReg64(d.pointee.reg, UInt64(bitPattern: Int64(d.pointee.disp)) &+ reg64(d.pointee.base)
+                &+ (reg64(d.pointee.index) &<< UInt64(d.pointee.scale)))
+        case .movsxd64RR:
+            setReg64(d.pointee.reg, UInt64(bitPattern: Int64(Int32(bitPattern: getReg(d.pointee.rm, UInt32.self)))))
+
+        case .add64RR: let (a, b) = rr64(d); let r = a &+ b; setReg64(d.pointee.rm, r); setCC(CC.add, 3, dst: r, src: b)
+        case .sub64RR: let (a, b) = rr64(d); let r = a &- b; setReg64(d.pointee.rm, r); setCC(CC.sub, 3, dst: r, src: b)
+        case .cmp64RR: let (a, b) = rr64(d); setCC(CC.sub, 3, dst: a &- b, src: b)
+        case .and64RR: let (a, b) = rr64(d); let r = a & b; setReg64(d.pointee.rm, r); setCC(CC.logic, 3, dst: r, src: 0)
+        case .or64RR: let (a, b) = rr64(d); let r = a | b; setReg64(d.pointee.rm, r); setCC(CC.logic, 3, dst: r, src: 0)
+        case .xor64RR: let (a, b) = rr64(d); let r = a ^ b; setReg64(d.pointee.rm, r); setCC(CC.logic, 3, dst: r, src: 0)
+        case .test64RR: let (a, b) = rr64(d); setCC(CC.logic, 3, dst: a & b, src: 0)
+        case .adc64RR:
+            let (a, b) = rr64(d)
+            let c: UInt64 = carryFlag ? 1 : 0
+            let r = a &+ b &+ c
+            setReg64(d.pointee.rm, r)
+            st.pointee.ccSrc2 = c
+            setCC(CC.adc, 3, dst: r, src: b)
+        case .sbb64RR:
+            let (a, b) = rr64(d)
+            let c: UInt64 = carryFlag ? 1 : 0
+            let r = a &- b &- c
+            setReg64(d.pointee.rm, r)
+            st.pointee.ccSrc2 = c
+            setCC(CC.sbb, 3, dst: r, src: b)
+
+        case .add32RR: let (a, b) = rr32(d); let r = a &+ b; setReg32(d.pointee.rm, r); setCC(CC.add, 2, dst: UInt64(r), src: UInt64(b))
+        case .sub32RR: let (a, b) = rr32(d); let r = a &- b; setReg32(d.pointee.rm, r); setCC(CC.sub, 2, dst: UInt64(r), src: UInt64(b))
+        case .cmp32RR: let (a, b) = rr32(d); setCC(CC.sub, 2, dst: UInt64(a &- b), src: UInt64(b))
+        case .and32RR: let (a, b) = rr32(d); let r = a & b; setReg32(d.pointee.rm, r); setCC(CC.logic, 2, dst: UInt64(r), src: 0)
+        case .or32RR: let (a, b) = rr32(d); let r = a | b; setReg32(d.pointee.rm, r); setCC(CC.logic, 2, dst: UInt64(r), src: 0)
+        case .xor32RR: let (a, b) = rr32(d); let r = a ^ b; setReg32(d.pointee.rm, r); setCC(CC.logic, 2, dst: UInt64(r), src: 0)
+        case .test32RR: let (a, b) = rr32(d); setCC(CC.logic, 2, dst: UInt64(a & b), src: 0)
+
+        case .add64RI: let a = reg64(d.pointee.rm), b = d.pointee.imm; let r = a &+ b; setReg64(d.pointee.rm, r); setCC(CC.add, 3, dst: r, src: b)
+        case .sub64RI: let a = reg64(d.pointee.rm), b = d.pointee.imm; let r = a &- b; setReg64(d.pointee.rm, r); setCC(CC.sub, 3, dst: r, src: b)
+        case .cmp64RI: let a = reg64(d.pointee.rm), b = d.pointee.imm; setCC(CC.sub, 3, dst: a &- b, src: b)
+        case .and64RI: let r = reg64(d.pointee.rm) & d.pointee.imm; setReg64(d.pointee.rm, r); setCC(CC.logic, 3, dst: r, src: 0)
+        case .or64RI: let r = reg64(d.pointee.rm) | d.pointee.imm; setReg64(d.pointee.rm, r); setCC(CC.logic, 3, dst: r, src: 0)
+        case .xor64RI: let r = reg64(d.pointee.rm) ^ d.pointee.imm; setReg64(d.pointee.rm, r); setCC(CC.logic, 3, dst: r, src: 0)
+
+        case .add32RI:
+            let a = getReg(d.pointee.rm, UInt32.self), b = UInt32(truncatingIfNeeded: d.pointee.imm), r = a &+ b
+            setReg32(d.pointee.rm, r); setCC(CC.add, 2, dst: UInt64(r), src: UInt64(b))
+        case .sub32RI:
+            let a = getReg(d.pointee.rm, UInt32.self), b = UInt32(truncatingIfNeeded: d.pointee.imm), r = a &- b
+            setReg32(d.pointee.rm, r); setCC(CC.sub, 2, dst: UInt64(r), src: UInt64(b))
+        case .cmp32RI:
+            let a = getReg(d.pointee.rm, UInt32.self), b = UInt32(truncatingIfNeeded: d.pointee.imm)
+            setCC(CC.sub, 2, dst: UInt64(a &- b), src: UInt64(b))
+        case .and32RI:
+            let r = getReg(d.pointee.rm, UInt32.self) & UInt32(truncatingIfNeeded: d.pointee.imm)
+            setReg32(d.pointee.rm, r); setCC(CC.logic, 2, dst: UInt64(r), src: 0)
+        case .or32RI:
+            let r = getReg(d.pointee.rm, UInt32.self) | UInt32(truncatingIfNeeded: d.pointee.imm)
+            setReg32(d.pointee.rm, r); setCC(CC.logic, 2, dst: UInt64(r), src: 0)
+        case .xor32RI:
+            let r = getReg(d.pointee.rm, UInt32.self) ^ UInt32(truncatingIfNeeded: d.pointee.imm)
+            setReg32(d.pointee.rm, r); setCC(CC.logic, 2, dst: UInt64(r), src: 0)
+
+        case .add64RM:
+            let b = try read(linearAddress64(d), UInt64.self), r = reg64(d.pointee.reg) &+ b
+            setReg64(d.pointee.reg, r); setCC(CC.add, 3, dst: r, src: b)
+        case .cmp64RM:
+            let b = try read(linearAddress64(d), UInt64.self)
+            setCC(CC.sub, 3, dst: reg64(d.pointee.reg) &- b, src: b)
+        case .cmp64MI:
+            let a = try read(linearAddress64(d), UInt64.self), b = d.pointee.imm
+            setCC(CC.sub, 3, dst: a &- b, src: b)
+        case .cmp32MI:
+            let a = try read(linearAddress64(d), UInt32.self), b = UInt32(truncatingIfNeeded: d.pointee.imm)
+            setCC(CC.sub, 2, dst: UInt64(a &- b), src: UInt64(b))
+
+        // Shifts by an immediate whose masked count is 1...width-1 (the decoder keeps the masked count).
+        case .shl64RI:
+            let v = reg64(d.pointee.rm), c = d.pointee.imm, r = v &<< c
+            let cf = (v &>> (64 - c)) & 1
+            setReg64(d.pointee.rm, r); setCC(CC.szp, 3, dst: r, src: cf | ((r >> 63) ^ cf != 0 ? Flag.of : 0))
+        case .shr64RI:
+            let v = reg64(d.pointee.rm), c = d.pointee.imm, r = v &>> c
+            setReg64(d.pointee.rm, r); setCC(CC.szp, 3, dst: r, src: (v &>> (c - 1)) & 1 | (v >> 63 != 0 ? Flag.of : 0))
+        case .sar64RI:
+            let v = Int64(bitPattern: reg64(d.pointee.rm)), c = d.pointee.imm, r = UInt64(bitPattern: v &>> c)
+            setReg64(d.pointee.rm, r); setCC(CC.szp, 3, dst: r, src: UInt64(bitPattern: v &>> (c - 1)) & 1)
+        case .shl32RI:
+            let v = getReg(d.pointee.rm, UInt32.self), c = UInt32(d.pointee.imm), r = v &<< c
+            let cf = UInt64((v &>> (32 - c)) & 1)
+            setReg32(d.pointee.rm, r); setCC(CC.szp, 2, dst: UInt64(r), src: cf | (UInt64(r >> 31) ^ cf != 0 ? Flag.of : 0))
+        case .shr32RI:
+            let v = getReg(d.pointee.rm, UInt32.self), c = UInt32(d.pointee.imm), r = v &>> c
+            setReg32(d.pointee.rm, r); setCC(CC.szp, 2, dst: UInt64(r), src: UInt64((v &>> (c - 1)) & 1) | (v >> 31 != 0 ? Flag.of : 0))
+        case .sar32RI:
+            let v = Int32(bitPattern: getReg(d.pointee.rm, UInt32.self)), c = Int32(d.pointee.imm)
+            let r = UInt32(bitPattern: v &>> c)
+            setReg32(d.pointee.rm, r); setCC(CC.szp, 2, dst: UInt64(r), src: UInt64(UInt32(bitPattern: v &>> (c - 1)) & 1))
+
+        case .imul64RR:
+            setReg64(d.pointee.reg, imul64(reg64(d.pointee.reg), reg64(d.pointee.rm)))
+        case .imul64RRI:
+            setReg64(d.pointee.reg, imul64(reg64(d.pointee.rm), d.pointee.imm))
+
+        case .inc64R, .dec64R:
+            let inc = d.pointee.op == .inc64R
+            st.pointee.ccSrc2 = carryFlag ? 1 : 0
+            let r = inc ? reg64(d.pointee.rm) &+ 1 : reg64(d.pointee.rm) &- 1
+            setReg64(d.pointee.rm, r)
+            setCC(inc ? CC.inc : CC.dec, 3, dst: r, src: 0)
+        case .inc32R, .dec32R:
+            let inc = d.pointee.op == .inc32R
+            st.pointee.ccSrc2 = carryFlag ? 1 : 0
+            let v = getReg(d.pointee.rm, UInt32.self)
+            let r = inc ? v &+ 1 : v &- 1
+            setReg32(d.pointee.rm, r)
+            setCC(inc ? CC.inc : CC.dec, 2, dst: UInt64(r), src: 0)
+
+        case .push64R: try push64(reg64(d.pointee.rm))
+        case .pop64R:
+            let v = try pop64()
+            setReg64(d.pointee.rm, v)
+
+        case .jz64:
+            if zeroFlag { rip &+= d.pointee.imm }
+        case .jnz64:
+            if !zeroFlag { rip &+= d.pointee.imm }
+        case .jcc64:
+            if condition(d.pointee.sub) { rip &+= d.pointee.imm }
+        case .jmp64:
+            rip &+= d.pointee.imm
+        case .call64:
+            let r = rip
+            try push64(r)
+            rip = r &+ d.pointee.imm
+        case .ret64:
+            rip = try pop64()
+        default:
+            return false
+        }
+        return true
+    }
+
+    @inline(__always)
+    func imul64(_ a: UInt64, _ b: UInt64) -> UInt64 {
+        let (h, l) = Int64(bitPattern: a).multipliedFullWidth(by: Int64(bitPattern: b))
+        setCC(CC.szp, 3, dst: l, src: h != (Int64(bitPattern: l) >> 63) ? Flag.cf | Flag.of : 0)
+        return l
+    }
+
+    /// ZF from the lazy flags (every lazy kind keeps the result in ccDst).
+    @inline(__always)
+    var zeroFlag: Bool {
+        let op = st.pointee.ccOp
+        if op >> 2 == CC.eflags { return st.pointee.ccSrc & Flag.zf != 0 }
+        return st.pointee.ccDst & sizeMask(Int(op & 3)) == 0
+    }
+
+    /// PUSH of 8 bytes in 64-bit mode: a TLB hit stores directly; anything else (a miss, a page
+    /// crossing, a non-canonical RSP that must raise #SS) takes the generic path.
+    @inline(__always)
+    func push64(_ v: UInt64) throws(Fault) {
+        let nsp = gpr(Reg.rsp) &- 8
+        let la = nsp &+ segBase[Seg.ss]
+        let e = tlbSlot(la)
+        if e.pointee.wtag == la & ~0xFFF && la & 0xFFF <= 4088 {
+            UnsafeMutableRawPointer(bitPattern: UInt(la) &+ e.pointee.addend).unsafelyUnwrapped.storeBytes(of: v, as: UInt64.self)
+            setGPR(Reg.rsp, nsp)
+            return
+        }
+        try push(v, 3)
+    }
+
+    @inline(__always)
+    func pop64() throws(Fault) -> UInt64 {
+        let sp = gpr(Reg.rsp)
+        let la = sp &+ segBase[Seg.ss]
+        let e = tlbSlot(la)
+        if e.pointee.rtag == la & ~0xFFF && la & 0xFFF <= 4088 {
+            let v = UnsafeRawPointer(bitPattern: UInt(la) &+ e.pointee.addend).unsafelyUnwrapped.loadUnaligned(as: UInt64.self)
+            setGPR(Reg.rsp, sp &+ 8)
+            return v
+        }
+        return try pop(3)
+    }
+}
