@@ -79,7 +79,9 @@ enum Op: UInt16 {
     case imul64RR, imul64RRI
     case inc64R, dec64R, inc32R, dec32R
     case pop64R
-    case store64, store32, push64R
+    case movzx8R, movzx16R, movzx8M, movzx16M, setccR, cmov64RR, cmov32RR, movImm64R, movImm32R, nopFast
+    case test8RR, cmp8RI, cmp8MI, test8MI
+    case store64, store32, push64R, store8, storeImm64, storeImm32
     case jz64, jnz64, jcc64, jmp64, call64, ret64
 }
 

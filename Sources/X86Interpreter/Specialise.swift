@@ -14,9 +14,21 @@ extension DecodedInsn {
     /// linear addresses are 64 bits wide and 64-bit addressing needs no truncation).
     mutating func specialise(mode: UInt32) {
         guard mode == 2, pfx & (Pfx.lock | Pfx.rep | Pfx.repne) == 0 else { return }
+        let mem64 = mem && asz == 3
+        if osz == 0 {
+            // Byte forms: register offsets may name AH..BH (offset + 1); the handlers use them as is.
+            switch op {
+            case .setcc: if !mem { op = .setccR }
+            case .testEG: if !mem { op = .test8RR }
+            case .testEI: if mem64 { op = .test8MI }
+            case .aluEI where sub == AluKind.cmp: if !mem { op = .cmp8RI } else if mem64 { op = .cmp8MI }
+            case .movEG: if mem64 { op = .store8 }
+            default: break
+            }
+            return
+        }
         let wide = osz == 3, dword = osz == 2
         guard wide || dword else { return }
-        let mem64 = mem && asz == 3
         switch op {
         case .movEG:
             if !mem { op = wide ? .mov64RR : .mov32RR }
@@ -28,6 +40,17 @@ extension DecodedInsn {
             if wide && mem64 { op = .lea64 }
         case .movsxd:
             if wide && !mem { op = .movsxd64RR }
+        case .movzx:
+            // 32- and 64-bit destinations both end up zero-extended to 64 bits.
+            if !mem { op = sub == 0 ? .movzx8R : .movzx16R }
+            else if mem64 { op = sub == 0 ? .movzx8M : .movzx16M }
+        case .cmovcc:
+            if !mem { op = wide ? .cmov64RR : .cmov32RR }
+        case .movEI:
+            if !mem { op = wide ? .movImm64R : .movImm32R }
+            else if mem64 { op = wide ? .storeImm64 : .storeImm32 }
+        case .nop:
+            op = .nopFast
         case .aluEG:
             guard !mem else { return }
             let table64: [Op] = [.add64RR, .or64RR, .adc64RR, .sbb64RR, .and64RR, .sub64RR, .xor64RR, .cmp64RR]
@@ -241,6 +264,34 @@ extension X86Interpreter {
         case .pop64R:
             let v = try pop64()
             setReg64(d.pointee.rm, v)
+
+        case .movzx8R: setReg64(d.pointee.reg, UInt64(getReg(d.pointee.rm, UInt8.self)))
+        case .movzx16R: setReg64(d.pointee.reg, UInt64(getReg(d.pointee.rm, UInt16.self)))
+        case .movzx8M: setReg64(d.pointee.reg, UInt64(try read(linearAddress64(d), UInt8.self)))
+        case .movzx16M: setReg64(d.pointee.reg, UInt64(try read(linearAddress64(d), UInt16.self)))
+        case .setccR: regs.storeBytes(of: condition(d.pointee.sub) ? UInt8(1) : 0, toByteOffset: Int(d.pointee.rm), as: UInt8.self)
+        case .cmov64RR: if condition(d.pointee.sub) { setReg64(d.pointee.reg, reg64(d.pointee.rm)) }
+        case .cmov32RR:
+            // A 32-bit CMOV zero-extends its destination even when the condition is false.
+            let v = condition(d.pointee.sub) ? reg64(d.pointee.rm) : reg64(d.pointee.reg)
+            setReg64(d.pointee.reg, v & 0xFFFF_FFFF)
+        case .movImm64R: setReg64(d.pointee.rm, d.pointee.imm)
+        case .movImm32R: setReg64(d.pointee.rm, d.pointee.imm & 0xFFFF_FFFF)
+        case .nopFast: break
+        case .test8RR:
+            setCC(CC.logic, 0, dst: UInt64(getReg(d.pointee.rm, UInt8.self) & getReg(d.pointee.reg, UInt8.self)), src: 0)
+        case .cmp8RI:
+            let a = getReg(d.pointee.rm, UInt8.self), b = UInt8(truncatingIfNeeded: d.pointee.imm)
+            setCC(CC.sub, 0, dst: UInt64(a &- b), src: UInt64(b))
+        case .cmp8MI:
+            let a = try read(linearAddress64(d), UInt8.self), b = UInt8(truncatingIfNeeded: d.pointee.imm)
+            setCC(CC.sub, 0, dst: UInt64(a &- b), src: UInt64(b))
+        case .test8MI:
+            let a = try read(linearAddress64(d), UInt8.self)
+            setCC(CC.logic, 0, dst: UInt64(a & UInt8(truncatingIfNeeded: d.pointee.imm)), src: 0)
+        case .store8: try write(linearAddress64(d), getReg(d.pointee.reg, UInt8.self))
+        case .storeImm64: try write(linearAddress64(d), d.pointee.imm)
+        case .storeImm32: try write(linearAddress64(d), UInt32(truncatingIfNeeded: d.pointee.imm))
 
         case .jz64:
             if zeroFlag { rip &+= d.pointee.imm }
