@@ -81,7 +81,9 @@ enum Op: UInt16 {
     case pop64R
     case movzx8R, movzx16R, movzx8M, movzx16M, setccR, cmov64RR, cmov32RR, movImm64R, movImm32R, nopFast
     case test8RR, cmp8RI, cmp8MI, test8MI
+    case rol64RI, ror64RI, rol32RI, ror32RI, lea32, adc64RI, cmp64MR, cmp32MR
     case store64, store32, push64R, store8, storeImm64, storeImm32
+    case alu64MR, alu32MR, alu64MI, alu32MI
     case jz64, jnz64, jcc64, jmp64, call64, ret64
 }
 

@@ -37,7 +37,7 @@ extension DecodedInsn {
             if !mem { swap(&reg, &rm); op = wide ? .mov64RR : .mov32RR }
             else if mem64 { op = wide ? .load64 : .load32 }
         case .lea:
-            if wide && mem64 { op = .lea64 }
+            if mem64 { op = wide ? .lea64 : .lea32 }
         case .movsxd:
             if wide && !mem { op = .movsxd64RR }
         case .movzx:
@@ -52,6 +52,10 @@ extension DecodedInsn {
         case .nop:
             op = .nopFast
         case .aluEG:
+            if mem64 {
+                op = sub == AluKind.cmp ? (wide ? .cmp64MR : .cmp32MR) : (wide ? .alu64MR : .alu32MR)
+                return
+            }
             guard !mem else { return }
             let table64: [Op] = [.add64RR, .or64RR, .adc64RR, .sbb64RR, .and64RR, .sub64RR, .xor64RR, .cmp64RR]
             let table32: [Op?] = [.add32RR, .or32RR, nil, nil, .and32RR, .sub32RR, .xor32RR, .cmp32RR]
@@ -72,8 +76,11 @@ extension DecodedInsn {
                 let table64: [Op?] = [.add64RI, .or64RI, nil, nil, .and64RI, .sub64RI, .xor64RI, .cmp64RI]
                 let table32: [Op?] = [.add32RI, .or32RI, nil, nil, .and32RI, .sub32RI, .xor32RI, .cmp32RI]
                 if let o = (wide ? table64 : table32)[Int(sub & 7)] { op = o }
+                if wide && sub == AluKind.adc { op = .adc64RI }
             } else if mem64 && sub == AluKind.cmp {
                 op = wide ? .cmp64MI : .cmp32MI
+            } else if mem64 {
+                op = wide ? .alu64MI : .alu32MI
             }
         case .testEG:
             if !mem { op = wide ? .test64RR : .test32RR }
@@ -85,6 +92,8 @@ extension DecodedInsn {
             case 4, 6: op = wide ? .shl64RI : .shl32RI
             case 5: op = wide ? .shr64RI : .shr32RI
             case 7: op = wide ? .sar64RI : .sar32RI
+            case 0: op = wide ? .rol64RI : .rol32RI
+            case 1: op = wide ? .ror64RI : .ror32RI
             default: return
             }
             imm = count
@@ -289,6 +298,38 @@ extension X86Interpreter {
         case .test8MI:
             let a = try read(linearAddress64(d), UInt8.self)
             setCC(CC.logic, 0, dst: UInt64(a & UInt8(truncatingIfNeeded: d.pointee.imm)), src: 0)
+        case .rol64RI:
+            let r = reg64(d.pointee.rm).rotated(left: d.pointee.imm)
+            setReg64(d.pointee.rm, r); setRotateFlags(cf: r & 1, msb: r >> 63, msb2: 0, left: true)
+        case .ror64RI:
+            let r = reg64(d.pointee.rm).rotated(left: 64 &- d.pointee.imm)
+            setReg64(d.pointee.rm, r); setRotateFlags(cf: r >> 63, msb: r >> 63, msb2: (r >> 62) & 1, left: false)
+        case .rol32RI:
+            let r = UInt64(getReg(d.pointee.rm, UInt32.self).rotated(left: UInt32(d.pointee.imm)))
+            setReg64(d.pointee.rm, r); setRotateFlags(cf: r & 1, msb: r >> 31, msb2: 0, left: true)
+        case .ror32RI:
+            let r = UInt64(getReg(d.pointee.rm, UInt32.self).rotated(left: 32 &- UInt32(d.pointee.imm)))
+            setReg64(d.pointee.rm, r); setRotateFlags(cf: r >> 31, msb: r >> 31, msb2: (r >> 30) & 1, left: false)
+        case .lea32:
+            setReg64(d.pointee.reg, (UInt64(bitPattern: Int64(d.pointee.disp)) &+ reg64(d.pointee.base)
+                &+ (reg64(d.pointee.index) &<< UInt64(d.pointee.scale))) & 0xFFFF_FFFF)
+        case .adc64RI:
+            let a = reg64(d.pointee.rm), b = d.pointee.imm
+            let c: UInt64 = carryFlag ? 1 : 0
+            let r = a &+ b &+ c
+            setReg64(d.pointee.rm, r)
+            st.pointee.ccSrc2 = c
+            setCC(CC.adc, 3, dst: r, src: b)
+        case .cmp64MR:
+            let a = try read(linearAddress64(d), UInt64.self), b = reg64(d.pointee.reg)
+            setCC(CC.sub, 3, dst: a &- b, src: b)
+        case .cmp32MR:
+            let a = try read(linearAddress64(d), UInt32.self), b = getReg(d.pointee.reg, UInt32.self)
+            setCC(CC.sub, 2, dst: UInt64(a &- b), src: UInt64(b))
+        case .alu64MR: try aluM(d, reg64(d.pointee.reg))
+        case .alu32MR: try aluM(d, getReg(d.pointee.reg, UInt32.self))
+        case .alu64MI: try aluM(d, d.pointee.imm)
+        case .alu32MI: try aluM(d, UInt32(truncatingIfNeeded: d.pointee.imm))
         case .store8: try write(linearAddress64(d), getReg(d.pointee.reg, UInt8.self))
         case .storeImm64: try write(linearAddress64(d), d.pointee.imm)
         case .storeImm32: try write(linearAddress64(d), UInt32(truncatingIfNeeded: d.pointee.imm))
@@ -311,6 +352,26 @@ extension X86Interpreter {
             return false
         }
         return true
+    }
+
+    /// ROL/ROR by a non-zero count: only CF and OF change (OF as for a count of 1).
+    @inline(__always)
+    func setRotateFlags(cf: UInt64, msb: UInt64, msb2: UInt64, left: Bool) {
+        let of = left ? msb ^ cf : msb ^ msb2
+        setArithFlags(arithFlags() & ~(Flag.cf | Flag.of) | cf | (of != 0 ? Flag.of : 0))
+    }
+
+    /// Read-modify-write ALU (not CMP) on a 64-bit-addressed memory operand, ALU kind in `sub`.
+    @inline(__always)
+    func aluM<T: FixedWidthInteger & UnsignedInteger>(_ d: UnsafePointer<DecodedInsn>, _ b: T) throws(Fault) {
+        let la = linearAddress64(d)
+        if let p = try rmwPointer(la, MemoryLayout<T>.size) {
+            p.storeBytes(of: alu(d.pointee.sub, p.loadUnaligned(as: T.self), b), as: T.self)
+        } else {
+            // MMIO or a page crossing: rmwPointer has checked write access to every byte.
+            let a = try read(la, T.self)
+            try write(la, alu(d.pointee.sub, a, b))
+        }
     }
 
     @inline(__always)
@@ -355,4 +416,10 @@ extension X86Interpreter {
         }
         return try pop(3)
     }
+}
+
+extension FixedWidthInteger {
+    /// Rotates left by `n` (taken modulo the width).
+    @inline(__always)
+    func rotated(left n: Self) -> Self { (self &<< n) | (self &>> (Self(truncatingIfNeeded: Self.bitWidth) &- n)) }
 }
