@@ -210,9 +210,13 @@ final class KVMAttackGuestTests: XCTestCase {
     override func setUpWithError() throws { try GuestHarness.requireKVM() }
     func testVirtioAttack() throws { try AttackChecks.virtio(accel: "kvm", test: self) }
     func testPortMMIOAndUARTAttack() throws { try AttackRun.check("attack-io", accel: "kvm", timeout: 120, test: self) }
+    func testSelfModifyingCodePagingAndTripleFault() throws { try AttackRun.check("attack-cpu", accel: "kvm", test: self) }
 }
 
 final class InterpreterAttackGuestTests: XCTestCase {
     func testVirtioAttack() throws { try AttackChecks.virtio(accel: "interp", test: self) }
     func testPortMMIOAndUARTAttack() throws { try AttackRun.check("attack-io", accel: "interp", timeout: 120, test: self) }
+    func testSelfModifyingCodePagingInterruptStormAndTripleFault() throws {
+        try AttackRun.check("attack-cpu", accel: "interp", test: self)
+    }
 }
