@@ -14,6 +14,9 @@
 ; Output: one line per case: "<case>: used=<new used entries> [id=<head> len=<used len>] st=<status
 ;         byte, ee = untouched> dev=<device status>"; when the device set DEVICE_NEEDS_RESET (0x40) the
 ;         driver resets it, sets it up again and does a good read: " -> reset, good read st=00".
+;         Then an MSI-X storm: 200 rounds of garbage MSI-X table writes (any address, any data, masks
+;         flipping), MSI-X enable/function-mask toggled in config space, PBA reads and writes, while
+;         good and bad requests make the device signal queue and configuration-change interrupts.
 ;         Expected: attack-virtio.expected (identical on both backends).
 ; Host checks (the test): RO bit-identical; RW changed only in sectors 1 and 3 (the two good writes);
 ;         a sentinel file that is not given to the guest is untouched.
@@ -118,6 +121,10 @@ main:
     jz fail
     lea edi, [r15d + DEV1]
     call cfg_read8
+    cmp al, 0x11                    ; MSI-X
+    jne .not_msix
+    mov [rel msix_cap], r15d
+.not_msix:
     cmp al, 0x09                    ; vendor-specific
     jne .cap_next
     lea edi, [r15d + DEV1 + 3]
@@ -442,6 +449,80 @@ main:
     mov byte [rbx + 0x14], 0x0F
     call report_setup
 
+    ; MSI-X storm: garbage in the MSI-X table (addresses anywhere, any data, masks flipping), enable
+    ; and function-mask toggled from config space, while good and bad requests make the device
+    ; signal queue and configuration-change interrupts (IF stays 0: they only pile up in the IRR).
+    lea rsi, [rel s_msix]
+    call puts
+    mov eax, [rel msix_cap]
+    call puthex8
+    mov r15d, 0x1B873593            ; xorshift32 state
+    mov r14d, 200
+.storm:
+    call xorshift
+    mov ecx, eax
+    and ecx, 0x3C                   ; a dword in the two entries (and the words after them)
+    call xorshift
+    mov [rbx + 0x4000 + rcx], eax
+    call xorshift
+    mov ecx, eax
+    and ecx, 0xFF8                  ; a qword anywhere in the table page
+    call xorshift
+    mov [rbx + 0x4000 + rcx], rax
+    mov word [rbx + 0x10], 0        ; config_msix_vector
+    mov word [rbx + 0x16], 0
+    mov word [rbx + 0x1A], 1        ; queue 0 -> vector 1
+    call xorshift
+    and eax, 0xC000                 ; MSI-X enable and function mask
+    or eax, 0x0001                  ; (the table size field is read-only anyway)
+    shl eax, 16
+    mov edi, [rel msix_cap]
+    or edi, DEV1
+    call cfg_write32
+    mov eax, [rbx + 0x5000]         ; PBA
+    mov dword [rbx + 0x5000], -1    ; read-only
+    test r14d, 3
+    jnz .good
+    ; a bad chain: DEVICE_NEEDS_RESET and a configuration-change interrupt, then set up again
+    mov rdi, r12
+    xor eax, eax
+    mov ecx, 16
+    rep stosq
+    mov rdi, r12
+    DESC 0, HDR_A, 16, F_NEXT, 0
+    xor eax, eax
+    call submit
+    call virtio_init
+    jmp .storm_next
+.good:
+    mov rdi, r12
+    GOOD_READ_CHAIN
+    xor eax, eax
+    call submit
+.storm_next:
+    dec r14d
+    jnz .storm
+    ; MSI-X off again, then one more good request.
+    xor eax, eax
+    mov edi, [rel msix_cap]
+    or edi, DEV1
+    call cfg_write32
+    call virtio_init
+    mov rdi, r12
+    GOOD_READ_CHAIN
+    mov byte [STATUS_A], 0xEE
+    xor eax, eax
+    call submit
+    lea rsi, [rel s_msix2]
+    call puts
+    movzx eax, byte [STATUS_A]
+    call puthex8
+    lea rsi, [rel s_dev]
+    call puts
+    movzx eax, byte [rbx + 0x14]
+    call puthex8
+    call newline
+
     ; A disk read replaces code the CPU has already run: the next call must run the new bytes.
     CASE "dma over executed code"
     mov rdi, CODE_A
@@ -570,6 +651,33 @@ cfg_read32:                         ; EDI = device << 11 | register -> EAX
     mov dx, 0xCFC
     in eax, dx
     pop rdx
+    ret
+
+cfg_write32:                        ; EDI = device << 11 | register, EAX = value
+    push rdx
+    push rax
+    mov eax, edi
+    and eax, ~3
+    or eax, 0x80000000
+    mov dx, 0xCF8
+    out dx, eax
+    pop rax
+    mov dx, 0xCFC
+    out dx, eax
+    pop rdx
+    ret
+
+xorshift:                           ; R15D = next xorshift32, also in EAX
+    mov eax, r15d
+    shl eax, 13
+    xor r15d, eax
+    mov eax, r15d
+    shr eax, 17
+    xor r15d, eax
+    mov eax, r15d
+    shl eax, 5
+    xor r15d, eax
+    mov eax, r15d
     ret
 
 cfg_read8:                          ; EDI = device << 11 | register -> EAX (zero-extended byte)
@@ -740,6 +848,10 @@ s_st:     db " st=", 0
 s_dev:    db " dev=", 0
 s_reset:  db " -> reset, good read st=", 0
 s_data:   db "  data '", 0
+align 4
+msix_cap: dd 0
 s_code:   db "  code returns ", 0
+s_msix:   db "msi-x storm (cap at ", 0
+s_msix2:  db "): 200 rounds, then good read st=", 0
 s_then:   db "  then queue 0 notify:", 0
 s_done:   db "virtio attack done", 10, 0
