@@ -126,21 +126,26 @@ enum AttackRun {
         XCTAssertFalse(r.timedOut, "swhv hung on \(name) (\(accel)): killed after \(timeout) s", file: file, line: line)
         XCTAssertFalse(r.signalled, "swhv died of signal \(r.status) on \(name) (\(accel)): \(r.stderr)",
                        file: file, line: line)
-        let stop = try String(contentsOf: guestsDir.appendingPathComponent("\(name).stop"), encoding: .utf8)
+        // `<name>.<accel>.stop` / `.expected` win over `<name>.stop` / `.expected` where backends differ.
+        func specific(_ ext: String) -> URL {
+            let u = guestsDir.appendingPathComponent("\(name).\(accel).\(ext)")
+            return FileManager.default.fileExists(atPath: u.path) ? u : guestsDir.appendingPathComponent("\(name).\(ext)")
+        }
+        let stop = try String(contentsOf: specific("stop"), encoding: .utf8)
             .trimmingCharacters(in: .whitespacesAndNewlines)
         let (status, text): (Int32, String) = switch stop {
         case "reset": (0, "guest requested reset")
         case "shutdown": (2, "guest triple-faulted (shutdown)")
         case "haltedForever": (0, "guest halted with interrupts disabled")
+        // "error: TEXT": swhv stops with its one-line error (exit status 1) containing TEXT.
+        case let s where s.hasPrefix("error:"):
+            (1, "swhv: error: " + s.dropFirst("error:".count).trimmingCharacters(in: .whitespaces))
         default: (-1, "unknown stop '\(stop)'")
         }
         XCTAssertEqual(r.status, status, "exit status of \(name) (\(accel)); stderr: \(r.stderr)", file: file, line: line)
         XCTAssertTrue(r.stderr.contains(text), "\(name) (\(accel)) should stop with '\(text)'; stderr: \(r.stderr)",
                       file: file, line: line)
-        let specific = guestsDir.appendingPathComponent("\(name).\(accel).expected")
-        let expectedURL = FileManager.default.fileExists(atPath: specific.path)
-            ? specific : guestsDir.appendingPathComponent("\(name).expected")
-        let expected = try String(contentsOf: expectedURL, encoding: .utf8)
+        let expected = try String(contentsOf: specific("expected"), encoding: .utf8)
         XCTAssertEqual(r.stdout, expected, "serial output of \(name) (\(accel))", file: file, line: line)
         if r.stdout != expected {
             // The whole difference, line by line, for a readable failure.
@@ -211,6 +216,9 @@ final class KVMAttackGuestTests: XCTestCase {
     func testVirtioAttack() throws { try AttackChecks.virtio(accel: "kvm", test: self) }
     func testPortMMIOAndUARTAttack() throws { try AttackRun.check("attack-io", accel: "kvm", timeout: 120, test: self) }
     func testSelfModifyingCodePagingAndTripleFault() throws { try AttackRun.check("attack-cpu", accel: "kvm", test: self) }
+    func testCodeRunningOffTheEndOfRAMStopsWithAMessage() throws {
+        try AttackRun.check("attack-exec", accel: "kvm", test: self)
+    }
 }
 
 final class InterpreterAttackGuestTests: XCTestCase {
@@ -218,5 +226,8 @@ final class InterpreterAttackGuestTests: XCTestCase {
     func testPortMMIOAndUARTAttack() throws { try AttackRun.check("attack-io", accel: "interp", timeout: 120, test: self) }
     func testSelfModifyingCodePagingInterruptStormAndTripleFault() throws {
         try AttackRun.check("attack-cpu", accel: "interp", test: self)
+    }
+    func testStringIOAndCodeAcrossTheEndOfRAMAndIDTPastRAM() throws {
+        try AttackRun.check("attack-exec", accel: "interp", test: self)
     }
 }

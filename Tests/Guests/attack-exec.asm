@@ -1,0 +1,117 @@
+; attack-exec.asm — string I/O across the end of RAM, code that runs off the end of RAM or out of
+; unmapped physical memory, and an IDT past the end of RAM.
+;
+; Run:    swhv run-image --image attack-exec.bin (AttackGuestTests), 16 MiB of RAM.
+; Checks: 1. `rep insb` from an unclaimed port into the last 6 bytes of RAM and 10 bytes past it: the
+;            RAM part reads 0xff, nothing else changes; `rep outsb` from there to port 0x80;
+;         2. an instruction that starts in the last bytes of RAM and ends past it (`mov eax, imm32`
+;            whose immediate lies in unmapped memory): the interpreter fetches all-ones as bus
+;            hardware would (imm = 0xffffff11), falls through to ff ff and raises #UD;
+;            KVM cannot emulate a fetch from outside its memory slots and swhv stops with a one-line
+;            "KVM internal error" (exit status 1) - the brief's "stops with a clear message";
+;         3. (interpreter) a call to unmapped physical memory: ff ff ... -> #UD at that address;
+;         4. (interpreter) an IDT whose base is past RAM: the next exception cannot be delivered ->
+;            triple fault.
+; Output: attack-exec.expected (interpreter), attack-exec.kvm.expected.
+; Stop:   interpreter: shutdown (exit status 2); KVM: error (exit status 1), see attack-exec.kvm.stop.
+
+%define GUEST_NAME "attack-exec"
+%include "include/longmode.inc"
+
+RAM_END equ 0x1000000
+
+main:
+    ; ---- 1. string I/O across the end of RAM ----
+    mov dword [RAM_END - 8], 0x11111111
+    mov dword [RAM_END - 4], 0x22222222
+    mov rdi, RAM_END - 6
+    mov ecx, 16
+    mov dx, 0x200                   ; unclaimed: reads 0xff
+    rep insb
+    cmp ecx, 0
+    mov al, 'A'
+    jne fail
+    lea rsi, [rel s_ins]
+    call puts
+    mov rax, [RAM_END - 8]
+    call puthex64
+    call newline
+    mov rsi, RAM_END - 8
+    mov ecx, 16
+    mov dx, 0x80
+    rep outsb
+    cmp ecx, 0
+    mov al, 'B'
+    jne fail
+    lea rsi, [rel s_outs]
+    call puts
+
+    ; ---- 2. an instruction running off the end of RAM ----
+    lea rsi, [rel s_straddle]
+    call puts
+    mov byte [RAM_END - 3], 0x90    ; nop
+    mov byte [RAM_END - 2], 0xB8    ; mov eax, imm32: one immediate byte in RAM, three past it
+    mov byte [RAM_END - 1], 0x11
+    xor eax, eax
+    TRY .straddle_caught
+    mov rcx, RAM_END - 3
+    call rcx
+    ENDTRY
+    lea rsi, [rel s_nofault]
+    call puts
+    jmp .exec_mmio
+.straddle_caught:
+    call print_exc
+
+    ; ---- 3. executing unmapped physical memory ----
+.exec_mmio:
+    lea rsi, [rel s_mmio]
+    call puts
+    TRY .mmio_caught
+    xor eax, eax
+    mov rcx, 0x20000000
+    call rcx
+    ENDTRY
+    lea rsi, [rel s_nofault]
+    call puts
+    jmp .idt
+.mmio_caught:
+    call print_exc
+
+    ; ---- 4. IDT past RAM ----
+.idt:
+    lea rsi, [rel s_idt]
+    call puts
+    lidt [rel far_idt]
+    ud2
+    mov al, 'Z'
+    jmp fail
+
+print_exc:                          ; " vector <v> at <rip> eax <eax at the fault>"
+    lea rsi, [rel s_vec]
+    call puts
+    movzx eax, byte [rel exc_vector]
+    call puthex8
+    lea rsi, [rel s_at]
+    call puts
+    mov rax, [rel exc_rip]
+    call puthex64
+    lea rsi, [rel s_eax]
+    call puts
+    mov rax, [rel exc_rax]
+    call puthex32
+    jmp newline
+
+align 8
+far_idt: dw 0xFFF
+         dq 0x30000000
+
+s_ins:      db "rep insb across end of ram: ", 0
+s_outs:     db "rep outsb across end of ram ok", 10, 0
+s_straddle: db "instruction across end of ram:", 0
+s_mmio:     db "call into unmapped memory:", 0
+s_nofault:  db " no fault", 10, 0
+s_vec:      db " vector ", 0
+s_at:       db " at ", 0
+s_eax:      db " eax ", 0
+s_idt:      db "idt past ram, then ud2", 10, 0
