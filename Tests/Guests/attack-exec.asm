@@ -10,7 +10,10 @@
 ;            KVM cannot emulate a fetch from outside its memory slots and swhv stops with a one-line
 ;            "KVM internal error" (exit status 1) - the brief's "stops with a clear message";
 ;         3. (interpreter) a call to unmapped physical memory: ff ff ... -> #UD at that address;
-;         4. (interpreter) an IDT whose base is past RAM: the next exception cannot be delivered ->
+;         4. (interpreter) #UD with RSP in unmapped memory: the exception frame is dropped as bus
+;            writes are, so the handler reads all-ones for vector and error code (on kvm-pvm the
+;            delivery itself fails and the guest triple-faults; the KVM leg stops before this);
+;         5. (interpreter) an IDT whose base is past RAM: the next exception cannot be delivered ->
 ;            triple fault.
 ; Output: attack-exec.expected (interpreter), attack-exec.kvm.expected.
 ; Stop:   interpreter: shutdown (exit status 2); KVM: error (exit status 1), see attack-exec.kvm.stop.
@@ -78,8 +81,24 @@ main:
 .mmio_caught:
     call print_exc
 
-    ; ---- 4. IDT past RAM ----
+    ; ---- 4. an exception with the stack in unmapped memory ----
 .idt:
+    lea rsi, [rel s_stack]
+    call puts
+    TRY .stack_caught
+    mov rsp, 0x20000000
+    ud2
+.stack_caught:                      ; the frame went nowhere: the handler read all-ones
+    mov rsp, STACK
+    movzx eax, byte [rel exc_vector]
+    call puthex8
+    lea rsi, [rel s_code]
+    call puts
+    mov rax, [rel exc_code]
+    call puthex64
+    call newline
+
+    ; ---- 5. IDT past RAM ----
     lea rsi, [rel s_idt]
     call puts
     lidt [rel far_idt]
@@ -114,4 +133,6 @@ s_nofault:  db " no fault", 10, 0
 s_vec:      db " vector ", 0
 s_at:       db " at ", 0
 s_eax:      db " eax ", 0
+s_stack:    db "exception with rsp in unmapped memory: handler read vector ", 0
+s_code:     db " error code ", 0
 s_idt:      db "idt past ram, then ud2", 10, 0
