@@ -543,6 +543,40 @@ main:
     call puthex32
     call newline
 
+    ; The status byte and the GET_ID serial are device writes too: over code that already ran.
+    CASE "status byte over executed code"
+    mov rdi, CODE_A
+    mov dword [rdi], 0x90C3EEB0     ; mov al, 0xee; ret
+    call rdi
+    mov rdi, r12
+    HDR 4, 0
+    DESC 0, HDR_A, 16, F_NEXT, 1
+    DESC 1, CODE_A + 1, 1, F_WRITE, 0   ; the status lands on the immediate
+    SUBMIT 0
+    lea rsi, [rel s_code8]
+    call puts
+    mov rax, CODE_A
+    call rax
+    call puthex8
+    call newline
+
+    CASE "serial over executed code"
+    mov rdi, CODE_A
+    mov dword [rdi], 0x90C3EEB0
+    call rdi
+    mov rdi, r12
+    HDR 8, 0
+    DESC 0, HDR_A, 16, F_NEXT, 1
+    DESC 1, CODE_A + 1, 1, F_NEXT | F_WRITE, 2     ; one byte of "swhv-disk0": 's' is the immediate
+    DESC 2, STATUS_A, 1, F_WRITE, 0
+    SUBMIT 0
+    lea rsi, [rel s_code8]
+    call puts
+    mov rax, CODE_A
+    call rax
+    call puthex8
+    call newline
+
     ; ---- the writable disk (same queue memory: the read-only one is reset first) ----
     mov byte [rbx + 0x14], 0
     mov rbx, BAR_RW
@@ -851,6 +885,7 @@ s_data:   db "  data '", 0
 align 4
 msix_cap: dd 0
 s_code:   db "  code returns ", 0
+s_code8:  db "  code returns al=", 0
 s_msix:   db "msi-x storm (cap at ", 0
 s_msix2:  db "): 200 rounds, then good read st=", 0
 s_then:   db "  then queue 0 notify:", 0
