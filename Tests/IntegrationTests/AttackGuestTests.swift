@@ -122,7 +122,10 @@ enum AttackRun {
         let image = try assemble(name, into: dir)
         let sentinel = try Sentinel(in: dir)
         let args = ["run-image", "--image", image.path, "--accel", accel] + (try extra(dir))
+        let before = try FileManager.default.contentsOfDirectory(atPath: dir.path).sorted()
         let r = try run(exe, args, timeout: timeout)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir.path).sorted(), before,
+                       "files appeared or vanished next to the images", file: file, line: line)
         XCTAssertFalse(r.timedOut, "swhv hung on \(name) (\(accel)): killed after \(timeout) s", file: file, line: line)
         XCTAssertFalse(r.signalled, "swhv died of signal \(r.status) on \(name) (\(accel)): \(r.stderr)",
                        file: file, line: line)
