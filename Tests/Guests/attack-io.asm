@@ -7,6 +7,9 @@
 ;            (0x60-0x64: its commands can reset), PCI config (0xCF8-0xCFF: 0xCF9 resets) and COM1
 ;            (the console) — this hits the PIC, PIT, RTC, ELCR, port 0x80 and the boot-timer port with
 ;            garbage (dwords at every 16th port) — and then the read sweep again: still all-ones;
+;         2b. byte/word/dword reads and word/dword writes at every offset of the claimed ports (and
+;            the port below each device), straddling registers and device ends (i8042 and PCI
+;            config: reads only);
 ;         3. MMIO: byte/word/dword/qword reads every MiB from the end of RAM to 0xFEC00000 (the
 ;            PCI window at 0xC0000000 included, 0xD1000000 - the boot-timer register - skipped) and at
 ;            4, 8 and 64 GiB (mapped through an extra page directory): all-ones; a write then a read
@@ -68,6 +71,30 @@ main:
     lea rsi, [rel s_storm]
     call puts
     call report_sweep
+
+    ; Odd-size accesses at every offset of the claimed ports (PIC, PIT, port 0x61, RTC, 0x80, the
+    ; boot-timer port, ELCR, i8042 and PCI config reads): word and dword reads and writes that
+    ; straddle registers and device ends. Nothing is printed: the guest must simply carry on.
+    lea rsi, [rel odd_ports]
+.odd:
+    movzx edx, word [rsi]
+    test edx, edx
+    jz .odd_done
+    add rsi, 2
+    in al, dx
+    in ax, dx
+    in eax, dx
+    mov ebx, edx
+    PORTS_MARKED 4, 2               ; i8042, COM1 and PCI config: reads only
+    jnz .odd
+    call xorshift
+    out dx, ax
+    call xorshift
+    out dx, eax
+    jmp .odd
+.odd_done:
+    lea rsi, [rel s_odd]
+    call puts
 
     ; ---- 3. MMIO ----
     ; PDPT[4] -> PD4: VA 4 GiB + 0/2/4 MiB -> PA 4 GiB, 8 GiB, 64 GiB (no RAM there).
@@ -444,6 +471,10 @@ align 2
 claimed:                            ; inclusive ranges; interpreter-only devices included
     dw 0x20, 0x21,  0x40, 0x43,  0x60, 0x64,  0x70, 0x71,  0x80, 0x80,  0xA0, 0xA1
     dw 0x3F8, 0x3FF,  0x440, 0x440,  0x4D0, 0x4D1,  0xCF8, 0xCFF,  0, 0
+odd_ports:                          ; every claimed port but COM1, and the ports just below each device
+    dw 0x1F, 0x20, 0x21, 0x3F, 0x40, 0x41, 0x42, 0x43, 0x5F, 0x60, 0x61, 0x62, 0x63, 0x64, 0x6F, 0x70, 0x71
+    dw 0x7F, 0x80, 0x9F, 0xA0, 0xA1, 0x43F, 0x440, 0x4CF, 0x4D0, 0x4D1, 0xCF7, 0xCF8, 0xCF9, 0xCFA, 0xCFB
+    dw 0xCFC, 0xCFD, 0xCFE, 0xCFF, 0
 dangerous:
     dw 0x60, 0x64,  0x3F8, 0x3FF,  0xCF8, 0xCFF,  0, 0
 
@@ -451,6 +482,7 @@ s_reads:    db "port reads: ", 0
 s_storm:    db "after write storm: ", 0
 s_bad:      db " checked, not all-ones ", 0
 s_first:    db ", first at ", 0
+s_odd:      db "odd-size accesses to claimed ports ok", 10, 0
 s_mmio:     db "mmio: ", 0
 s_string:   db "mmio string/locked/xchg/page-crossing ok", 10, 0
 s_straddle: db "across end of ram: ", 0
