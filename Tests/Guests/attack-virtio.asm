@@ -11,6 +11,9 @@
 ; Memory: queue of the device in use at 0x40000 (descriptors), 0x40100 (avail), 0x40200 (used), size 8;
 ;         request header 0x50000, status byte 0x50100, data 0x51000, indirect table 0x52000,
 ;         executable buffer 0x53000.
+; PCI:    first the VIRTIO_PCI_CAP_PCI_CFG window into BAR0 (good read, length 3, offset 2^32-4, BAR 5,
+;         a write past the BAR), then BAR0 moves: to a free spot, on top of 00:02.0, left in sizing
+;         state (all-ones), over RAM, back; and memory decoding off and on. One line each.
 ; Output: one line per case: "<case>: used=<new used entries> [id=<head> len=<used len>] st=<status
 ;         byte, ee = untouched> dev=<device status>"; when the device set DEVICE_NEEDS_RESET (0x40) the
 ;         driver resets it, sets it up again and does a good read: " -> reset, good read st=00".
@@ -130,6 +133,10 @@ main:
     lea edi, [r15d + DEV1 + 3]
     call cfg_read8
     mov r13d, eax                   ; cfg_type
+    cmp eax, 5                      ; VIRTIO_PCI_CAP_PCI_CFG
+    jne .not_pcicfg
+    mov [rel pcicfg_cap], r15d
+.not_pcicfg:
     lea edi, [r15d + DEV1 + 8]
     call cfg_read32
     mov r12d, eax                   ; offset in BAR
@@ -180,6 +187,77 @@ main:
     cmp qword [rbx + 0x2000], 128
     mov al, 'D'
     jne fail
+
+    ; ---- the PCI side: the config-space window into BAR0, BAR moves, memory decoding off ----
+    lea rsi, [rel s_win]
+    call puts
+    mov ebx, [rel pcicfg_cap]
+    or ebx, DEV1
+    mov r8d, 0                      ; bar 0, offset 0x14 (device_status), length 1
+    mov r9d, 0x14
+    mov r10d, 1
+    call window_read
+    mov r8d, 0                      ; length 3: not an access size
+    mov r9d, 0x14
+    mov r10d, 3
+    call window_read
+    mov r8d, 0                      ; offset past the BAR, and wrapping 2^32
+    mov r9d, 0xFFFFFFFC
+    mov r10d, 4
+    call window_read
+    mov r8d, 5                      ; a BAR the device does not have
+    mov r9d, 0x14
+    mov r10d, 1
+    call window_read
+    mov r8d, 0                      ; a write through the window to the end of the BAR: ignored
+    mov r9d, 0x7FFC
+    mov r10d, 4
+    call window_setup
+    lea edi, [ebx + 16]
+    mov eax, -1
+    call cfg_write32
+    call newline
+    mov rbx, BAR_RO
+
+    lea rsi, [rel s_bar_moves]
+    call puts
+    mov eax, 0xC0010000             ; a free spot in the window
+    call move_bar
+    mov rax, 0xC0010000
+    call status_at
+    mov rax, BAR_RO
+    call status_at
+    mov eax, BAR_RW                 ; on top of the other disk: 00:01.0 answers there
+    call move_bar
+    mov rax, BAR_RW
+    call status_at
+    mov eax, -1                     ; BAR sizing, left in place: the BAR reads its size mask
+    call move_bar
+    mov edi, DEV1 | 0x10
+    call cfg_read32
+    call space_hex32
+    mov dword [0x100014], 0x5AFE    ; BAR moved outside the window, over RAM: RAM stays RAM
+    mov eax, 0x00100000
+    call move_bar
+    mov eax, [0x100014]
+    call space_hex32
+    mov eax, BAR_RO
+    call move_bar
+    mov rax, BAR_RO
+    call status_at
+    mov edi, DEV1 | 0x04            ; command: memory decoding off, then on again
+    call cfg_read32
+    and eax, 0xFFFF
+    mov r14d, eax
+    and eax, ~2
+    call cfg_write32
+    mov rax, BAR_RO
+    call status_at
+    mov eax, r14d
+    call cfg_write32
+    mov rax, BAR_RO
+    call status_at
+    call newline
 
     CASE "good read s0"
     GOOD_READ_CHAIN
@@ -687,6 +765,64 @@ cfg_read32:                         ; EDI = device << 11 | register -> EAX
     pop rdx
     ret
 
+; The VIRTIO_PCI_CAP_PCI_CFG window at config offset EBX (device | capability): R8D = bar,
+; R9D = offset, R10D = length.
+window_setup:
+    push rax
+    lea edi, [ebx + 4]
+    call cfg_read32
+    and eax, ~0xFF
+    or eax, r8d
+    call cfg_write32
+    lea edi, [ebx + 8]
+    mov eax, r9d
+    call cfg_write32
+    lea edi, [ebx + 12]
+    mov eax, r10d
+    call cfg_write32
+    pop rax
+    ret
+window_read:                        ; prints " <data>", read with the access size the window names
+    call window_setup
+    push rdx
+    lea eax, [ebx + 16]
+    or eax, 0x80000000
+    mov dx, 0xCF8
+    out dx, eax
+    mov dx, 0xCFC
+    xor eax, eax
+    cmp r10d, 1
+    je .byte
+    cmp r10d, 2
+    je .word
+    in eax, dx
+    jmp .got
+.byte:
+    in al, dx
+    jmp .got
+.word:
+    in ax, dx
+.got:
+    pop rdx
+space_hex32:                        ; " <EAX as 8 hex digits>"
+    push rax
+    mov al, ' '
+    call putc
+    pop rax
+    jmp puthex32
+
+move_bar:                           ; EAX = new BAR0 of 00:01.0
+    mov edi, DEV1 | 0x10
+    jmp cfg_write32
+
+status_at:                          ; RAX = BAR base: prints " <device_status>"
+    push rax
+    mov al, ' '
+    call putc
+    pop rax
+    movzx eax, byte [rax + 0x14]
+    jmp puthex8
+
 cfg_write32:                        ; EDI = device << 11 | register, EAX = value
     push rdx
     push rax
@@ -884,9 +1020,12 @@ s_reset:  db " -> reset, good read st=", 0
 s_data:   db "  data '", 0
 align 4
 msix_cap: dd 0
+pcicfg_cap: dd 0
 s_code:   db "  code returns ", 0
 s_code8:  db "  code returns al=", 0
 s_msix:   db "msi-x storm (cap at ", 0
 s_msix2:  db "): 200 rounds, then good read st=", 0
+s_win:    db "pci cfg window: status, length 3, offset 2^32-4, bar 5:", 0
+s_bar_moves: db "bar0 moves: new, old, over 00:02.0, sizing, over ram, restored, decode off, on:", 0
 s_then:   db "  then queue 0 notify:", 0
 s_done:   db "virtio attack done", 10, 0
