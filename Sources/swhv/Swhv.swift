@@ -177,6 +177,8 @@ struct RunImage: ParsableCommand {
             The image is copied to --load (default 0x1000) and entered in real mode at 0:load with
             SP 0x8000. COM1 output goes to stdout. The run ends when the guest resets (i8042), halts
             with interrupts disabled, or triple-faults; swhv prints how it stopped on stderr.
+            --disk adds virtio-blk PCI functions as for boot (config mechanism #1 at 0xCF8, BARs
+            preassigned from 0xC0000000), for guests that drive virtio themselves.
             """)
 
     @Option(name: .long, help: ArgumentHelp("Flat binary image.", valueName: "path"))
@@ -195,6 +197,11 @@ struct RunImage: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("CPU backend: auto, kvm or interp.", valueName: "auto|kvm|interp"))
     var accel: String = "auto"
 
+    @Option(name: .long, help: ArgumentHelp(
+        "A host file as a virtio-blk PCI device (00:01.0, 00:02.0, ... in order), as for boot. Repeatable.",
+        valueName: "path[,readonly][,serial=ID]"))
+    var disk: [String] = []
+
     func run() throws {
         func number(_ t: String) throws -> UInt64 {
             let v = t.hasPrefix("0x") ? UInt64(t.dropFirst(2), radix: 16) : UInt64(t)
@@ -212,6 +219,8 @@ struct RunImage: ParsableCommand {
         config.accelerator = a
         config.irqchip = false
         config.quiet = true
+        for d in disk { config.disks.append(try DiskConfig.parse(d)) }
+        try HostFile.checkDisks(config.disks.map(\.path))
         let address = try number(load)
         guard address < 0x10000 else { throw MachineError.invalidArgument("--load must be below 0x10000 (real mode)") }
         let bytes = try HostFile.read(image, role: "image", limit: size)

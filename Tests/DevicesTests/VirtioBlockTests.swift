@@ -66,6 +66,27 @@ final class VirtioBlockTests: XCTestCase {
         XCTAssertEqual(t.data, Array("0123456789abcdefghij".utf8))
     }
 
+    /// Every byte the device stores in guest RAM is reported to the DMA observer (the interpreter
+    /// drops decoded code there): the status byte, the serial and the used ring, not only read data.
+    /// Found by attack-virtio: a status byte written over code the guest had run was not seen.
+    func testEveryDeviceWriteIsReportedAsDMA() throws {
+        let (h, _, _) = try makeHarness(serial: "swhv-disk-0")
+        final class Recorder: @unchecked Sendable { var ranges: [(UInt64, UInt64)] = [] }
+        let rec = Recorder()
+        h.memory.dmaWriteObserver = { a, l in rec.ranges.append((a, l)) }
+        defer { h.memory.dmaWriteObserver = nil }
+        func covered(_ address: UInt64, _ length: UInt64) -> Bool {
+            rec.ranges.contains { $0.0 <= address && address + length <= $0.0 + $0.1 }
+        }
+        _ = h.blockRequest(type: VirtioBlock.requestFlush, sector: 0)
+        XCTAssertTrue(covered(H.statusAddr, 1), "status byte")
+        XCTAssertTrue(covered(H.usedAddr + 2, 2), "used index")
+        XCTAssertTrue(covered(H.usedAddr + 4, 4) && covered(H.usedAddr + 8, 4), "used element")
+        rec.ranges = []
+        _ = h.blockRequest(type: VirtioBlock.requestGetID, sector: 0, inLength: 20)
+        XCTAssertTrue(covered(H.dataAddr, 20), "serial")
+    }
+
     func testUnknownRequestTypeIsUnsupported() throws {
         let (h, _, _) = try makeHarness()
         let r = h.blockRequest(type: 0x77, sector: 0)

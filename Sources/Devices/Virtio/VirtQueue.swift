@@ -192,6 +192,7 @@ public final class VirtQueue {
             throw VirtQueueError.ringOutsideMemory("ring", address: address, length: 2)
         }
         p.storeBytes(of: value.littleEndian, as: UInt16.self)
+        memory.noteDMAWrite(address, length: 2)  // the guest may (oddly) run code there: keep it coherent
     }
 
     @inline(__always)
@@ -200,6 +201,7 @@ public final class VirtQueue {
             throw VirtQueueError.ringOutsideMemory("ring", address: address, length: 4)
         }
         p.storeBytes(of: value.littleEndian, as: UInt32.self)
+        memory.noteDMAWrite(address, length: 4)
     }
 
     /// Runs `body`, marking the queue broken if it throws.

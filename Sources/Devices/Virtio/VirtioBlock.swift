@@ -171,6 +171,7 @@ public final class VirtioBlock: VirtioDevice {
         if status != VirtioBlock.statusOK { failedRequests += 1 }
         guard let seg = chain.segments(writable: true, offset: statusOffset, length: 1)?.first,
               (try? memory.write(status, at: seg.address)) != nil else { return 0 }
+        memory.noteDMAWrite(seg.address, length: 1)  // like every device write: it may land on code
         return UInt32(clamping: dataWritten + 1)
     }
 
@@ -225,6 +226,7 @@ public final class VirtioBlock: VirtioDevice {
                 guard (try? memory.write(bytes: serialBytes[i..<(i + Int(s.length))], at: s.address)) != nil else {
                     return ioerr
                 }
+                memory.noteDMAWrite(s.address, length: s.length)
                 i += Int(s.length)
             }
             return (VirtioBlock.statusOK, n)
