@@ -108,6 +108,11 @@ extension X86Interpreter {
             return try executeMMX(d, opcode)
         }
         if opcode == 0x77 { throw Fault.ud }   // EMMS has no prefixed forms
+        // F3/F2 with an MMX opcode: undefined, except MOVDQU, PSHUFHW/LW and MOVQ xmm.
+        if prefix == .f3 || prefix == .f2, X86Interpreter.hasMMXForm(opcode),
+           !(opcode == 0x70 || (prefix == .f3 && (opcode == 0x6F || opcode == 0x7F || opcode == 0x7E))) {
+            throw Fault.ud
+        }
         try checkSSEAvailable()
         if ((opcode == 0x2A || opcode == 0x2C || opcode == 0x2D) && (prefix == .none || prefix == .p66))
             || (opcode == 0xD6 && (prefix == .f3 || prefix == .f2)) {
