@@ -141,8 +141,7 @@ extension X86Interpreter {
                 lo = convertToInteger(f[0], wide: false, truncate: truncate)
                 hi = convertToInteger(f[1], wide: false, truncate: truncate)
             } else {
-                let s = mem ? V128(try read(linearAddress(d), UInt64.self), 0) : xmm128(Int(d.pointee.rm) >> 3)
-                let f = daz(asFloats(s))
+                let f = daz(asFloats(V128(try scalarSource64(d), 0)))
                 lo = convertToInteger(Double(f[0]), wide: false, truncate: truncate)
                 hi = convertToInteger(Double(f[1]), wide: false, truncate: truncate)
             }

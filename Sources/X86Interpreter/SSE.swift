@@ -72,6 +72,18 @@ extension X86Interpreter {
         return xmm128(Int(d.pointee.rm) >> 3)
     }
 
+    /// The scalar source of an SS/SD-form instruction: the low lane of an XMM register, or m32/m64.
+    @inline(__always)
+    func scalarSource32(_ d: UnsafePointer<DecodedInsn>) throws(Fault) -> UInt32 {
+        if d.pointee.mem { return try read(linearAddress(d), UInt32.self) }
+        return UInt32(truncatingIfNeeded: xmm128(Int(d.pointee.rm) >> 3)[0])
+    }
+    @inline(__always)
+    func scalarSource64(_ d: UnsafePointer<DecodedInsn>) throws(Fault) -> UInt64 {
+        if d.pointee.mem { return try read(linearAddress(d), UInt64.self) }
+        return xmm128(Int(d.pointee.rm) >> 3)[0]
+    }
+
     /// MXCSR exception flags from the host FP environment after an operation.
     func collectFPExceptions() {
         let e = fetestexcept(feAllExcept)
@@ -200,9 +212,9 @@ extension X86Interpreter {
             let wide = d.pointee.pfx & Pfx.rexW != 0
             let value: Double
             if prefix == .f2 {
-                value = daz(Double(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt64.self) : xmm128(Int(d.pointee.rm) >> 3)[0]))
+                value = daz(Double(bitPattern: try scalarSource64(d)))
             } else {
-                value = Double(daz(Float(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt32.self) : UInt32(truncatingIfNeeded: xmm128(Int(d.pointee.rm) >> 3)[0]))))
+                value = Double(daz(Float(bitPattern: try scalarSource32(d))))
             }
             let r = convertToInteger(value, wide: wide, truncate: opcode == 0x2C)
             setRegSized(d.pointee.reg, wide ? 3 : 2, r)
@@ -211,12 +223,12 @@ extension X86Interpreter {
             let signaling = opcode == 0x2F
             if prefix == .p66 {
                 a = daz(Double(bitPattern: xmm128(dst)[0]))
-                b = daz(Double(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt64.self) : xmm128(Int(d.pointee.rm) >> 3)[0]))
+                b = daz(Double(bitPattern: try scalarSource64(d)))
                 noteLaneFlags(a, b, quietInvalid: signaling)
             } else {
                 // Checked as floats: widening quiets a signaling NaN and normalizes a denormal.
                 let fa = daz(Float(bitPattern: UInt32(truncatingIfNeeded: xmm128(dst)[0])))
-                let fb = daz(Float(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt32.self) : UInt32(truncatingIfNeeded: xmm128(Int(d.pointee.rm) >> 3)[0])))
+                let fb = daz(Float(bitPattern: try scalarSource32(d)))
                 noteLaneFlags(fa, fb, quietInvalid: signaling)
                 a = Double(fa)
                 b = Double(fb)
@@ -259,11 +271,11 @@ extension X86Interpreter {
                 v = V128(UInt64(ftz(r[0]).bitPattern) | UInt64(ftz(r[1]).bitPattern) << 32, 0)
                 for i in 0..<2 { noteLaneFlags(s[i], s[i], unary: true) }
             case .f3:
-                let x = daz(Float(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt32.self) : UInt32(truncatingIfNeeded: xmm128(Int(d.pointee.rm) >> 3)[0])))
+                let x = daz(Float(bitPattern: try scalarSource32(d)))
                 v[0] = withMXCSRRounding { Double(x).bitPattern }
                 noteLaneFlags(x, x, unary: true)
             case .f2:
-                let x = daz(Double(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt64.self) : xmm128(Int(d.pointee.rm) >> 3)[0]))
+                let x = daz(Double(bitPattern: try scalarSource64(d)))
                 v[0] = (v[0] & ~0xFFFF_FFFF) | UInt64(ftz(withMXCSRRounding { roundToFloat(Float80(x)) }).bitPattern)
                 noteLaneFlags(x, x, unary: true)
             }
@@ -297,7 +309,7 @@ extension X86Interpreter {
             setXMM128(dst, V128(try readESized(d, wide ? 3 : 2), 0))
         case 0x7E:
             if prefix == .f3 {  // MOVQ xmm, xmm/m64
-                let q = d.pointee.mem ? try read(linearAddress(d), UInt64.self) : xmm128(Int(d.pointee.rm) >> 3)[0]
+                let q = try scalarSource64(d)
                 setXMM128(dst, V128(q, 0))
             } else {  // MOVD/MOVQ r/m, xmm
                 let wide = d.pointee.pfx & Pfx.rexW != 0
@@ -499,11 +511,11 @@ extension X86Interpreter {
             let b = asDoubles(try sseSource(d)), x = asDoubles(a)
             a = v128(SIMD2<Double>(lane(x[0], b[0], opD), lane(x[1], b[1], opD)))
         case .f3:
-            let y = Float(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt32.self) : UInt32(truncatingIfNeeded: xmm128(Int(d.pointee.rm) >> 3)[0]))
+            let y = Float(bitPattern: try scalarSource32(d))
             let x = Float(bitPattern: UInt32(truncatingIfNeeded: a[0]))
             a[0] = (a[0] & ~0xFFFF_FFFF) | UInt64(lane(x, y, opF).bitPattern)
         case .f2:
-            let y = Double(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt64.self) : xmm128(Int(d.pointee.rm) >> 3)[0])
+            let y = Double(bitPattern: try scalarSource64(d))
             a[0] = lane(Double(bitPattern: a[0]), y, opD).bitPattern
         }
         setXMM128(dst, a)
@@ -540,12 +552,12 @@ extension X86Interpreter {
             a = V128(cmp(x[0], y[0]) ? ~0 : 0, cmp(x[1], y[1]) ? ~0 : 0)
             for i in 0..<2 { noteLaneFlags(x[i], y[i], quietInvalid: ordered) }
         case .f3:
-            let y = daz(Float(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt32.self) : UInt32(truncatingIfNeeded: xmm128(Int(d.pointee.rm) >> 3)[0])))
+            let y = daz(Float(bitPattern: try scalarSource32(d)))
             let x = daz(Float(bitPattern: UInt32(truncatingIfNeeded: a[0])))
             a[0] = (a[0] & ~0xFFFF_FFFF) | (cmp(Double(x), Double(y)) ? 0xFFFF_FFFF : 0)
             noteLaneFlags(x, y, quietInvalid: ordered)
         case .f2:
-            let y = daz(Double(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt64.self) : xmm128(Int(d.pointee.rm) >> 3)[0]))
+            let y = daz(Double(bitPattern: try scalarSource64(d)))
             let x = daz(Double(bitPattern: a[0]))
             a[0] = cmp(x, y) ? ~0 : 0
             noteLaneFlags(x, y, quietInvalid: ordered)
@@ -579,33 +591,28 @@ extension X86Interpreter {
 
     enum ShiftKind { case left, logicalRight, arithmeticRight }
 
-    func shiftWords(_ v: V128, _ count: UInt64, _ k: ShiftKind) -> V128 {
-        var w = asWords(v)
-        for i in 0..<8 {
+    /// PSLL/PSRL/PSRA on every lane of type `L.Scalar`: logical shifts by the lane width or more
+    /// give 0, arithmetic ones fill with the sign bit.
+    func shiftLanes<L: SIMD>(_ v: V128, as _: L.Type, by count: UInt64, _ k: ShiftKind) -> V128
+        where L.Scalar: FixedWidthInteger & UnsignedInteger {
+        var w = unsafeBitCast(v, to: L.self)
+        let bits = UInt64(L.Scalar.bitWidth)
+        for i in w.indices {
+            let x = w[i]
             switch k {
-            case .left: w[i] = count > 15 ? 0 : w[i] << UInt16(count)
-            case .logicalRight: w[i] = count > 15 ? 0 : w[i] >> UInt16(count)
-            case .arithmeticRight: w[i] = UInt16(bitPattern: Int16(bitPattern: w[i]) >> Int16(min(count, 15)))
+            case .left: w[i] = count >= bits ? 0 : x << count
+            case .logicalRight: w[i] = count >= bits ? 0 : x >> count
+            case .arithmeticRight:
+                let c = min(count, bits - 1)
+                w[i] = x >> c | (x >> (bits - 1) == 0 ? 0 : ~(L.Scalar.max >> c))
             }
         }
-        return v128(w)
+        return unsafeBitCast(w, to: V128.self)
     }
-
-    func shiftDwords(_ v: V128, _ count: UInt64, _ k: ShiftKind) -> V128 {
-        var w = asDwords(v)
-        for i in 0..<4 {
-            switch k {
-            case .left: w[i] = count > 31 ? 0 : w[i] << UInt32(count)
-            case .logicalRight: w[i] = count > 31 ? 0 : w[i] >> UInt32(count)
-            case .arithmeticRight: w[i] = UInt32(bitPattern: Int32(bitPattern: w[i]) >> Int32(min(count, 31)))
-            }
-        }
-        return v128(w)
-    }
-
+    func shiftWords(_ v: V128, _ count: UInt64, _ k: ShiftKind) -> V128 { shiftLanes(v, as: SIMD8<UInt16>.self, by: count, k) }
+    func shiftDwords(_ v: V128, _ count: UInt64, _ k: ShiftKind) -> V128 { shiftLanes(v, as: SIMD4<UInt32>.self, by: count, k) }
     func shiftQwords(_ v: V128, _ count: UInt64, left: Bool) -> V128 {
-        if count > 63 { return V128(0, 0) }
-        return left ? V128(v[0] << count, v[1] << count) : V128(v[0] >> count, v[1] >> count)
+        shiftLanes(v, as: SIMD2<UInt64>.self, by: count, left ? .left : .logicalRight)
     }
 
     /// Packed integer operations of the 0F 60-6D, 74-76, D1-FE group on the low `width` bytes of
