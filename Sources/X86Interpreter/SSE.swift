@@ -116,7 +116,8 @@ extension X86Interpreter {
         let opcode = UInt8(truncatingIfNeeded: d.pointee.imm >> 8)
         let pfx = d.pointee.pfx
         let prefix: SSEPrefix = pfx & Pfx.rep != 0 ? .f3 : (pfx & Pfx.repne != 0 ? .f2 : (pfx & Pfx.opsize != 0 ? .p66 : .none))
-        if prefix == .none && (opcode == 0x77 || (0x60...0x7F).contains(opcode) || opcode >= 0xC4 && opcode != 0xC6) {
+        // Without a prefix, 0F 60-7F and C4-FF (but SHUFPS) are MMX (or undefined).
+        if prefix == .none && (opcode == 0x77 || (0x60...0x7F).contains(opcode) || (opcode >= 0xC4 && opcode != 0xC6)) {
             return try executeMMX(d, opcode)
         }
         if opcode == 0x77 { throw Fault.ud }   // EMMS has no prefixed forms
