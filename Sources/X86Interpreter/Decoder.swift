@@ -528,6 +528,10 @@ struct Decoder {
             if modrmReg == 1 && d.mem { d.op = .cmpxchg8b; return true }
             d.op = .ud   // RDRAND/RDSEED/VMX: not offered
         case 0xC8...0xCF: d.op = .bswap; d.rm = ((op & 7) | rexB) * 8
+        case 0x77:
+            // EMMS: no ModRM.
+            d.op = .sse
+            d.imm = UInt64(op) << 8
         case 0x10...0x17, 0x28...0x2F, 0x50...0x7F, 0xC2...0xC6, 0xD0...0xFF:
             // SSE/SSE2/MMX: decoded by the SIMD unit at execution.
             try modrm()
@@ -536,7 +540,6 @@ struct Decoder {
             if op == 0x70 || op == 0x71 || op == 0x72 || op == 0x73 || op == 0xC2 || op == 0xC4 || op == 0xC5 || op == 0xC6 {
                 d.sub = UInt8(try imm8() & 0xFF)
             }
-            if op == 0x77 { d.op = .unimpl }
         default:
             d.op = .ud
         }

@@ -78,6 +78,31 @@ extension X86Interpreter {
         fx.storeBytes(of: v.1, toByteOffset: off + 8, as: UInt64.self)
     }
 
+    /// x87 physical register Ri (not ST(i)) as (significand, sign and exponent); MMi is its significand.
+    public func x87Register(_ i: Int) -> (UInt64, UInt16) {
+        let off = FX.st0 + (i & 7) * 16
+        return (fx.load(fromByteOffset: off, as: UInt64.self), fx.load(fromByteOffset: off + 8, as: UInt16.self))
+    }
+    public func setX87Register(_ i: Int, _ v: (UInt64, UInt16)) {
+        let off = FX.st0 + (i & 7) * 16
+        fx.storeBytes(of: v.0, toByteOffset: off, as: UInt64.self)
+        fx.storeBytes(of: v.1, toByteOffset: off + 8, as: UInt16.self)
+    }
+
+    /// x87 control word, status word (TOP in bits 11-13) and abridged tag byte (bit i: Ri valid).
+    public var x87ControlWord: UInt16 {
+        get { fcw }
+        set { fcw = newValue }
+    }
+    public var x87StatusWord: UInt16 {
+        get { fsw }
+        set { fsw = newValue }
+    }
+    public var x87TagByte: UInt8 {
+        get { ftw }
+        set { ftw = newValue }
+    }
+
     /// The guest RAM this CPU runs on.
     public var guestMemory: GuestMemory { memory }
 

@@ -5,7 +5,8 @@ import Glibc
 // SSE/SSE2 instructions (0F map with none/66/F3/F2 prefixes), operating on the XMM registers in the
 // FXSAVE image. 128-bit values are SIMD2<UInt64> reinterpreted lane-wise. Floating point uses the
 // host's IEEE arithmetic; MXCSR exception flags are gathered from the host's FP environment.
-// MMX forms (no prefix on integer ops) are not modelled: #UD, counted.
+// MMX forms (no prefix on the integer opcodes) are in MMX.swift; they share the packed-integer
+// bodies here, which take the operand width (8 bytes for MMX, 16 for XMM).
 
 typealias V128 = SIMD2<UInt64>
 
@@ -71,6 +72,18 @@ extension X86Interpreter {
         return xmm128(Int(d.pointee.rm) >> 3)
     }
 
+    /// The scalar source of an SS/SD-form instruction: the low lane of an XMM register, or m32/m64.
+    @inline(__always)
+    func scalarSource32(_ d: UnsafePointer<DecodedInsn>) throws(Fault) -> UInt32 {
+        if d.pointee.mem { return try read(linearAddress(d), UInt32.self) }
+        return UInt32(truncatingIfNeeded: xmm128(Int(d.pointee.rm) >> 3)[0])
+    }
+    @inline(__always)
+    func scalarSource64(_ d: UnsafePointer<DecodedInsn>) throws(Fault) -> UInt64 {
+        if d.pointee.mem { return try read(linearAddress(d), UInt64.self) }
+        return xmm128(Int(d.pointee.rm) >> 3)[0]
+    }
+
     /// MXCSR exception flags from the host FP environment after an operation.
     func collectFPExceptions() {
         let e = fetestexcept(feAllExcept)
@@ -103,11 +116,21 @@ extension X86Interpreter {
         let opcode = UInt8(truncatingIfNeeded: d.pointee.imm >> 8)
         let pfx = d.pointee.pfx
         let prefix: SSEPrefix = pfx & Pfx.rep != 0 ? .f3 : (pfx & Pfx.repne != 0 ? .f2 : (pfx & Pfx.opsize != 0 ? .p66 : .none))
-        if opcode == 0x77 || (prefix == .none && (0x60...0x7F).contains(opcode) || (prefix == .none && opcode >= 0xD0)) {
-            // MMX: not modelled.
-            return try unimplementedSSE(opcode)
+        // Without a prefix, 0F 60-7F and C4-FF (but SHUFPS) are MMX (or undefined).
+        if prefix == .none && (opcode == 0x77 || (0x60...0x7F).contains(opcode) || (opcode >= 0xC4 && opcode != 0xC6)) {
+            return try executeMMX(d, opcode)
+        }
+        if opcode == 0x77 { throw Fault.ud }   // EMMS has no prefixed forms
+        // F3/F2 with an MMX opcode: undefined, except MOVDQU, PSHUFHW/LW and MOVQ xmm.
+        if prefix == .f3 || prefix == .f2, X86Interpreter.hasMMXForm(opcode),
+           !(opcode == 0x70 || (prefix == .f3 && (opcode == 0x6F || opcode == 0x7F || opcode == 0x7E))) {
+            throw Fault.ud
         }
         try checkSSEAvailable()
+        if ((opcode == 0x2A || opcode == 0x2C || opcode == 0x2D) && (prefix == .none || prefix == .p66))
+            || (opcode == 0xD6 && (prefix == .f3 || prefix == .f2)) {
+            return try executeSSEWithMMX(d, opcode, prefix)
+        }
         let dst = Int(d.pointee.reg) >> 3
         switch opcode {
         case 0x10, 0x11:  // MOVUPS/MOVUPD/MOVSS/MOVSD
@@ -175,8 +198,7 @@ extension X86Interpreter {
         case 0x29, 0x2B:  // MOVAPS store, MOVNTPS/PD
             if opcode == 0x2B && !d.pointee.mem { throw Fault.ud }
             try storeXMM(d, xmm128(dst), aligned: true)
-        case 0x2A:  // CVTSI2SS/SD
-            guard prefix == .f3 || prefix == .f2 else { return try unimplementedSSE(opcode) }
+        case 0x2A:  // CVTSI2SS/SD (CVTPI2PS/PD: executeSSEWithMMX)
             let wide = d.pointee.pfx & Pfx.rexW != 0
             let src = try readESized(d, wide ? 3 : 2)
             let i = wide ? Int64(bitPattern: src) : Int64(Int32(truncatingIfNeeded: src))
@@ -187,14 +209,13 @@ extension X86Interpreter {
                 v[0] = (v[0] & ~0xFFFF_FFFF) | UInt64(withMXCSRRounding { roundToFloat(Float80(i)) }.bitPattern)
             }
             setXMM128(dst, v)
-        case 0x2C, 0x2D:  // CVTT/CVT SS/SD -> integer
-            guard prefix == .f3 || prefix == .f2 else { return try unimplementedSSE(opcode) }
+        case 0x2C, 0x2D:  // CVTT/CVT SS/SD -> integer (the PS/PD -> MMX forms: executeSSEWithMMX)
             let wide = d.pointee.pfx & Pfx.rexW != 0
             let value: Double
             if prefix == .f2 {
-                value = daz(Double(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt64.self) : xmm128(Int(d.pointee.rm) >> 3)[0]))
+                value = daz(Double(bitPattern: try scalarSource64(d)))
             } else {
-                value = Double(daz(Float(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt32.self) : UInt32(truncatingIfNeeded: xmm128(Int(d.pointee.rm) >> 3)[0]))))
+                value = Double(daz(Float(bitPattern: try scalarSource32(d))))
             }
             let r = convertToInteger(value, wide: wide, truncate: opcode == 0x2C)
             setRegSized(d.pointee.reg, wide ? 3 : 2, r)
@@ -203,12 +224,12 @@ extension X86Interpreter {
             let signaling = opcode == 0x2F
             if prefix == .p66 {
                 a = daz(Double(bitPattern: xmm128(dst)[0]))
-                b = daz(Double(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt64.self) : xmm128(Int(d.pointee.rm) >> 3)[0]))
+                b = daz(Double(bitPattern: try scalarSource64(d)))
                 noteLaneFlags(a, b, quietInvalid: signaling)
             } else {
                 // Checked as floats: widening quiets a signaling NaN and normalizes a denormal.
                 let fa = daz(Float(bitPattern: UInt32(truncatingIfNeeded: xmm128(dst)[0])))
-                let fb = daz(Float(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt32.self) : UInt32(truncatingIfNeeded: xmm128(Int(d.pointee.rm) >> 3)[0])))
+                let fb = daz(Float(bitPattern: try scalarSource32(d)))
                 noteLaneFlags(fa, fb, quietInvalid: signaling)
                 a = Double(fa)
                 b = Double(fb)
@@ -251,11 +272,11 @@ extension X86Interpreter {
                 v = V128(UInt64(ftz(r[0]).bitPattern) | UInt64(ftz(r[1]).bitPattern) << 32, 0)
                 for i in 0..<2 { noteLaneFlags(s[i], s[i], unary: true) }
             case .f3:
-                let x = daz(Float(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt32.self) : UInt32(truncatingIfNeeded: xmm128(Int(d.pointee.rm) >> 3)[0])))
+                let x = daz(Float(bitPattern: try scalarSource32(d)))
                 v[0] = withMXCSRRounding { Double(x).bitPattern }
                 noteLaneFlags(x, x, unary: true)
             case .f2:
-                let x = daz(Double(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt64.self) : xmm128(Int(d.pointee.rm) >> 3)[0]))
+                let x = daz(Double(bitPattern: try scalarSource64(d)))
                 v[0] = (v[0] & ~0xFFFF_FFFF) | UInt64(ftz(withMXCSRRounding { roundToFloat(Float80(x)) }).bitPattern)
                 noteLaneFlags(x, x, unary: true)
             }
@@ -289,7 +310,7 @@ extension X86Interpreter {
             setXMM128(dst, V128(try readESized(d, wide ? 3 : 2), 0))
         case 0x7E:
             if prefix == .f3 {  // MOVQ xmm, xmm/m64
-                let q = d.pointee.mem ? try read(linearAddress(d), UInt64.self) : xmm128(Int(d.pointee.rm) >> 3)[0]
+                let q = try scalarSource64(d)
                 setXMM128(dst, V128(q, 0))
             } else {  // MOVD/MOVQ r/m, xmm
                 let wide = d.pointee.pfx & Pfx.rexW != 0
@@ -320,11 +341,7 @@ extension X86Interpreter {
                 let w = asDwords(s)
                 setXMM128(dst, v128(SIMD4<UInt32>(w[imm & 3], w[(imm >> 2) & 3], w[(imm >> 4) & 3], w[(imm >> 6) & 3])))
             case .f3, .f2:
-                var w = asWords(s)
-                let base = prefix == .f3 ? 4 : 0
-                let src = w
-                for i in 0..<4 { w[base + i] = src[base + ((imm >> (2 * i)) & 3)] }
-                setXMM128(dst, v128(w))
+                setXMM128(dst, shuffleWords(s, base: prefix == .f3 ? 4 : 0, imm: imm))
             default: return try unimplementedSSE(opcode)
             }
         case 0x71, 0x72, 0x73:  // shifts by immediate
@@ -336,9 +353,7 @@ extension X86Interpreter {
             try floatCompare(d, prefix, dst)
         case 0xC4:  // PINSRW
             guard prefix == .p66 else { return try unimplementedSSE(opcode) }
-            var w = asWords(xmm128(dst))
-            w[Int(d.pointee.sub & 7)] = UInt16(truncatingIfNeeded: try readESized(d, 1))
-            setXMM128(dst, v128(w))
+            setXMM128(dst, insertWord(xmm128(dst), Int(d.pointee.sub & 7), UInt16(truncatingIfNeeded: try readESized(d, 1))))
         case 0xC5:  // PEXTRW
             guard prefix == .p66, !d.pointee.mem else { return try unimplementedSSE(opcode) }
             let w = asWords(xmm128(Int(d.pointee.rm) >> 3))
@@ -354,18 +369,13 @@ extension X86Interpreter {
             }
         case 0xD7:  // PMOVMSKB
             guard prefix == .p66, !d.pointee.mem else { return try unimplementedSSE(opcode) }
-            let b = asBytes(xmm128(Int(d.pointee.rm) >> 3))
-            var m: UInt64 = 0
-            for i in 0..<16 { m |= UInt64(b[i] >> 7) << UInt64(i) }
-            setReg64(d.pointee.reg, m)
+            setReg64(d.pointee.reg, byteSignMask(xmm128(Int(d.pointee.rm) >> 3), width: 16))
         case 0xF7:  // MASKMOVDQU
             guard prefix == .p66, !d.pointee.mem else { throw Fault.ud }
-            let data = asBytes(xmm128(dst)), mask = asBytes(xmm128(Int(d.pointee.rm) >> 3))
-            let base = linear(Int(d.pointee.seg), gpr(Reg.rdi) & addressMask(d))
-            for i in 0..<16 where mask[i] & 0x80 != 0 { try write(base &+ UInt64(i), data[i]) }
+            try maskedStore(d, data: xmm128(dst), mask: xmm128(Int(d.pointee.rm) >> 3), width: 16)
         default:
             guard prefix == .p66 else { return try unimplementedSSE(opcode) }
-            guard let r = try integerOp(opcode, xmm128(dst), try sseSource(d)) else { return try unimplementedSSE(opcode) }
+            guard let r = integerOp(opcode, xmm128(dst), try sseSource(d), width: 16) else { return try unimplementedSSE(opcode) }
             setXMM128(dst, r)
         }
     }
@@ -502,11 +512,11 @@ extension X86Interpreter {
             let b = asDoubles(try sseSource(d)), x = asDoubles(a)
             a = v128(SIMD2<Double>(lane(x[0], b[0], opD), lane(x[1], b[1], opD)))
         case .f3:
-            let y = Float(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt32.self) : UInt32(truncatingIfNeeded: xmm128(Int(d.pointee.rm) >> 3)[0]))
+            let y = Float(bitPattern: try scalarSource32(d))
             let x = Float(bitPattern: UInt32(truncatingIfNeeded: a[0]))
             a[0] = (a[0] & ~0xFFFF_FFFF) | UInt64(lane(x, y, opF).bitPattern)
         case .f2:
-            let y = Double(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt64.self) : xmm128(Int(d.pointee.rm) >> 3)[0])
+            let y = Double(bitPattern: try scalarSource64(d))
             a[0] = lane(Double(bitPattern: a[0]), y, opD).bitPattern
         }
         setXMM128(dst, a)
@@ -543,12 +553,12 @@ extension X86Interpreter {
             a = V128(cmp(x[0], y[0]) ? ~0 : 0, cmp(x[1], y[1]) ? ~0 : 0)
             for i in 0..<2 { noteLaneFlags(x[i], y[i], quietInvalid: ordered) }
         case .f3:
-            let y = daz(Float(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt32.self) : UInt32(truncatingIfNeeded: xmm128(Int(d.pointee.rm) >> 3)[0])))
+            let y = daz(Float(bitPattern: try scalarSource32(d)))
             let x = daz(Float(bitPattern: UInt32(truncatingIfNeeded: a[0])))
             a[0] = (a[0] & ~0xFFFF_FFFF) | (cmp(Double(x), Double(y)) ? 0xFFFF_FFFF : 0)
             noteLaneFlags(x, y, quietInvalid: ordered)
         case .f2:
-            let y = daz(Double(bitPattern: d.pointee.mem ? try read(linearAddress(d), UInt64.self) : xmm128(Int(d.pointee.rm) >> 3)[0]))
+            let y = daz(Double(bitPattern: try scalarSource64(d)))
             let x = daz(Double(bitPattern: a[0]))
             a[0] = cmp(x, y) ? ~0 : 0
             noteLaneFlags(x, y, quietInvalid: ordered)
@@ -582,55 +592,55 @@ extension X86Interpreter {
 
     enum ShiftKind { case left, logicalRight, arithmeticRight }
 
-    func shiftWords(_ v: V128, _ count: UInt64, _ k: ShiftKind) -> V128 {
-        var w = asWords(v)
-        for i in 0..<8 {
+    /// PSLL/PSRL/PSRA on every lane of type `L.Scalar`: logical shifts by the lane width or more
+    /// give 0, arithmetic ones fill with the sign bit.
+    func shiftLanes<L: SIMD>(_ v: V128, as _: L.Type, by count: UInt64, _ k: ShiftKind) -> V128
+        where L.Scalar: FixedWidthInteger & UnsignedInteger {
+        var w = unsafeBitCast(v, to: L.self)
+        let bits = UInt64(L.Scalar.bitWidth)
+        for i in w.indices {
+            let x = w[i]
             switch k {
-            case .left: w[i] = count > 15 ? 0 : w[i] << UInt16(count)
-            case .logicalRight: w[i] = count > 15 ? 0 : w[i] >> UInt16(count)
-            case .arithmeticRight: w[i] = UInt16(bitPattern: Int16(bitPattern: w[i]) >> Int16(min(count, 15)))
+            case .left: w[i] = count >= bits ? 0 : x << count
+            case .logicalRight: w[i] = count >= bits ? 0 : x >> count
+            case .arithmeticRight:
+                let c = min(count, bits - 1)
+                w[i] = x >> c | (x >> (bits - 1) == 0 ? 0 : ~(L.Scalar.max >> c))
             }
         }
-        return v128(w)
+        return unsafeBitCast(w, to: V128.self)
     }
-
-    func shiftDwords(_ v: V128, _ count: UInt64, _ k: ShiftKind) -> V128 {
-        var w = asDwords(v)
-        for i in 0..<4 {
-            switch k {
-            case .left: w[i] = count > 31 ? 0 : w[i] << UInt32(count)
-            case .logicalRight: w[i] = count > 31 ? 0 : w[i] >> UInt32(count)
-            case .arithmeticRight: w[i] = UInt32(bitPattern: Int32(bitPattern: w[i]) >> Int32(min(count, 31)))
-            }
-        }
-        return v128(w)
-    }
-
+    func shiftWords(_ v: V128, _ count: UInt64, _ k: ShiftKind) -> V128 { shiftLanes(v, as: SIMD8<UInt16>.self, by: count, k) }
+    func shiftDwords(_ v: V128, _ count: UInt64, _ k: ShiftKind) -> V128 { shiftLanes(v, as: SIMD4<UInt32>.self, by: count, k) }
     func shiftQwords(_ v: V128, _ count: UInt64, left: Bool) -> V128 {
-        if count > 63 { return V128(0, 0) }
-        return left ? V128(v[0] << count, v[1] << count) : V128(v[0] >> count, v[1] >> count)
+        shiftLanes(v, as: SIMD2<UInt64>.self, by: count, left ? .left : .logicalRight)
     }
 
-    /// Packed integer operations of the 66 0F 60-6D, 74-76, D1-FE group.
-    func integerOp(_ opcode: UInt8, _ a: V128, _ b: V128) throws(Fault) -> V128? {
+    /// Packed integer operations of the 0F 60-6D, 74-76, D1-FE group on the low `width` bytes of
+    /// the operands: 16 for XMM (66 prefix), 8 for MMX (no prefix; the operands' high halves are
+    /// ignored and the result's high half is meaningless). Lane-wise operations do not depend on
+    /// the width; the unpack-high and pack forms take their halves from it.
+    func integerOp(_ opcode: UInt8, _ a: V128, _ b: V128, width: Int) -> V128? {
         let ab = asBytes(a), bb = asBytes(b)
         let aw = asWords(a), bw = asWords(b)
         let ad = asDwords(a), bd = asDwords(b)
+        // Lanes per operand half (unpack high) and per operand (pack), in bytes, words, dwords.
+        let nb = width, nw = width / 2, nd = width / 4
         switch opcode {
         case 0x60: return bytesFrom { i in i & 1 == 0 ? ab[i / 2] : bb[i / 2] }
         case 0x61: return wordsFrom { i in i & 1 == 0 ? aw[i / 2] : bw[i / 2] }
         case 0x62: return v128(SIMD4<UInt32>(ad[0], bd[0], ad[1], bd[1]))
-        case 0x68: return bytesFrom { i in i & 1 == 0 ? ab[8 + i / 2] : bb[8 + i / 2] }
-        case 0x69: return wordsFrom { i in i & 1 == 0 ? aw[4 + i / 2] : bw[4 + i / 2] }
-        case 0x6A: return v128(SIMD4<UInt32>(ad[2], bd[2], ad[3], bd[3]))
+        case 0x68: return bytesFrom { i in i & 1 == 0 ? ab[(nb / 2 + i / 2) & 15] : bb[(nb / 2 + i / 2) & 15] }
+        case 0x69: return wordsFrom { i in i & 1 == 0 ? aw[(nw / 2 + i / 2) & 7] : bw[(nw / 2 + i / 2) & 7] }
+        case 0x6A: return dwordsFrom { i in i & 1 == 0 ? ad[(nd / 2 + i / 2) & 3] : bd[(nd / 2 + i / 2) & 3] }
         case 0x6C: return V128(a[0], b[0])
         case 0x6D: return V128(a[1], b[1])
         case 0x63:  // PACKSSWB
-            return bytesFrom { i in UInt8(bitPattern: Int8(clamping: Int16(bitPattern: i < 8 ? aw[i] : bw[i - 8]))) }
+            return bytesFrom { i in UInt8(bitPattern: Int8(clamping: Int16(bitPattern: i < nw ? aw[i] : bw[(i - nw) & 7]))) }
         case 0x67:  // PACKUSWB
-            return bytesFrom { i in UInt8(clamping: Int16(bitPattern: i < 8 ? aw[i] : bw[i - 8])) }
+            return bytesFrom { i in UInt8(clamping: Int16(bitPattern: i < nw ? aw[i] : bw[(i - nw) & 7])) }
         case 0x6B:  // PACKSSDW
-            return wordsFrom { i in UInt16(bitPattern: Int16(clamping: Int32(bitPattern: i < 4 ? ad[i] : bd[i - 4]))) }
+            return wordsFrom { i in UInt16(bitPattern: Int16(clamping: Int32(bitPattern: i < nd ? ad[i] : bd[(i - nd) & 3]))) }
         case 0x64: return bytesFrom { i in Int8(bitPattern: ab[i]) > Int8(bitPattern: bb[i]) ? 0xFF : 0 }
         case 0x65: return wordsFrom { i in Int16(bitPattern: aw[i]) > Int16(bitPattern: bw[i]) ? 0xFFFF : 0 }
         case 0x66: return dwordsFrom { i in Int32(bitPattern: ad[i]) > Int32(bitPattern: bd[i]) ? ~0 : 0 }
@@ -687,5 +697,41 @@ extension X86Interpreter {
         case 0xEF: return a ^ b
         default: return nil
         }
+    }
+
+    /// PSHUFLW/PSHUFHW (words base..<base+4) and PSHUFW (base 0 of an MMX value): each of the four
+    /// words is chosen by a 2-bit field of `imm`; the other words are kept.
+    func shuffleWords(_ v: V128, base: Int, imm: Int) -> V128 {
+        let src = asWords(v)
+        var w = src
+        for i in 0..<4 { w[base + i] = src[base + ((imm >> (2 * i)) & 3)] }
+        return v128(w)
+    }
+
+    /// PINSRW: word `index` of `v` replaced.
+    func insertWord(_ v: V128, _ index: Int, _ value: UInt16) -> V128 {
+        var w = asWords(v)
+        w[index & 7] = value
+        return v128(w)
+    }
+
+    /// PMOVMSKB: the sign bits of the low `width` bytes.
+    func byteSignMask(_ v: V128, width: Int) -> UInt64 {
+        let b = asBytes(v)
+        var m: UInt64 = 0
+        for i in 0..<width { m |= UInt64(b[i] >> 7) << UInt64(i) }
+        return m
+    }
+
+    /// MASKMOVQ/MASKMOVDQU: the bytes of `data` whose `mask` byte has its sign bit set go to
+    /// [rDI] (DS unless overridden). Both ends are checked first, so a fault stores nothing.
+    func maskedStore(_ d: UnsafePointer<DecodedInsn>, data: V128, mask: V128, width: Int) throws(Fault) {
+        let bytes = asBytes(data), m = asBytes(mask)
+        let selected = (0..<width).filter { m[$0] & 0x80 != 0 }
+        guard let first = selected.first, let last = selected.last else { return }
+        let base = linear(Int(d.pointee.seg), gpr(Reg.rdi) & addressMask(d))
+        _ = try rmwPointer(base &+ UInt64(first), 1)
+        _ = try rmwPointer(base &+ UInt64(last), 1)
+        for i in selected { try write(base &+ UInt64(i), bytes[i]) }
     }
 }

@@ -8,6 +8,7 @@
 //   B <fs base> <gs base>                                   optional, after C (default 0 0)
 //   V <mxcsr> <compared mxcsr bits> <xmm0> ... <xmm15>      optional, after C (default 1f80, zeros)
 //   X <code bytes>                                          loaded at FuzzLayout.code
+//                                                           (x87 state: FNINIT, R0-R7 zero)
 //   S <rip> <rflags> <compared-flags mask> [r<n>=<value>]... [m<addr>:<size>=<value>]...
 //     [x<n>=<128-bit value>]... [mx=<mxcsr>]
 //     [fx=<fcw>:<fsw>:<abridged ftw>:<compared fsw bits>:<st0>:...:<st7>] [; comment]
@@ -395,6 +396,8 @@ final class FuzzMachine {
         for i in 0..<16 { cpu.setXMM(i, c.xmm[i]) }
         cpu.mxcsrRegister = c.mxcsr
         runStub(FuzzLayout.x87Stub + 10)   // FNINIT
+        // FNINIT keeps the register contents, which MMX instructions read: every case starts with zeros.
+        for i in 0..<8 { cpu.setX87Register(i, (0, 0)) }
         cpu.interceptedException = nil
         mxcsrMask = c.mxcsrMask
         return shadow

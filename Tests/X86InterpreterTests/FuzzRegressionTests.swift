@@ -5,7 +5,7 @@ import XCTest
 /// Replays the committed differential-fuzz corpus (FuzzCorpus/*.txt, written by
 /// scripts/oracle/fuzz.py: unicorn's state after every instruction, host-CPU checked) on the
 /// interpreter. random.txt is a fixed-seed sample of random streams (integer, SSE, faults), x87.txt
-/// the same for x87; regressions.txt holds cases that once diverged, each cut after the
+/// the same for x87, mmx.txt for MMX (unicorn corrected to hardware, see fuzz_gen.py); regressions.txt holds cases that once diverged, each cut after the
 /// instruction that was wrong (some with the host CPU's values where unicorn is wrong).
 final class FuzzRegressionTests: XCTestCase {
     static var corpusDirectory: URL {
@@ -40,6 +40,15 @@ final class FuzzRegressionTests: XCTestCase {
         let cases = try loadCorpus("x87.txt")
         XCTAssertGreaterThanOrEqual(cases.count, 50)
         XCTAssertTrue(cases.contains { $0.steps.contains { $0.x87 != nil } }, "no x87 state in the x87 corpus")
+        let failures = try divergences(cases, machine: FuzzMachine())
+        XCTAssertEqual(failures.count, 0, "\(failures.count) of \(cases.count) cases diverge:\n" + failures.prefix(20).joined(separator: "\n"))
+    }
+
+    func testMMXCorpus() throws {
+        let cases = try loadCorpus("mmx.txt")
+        XCTAssertGreaterThanOrEqual(cases.count, 50)
+        // After an MMX instruction every register is valid, so all eight are compared.
+        XCTAssertTrue(cases.contains { $0.steps.contains { $0.x87?.ftw == 0xFF } }, "no MMX state in the MMX corpus")
         let failures = try divergences(cases, machine: FuzzMachine())
         XCTAssertEqual(failures.count, 0, "\(failures.count) of \(cases.count) cases diverge:\n" + failures.prefix(20).joined(separator: "\n"))
     }

@@ -74,6 +74,14 @@ final class OracleVectorTests: XCTestCase {
                 for i in 0..<16 { cpu.setXMM(i, parse128(xmm[i])) }
                 cpu.mxcsrRegister = UInt32(parse(v["mxcsr"]))
             }
+            // x87/MMX state: FCW, FSW, abridged tags, then R0-R7 (physical, 80-bit).
+            func parse80(_ s: Any?) -> (UInt64, UInt16) { let (lo, hi) = parse128(s); return (lo, UInt16(truncatingIfNeeded: hi)) }
+            if let x87 = v["x87"] as? [Any], x87.count == 11 {
+                cpu.x87ControlWord = UInt16(truncatingIfNeeded: parse(x87[0]))
+                cpu.x87StatusWord = UInt16(truncatingIfNeeded: parse(x87[1]))
+                cpu.x87TagByte = UInt8(truncatingIfNeeded: parse(x87[2]))
+                for i in 0..<8 { cpu.setX87Register(i, parse80(x87[3 + i])) }
+            }
             cpu.interceptedException = nil
             if let count = v["count"] as? Int {
                 _ = cpu.run(io: io, control: VMControl(), maxInstructions: UInt64(count))
@@ -100,6 +108,16 @@ final class OracleVectorTests: XCTestCase {
                     // Unicorn does not accumulate MXCSR exception flags (bits 0-5); compare the controls.
                     let m = UInt32(parse(v["out_mxcsr"]))
                     if (cpu.mxcsrRegister ^ m) & ~0x3F != 0 { problems.append("mxcsr = \(hex(UInt64(cpu.mxcsrRegister))), expected \(hex(UInt64(m)))") }
+                }
+                if let x87 = v["out_x87"] as? [Any], x87.count == 11 {
+                    let words: [(String, UInt64, UInt64)] = [("fcw", UInt64(cpu.x87ControlWord), parse(x87[0])),
+                                                             ("fsw", UInt64(cpu.x87StatusWord), parse(x87[1])),
+                                                             ("ftw", UInt64(cpu.x87TagByte), parse(x87[2]))]
+                    for (name, got, want) in words where got != want { problems.append("\(name) = \(hex(got)), expected \(hex(want))") }
+                    for i in 0..<8 {
+                        let g = cpu.x87Register(i), e = parse80(x87[3 + i])
+                        if g != e { problems.append("R\(i) = \(hex(UInt64(g.1))):\(hex(g.0)), expected \(hex(UInt64(e.1))):\(hex(e.0))") }
+                    }
                 }
                 let rip = parse(v["out_rip"])
                 if cpu.instructionPointer != rip { problems.append("rip = \(hex(cpu.instructionPointer)), expected \(hex(rip))") }
@@ -143,6 +161,7 @@ final class OracleVectorTests: XCTestCase {
     func testStack() throws { try runCategory("stack") }
     func testStrings() throws { try runCategory("string") }
     func testSSE() throws { try runCategory("sse") }
+    func testMMX() throws { try runCategory("mmx") }
     func testSequences() throws { try runCategory("sequence") }
 
     /// Fuzzing entry point: scripts/oracle/fuzz.py writes sequences to a file named by

@@ -35,6 +35,10 @@ host CPU showed, and how they are handled:
     STMXCSR and FNSTSW are not generated against unicorn.
   - No canonical-address or SSE alignment checks: fault cases take their vector from the
     architecture, confirmed by the host CPU.
+  - MMX: a written MMX register keeps its old bits 79:64 (hardware: all ones), EMMS keeps TOP
+    (hardware: 0), CVTPI2PS/PD from memory make the x87-to-MMX transition (hardware: no MMX
+    register, no transition): fuzz_gen.py corrects unicorn's state after each MMX instruction
+    (Emu.hardware_mmx). Without the correction every MMX case is a "unicorn quirk" here.
 Vendor differences (AMD host vs the Intel behaviour QEMU implements) in CMPXCHG r32 and
 BSF/BSR of 0 are counted apart. Undefined flags (iced-x86) are never compared.
 """

@@ -35,6 +35,10 @@ CF, PF, AF, ZF, SF, DF, OF = 1, 4, 0x10, 0x40, 0x80, 0x400, 0x800
 # FNINIT, UD2 at X87_STUB + 10.
 X87_SCRATCH, X87_STUB = 0x180000, 0x1F0000
 X87_STUB_CODE = bytes.fromhex("0fae042500001800" "0f0b" "dbe3" "0f0b")
+# Unicorn only: FXRSTOR [X87_SCRATCH], UD2 at X87_RESTORE (hardware corrections after MMX steps
+# and the zeroed registers each case starts with).
+X87_RESTORE = X87_STUB + 0x100
+X87_RESTORE_CODE = bytes.fromhex("0fae0c2500001800" "0f0b")
 ARITH = CF | PF | AF | ZF | SF | OF
 # RFLAGS bits the runner compares (minus undefined ones): arithmetic flags, bit 1, TF IF DF IOPL NT AC ID.
 COMPARED = 0x247FD7
@@ -124,6 +128,7 @@ class Emu:
         self.uc.mem_map(X87_SCRATCH, 0x1000)
         self.uc.mem_map(X87_STUB, 0x1000)
         self.uc.mem_write(X87_STUB, X87_STUB_CODE)
+        self.uc.mem_write(X87_RESTORE, X87_RESTORE_CODE)
 
     def _on_write(self, uc, access, address, size, value, user):
         self.writes.append((address, size, value & ((1 << (8 * size)) - 1)))
@@ -147,7 +152,8 @@ class Emu:
         self.uc.reg_write(X.UC_X86_REG_EFLAGS, rflags)
         self.uc.reg_write(X.UC_X86_REG_FS_BASE, fs_base)
         self.uc.reg_write(X.UC_X86_REG_GS_BASE, gs_base)
-        self.run_stub(X87_STUB + 10, 2)    # FNINIT
+        # FNINIT state with R0-R7 zero: FNINIT keeps register contents, which MMX instructions read.
+        self.restore_image(FNINIT_IMAGE)
         for i, v in enumerate(xmm or [0] * 16):
             self.uc.reg_write(getattr(X, f"UC_X86_REG_XMM{i}"), v)
         self.uc.reg_write(X.UC_X86_REG_MXCSR, mxcsr)
@@ -179,6 +185,39 @@ class Emu:
         sts = [int.from_bytes(img[32 + 16 * i:42 + 16 * i], "little") for i in range(8)]
         return (int.from_bytes(img[0:2], "little"), int.from_bytes(img[2:4], "little"), img[4], sts)
 
+    def save_image(self):
+        """The FXSAVE image of the current state."""
+        self.run_stub(X87_STUB, 8)
+        return bytes(self.uc.mem_read(X87_SCRATCH, 512))
+
+    def restore_image(self, img):
+        saved, self.writes = self.writes, []
+        self.uc.mem_write(X87_SCRATCH, bytes(img))
+        uclib.uc_emu_start(self.h, X87_RESTORE, X87_RESTORE + 8, 0, 0)
+        self.writes = saved
+
+    def hardware_mmx(self, code, before):
+        """After an MMX instruction, corrects the x87 state where QEMU differs from hardware (the
+        host CPU shows the corrected state; Bochs and SDM vol. 1 table 9-1 agree): a written MMX
+        register gets bits 79:64 all ones; EMMS sets TOP to 0; CVTPI2PS/PD from memory touch no MMX
+        register, so the x87 state stays as it was (`before`, an FXSAVE image)."""
+        kind = mmx_kind(code)
+        img = bytearray(self.save_image())
+        if kind == "cvtpi2p-mem":
+            img[0:24] = before[0:24]       # up to MXCSR, which the conversion may have changed
+            img[32:160] = before[32:160]
+        elif kind == "emms":
+            fsw = int.from_bytes(img[2:4], "little")
+            top = (fsw >> 11) & 7
+            regs = [img[32 + 16 * i:48 + 16 * i] for i in range(8)]   # ST(i) = R(top+i)
+            for i in range(8):
+                img[32 + 16 * ((top + i) & 7):48 + 16 * ((top + i) & 7)] = regs[i]
+            img[2:4] = (fsw & ~0x3800).to_bytes(2, "little")
+        else:
+            for i in mmx_written(code):    # TOP is 0: ST(i) = Ri
+                img[32 + 16 * i + 8:32 + 16 * i + 10] = b"\xff\xff"
+        self.restore_image(img)
+
     def read_vector_state(self):
         """([XMM0..15 as 128-bit ints], MXCSR)."""
         ctypes.memset(self.vbuf, 0, 17 * 16)
@@ -199,6 +238,35 @@ class Emu:
         return None if b is None else int.from_bytes(b, "little")
 
 
+FNINIT_IMAGE = bytes([0x7F, 0x03]) + bytes(22) + (0x1F80).to_bytes(4, "little") + (0xFFFF).to_bytes(4, "little") \
+    + bytes(480)
+
+MM_WRITES = (iced_x86.OpAccess.WRITE, iced_x86.OpAccess.READ_WRITE, iced_x86.OpAccess.COND_WRITE,
+             iced_x86.OpAccess.READ_COND_WRITE)
+
+
+def mmx_kind(code):
+    """None for a non-MMX instruction, else "emms", "cvtpi2p-mem" or "mmx" (iced-x86 decides)."""
+    ins = iced_x86.Decoder(64, code, ip=CODE).decode()
+    if ins.code == iced_x86.Code.EMMS:
+        return "emms"
+    if ins.code in (iced_x86.Code.CVTPI2PS_XMM_MMM64, iced_x86.Code.CVTPI2PD_XMM_MMM64) and \
+            ins.op1_kind == iced_x86.OpKind.MEMORY:
+        return "cvtpi2p-mem"
+    for k in range(ins.op_count):
+        if ins.op_kind(k) == iced_x86.OpKind.REGISTER and iced_x86.Register.MM0 <= ins.op_register(k) <= iced_x86.Register.MM7:
+            return "mmx"
+    return None
+
+
+def mmx_written(code):
+    """MMX registers the instruction writes (iced-x86)."""
+    ins = iced_x86.Decoder(64, code, ip=CODE).decode()
+    info = iced_x86.InstructionInfoFactory().info(ins)
+    return {u.register - iced_x86.Register.MM0 for u in info.used_registers()
+            if iced_x86.Register.MM0 <= u.register <= iced_x86.Register.MM7 and u.access in MM_WRITES}
+
+
 def in_mapped(addr, n):
     return (DATA <= addr and addr + n <= DATA + DATA_SIZE) or (STACK_LO <= addr and addr + n <= STACK_TOP)
 
@@ -214,11 +282,13 @@ class Mem:
 
 
 class Insn:
-    __slots__ = ("code", "until", "adjust", "filler", "kind", "sse", "fault", "x87")
+    __slots__ = ("code", "until", "adjust", "filler", "kind", "sse", "fault", "x87", "mmx")
 
-    def __init__(self, code, kind, until=None, adjust=None, sse=False, fault=None, x87=False):
+    def __init__(self, code, kind, until=None, adjust=None, sse=False, fault=None, x87=False, mmx=False):
         self.code, self.kind, self.until, self.adjust, self.sse = code, kind, until, adjust, sse
         self.x87 = x87
+        # An MMX instruction: unicorn's x87 state is corrected to hardware's after it.
+        self.mmx = mmx
         # (vector, error code or None, CR2 or None) for a final instruction that must fault.
         self.fault = fault
 
@@ -1434,6 +1504,101 @@ def f_mxcsr(g):
 
 
 # ---------------------------------------------------------------------------------------------
+# MMX (0F map without a prefix) and the SSE/SSE2 instructions with MMX operands. ModRM register
+# numbers go up to 15: REX.R/REX.B must be ignored for MMX registers. Lanes are loaded from the
+# saturation and sign edges now and then (MOV r64, imm64; MOVQ mm, r64).
+
+MMX_INT_OPS = [0x60, 0x61, 0x62, 0x63, 0x64, 0x65, 0x66, 0x67, 0x68, 0x69, 0x6A, 0x6B, 0x74, 0x75, 0x76,
+               0xD1, 0xD2, 0xD3, 0xD4, 0xD5, 0xD8, 0xD9, 0xDA, 0xDB, 0xDC, 0xDD, 0xDE, 0xDF, 0xE0, 0xE1,
+               0xE2, 0xE3, 0xE4, 0xE5, 0xE8, 0xE9, 0xEA, 0xEB, 0xEC, 0xED, 0xEE, 0xEF, 0xF1, 0xF2, 0xF3,
+               0xF4, 0xF5, 0xF6, 0xF8, 0xF9, 0xFA, 0xFB, 0xFC, 0xFD, 0xFE]
+MMX_LANES = {8: [0, 1, 0x7F, 0x80, 0x81, 0xFE, 0xFF],
+             16: [0, 1, 0x7F, 0x80, 0xFF, 0x100, 0x7FFF, 0x8000, 0x8001, 0xFFFE, 0xFFFF],
+             32: [0, 1, 0x7FFF, 0x8000, 0xFFFF, 0x10000, 0x7FFFFFFF, 0x80000000, 0x80000001, 0xFFFFFFFF]}
+MMX_SHIFT_COUNTS = [0, 1, 3, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64, 65, 255, 1 << 32, 1 << 63]
+
+
+def mmx_lanes(rng):
+    bits = rng.choice((8, 16, 32, 64))
+    if bits == 64:
+        return rng.choice(MMX_SHIFT_COUNTS)
+    v = 0
+    for i in range(64 // bits):
+        v |= (rng.choice(MMX_LANES[bits]) if rng.random() < 0.8 else rng.getrandbits(bits)) << (bits * i)
+    return v
+
+
+def f_mmx(g):
+    rng = g.rng
+    g.rex_mode = False
+    c = rng.random()
+    reg = lambda: rng.randrange(16)     # an MMX (or XMM) register number, REX bit included
+
+    def ins(op, r, rm, imm=b"", pfx=(), rexw=False, kind="mmx", noise=True):
+        code = g.encode(bytes([0x0F, op]), r, rm, None, imm=imm, pfx=pfx, rexw=rexw, sse=True, noise=noise)
+        return Insn(code, kind, sse=True, x87=True, mmx=True)
+
+    def rm_mmx(span=8, mem_p=0.35, aligned=False):
+        if rng.random() < mem_p:
+            return g.gen_mem(span, align=16 if aligned else 1, aligned=aligned)
+        return ("r", reg())
+
+    if c < 0.08:
+        # Edge lanes through a general register.
+        r = g.pick_reg(64, dst=True)
+        return Insn(mov_r64_imm(r, mmx_lanes(rng)), "prep"), ins(0x6E, reg(), ("r", r), rexw=True, kind="mmx-move")
+    if c < 0.5:
+        return ins(rng.choice(MMX_INT_OPS), reg(), rm_mmx(), kind="mmx-int")
+    if c < 0.6:
+        op, digit = rng.choice([(0x71, 2), (0x71, 4), (0x71, 6), (0x72, 2), (0x72, 4), (0x72, 6), (0x73, 2), (0x73, 6)])
+        count = rng.choice((0, 1, 3, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64, 65, 200, 255))
+        return ins(op, digit, ("r", reg()), imm=bytes([count]), kind="mmx-shift")
+    if c < 0.82:
+        m = rng.randrange(11)
+        if m == 0:   # MOVD/MOVQ mm, r/m32/64
+            w = rng.random() < 0.5
+            rm = g.gen_mem(8 if w else 4) if rng.random() < 0.35 else ("r", g.pick_reg(64))
+            return ins(0x6E, reg(), rm, rexw=w, kind="mmx-move")
+        if m == 1:   # MOVD/MOVQ r/m32/64, mm
+            w = rng.random() < 0.5
+            rm = g.gen_mem(8 if w else 4) if rng.random() < 0.35 else ("r", g.pick_reg(64, dst=True))
+            return ins(0x7E, reg(), rm, rexw=w, kind="mmx-move")
+        if m == 2:
+            return ins(0x6F, reg(), rm_mmx(), kind="mmx-move")
+        if m == 3:
+            return ins(0x7F, reg(), rm_mmx(), kind="mmx-move")
+        if m == 4:   # MOVNTQ
+            return ins(0xE7, reg(), g.gen_mem(8), kind="mmx-move")
+        if m == 5:   # PSHUFW
+            return ins(0x70, reg(), rm_mmx(), imm=bytes([rng.getrandbits(8)]), kind="mmx-shuffle")
+        if m == 6:   # PINSRW mm, r32/m16
+            rm = g.gen_mem(2) if rng.random() < 0.35 else ("r", g.pick_reg(64))
+            return ins(0xC4, reg(), rm, imm=bytes([rng.getrandbits(8)]), kind="mmx-shuffle")
+        if m == 7:   # PEXTRW r32, mm
+            return ins(0xC5, g.pick_reg(64, dst=True), ("r", reg()), imm=bytes([rng.getrandbits(8)]),
+                       rexw=rng.random() < 0.3, kind="mmx-shuffle")
+        if m == 8:   # PMOVMSKB r32, mm
+            return ins(0xD7, g.pick_reg(64, dst=True), ("r", reg()), kind="mmx-shuffle")
+        if m == 9:   # MASKMOVQ: stores to DS:RDI, so RDI is pointed at data or stack first
+            t = g.pick_target(8)
+            return (Insn(mov_r64_imm(RDI, t), "prep"),
+                    ins(0xF7, reg(), ("r", reg()), kind="mmx-maskmov", noise=False))
+        return ins(0x77, 0, None, kind="mmx-emms") if rng.random() < 0.5 else \
+            Insn(b"\x0f\x77", "mmx-emms", sse=True, x87=True, mmx=True)
+    # SSE/SSE2 with MMX operands.
+    m = rng.randrange(7)
+    if m == 0:   # CVTPI2PS / CVTPI2PD xmm, mm/m64
+        return ins(0x2A, reg(), rm_mmx(), pfx=(0x66,) if rng.random() < 0.5 else (), kind="mmx-cvt")
+    if m in (1, 2):   # CVT(T)PS2PI mm, xmm/m64
+        return ins(rng.choice((0x2C, 0x2D)), reg(), rm_mmx(), kind="mmx-cvt")
+    if m in (3, 4):   # CVT(T)PD2PI mm, xmm/m128
+        return ins(rng.choice((0x2C, 0x2D)), reg(), rm_mmx(16, aligned=True), pfx=(0x66,), kind="mmx-cvt")
+    if m == 5:   # MOVQ2DQ xmm, mm
+        return ins(0xD6, reg(), ("r", reg()), pfx=(0xF3,), kind="mmx-move")
+    return ins(0xD6, reg(), ("r", reg()), pfx=(0xF2,), kind="mmx-move")   # MOVDQ2Q mm, xmm
+
+
+# ---------------------------------------------------------------------------------------------
 # Faults: a case may end with an instruction that must raise an exception, leaving every register
 # and all memory as they were (precise exceptions). The expected vector comes from the
 # architecture, not from unicorn (QEMU 5 checks neither canonical addresses nor SSE alignment);
@@ -1443,7 +1608,11 @@ FAULT_UD = [b"\x0f\x0b", b"\x06", b"\x07", b"\x0e", b"\x16", b"\x17", b"\x1e", b
             b"\x37", b"\x3f", b"\x60", b"\x61", b"\xd4\x0a", b"\xd5\x0a", b"\xd6", b"\xce", b"\x82\xc0\x01",
             b"\x8d\xc0", b"\xfe\xd0", b"\xff\xf8", b"\xc6\xc8\x00", b"\x0f\x04", b"\x0f\x0a", b"\x0f\xb9\xc0",
             b"\x0f\xff\xc0", b"\xf0\x01\xc0", b"\xf0\x89\x03", b"\xf0\x90", b"\xf0\x0f\x58\xc0", b"\x8c\xf0",
-            b"\x8e\xc8", b"\x9a\x00\x00\x00\x00\x00\x00", b"\xea\x00\x00\x00\x00\x00\x00"]
+            b"\x8e\xc8", b"\x9a\x00\x00\x00\x00\x00\x00", b"\xea\x00\x00\x00\x00\x00\x00",
+            # MMX encodings that do not exist: PSRLDQ on mm, F3/66-prefixed MMX ops, 0F D6 without a
+            # prefix, memory-form shifts by immediate and PMOVMSKB, register-form MOVNTQ, MOVQ2DQ m64.
+            b"\x0f\x73\xd9\x01", b"\xf3\x0f\xfc\xc1", b"\x66\x0f\x77", b"\x0f\xd6\xc1", b"\x0f\x6c\xc1",
+            b"\x0f\x71\x01\x01", b"\x0f\xd7\x01", b"\x0f\xe7\xc1", b"\xf3\x0f\xd6\x01"]
 
 # Addresses in [2 MiB, 1 GiB): outside the runner's page tables and unmapped in the host-CPU check.
 PF_LO, PF_HI = 0x10000000, 0x3FFFF000
@@ -1657,7 +1826,7 @@ FAMILIES = {
     "jcc": (f_jcc, 4), "jmp": (f_jmp, 2), "indirect": (f_indirect, 1), "ret": (f_ret, 1),
     "pointer": (f_pointer, 3),
     "sse_int": (f_sse_int, 5), "sse_move": (f_sse_move, 5), "sse_fp": (f_sse_fp, 5), "mxcsr": (f_mxcsr, 1),
-    "x87": (f_x87, 6),
+    "x87": (f_x87, 6), "mmx": (f_mmx, 6),
 }
 
 
@@ -1838,12 +2007,15 @@ def generate_case(emu, seed, n_insns, weights):
         # Unicorn's `until` is only checked in freshly translated code, so a chained translation
         # block can run past it: a UD2 at the stop address halts such an overrun right there.
         emu.write_code(nxt, b"\x0f\x0b")
+        before = emu.save_image() if ins.mmx else None
         err = emu.step(g.rip, nxt)
         nregs, nrip, nflags = emu.read_state()
         if err not in (0, UC_ERR_INSN_INVALID) or emu.interrupt not in (None, 6) or nrip != nxt:
             # Unicorn could not run it (or stopped elsewhere): the case ends before it.
             stop = f"unicorn stopped ({ins.kind}: error {err}, interrupt {emu.interrupt})"
             break
+        if ins.mmx:
+            emu.hardware_mmx(ins.code, before)
         kinds[ins.kind] += 1
         modified = iced_flags(di.rflags_modified)
         undefined = iced_flags(di.rflags_undefined)
@@ -1897,7 +2069,10 @@ def case_from_code(emu, instructions, case_id_seed="code"):
         emu.write_code(ip, b)
         emu.write_code(ip + len(b), b"\x0f\x0b")
         code += b
+        before = emu.save_image() if mmx_kind(b) else None
         emu.step(ip, ip + len(b))
+        if before is not None:
+            emu.hardware_mmx(b, before)
         regs, rip, fl = emu.read_state()
         writes = emu.writes
         undef = (undef & ~iced_flags(di.rflags_modified)) | iced_flags(di.rflags_undefined)

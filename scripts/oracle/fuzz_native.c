@@ -208,6 +208,7 @@ static void on_enter(int sig, siginfo_t *si, void *ctx) {
         uc->uc_mcontext.fpregs->cwd = 0x37F;
         uc->uc_mcontext.fpregs->swd = 0;
         uc->uc_mcontext.fpregs->ftw = 0;
+        memset(uc->uc_mcontext.fpregs->_st, 0, sizeof uc->uc_mcontext.fpregs->_st);   /* R0-R7 zero (MMX reads them) */
         uc->uc_mcontext.fpregs->fop = 0;
         uc->uc_mcontext.fpregs->rip = 0;
         uc->uc_mcontext.fpregs->rdp = 0;

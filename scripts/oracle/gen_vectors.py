@@ -64,13 +64,75 @@ def assemble(asm):
 
 XMM_REGS = [getattr(X, "UC_X86_REG_XMM%d" % i) for i in range(16)]
 
+# x87/MMX state goes in and out through FXRSTOR/FXSAVE stubs on pages of their own (the registers
+# QEMU exposes to unicorn do not cover TOP and the tags).
+FX_STUB, FX_IMAGE = 0x300000, 0x310000
+FX_STUB_CODE = bytes.fromhex("0fae0c2500003100" "0fae042500003100")   # fxrstor [FX_IMAGE]; fxsave [FX_IMAGE]
+MM_WRITES = (iced_x86.OpAccess.WRITE, iced_x86.OpAccess.READ_WRITE, iced_x86.OpAccess.COND_WRITE,
+             iced_x86.OpAccess.READ_COND_WRITE)
 
-def run(code, regs, flags, xmm=None, mxcsr=0x1F80, count=1):
+
+def x87_image(x87):
+    """A 512-byte FXSAVE image from [fcw, fsw, abridged ftw, R0..R7 (physical, 80-bit)]."""
+    fcw, fsw, ftw, phys = x87[0], x87[1], x87[2], x87[3:]
+    img = bytearray(512)
+    img[0:2] = fcw.to_bytes(2, "little")
+    img[2:4] = fsw.to_bytes(2, "little")
+    img[4] = ftw
+    img[24:28] = (0x1F80).to_bytes(4, "little")
+    img[28:32] = (0xFFFF).to_bytes(4, "little")
+    top = (fsw >> 11) & 7
+    for i in range(8):
+        img[32 + 16 * i:42 + 16 * i] = phys[(top + i) & 7].to_bytes(10, "little")
+    return bytes(img)
+
+
+def x87_from_image(img):
+    fsw = int.from_bytes(img[2:4], "little")
+    top = (fsw >> 11) & 7
+    phys = [0] * 8
+    for i in range(8):
+        phys[(top + i) & 7] = int.from_bytes(img[32 + 16 * i:42 + 16 * i], "little")
+    return [int.from_bytes(img[0:2], "little"), fsw, img[4]] + phys
+
+
+def mmx_written(code):
+    """MMX registers the instruction writes (iced-x86): their bits 79:64 become all ones on
+    hardware; QEMU (unicorn) leaves them as they were."""
+    ins = iced_x86.Decoder(64, code, ip=CODE).decode()
+    info = iced_x86.InstructionInfoFactory().info(ins)
+    return {u.register - iced_x86.Register.MM0 for u in info.used_registers()
+            if iced_x86.Register.MM0 <= u.register <= iced_x86.Register.MM7 and u.access in MM_WRITES}
+
+
+def hardware_x87(code, before, after):
+    """Corrects unicorn's x87 state after an MMX instruction where QEMU differs from hardware (the
+    host CPU, an AMD EPYC, shows the corrected state; Bochs and the SDM's table 9-1 agree):
+    MMX register writes set bits 79:64 to all ones; EMMS sets TOP to 0 as well as emptying the tags;
+    CVTPI2PS/CVTPI2PD from memory touch no MMX register and leave the x87 state alone."""
+    ins = iced_x86.Decoder(64, code, ip=CODE).decode()
+    if ins.code in (iced_x86.Code.CVTPI2PS_XMM_MMM64, iced_x86.Code.CVTPI2PD_XMM_MMM64) and \
+            ins.op1_kind == iced_x86.OpKind.MEMORY:
+        after[:] = before
+        return
+    if ins.code == iced_x86.Code.EMMS:
+        after[1] &= ~0x3800
+    for i in mmx_written(code):
+        after[3 + i] |= 0xFFFF << 64
+
+
+def run(code, regs, flags, xmm=None, mxcsr=0x1F80, count=1, x87=None):
     """Runs one instruction in unicorn. Returns (regs, rflags, rip, memory changes, exception)."""
     mu = Uc(UC_ARCH_X86, UC_MODE_64)
     mu.mem_map(CODE, 0x1000)
     mu.mem_map(DATA, DATA_SIZE)
     mu.mem_map(STACK_LO, STACK_TOP - STACK_LO)
+    if x87 is not None:
+        mu.mem_map(FX_STUB, 0x1000)
+        mu.mem_map(FX_IMAGE, 0x1000)
+        mu.mem_write(FX_STUB, FX_STUB_CODE)
+        mu.mem_write(FX_IMAGE, x87_image(x87))
+        mu.emu_start(FX_STUB, FX_STUB + 8)
     mu.mem_write(CODE, code + b"\x90" * 16)
     data0 = bytes(fill_byte(a) for a in range(DATA, DATA + DATA_SIZE))
     stack0 = bytes(fill_byte(a) for a in range(STACK_LO, STACK_TOP))
@@ -106,6 +168,11 @@ def run(code, regs, flags, xmm=None, mxcsr=0x1F80, count=1):
     out = [mu.reg_read(r) for r in UC_REGS]
     rf = mu.reg_read(X.UC_X86_REG_EFLAGS)
     rip = mu.reg_read(X.UC_X86_REG_RIP)
+    out_x87 = None
+    if x87 is not None:
+        mu.emu_start(FX_STUB + 8, FX_STUB + 16)
+        out_x87 = x87_from_image(bytes(mu.mem_read(FX_IMAGE, 512)))
+        hardware_x87(code, x87, out_x87)
     changes = []
     for base, before in ((DATA, data0), (STACK_LO, stack0)):
         after = bytes(mu.mem_read(base, len(before)))
@@ -117,6 +184,8 @@ def run(code, regs, flags, xmm=None, mxcsr=0x1F80, count=1):
     if xmm is not None:
         res["xmm"] = [mu.reg_read(r) for r in XMM_REGS]
         res["mxcsr"] = mu.reg_read(X.UC_X86_REG_MXCSR)
+    if out_x87 is not None:
+        res["x87"] = out_x87
     return res
 
 
@@ -152,7 +221,7 @@ def rand_flags():
 vectors = {}
 
 
-def add(category, asm, regs=None, flags=None, repeat=1, xmm=None, mxcsr=0x1F80):
+def add(category, asm, regs=None, flags=None, repeat=1, xmm=None, mxcsr=0x1F80, x87=None):
     for _ in range(repeat):
         r = list(regs) if regs is not None else rand_regs()
         f = flags if flags is not None else rand_flags()
@@ -161,7 +230,7 @@ def add(category, asm, regs=None, flags=None, repeat=1, xmm=None, mxcsr=0x1F80):
         except Exception as e:
             print("skipping (assembler):", asm, e, file=sys.stderr)
             return
-        res = run(code, r, f, xmm, mxcsr)
+        res = run(code, r, f, xmm, mxcsr, x87=x87)
         if res is None:
             continue
         vec = dict(asm=asm, code=code.hex(), regs=[hex(v) for v in r], rflags=hex(f),
@@ -172,6 +241,10 @@ def add(category, asm, regs=None, flags=None, repeat=1, xmm=None, mxcsr=0x1F80):
             if "xmm" in res:
                 vec["out_xmm"] = [hex(v) for v in res["xmm"]]
                 vec["out_mxcsr"] = hex(res["mxcsr"])
+        if x87 is not None:
+            vec["x87"] = [hex(v) for v in x87]
+            if "x87" in res:
+                vec["out_x87"] = [hex(v) for v in res["x87"]]
         if "exception" in res:
             vec["exception"] = res["exception"]
         else:
@@ -537,6 +610,113 @@ def gen_sse():
         sse(f"cvttsd2si {r(32)}, {xr()}", n=1)
 
 
+# MMX: every packed operation in register and memory forms, with lanes from the saturation and
+# sign edges, shift counts below, at and above the lane width, and an x87 state before it (TOP, tags
+# and exponents arbitrary) so the transition to MMX state and the aliasing are checked too.
+MMX_LANES = {8: [0, 1, 0x7F, 0x80, 0x81, 0xFE, 0xFF],
+             16: [0, 1, 0x7F, 0x80, 0xFF, 0x100, 0x7FFF, 0x8000, 0x8001, 0xFFFE, 0xFFFF],
+             32: [0, 1, 0x7FFF, 0x8000, 0xFFFF, 0x10000, 0x7FFFFFFF, 0x80000000, 0x80000001, 0xFFFFFFFF]}
+MMX_SHIFT_COUNTS = [0, 1, 3, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64, 65, 255, 0x100000000, 1 << 63]
+
+
+def rand_mmx_value():
+    c = rng.random()
+    if c < 0.2:
+        return rng.getrandbits(64)
+    bits = rng.choice((8, 16, 32))
+    v = 0
+    for i in range(64 // bits):
+        lane = rng.choice(MMX_LANES[bits]) if rng.random() < 0.8 else rng.getrandbits(bits)
+        v |= lane << (bits * i)
+    return v
+
+
+def rand_x87():
+    """[fcw, fsw, tags, R0..R7]: exceptions masked (nothing pending), any TOP, any tags, values
+    with ordinary, zero and all-ones exponents."""
+    fsw = rng.randrange(8) << 11 | rng.choice((0, 0x100, 0x200, 0x4500, 0x4700))
+    phys = []
+    for _ in range(8):
+        exp = rng.choice((0, 0x3FFF, 0xFFFF, rng.getrandbits(16)))
+        phys.append(exp << 64 | rand_mmx_value())
+    return [0x37F, fsw, rng.getrandbits(8)] + phys
+
+
+def mm():
+    return "mm%d" % rng.randrange(8)
+
+
+def gen_mmx():
+    amem = ["[rsi]", "[rdi+0x10]", "[rbx+0x40]"]
+    umem = ["[rsi]", "[rdi+0x13]", "[rbx+r14*2]", "[rsi+5]", "[rdi-0x20]"]
+
+    def aligned_regs():
+        regs = rand_regs()
+        regs[6] &= ~15
+        regs[7] &= ~15
+        regs[3] &= ~15
+        return regs
+
+    def v(asm, regs=None, n=1):
+        for _ in range(n):
+            add("mmx", asm, regs=regs if regs is not None else rand_regs(), xmm=rand_xmm(), x87=rand_x87())
+
+    ops = ["paddb", "paddw", "paddd", "paddq", "psubb", "psubw", "psubd", "psubq", "paddsb", "paddsw", "paddusb",
+           "paddusw", "psubsb", "psubsw", "psubusb", "psubusw", "pmullw", "pmulhw", "pmulhuw", "pmuludq", "pmaddwd",
+           "pcmpeqb", "pcmpeqw", "pcmpeqd", "pcmpgtb", "pcmpgtw", "pcmpgtd", "pand", "pandn", "por", "pxor",
+           "packsswb", "packssdw", "packuswb", "punpcklbw", "punpcklwd", "punpckldq", "punpckhbw", "punpckhwd",
+           "punpckhdq", "pavgb", "pavgw", "pminub", "pmaxub", "pminsw", "pmaxsw", "psadbw"]
+    for op in ops:
+        for _ in range(6):
+            v(f"{op} {mm()}, {mm()}")
+        for _ in range(2):
+            v(f"{op} {mm()}, qword ptr {rng.choice(umem)}")
+    for op in ["psllw", "pslld", "psllq", "psrlw", "psrld", "psrlq", "psraw", "psrad"]:
+        for c in [0, 1, 7, 8, 15, 16, 31, 32, 63, 64, 200, 255]:
+            v(f"{op} {mm()}, {c}")
+        for c in MMX_SHIFT_COUNTS:
+            # A count in an MMX register (the x87 state going in sets it).
+            x = rand_x87()
+            src = rng.randrange(8)
+            x[3 + src] = (x[3 + src] & ~((1 << 64) - 1)) | c
+            dst = rng.randrange(8)
+            add("mmx", f"{op} mm{dst}, mm{src}", regs=rand_regs(), xmm=rand_xmm(), x87=x)
+        v(f"{op} {mm()}, qword ptr {rng.choice(umem)}", n=2)
+    for _ in range(6):
+        v(f"movd {mm()}, {r(32)}")
+        v(f"movq {mm()}, {r(64)}")
+        v(f"movd {r(32)}, {mm()}")
+        v(f"movq {r(64)}, {mm()}")
+        v(f"movd {mm()}, dword ptr {rng.choice(umem)}")
+        v(f"movd dword ptr {rng.choice(umem)}, {mm()}")
+        v(f"movq {mm()}, qword ptr {rng.choice(umem)}")
+        v(f"movq qword ptr {rng.choice(umem)}, {mm()}")
+        v(f"movq {mm()}, {mm()}")
+        v(f"pshufw {mm()}, {mm()}, {rng.randrange(256)}")
+        v(f"pshufw {mm()}, qword ptr {rng.choice(umem)}, {rng.randrange(256)}")
+        v(f"pinsrw {mm()}, {r(32)}, {rng.randrange(8)}")
+        v(f"pinsrw {mm()}, word ptr {rng.choice(umem)}, {rng.randrange(8)}")
+        v(f"pextrw {r(32)}, {mm()}, {rng.randrange(8)}")
+        v(f"pmovmskb {r(32)}, {mm()}")
+        v(f"movntq qword ptr {rng.choice(umem)}, {mm()}")
+        v(f"maskmovq {mm()}, {mm()}")
+        v(f"movq2dq {xr()}, {mm()}")
+        v(f"movdq2q {mm()}, {xr()}")
+        v(f"cvtpi2ps {xr()}, {mm()}")
+        v(f"cvtpi2ps {xr()}, qword ptr {rng.choice(umem)}")
+        v(f"cvtpi2pd {xr()}, {mm()}")
+        v(f"cvtpi2pd {xr()}, qword ptr {rng.choice(umem)}")
+        v(f"cvtps2pi {mm()}, {xr()}")
+        v(f"cvttps2pi {mm()}, {xr()}")
+        v(f"cvtps2pi {mm()}, qword ptr {rng.choice(umem)}")
+        v(f"cvttps2pi {mm()}, qword ptr {rng.choice(umem)}")
+        v(f"cvtpd2pi {mm()}, {xr()}")
+        v(f"cvttpd2pi {mm()}, {xr()}")
+        v(f"cvtpd2pi {mm()}, xmmword ptr {rng.choice(amem)}", regs=aligned_regs())
+        v(f"cvttpd2pi {mm()}, xmmword ptr {rng.choice(amem)}", regs=aligned_regs())
+        v("emms")
+
+
 # Instruction templates for random sequences: no control flow, no faults, no REP, so unicorn's
 # instruction count equals ours. They exercise lazy-flag hand-offs between instructions.
 def sequence_instruction():
@@ -644,6 +824,7 @@ def main():
     gen_moves()
     gen_stack()
     gen_strings()
+    gen_mmx()   # last: the categories before keep their random streams
     out = os.path.join("Tests", "X86InterpreterTests", "Vectors")
     os.makedirs(out, exist_ok=True)
     total = 0
