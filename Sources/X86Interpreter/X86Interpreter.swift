@@ -328,45 +328,66 @@ public final class X86Interpreter: VcpuBackend {
         }
     }
 
-    /// Executes up to `n` decoded instructions. The switch is inlined here so its register saves
-    /// happen once per block, not once per instruction. A fault restores RIP, is recorded in the
-    /// state (delivered by the caller) and ends the block.
+    /// Executes the `count` decoded instructions of a block entered at `entryRip`, again and again
+    /// while it loops back to its own start, retiring at most `limit`. The switch is inlined here so
+    /// its register saves happen once per block, not once per instruction. A fault restores RIP, is
+    /// recorded in the state (delivered by the caller) and ends the block.
     @inline(never)
-    func executeBlock(_ block: UnsafeMutablePointer<DecodedInsn>, _ n: Int) -> Int {
-        var p = block
+    func executeBlock(_ block: UnsafeMutablePointer<DecodedInsn>, _ count: Int, _ limit: Int, _ entryRip: UInt64) -> Int {
         var done = 0
-        while done < n {
-            let start = rip
-            rip = start &+ UInt64(p.pointee.len)
-            let op = p.pointee.op.rawValue
-            do {
-                if op >= Op.mov64RR.rawValue {
-                    _ = try executeSpecialised(p)
-                    if op < Op.store64.rawValue {
-                        // Writes no memory and does not branch: nothing below can apply.
-                        done += 1
-                        p += 1
-                        continue
+        let epoch = chainEpoch
+        while true {
+            let n = min(count, limit - done)
+            var p = block
+            var j = 0
+            var leftTrace = false
+            while j < n {
+                let start = rip
+                rip = start &+ UInt64(p.pointee.len)
+                let op = p.pointee.op.rawValue
+                do {
+                    if op >= Op.mov64RR.rawValue {
+                        _ = try executeSpecialised(p)
+                        if op < Op.store64.rawValue {
+                            // Writes no memory and does not branch: nothing below can apply.
+                            j += 1
+                            p += 1
+                            continue
+                        }
+                    } else {
+                        try execute(p)
                     }
-                } else {
-                    try execute(p)
+                } catch {
+                    rip = start
+                    recordFault(error, p)
+                    return done + j
                 }
-            } catch {
-                rip = start
-                recordFault(error, p)
-                return done
+                j += 1
+                if st.pointee.codeModified {
+                    st.pointee.codeModified = false
+                    return done + j
+                }
+                if p.pointee.pfx & Pfx.trace != 0 && rip != (start & ~0xFFF) | UInt64(UInt32(bitPattern: p.pointee.disp)) {
+                    leftTrace = true   // the branch left the trace
+                    break
+                }
+                p += 1
             }
-            done += 1
-            if st.pointee.codeModified {
-                st.pointee.codeModified = false
-                return done
-            }
-            if p.pointee.pfx & Pfx.trace != 0 && rip != (start & ~0xFFF) | UInt64(UInt32(bitPattern: p.pointee.disp)) {
-                return done   // the branch left the trace
-            }
-            p += 1
+            done += j
+            // A loop that comes back to this block's start runs again right here, without the run
+            // loop's block lookup.
+            if (leftTrace || j == count) && done < limit && canLoop(entryRip, epoch) { continue }
+            return done
         }
-        return done
+    }
+
+    /// Whether a block may run again from its start without going back to the run loop: RIP is back
+    /// at its entry, no mapping or mode changed, and nothing needs the run loop's attention.
+    @inline(__always)
+    func canLoop(_ entryRip: UInt64, _ epoch: UInt32) -> Bool {
+        rip == entryRip && chainEpoch == epoch && !st.pointee.eventCheck && !st.pointee.halted
+            && !st.pointee.shutdown && !st.pointee.testStop && !st.pointee.interruptShadow
+            && st.pointee.flagsRest & Flag.tf == 0
     }
 
     /// Records a fault raised by `p` for delivery once the block has ended.
@@ -406,9 +427,12 @@ public final class X86Interpreter: VcpuBackend {
                 }
                 if previous >= 0 { setLink(from: previous, la: la, to: block) }
             }
+            // Instructions this block may retire, looping included: the rest of the budget, and no
+            // more than the poll interval allows (timers and host requests wait for the poll).
             let remaining = budget &- UInt64(total)
-            let n = remaining < UInt64(block.count) ? Int(remaining) : block.count
-            let done = executeBlock(block.insns, n)
+            let untilPoll = max(pollCountdown - total, 1)
+            let limit = remaining < UInt64(untilPoll) ? Int(remaining) : untilPoll
+            let done = executeBlock(block.insns, block.count, limit, rip)
             previous = block.id
             blocksEntered &+= 1
             instructionsRetired &+= UInt64(done)
