@@ -66,7 +66,7 @@ final class VirtioBlockDiscardTests: XCTestCase {
         XCTAssertEqual(f & Self.both, Self.both, "VIRTIO_BLK_F_DISCARD and VIRTIO_BLK_F_WRITE_ZEROES")
         XCTAssertEqual(blk.negotiatedFeatures & Self.both, Self.both)
         let cfg = VirtioPciCapType.deviceConfig
-        XCTAssertEqual(h.read(cfg, 0x24, size: 4), 1 << 21, "max_discard_sectors")
+        XCTAssertEqual(h.read(cfg, 0x24, size: 4), 1 << 17, "max_discard_sectors: 64 MiB")
         XCTAssertEqual(h.read(cfg, 0x28, size: 4), 16, "max_discard_seg")
         XCTAssertEqual(h.read(cfg, 0x2C, size: 4), 8, "discard_sector_alignment")
         XCTAssertEqual(h.read(cfg, 0x30, size: 4), 1 << 16, "max_write_zeroes_sectors")

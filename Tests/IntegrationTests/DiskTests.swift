@@ -476,7 +476,7 @@ final class DiskTests: XCTestCase {
         XCTAssertTrue(g.waitForShell(), "no shell; \(g.tail)")
         let q = "/sys/block/vda/queue"
         XCTAssertEqual(g.run("cat \(q)/discard_max_bytes \(q)/write_zeroes_max_bytes \(q)/discard_granularity")?
-                        .split(separator: "\n"), ["1073741824", "33554432", "4096"],
+                        .split(separator: "\n"), ["67108864", "33554432", "4096"],
                        "the guest took max_discard_sectors, max_write_zeroes_sectors and the alignment")
         XCTAssertEqual(g.run("cat /sys/block/vdb/queue/discard_max_bytes /sys/block/vdb/queue/write_zeroes_max_bytes")?
                         .split(separator: "\n"), ["0", "0"], "no discard on the read-only disk")

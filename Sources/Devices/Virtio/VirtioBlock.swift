@@ -58,9 +58,10 @@ public final class VirtioBlock: VirtioDevice {
     static let headerSize: UInt64 = 16
 
     // DISCARD / WRITE_ZEROES limits (config space, 5.2.4). They bound what one request can cost
-    // on the vCPU thread: a punched hole is a metadata update, but the last-resort fallback for
-    // write-zeroes writes real zeroes (32 MiB: ~2-20 ms here, more under load).
-    public static let maxDiscardSectors: UInt32 = 1 << 21          // 1 GiB
+    // on the vCPU thread, measured on ext4: punching a hole in 64 MiB of written data 12-16 ms
+    // (256 MiB: 45-73 ms); zeroing 32 MiB with FALLOC_FL_ZERO_RANGE ~2 ms, and with the
+    // last-resort fallback that writes zeroes 2-20 ms.
+    public static let maxDiscardSectors: UInt32 = 1 << 17          // 64 MiB
     public static let maxDiscardSegments: UInt32 = 16
     /// 4 KiB, the host file systems' block: smaller holes only zero part of a block.
     public static let discardSectorAlignment: UInt32 = 8
