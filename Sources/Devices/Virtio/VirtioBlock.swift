@@ -235,11 +235,11 @@ public final class VirtioBlock: VirtioDevice {
         case VirtioBlock.requestIn:
             // Data buffers the device should fill but the driver marked readable: wrong direction.
             guard dataOutLength == 0, let offset = byteOffset(sector: sector, length: dataInLength),
-                  let segs = chain.segments(writable: true, offset: 0, length: dataInLength),
-                  transfer(segs, memory: memory, fileOffset: offset, write: false) else { return ioerr }
-            // The guest may execute what it read.
+                  let segs = chain.segments(writable: true, offset: 0, length: dataInLength) else { return ioerr }
+            let ok = transfer(segs, memory: memory, fileOffset: offset, write: false)
+            // The guest may execute what it read (even part of a failed read landed in its RAM).
             for s in segs { memory.noteDMAWrite(s.address, length: s.length) }
-            return (VirtioBlock.statusOK, dataInLength)
+            return ok ? (VirtioBlock.statusOK, dataInLength) : ioerr
 
         case VirtioBlock.requestOut:
             guard !isReadOnly, dataInLength == 0,
