@@ -127,6 +127,8 @@ public final class VirtioFuzzer {
         if flags & 1 != 0 { features |= VirtioFeature.eventIndex }
         if flags & 2 != 0 { features |= VirtioFeature.indirectDescriptors }
         if flags & 4 != 0 { features |= VirtioBlock.featureReadOnly }
+        // Discard and write-zeroes ranges (refused at FEATURES_OK on the read-only disk).
+        if flags & 0x80 != 0 { features |= VirtioBlock.featureDiscard | VirtioBlock.featureWriteZeroes }
         common(c.driverFeatureSelect, 4, 0)
         common(c.driverFeature, 4, features & 0xFFFF_FFFF)
         common(c.driverFeatureSelect, 4, 1)

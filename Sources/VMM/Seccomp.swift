@@ -14,6 +14,8 @@ public enum Seccomp {
         // Console, disk I/O and their completions.
         SYS_read, SYS_write, SYS_readv, SYS_writev, SYS_pread64, SYS_pwrite64, SYS_preadv, SYS_pwritev,
         SYS_fsync, SYS_fdatasync, SYS_lseek, SYS_close,
+        // virtio-blk DISCARD / WRITE_ZEROES (punched holes, zeroed ranges).
+        SYS_fallocate,
         // Locks, sleeping in HLT, time (when the vDSO falls back to the kernel).
         SYS_futex, SYS_poll, SYS_ppoll, SYS_nanosleep, SYS_clock_nanosleep, SYS_clock_gettime, SYS_gettimeofday, SYS_sched_yield,
         // Memory allocation (executable mappings are refused below).

@@ -243,3 +243,49 @@ final class VirtioBlockTests: XCTestCase {
         XCTAssertEqual(h2.ring.usedIdx, 10)
     }
 }
+
+extension VirtioBlockTests {
+    /// Data split over many uneven descriptors (as an indirect table): one vectored transfer must
+    /// put each piece at the right place in the file and in guest memory.
+    func testReadAndWriteOverManyUnevenDescriptors() throws {
+        let (h, disk, _) = try makeHarness(sectors: 64)
+        let table: UInt64 = 0x30000
+        let pieces = [100, 412, 1000, 24, 1, 511, 3000, 48, 1024, 408] + [Int](repeating: 16, count: 40)
+        let total = pieces.reduce(0, +)
+        XCTAssertEqual(total, 14 * 512)
+        let payload = (0..<total).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ 5) }
+        // Scatter the pieces with gaps so adjacent pieces are not adjacent in guest memory.
+        func setUpChain(type: UInt32, writable: Bool) {
+            h.writeHeader(type: type, sector: 4)
+            h.ring.setDescriptor(0, address: H.headerAddr, length: 16, flags: 1, next: 1, table: table)
+            var addr = H.dataAddr, i: UInt16 = 1
+            for (k, len) in pieces.enumerated() {
+                if !writable { try! h.memory.write(bytes: payload[pieces[..<k].reduce(0, +)...].prefix(len), at: addr) }
+                h.ring.setDescriptor(i, address: addr, length: UInt32(len), flags: writable ? 3 : 1, next: i + 1, table: table)
+                addr += UInt64(len) + 64
+                i += 1
+            }
+            h.ring.setDescriptor(i, address: H.statusAddr, length: 1, flags: 2, table: table)
+            h.ring.setDescriptor(0, address: table, length: UInt32(i + 1) * 16, flags: 4)
+        }
+        setUpChain(type: VirtioBlock.requestOut, writable: false)
+        XCTAssertEqual(h.submit(head: 0).status, VirtioBlock.statusOK)
+        let file = disk.contents
+        XCTAssertTrue(Array(file[(4 * 512)..<(4 * 512 + total)]) == payload, "the file holds the pieces in order")
+        XCTAssertEqual(Array(file[(3 * 512)..<(4 * 512)]), virtioSectorPattern(3))
+        XCTAssertEqual(Array(file[(4 * 512 + total)..<(4 * 512 + total + 512)]), virtioSectorPattern(4 + total / 512))
+
+        try h.memory.fill(0xCC, at: H.dataAddr, length: 0x8000)
+        setUpChain(type: VirtioBlock.requestIn, writable: true)
+        let r = h.submit(head: 0)
+        XCTAssertEqual(r.status, VirtioBlock.statusOK)
+        XCTAssertEqual(r.usedLength, UInt32(total + 1))
+        var addr = H.dataAddr, got: [UInt8] = []
+        for len in pieces {
+            got += try h.memory.readBytes(at: addr, count: len)
+            XCTAssertEqual(try h.memory.read(UInt8.self, at: addr + UInt64(len)), 0xCC, "the gap stays untouched")
+            addr += UInt64(len) + 64
+        }
+        XCTAssertTrue(got == payload, "the guest buffers hold what the file holds")
+    }
+}

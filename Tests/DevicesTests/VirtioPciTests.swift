@@ -22,7 +22,8 @@ final class VirtioPciTests: XCTestCase {
         XCTAssertEqual(h.common(c.deviceFeature, size: 4), 0, "no features beyond bit 63")
         let f = lo | hi << 32
         XCTAssertEqual(f, VirtioFeature.version1 | VirtioFeature.eventIndex | VirtioFeature.indirectDescriptors
-                       | 1 << 2 | 1 << 6 | 1 << 9, "VERSION_1, EVENT_IDX, INDIRECT, SEG_MAX, BLK_SIZE, FLUSH")
+                       | 1 << 2 | 1 << 6 | 1 << 9 | 1 << 13 | 1 << 14,
+                       "VERSION_1, EVENT_IDX, INDIRECT, SEG_MAX, BLK_SIZE, FLUSH, DISCARD, WRITE_ZEROES")
         XCTAssertEqual(h.common(c.numQueues, size: 2), 1)
         XCTAssertEqual(h.read(VirtioPciCapType.deviceConfig, 0x0C, size: 4), 254, "seg_max")
         XCTAssertEqual(h.read(VirtioPciCapType.deviceConfig, 0x14, size: 4), 512, "blk_size")

@@ -36,18 +36,29 @@ final class VirtioFakeInterrupts: InterruptController {
 /// A temporary disk image, removed at deinit.
 final class VirtioTempDisk {
     let path: String
-    init(bytes: [UInt8]) {
-        var template = Array("/tmp/swhv-virtio-XXXXXX.img".utf8CString)
+    /// `directory` picks the file system (/tmp: the host's; /dev/shm: tmpfs, which has no
+    /// FALLOC_FL_ZERO_RANGE). The data is fsynced, so its blocks are allocated.
+    init(bytes: [UInt8], directory: String = "/tmp") {
+        var template = Array("\(directory)/swhv-virtio-XXXXXX.img".utf8CString)
         let fd = template.withUnsafeMutableBufferPointer { mkstemps($0.baseAddress!, 4) }
         path = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         bytes.withUnsafeBytes { _ = write(fd, $0.baseAddress, $0.count) }
+        fsync(fd)
         close(fd)
     }
     /// `sectors` sectors where every byte of sector n is UInt8(n & 0xFF) ^ 0x5A.
-    convenience init(sectors: Int) {
-        var b = [UInt8](repeating: 0, count: sectors * 512)
-        for s in 0..<sectors { for i in 0..<512 { b[s * 512 + i] = UInt8(s & 0xFF) ^ 0x5A } }
-        self.init(bytes: b)
+    convenience init(sectors: Int, directory: String = "/tmp") {
+        self.init(bytes: virtioSectorPattern(0, count: sectors), directory: directory)
+    }
+    /// A sparse disk of `sparseBytes` (no data blocks).
+    convenience init(sparseBytes: Int64) {
+        self.init(bytes: [])
+        _ = truncate(path, off_t(sparseBytes))
+    }
+    /// 512-byte blocks the file occupies on the host (st_blocks).
+    var allocatedSectors: Int64 {
+        var st = stat()
+        return stat(path, &st) == 0 ? Int64(st.st_blocks) : -1
     }
     var contents: [UInt8] {
         let fd = open(path, O_RDONLY)

@@ -438,6 +438,126 @@ final class DiskTests: XCTestCase {
         }
     }
 
+    // MARK: Discard and write zeroes
+
+    /// The next byte at or after `offset` that is data, not a hole (lseek SEEK_DATA); the file
+    /// size when only a hole follows.
+    func nextData(_ path: String, from offset: Int) throws -> Int {
+        let fd = open(path, O_RDONLY)
+        guard fd >= 0 else { throw XCTSkip("cannot open \(path)") }
+        defer { close(fd) }
+        let r = lseek(fd, off_t(offset), 3 /* SEEK_DATA */)
+        if r < 0 && errno == ENXIO { return Int(lseek(fd, 0, SEEK_END)) }
+        return Int(r)
+    }
+
+    /// The md5sum of `count` zero bytes.
+    func zeroChecksum(_ dir: URL, count: Int) throws -> String {
+        let z = dir.appendingPathComponent("zeroes").path
+        try Data(count: count).write(to: URL(fileURLWithPath: z))
+        return try checksum(z, tool: "md5sum")
+    }
+
+    /// The Debian kernel negotiates VIRTIO_BLK_F_DISCARD and VIRTIO_BLK_F_WRITE_ZEROES with the
+    /// limits from config space; `blkdiscard` on a range leaves zeroes there, as a hole in the host
+    /// file, and nothing else changes. A read-only disk offers neither and its file stays identical.
+    func testBlkdiscardInTheGuestPunchesAHoleInTheHostFile() throws {
+        let dir = try temporaryDirectory()
+        let img = dir.appendingPathComponent("trim.img").path, ro = dir.appendingPathComponent("ro.img").path
+        let size = 16 << 20
+        var image = Self.pattern(count: size, seed: 0xD15C_A4D)
+        try image.write(to: URL(fileURLWithPath: img))
+        try Self.pattern(count: 1 << 20, seed: 7).write(to: URL(fileURLWithPath: ro))
+        let roSum = try checksum(ro)
+        let zeroSum = try zeroChecksum(dir, count: 4 << 20)
+        XCTAssertEqual(try nextData(img, from: 1 << 20), 1 << 20, "the image starts fully allocated")
+
+        let g = try boot(["--disk", img, "--disk", "\(ro),readonly"])
+        XCTAssertTrue(g.waitForShell(), "no shell; \(g.tail)")
+        let q = "/sys/block/vda/queue"
+        XCTAssertEqual(g.run("cat \(q)/discard_max_bytes \(q)/write_zeroes_max_bytes \(q)/discard_granularity")?
+                        .split(separator: "\n"), ["67108864", "33554432", "4096"],
+                       "the guest took max_discard_sectors, max_write_zeroes_sectors and the alignment")
+        XCTAssertEqual(g.run("cat /sys/block/vdb/queue/discard_max_bytes /sys/block/vdb/queue/write_zeroes_max_bytes")?
+                        .split(separator: "\n"), ["0", "0"], "no discard on the read-only disk")
+
+        XCTAssertEqual(g.runWithStatus("blkdiscard -o \(1 << 20) -l \(4 << 20) /dev/vda")?.status, 0, g.tail)
+        XCTAssertEqual(g.run("dd if=/dev/vda bs=1M skip=1 count=4 iflag=direct 2>/dev/null | md5sum")?.prefix(32).description,
+                       zeroSum, "the guest reads zeroes from the discarded range")
+        XCTAssertNotEqual(g.runWithStatus("blkdiscard /dev/vdb")?.status, 0, "discarding the read-only disk worked")
+        XCTAssertEqual(g.runWithStatus("sync")?.status, 0)
+        g.reboot()
+
+        Self.replace(&image, at: 1 << 20, with: Data(count: 4 << 20))
+        let after = try Data(contentsOf: URL(fileURLWithPath: img))
+        XCTAssertTrue(after == image, "host file differs from the expected image: \(Self.firstDifference(after, image))")
+        XCTAssertEqual(try nextData(img, from: 1 << 20), 5 << 20, "the discarded 4 MiB are a hole in the host file")
+        XCTAssertEqual(try nextData(img, from: 0), 0)
+        XCTAssertEqual(try checksum(ro), roSum, "the read-only disk changed")
+    }
+
+    /// ext4 in the guest: online discard (mount -o discard) and fstrim give free space back to the
+    /// host, and the lazy inode-table initialisation (ext4lazyinit, which uses write-zeroes with
+    /// UNMAP) leaves zeroed holes where mkfs left garbage. e2fsck finds the file system clean.
+    func testExt4DiscardFstrimAndLazyInodeTableZeroingReachTheHost() throws {
+        let dir = try temporaryDirectory()
+        let img = dir.appendingPathComponent("lazy.img").path
+        let mkfs = try hostTool("mkfs.ext4"), dumpe2fs = try hostTool("dumpe2fs"), e2fsck = try hostTool("e2fsck")
+        // Garbage everywhere mkfs does not write; four 16 MiB groups whose inode tables mkfs leaves
+        // uninitialised (lazy_itable_init), as on a large disk.
+        try Data(repeating: 0xA5, count: 64 << 20).write(to: URL(fileURLWithPath: img))
+        let made = try runHost(mkfs, ["-q", "-F", "-b", "4096", "-g", "4096", "-E", "lazy_itable_init=1,nodiscard", img])
+        XCTAssertEqual(made.status, 0, made.stderr)
+
+        /// (group, first block, last block, ITABLE_ZEROED) for each group's inode table.
+        func groups() throws -> [(Int, Int, Int, Bool)] {
+            let out = try runHost(dumpe2fs, [img]).stdout
+            var result: [(Int, Int, Int, Bool)] = []
+            var zeroed = false, group = -1
+            for line in out.split(separator: "\n") {
+                if line.hasPrefix("Group ") {
+                    group = Int(line.dropFirst(6).prefix { $0.isNumber }) ?? -1
+                    zeroed = line.contains("ITABLE_ZEROED")
+                } else if let r = line.range(of: "Inode table at ") {
+                    let range = line[r.upperBound...].prefix { $0.isNumber || $0 == "-" }.split(separator: "-")
+                    if range.count == 2, let a = Int(range[0]), let b = Int(range[1]) { result.append((group, a, b, zeroed)) }
+                }
+            }
+            return result
+        }
+        let before = try groups()
+        XCTAssertEqual(before.count, 4, "dumpe2fs: \(before)")
+        guard let last = before.last, before.count == 4 else { return }
+        XCTAssertFalse(last.3, "mkfs zeroed group \(last.0)'s inode table: the test would prove nothing")
+        let itable = (last.1 * 4096)..<((last.2 + 1) * 4096)
+        let allocatedBefore = try nextData(img, from: itable.lowerBound)
+        XCTAssertEqual(allocatedBefore, itable.lowerBound)
+
+        let g = try boot(["--disk", img])
+        XCTAssertTrue(g.waitForShell(), "no shell; \(g.tail)")
+        XCTAssertEqual(g.runWithStatus("mkdir -p /mnt && mount -t ext4 -o discard,init_itable=0 /dev/vda /mnt")?.status, 0, g.tail)
+        XCTAssertEqual(g.runWithStatus("dd if=/dev/vda of=/mnt/big bs=1M count=16 2>/dev/null && sync")?.status, 0)
+        XCTAssertEqual(g.runWithStatus("rm /mnt/big && sync")?.status, 0)
+        let trimmed = g.run("fstrim -v /mnt", timeout: 120)
+        XCTAssertTrue(trimmed?.contains("bytes trimmed") ?? false, "fstrim: \(trimmed ?? "timeout"); \(g.tail)")
+        // ext4lazyinit starts up to 5 s after the mount, then zeroes one group after another.
+        XCTAssertEqual(g.runWithStatus("sleep 10; sync; umount /mnt", timeout: 180)?.status, 0, g.tail)
+        g.reboot()
+
+        let fsck = try runHost(e2fsck, ["-fn", img])
+        XCTAssertEqual(fsck.status, 0, "e2fsck -fn is not clean:\n\(fsck.stdout)\(fsck.stderr)")
+        let after = try groups()
+        XCTAssertTrue(after.dropFirst().allSatisfy { $0.3 }, "ext4lazyinit did not finish: \(after)")
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: img))
+        XCTAssertTrue(bytes[itable].allSatisfy { $0 == 0 }, "group \(last.0)'s inode table is not zero")
+        XCTAssertGreaterThanOrEqual(try nextData(img, from: itable.lowerBound), itable.upperBound,
+                                    "the inode table was zeroed by writing zeroes, not by WRITE_ZEROES with UNMAP")
+        // fstrim gave the free space back: the file holds little more than the journal and metadata.
+        var st = stat()
+        XCTAssertEqual(stat(img, &st), 0)
+        XCTAssertLessThan(Int(st.st_blocks) * 512, 24 << 20, "host allocation after fstrim: \(Int(st.st_blocks) * 512) bytes")
+    }
+
     // MARK: Bad disks
 
     func assertOneLine(_ stderr: String, mentions: [String], file: StaticString = #filePath, line: UInt = #line) {

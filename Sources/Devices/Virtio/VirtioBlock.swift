@@ -24,7 +24,9 @@ public enum BlockError: Error, Equatable, CustomStringConvertible {
 }
 
 /// virtio-blk (virtio 1.2, 5.2) backed by a host file or block device, with synchronous
-/// pread/pwrite straight into guest memory.
+/// preadv/pwritev straight into guest memory (one system call per request, whatever the number of
+/// descriptors), DISCARD as a punched hole and WRITE_ZEROES as a punched hole or zeroed range.
+/// docs/architecture.md has the measurements behind completing requests on the vCPU thread.
 ///
 /// Request processing (`handle(_:memory:)`) is separate from queue handling (`processQueue`) so the
 /// machine can later move the I/O to another thread without touching the request logic.
@@ -38,18 +40,44 @@ public final class VirtioBlock: VirtioDevice {
     public static let featureReadOnly: UInt64 = 1 << 5
     public static let featureBlockSize: UInt64 = 1 << 6
     public static let featureFlush: UInt64 = 1 << 9
+    public static let featureDiscard: UInt64 = 1 << 13
+    public static let featureWriteZeroes: UInt64 = 1 << 14
 
     // Request types and status values (5.2.6).
     public static let requestIn: UInt32 = 0
     public static let requestOut: UInt32 = 1
     public static let requestFlush: UInt32 = 4
     public static let requestGetID: UInt32 = 8
+    public static let requestDiscard: UInt32 = 11
+    public static let requestWriteZeroes: UInt32 = 13
     public static let statusOK: UInt8 = 0
     public static let statusIOError: UInt8 = 1
     public static let statusUnsupported: UInt8 = 2
 
     /// struct virtio_blk_outhdr: type, reserved (ioprio), sector.
     static let headerSize: UInt64 = 16
+
+    // DISCARD / WRITE_ZEROES limits (config space, 5.2.4). They bound what one request can cost
+    // on the vCPU thread, measured on ext4: punching a hole in 64 MiB of written data 12-16 ms
+    // (256 MiB: 45-73 ms); zeroing 32 MiB with FALLOC_FL_ZERO_RANGE ~2 ms, and with the
+    // last-resort fallback that writes zeroes 2-20 ms.
+    public static let maxDiscardSectors: UInt32 = 1 << 17          // 64 MiB
+    public static let maxDiscardSegments: UInt32 = 16
+    /// 4 KiB, the host file systems' block: smaller holes only zero part of a block.
+    public static let discardSectorAlignment: UInt32 = 8
+    public static let maxWriteZeroesSectors: UInt32 = 1 << 16      // 32 MiB
+    public static let maxWriteZeroesSegments: UInt32 = 1
+    /// struct virtio_blk_discard_write_zeroes: le64 sector, le32 num_sectors, le32 flags.
+    static let rangeSize: UInt64 = 16
+    /// VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP; every other flag bit is reserved.
+    public static let rangeFlagUnmap: UInt32 = 1
+
+    // fallocate(2) modes (linux/falloc.h). Swift's Glibc module leaves out the _GNU_SOURCE parts
+    // of fcntl.h: fallocate itself and these constants.
+    static let fallocKeepSize: Int32 = 0x01
+    static let fallocPunchHole: Int32 = 0x02
+    static let fallocZeroRange: Int32 = 0x10
+    typealias Fallocate = @convention(c) (Int32, Int32, off_t, off_t) -> Int32
 
     public let path: String
     public let isReadOnly: Bool
@@ -59,6 +87,10 @@ public final class VirtioBlock: VirtioDevice {
     private var serialBytes = [UInt8](repeating: 0, count: VirtioBlock.idBytes)
     private var config: [UInt8]
     public private(set) var negotiatedFeatures: UInt64 = 0
+    /// Zeroes for the write-zeroes fallback, allocated the first time it is needed.
+    private var zeroBuffer: UnsafeMutableRawBufferPointer?
+    /// libc's fallocate, looked up when the disk is opened (nil: every mode is unsupported).
+    private let fallocateFunction: Fallocate?
 
     /// Requests completed with an error status, for diagnostics.
     public private(set) var failedRequests = 0
@@ -100,15 +132,20 @@ public final class VirtioBlock: VirtioDevice {
         self.path = path
         self.isReadOnly = readOnly
         self.capacity = bytes / VirtioBlock.sectorSize
-        self.config = VirtioBlock.makeConfig(capacity: bytes / VirtioBlock.sectorSize)
+        self.config = VirtioBlock.makeConfig(capacity: bytes / VirtioBlock.sectorSize, readOnly: readOnly)
+        self.fallocateFunction = dlsym(nil, "fallocate").map { unsafeBitCast($0, to: Fallocate.self) }
         self.serial = serial
     }
 
-    deinit { close(fd) }
+    deinit {
+        close(fd)
+        zeroBuffer?.deallocate()
+    }
 
-    /// struct virtio_blk_config up to blk_size and topology (5.2.4).
-    private static func makeConfig(capacity: UInt64) -> [UInt8] {
-        var c = [UInt8](repeating: 0, count: 0x24)
+    /// struct virtio_blk_config up to write_zeroes_may_unmap (5.2.4). The discard and write-zeroes
+    /// fields stay 0 on a read-only disk, which does not offer those features.
+    private static func makeConfig(capacity: UInt64, readOnly: Bool) -> [UInt8] {
+        var c = [UInt8](repeating: 0, count: 0x3C)
         func put(_ offset: Int, _ value: UInt64, _ width: Int) {
             for i in 0..<width { c[offset + i] = UInt8(truncatingIfNeeded: value >> (8 * UInt64(i))) }
         }
@@ -117,6 +154,14 @@ public final class VirtioBlock: VirtioDevice {
         put(0x0C, UInt64(queueSize) - 2, 4)
         put(0x14, sectorSize, 4)            // blk_size
         put(0x20, 0, 1)                     // writeback: not configurable
+        if !readOnly {
+            put(0x24, UInt64(maxDiscardSectors), 4)
+            put(0x28, UInt64(maxDiscardSegments), 4)
+            put(0x2C, UInt64(discardSectorAlignment), 4)
+            put(0x30, UInt64(maxWriteZeroesSectors), 4)
+            put(0x34, UInt64(maxWriteZeroesSegments), 4)
+            put(0x38, 1, 1)                 // write_zeroes_may_unmap: UNMAP punches a hole
+        }
         return c
     }
 
@@ -127,6 +172,7 @@ public final class VirtioBlock: VirtioDevice {
     public var deviceFeatures: UInt64 {
         var f = VirtioBlock.featureSegMax | VirtioBlock.featureBlockSize | VirtioBlock.featureFlush
         if isReadOnly { f |= VirtioBlock.featureReadOnly }
+        else { f |= VirtioBlock.featureDiscard | VirtioBlock.featureWriteZeroes }
         return f
     }
 
@@ -191,26 +237,17 @@ public final class VirtioBlock: VirtioDevice {
             // Data buffers the device should fill but the driver marked readable: wrong direction.
             guard dataOutLength == 0, let offset = byteOffset(sector: sector, length: dataInLength),
                   let segs = chain.segments(writable: true, offset: 0, length: dataInLength) else { return ioerr }
-            var pos = offset
-            for s in segs {
-                guard let p = memory.hostPointer(s.address, length: s.length),
-                      transfer(p, length: s.length, fileOffset: pos, write: false) else { return ioerr }
-                memory.noteDMAWrite(s.address, length: s.length)  // the guest may execute what it read
-                pos += s.length
-            }
-            return (VirtioBlock.statusOK, dataInLength)
+            let ok = transfer(segs, memory: memory, fileOffset: offset, write: false)
+            // The guest may execute what it read (even part of a failed read landed in its RAM).
+            for s in segs { memory.noteDMAWrite(s.address, length: s.length) }
+            return ok ? (VirtioBlock.statusOK, dataInLength) : ioerr
 
         case VirtioBlock.requestOut:
             guard !isReadOnly, dataInLength == 0,
                   let offset = byteOffset(sector: sector, length: dataOutLength),
                   let segs = chain.segments(writable: false, offset: VirtioBlock.headerSize,
-                                            length: dataOutLength) else { return ioerr }
-            var pos = offset
-            for s in segs {
-                guard let p = memory.hostPointer(s.address, length: s.length),
-                      transfer(p, length: s.length, fileOffset: pos, write: true) else { return ioerr }
-                pos += s.length
-            }
+                                            length: dataOutLength),
+                  transfer(segs, memory: memory, fileOffset: offset, write: true) else { return ioerr }
             return (VirtioBlock.statusOK, 0)
 
         case VirtioBlock.requestFlush:
@@ -231,6 +268,11 @@ public final class VirtioBlock: VirtioDevice {
             }
             return (VirtioBlock.statusOK, n)
 
+        case VirtioBlock.requestDiscard, VirtioBlock.requestWriteZeroes:
+            let status = discardOrWriteZeroes(chain, memory: memory, discard: type == VirtioBlock.requestDiscard,
+                                              payloadLength: dataOutLength, dataInLength: dataInLength)
+            return (status, 0)
+
         default:
             return (VirtioBlock.statusUnsupported, 0)
         }
@@ -245,9 +287,10 @@ public final class VirtioBlock: VirtioDevice {
         return sector * VirtioBlock.sectorSize
     }
 
-    /// Copies the first `length` bytes of the readable stream out of guest memory.
-    private func readStream(_ chain: DescriptorChain, memory: GuestMemory, length: UInt64) -> [UInt8]? {
-        guard let segs = chain.segments(writable: false, offset: 0, length: length) else { return nil }
+    /// Copies `length` bytes of the readable stream, from `offset`, out of guest memory.
+    private func readStream(_ chain: DescriptorChain, memory: GuestMemory, offset: UInt64 = 0,
+                            length: UInt64) -> [UInt8]? {
+        guard let segs = chain.segments(writable: false, offset: offset, length: length) else { return nil }
         var out: [UInt8] = []
         out.reserveCapacity(Int(length))
         for s in segs {
@@ -257,18 +300,150 @@ public final class VirtioBlock: VirtioDevice {
         return out
     }
 
-    /// pread/pwrite of exactly `length` bytes, retrying short transfers and EINTR.
-    private func transfer(_ buffer: UnsafeMutableRawPointer, length: UInt64, fileOffset: UInt64,
-                          write: Bool) -> Bool {
-        var done: UInt64 = 0
-        while done < length {
-            let chunk = Int(min(length - done, 1 << 30))
-            let off = off_t(fileOffset + done)
-            let n = write ? pwrite(fd, buffer + Int(done), chunk, off) : pread(fd, buffer + Int(done), chunk, off)
+    /// preadv/pwritev of the guest buffers `segs` at `fileOffset`, retrying short transfers and
+    /// EINTR. One system call per request instead of one per descriptor: Linux sends a 1 MiB
+    /// O_DIRECT request as 256 page-sized descriptors.
+    private func transfer(_ segs: [(address: UInt64, length: UInt64)], memory: GuestMemory,
+                          fileOffset: UInt64, write: Bool) -> Bool {
+        var iov: [iovec] = []
+        iov.reserveCapacity(segs.count)
+        for s in segs where s.length > 0 {
+            // Segments are at most one descriptor (< 4 GiB), so the length fits in Int.
+            guard let p = memory.hostPointer(s.address, length: s.length) else { return false }
+            iov.append(iovec(iov_base: p, iov_len: Int(s.length)))
+        }
+        var first = 0
+        var pos = fileOffset
+        return iov.withUnsafeMutableBufferPointer { v -> Bool in
+            guard let base = v.baseAddress else { return true }
+            while first < v.count {
+                let count = Int32(min(v.count - first, 1024))
+                let n = write ? pwritev(fd, base + first, count, off_t(pos))
+                              : preadv(fd, base + first, count, off_t(pos))
+                if n < 0 && errno == EINTR { continue }
+                // 0 means the file shrank under us: report an I/O error rather than stale bytes.
+                guard n > 0 else { return false }
+                pos += UInt64(n)
+                // Step over what was transferred (whole buffers, then part of one).
+                var done = n
+                while first < v.count && done >= v[first].iov_len { done -= v[first].iov_len; first += 1 }
+                if done > 0 {
+                    v[first].iov_base = v[first].iov_base.map { $0 + done }
+                    v[first].iov_len -= done
+                }
+            }
+            return true
+        }
+    }
+
+    // MARK: Discard and write zeroes
+
+    /// One struct virtio_blk_discard_write_zeroes, checked to lie inside the disk.
+    private struct SectorRange {
+        let byteOffset: UInt64
+        let byteLength: UInt64
+        let unmap: Bool
+    }
+
+    /// VIRTIO_BLK_T_DISCARD / VIRTIO_BLK_T_WRITE_ZEROES (5.2.6): the payload is an array of
+    /// ranges. Every range is checked before any is applied, so a bad request changes nothing.
+    private func discardOrWriteZeroes(_ chain: DescriptorChain, memory: GuestMemory, discard: Bool,
+                                      payloadLength: UInt64, dataInLength: UInt64) -> UInt8 {
+        let ioerr = VirtioBlock.statusIOError
+        // Not offered on a read-only disk: refused like a write.
+        guard !isReadOnly else { return ioerr }
+        let feature = discard ? VirtioBlock.featureDiscard : VirtioBlock.featureWriteZeroes
+        guard negotiatedFeatures & feature != 0 else { return VirtioBlock.statusUnsupported }
+        let maxSegments = UInt64(discard ? VirtioBlock.maxDiscardSegments : VirtioBlock.maxWriteZeroesSegments)
+        let maxSectors = discard ? VirtioBlock.maxDiscardSectors : VirtioBlock.maxWriteZeroesSectors
+        // Ranges are device-readable; only the status byte is writable. The count is checked
+        // before the payload is copied.
+        guard dataInLength == 0, payloadLength > 0, payloadLength % VirtioBlock.rangeSize == 0,
+              payloadLength / VirtioBlock.rangeSize <= maxSegments,
+              let payload = readStream(chain, memory: memory, offset: VirtioBlock.headerSize,
+                                       length: payloadLength) else { return ioerr }
+
+        func le(_ at: Int, _ width: Int) -> UInt64 {
+            var v: UInt64 = 0
+            for i in 0..<width { v |= UInt64(payload[at + i]) << (8 * UInt64(i)) }
+            return v
+        }
+        var ranges: [SectorRange] = []
+        // Flags first: an unknown flag (or UNMAP on a discard) is UNSUPP whatever the ranges say.
+        for at in stride(from: 0, to: payload.count, by: Int(VirtioBlock.rangeSize)) {
+            let flags = UInt32(le(at + 12, 4))
+            guard flags & ~VirtioBlock.rangeFlagUnmap == 0, !(discard && flags != 0) else {
+                return VirtioBlock.statusUnsupported
+            }
+        }
+        for at in stride(from: 0, to: payload.count, by: Int(VirtioBlock.rangeSize)) {
+            let sector = le(at, 8)
+            let count = UInt32(le(at + 8, 4))
+            let (end, overflow) = sector.addingReportingOverflow(UInt64(count))
+            guard count <= maxSectors, !overflow, end <= capacity else { return ioerr }
+            // sector <= capacity, and capacity * 512 is the disk's size in bytes: no overflow.
+            ranges.append(SectorRange(byteOffset: sector * VirtioBlock.sectorSize,
+                                      byteLength: UInt64(count) * VirtioBlock.sectorSize,
+                                      unmap: UInt32(le(at + 12, 4)) & VirtioBlock.rangeFlagUnmap != 0))
+        }
+        for r in ranges where r.byteLength > 0 {
+            let ok = discard ? discardRange(r) : zeroRange(r)
+            guard ok else { return ioerr }
+        }
+        return VirtioBlock.statusOK
+    }
+
+    /// fallocate(2), retrying EINTR. Returns 0 or the errno.
+    private func fallocateRange(_ mode: Int32, _ r: SectorRange) -> Int32 {
+        guard let fallocate = fallocateFunction else { return ENOSYS }
+        while true {
+            if fallocate(fd, mode, off_t(r.byteOffset), off_t(r.byteLength)) == 0 { return 0 }
+            let e = errno
+            if e != EINTR { return e }
+        }
+    }
+
+    /// The file system (or block device) cannot do this fallocate mode.
+    private static func unsupported(_ e: Int32) -> Bool { e == EOPNOTSUPP || e == ENOSYS || e == EINVAL }
+
+    /// Discard is a hint: a punched hole frees the host's blocks (and reads back zeroes); where
+    /// the host refuses, nothing happens and the request still succeeds.
+    private func discardRange(_ r: SectorRange) -> Bool {
+        let e = fallocateRange(VirtioBlock.fallocPunchHole | VirtioBlock.fallocKeepSize, r)
+        return e == 0 || VirtioBlock.unsupported(e)
+    }
+
+    /// After write-zeroes the range must read zeroes. With UNMAP (write_zeroes_may_unmap is 1) a
+    /// punched hole does it and frees the blocks; without, FALLOC_FL_ZERO_RANGE keeps them
+    /// allocated. Where the host refuses both, zeroes are written.
+    private func zeroRange(_ r: SectorRange) -> Bool {
+        if r.unmap {
+            let e = fallocateRange(VirtioBlock.fallocPunchHole | VirtioBlock.fallocKeepSize, r)
+            if e == 0 { return true }
+            guard VirtioBlock.unsupported(e) else { return false }
+        }
+        let e = fallocateRange(VirtioBlock.fallocZeroRange | VirtioBlock.fallocKeepSize, r)
+        if e == 0 { return true }
+        guard VirtioBlock.unsupported(e) else { return false }
+        return writeZeroes(r)
+    }
+
+    private func writeZeroes(_ r: SectorRange) -> Bool {
+        let chunk = 1 << 20
+        let zeroes: UnsafeMutableRawBufferPointer
+        if let z = zeroBuffer { zeroes = z } else {
+            zeroes = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 4096)
+            zeroes.initializeMemory(as: UInt8.self, repeating: 0)
+            zeroBuffer = zeroes
+        }
+        guard let base = zeroes.baseAddress else { return false }
+        var pos = r.byteOffset
+        let end = r.byteOffset + r.byteLength
+        while pos < end {
+            let n = pwrite(fd, base, Int(min(end - pos, UInt64(chunk))), off_t(pos))
             if n < 0 && errno == EINTR { continue }
-            // 0 means the file shrank under us: report an I/O error rather than stale bytes.
             guard n > 0 else { return false }
-            done += UInt64(n)
+            pos += UInt64(n)
         }
         return true
     }
