@@ -143,6 +143,8 @@ final class OracleVectorTests: XCTestCase {
     func testStack() throws { try runCategory("stack") }
     func testStrings() throws { try runCategory("string") }
     func testSSE() throws { try runCategory("sse") }
+    /// RCPPS/RSQRTPS and scalar forms (gcc -ffast-math vectorised division and sqrtf use them).
+    func testReciprocalEstimates() throws { try runCategory("estimate") }
     func testSequences() throws { try runCategory("sequence") }
 
     /// Fuzzing entry point: scripts/oracle/fuzz.py writes sequences to a file named by

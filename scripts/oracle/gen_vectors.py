@@ -537,6 +537,36 @@ def gen_sse():
         sse(f"cvttsd2si {r(32)}, {xr()}", n=1)
 
 
+def gen_estimates():
+    """RCPPS/RCPSS/RSQRTPS/RSQRTSS. Hardware's estimates are implementation-specific; unicorn (QEMU)
+    computes 1/x and 1/sqrt(x) exactly, which the interpreter follows. Operands stay clear of
+    denormals and of results below 2^-126, where the SDM (denormal operand -> inf, tiny result -> 0)
+    and QEMU differ. Own generator, so adding it leaves the other categories' vectors unchanged."""
+    import struct
+    g = random.Random(5353)
+    def lane():
+        c = g.random()
+        if c < 0.25:
+            v = g.choice([0.0, -0.0, 1.0, -1.0, 4.0, 0.5, 3.0, 1e-30, 1e30, -2.5, float("inf"), float("-inf"),
+                          float("nan"), 2.0 ** -125, 2.0 ** 125, 1.17549435e-38 * 2])
+            return struct.unpack("<I", struct.pack("<f", v))[0]
+        if c < 0.3:
+            return g.choice([0x7FA00000, 0xFFC00001, 0x7FC12345])   # signaling and quiet NaNs
+        exp = g.randrange(127 - 120, 127 + 120)
+        return g.getrandbits(1) << 31 | exp << 23 | g.getrandbits(23)
+    def xmm():
+        return [sum(lane() << (32 * i) for i in range(4)) for _ in range(16)]
+    for op in ["rcpps", "rsqrtps", "rcpss", "rsqrtss"]:
+        for k in range(10):
+            regs = rand_regs()
+            regs[6] &= ~15
+            mx = 0x1F80 | (g.randrange(4) << 13 if k >= 6 else 0)
+            dst, src = g.randrange(16), g.randrange(16)
+            add("estimate", f"{op} xmm{dst}, xmm{src}", regs=regs, xmm=xmm(), mxcsr=mx)
+        add("estimate", f"{op} xmm{g.randrange(16)}, {'xmmword' if op.endswith('ps') else 'dword'} ptr [rsi]",
+            regs=regs, xmm=xmm())
+
+
 # Instruction templates for random sequences: no control flow, no faults, no REP, so unicorn's
 # instruction count equals ours. They exercise lazy-flag hand-offs between instructions.
 def sequence_instruction():
@@ -644,6 +674,7 @@ def main():
     gen_moves()
     gen_stack()
     gen_strings()
+    gen_estimates()
     out = os.path.join("Tests", "X86InterpreterTests", "Vectors")
     os.makedirs(out, exist_ok=True)
     total = 0
