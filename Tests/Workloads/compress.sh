@@ -1,10 +1,10 @@
 # Compressors: exact compressed bytes (hashed) and round trips.
 cd /tmp
 [ -f r.bin ] || { i=0; while [ $i -lt 300 ]; do echo "$i" | sha256sum; i=$((i + 1)); done | cut -c1-64 | xxd -r -p > r.bin; }
-seq 1 20000 | awk '{ print $1 * $1 % 9973, "line", $1 }' > t.txt
-cat t.txt r.bin > mix.bin
+seq 1 6000 | awk '{ print $1 * $1 % 9973, "line", $1 }' > t.txt
+head -c 20000 r.bin | cat t.txt - > mix.bin
 for f in t.txt r.bin mix.bin; do
-    for l in 1 6 9; do echo "gzip -$l $f $(gzip -$l -c < $f | md5sum | cut -c1-32) $(gzip -$l -c < $f | wc -c)"; done
+    echo "gzip $f $(gzip -9 -c < $f | md5sum | cut -c1-32) $(gzip -9 -c < $f | wc -c)"
     echo "bzip2 $f $(bzip2 -9 -c < $f | md5sum | cut -c1-32) $(bzip2 -c < $f | wc -c)"
     echo "lzop $f $(lzop -c < $f | wc -c)"
     echo "gzip rt $(gzip -c < $f | gunzip -c | md5sum)"

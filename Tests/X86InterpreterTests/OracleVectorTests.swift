@@ -145,6 +145,8 @@ final class OracleVectorTests: XCTestCase {
     func testSSE() throws { try runCategory("sse") }
     /// RCPPS/RSQRTPS and scalar forms (gcc -ffast-math vectorised division and sqrtf use them).
     func testReciprocalEstimates() throws { try runCategory("estimate") }
+    /// x87 arithmetic, FSQRT and FST m32/m64 under each FCW rounding control.
+    func testX87RoundingControl() throws { try runCategory("x87round") }
     func testSequences() throws { try runCategory("sequence") }
 
     /// Fuzzing entry point: scripts/oracle/fuzz.py writes sequences to a file named by

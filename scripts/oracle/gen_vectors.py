@@ -567,6 +567,39 @@ def gen_estimates():
             regs=regs, xmm=xmm())
 
 
+def gen_x87_rounding():
+    """x87 arithmetic, FSQRT and stores to double/float under each FCW rounding control (glibc's
+    fesetround sets it; rint/nearbyint and fenv-using code depend on it). Short sequences with
+    their own operands; run to the end address (unicorn's count can stop one short)."""
+    g = random.Random(8787)
+    for k in range(48):
+        rc = k % 4
+        op = ["fdivp st(1), st", "fmulp st(1), st", "faddp st(1), st", "fsubp st(1), st"][(k // 4) % 4]
+        body = [f"mov dword ptr [rsi], {0x037F | rc << 10}", "fldcw word ptr [rsi]",
+                "mov dword ptr [rsi+4], eax", "fild dword ptr [rsi+4]",
+                "mov dword ptr [rsi+8], ecx", "fild dword ptr [rsi+8]", op,
+                "fld st(0)", "fsqrt", "fstp tbyte ptr [rdi]", "fst qword ptr [rdi+16]",
+                "fst dword ptr [rdi+24]", "fstp tbyte ptr [rdi+32]", "fninit"]
+        regs = rand_regs()
+        regs[0] = g.randrange(1, 1 << 31)
+        regs[1] = g.randrange(1, 1 << 31) | 1
+        regs[6] &= ~15
+        regs[7] &= ~15
+        try:
+            code = b"".join(assemble(t) for t in body)
+        except Exception as e:
+            print("skipping (assembler):", e, file=sys.stderr)
+            return
+        f = rand_flags()
+        res = run(code, regs, f, count=0)
+        if res is None or "exception" in res:
+            continue
+        vectors.setdefault("x87round", []).append(dict(
+            asm="; ".join(body), code=code.hex(), count=len(body), regs=[hex(v) for v in regs], rflags=hex(f),
+            undef="0x0", out_regs=[hex(v) for v in res["regs"]], out_rflags=hex(res["rflags"]),
+            out_rip=hex(res["rip"]), out_mem=res["mem"]))
+
+
 # Instruction templates for random sequences: no control flow, no faults, no REP, so unicorn's
 # instruction count equals ours. They exercise lazy-flag hand-offs between instructions.
 def sequence_instruction():
@@ -675,6 +708,7 @@ def main():
     gen_stack()
     gen_strings()
     gen_estimates()
+    gen_x87_rounding()
     out = os.path.join("Tests", "X86InterpreterTests", "Vectors")
     os.makedirs(out, exist_ok=True)
     total = 0
