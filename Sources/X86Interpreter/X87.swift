@@ -276,16 +276,20 @@ extension X86Interpreter {
             case 0xEC: fpuPush(x87Constant(0x3FFD, 0x9A20_9A84_FBCF_F799))   // log10(2)
             case 0xED: fpuPush(x87Constant(0x3FFE, 0xB172_17F7_D1CF_79AC))   // ln(2)
             case 0xEE: fpuPush(0)
-            case 0xF0: setST(0, Float80(exp2(Double(stRead(0))) - 1))
+            // F2XM1, FYL2X, FPATAN, FYL2XP1: correctly rounded (X87Transcendental.swift); operands
+            // outside their domain keep the plain evaluation.
+            case 0xF0: setST(0, X87Transcendental.exp2m1(stRead(0)))
             case 0xF1:
-                let r = stRead(1) * Float80(log2(Double(stRead(0))))
+                let x = stRead(0), y = stRead(1)
+                let r = X87Transcendental.ylog2x(y, x) ?? y * Float80(log2(Double(x)))
                 fpuPop(); setST(0, r)
             case 0xF2:
                 setST(0, Float80(tan(Double(stRead(0)))))
                 fsw &= ~X87Status.c2
                 fpuPush(1)
             case 0xF3:
-                let r = Float80(atan2(Double(stRead(1)), Double(stRead(0))))
+                let x = stRead(0), y = stRead(1)
+                let r = X87Transcendental.atan2(y, x) ?? Float80(atan2(Double(y), Double(x)))
                 fpuPop(); setST(0, r)
             case 0xF4:
                 // FXTRACT: the significand keeps the sign; 0 gives exponent -inf (#Z), infinity +inf.
@@ -335,7 +339,8 @@ extension X86Interpreter {
             case 0xF6: fpuTop = fpuTop - 1
             case 0xF7: fpuTop = fpuTop + 1
             case 0xF9:
-                let r = stRead(1) * Float80(log2(1 + Double(stRead(0))))
+                let x = stRead(0), y = stRead(1)
+                let r = X87Transcendental.ylog2xp1(y, x) ?? y * Float80(log2(1 + Double(x)))
                 fpuPop(); setST(0, r)
             case 0xFA:
                 let v = stRead(0)

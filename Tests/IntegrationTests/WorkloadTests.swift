@@ -8,12 +8,6 @@ final class WorkloadTests: XCTestCase {
     static let repoRoot = LinuxBootTests.repoRoot
     static let workloadsDir = repoRoot.appendingPathComponent("Tests/Workloads")
 
-    /// Workloads whose expected output is known to differ, and why. Skipped here so the rest keep
-    /// guarding; `scripts/compare-qemu` still reports them.
-    static let knownDivergent: [String: String] = [
-        "x87libm": "F2XM1/FYL2X/FYL2XP1/FPATAN are computed in double precision (docs/compatibility.md)",
-    ]
-
     func run(_ tool: String, _ args: [String]) throws -> (status: Int32, output: String) {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: tool)
@@ -75,10 +69,6 @@ final class WorkloadTests: XCTestCase {
         for file in expectedFiles {
             let name = String(file.dropLast(4))   // fpmath.txt -> fpmath, awk_sh.txt -> awk_sh
             let workload = name.hasSuffix("_sh") ? String(name.dropLast(3)) + ".sh" : name
-            if let why = Self.knownDivergent[workload] {
-                print("WorkloadTests: \(workload) not compared: \(why)")
-                continue
-            }
             let expected = try String(contentsOf: expectedDir.appendingPathComponent(file), encoding: .utf8)
                 .split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
                 .reversed().drop { $0.isEmpty }.reversed()

@@ -28,7 +28,7 @@ static long double atan_(long double x) { return atanl(x); }
 static long double atan2_(long double x) { return atan2l(x, 3); }
 static long double exp2_(long double x) { return exp2l(x / 3); }
 static long double log2_(long double x) { return log2l(x); }
-static long double log1p_(long double x) { return log1pl(x / 50); }
+static long double log1p_(long double x) { return log1pl(x / 60); }   // x / 50 meets a near-tie QEMU rounds the wrong way (docs/compatibility.md)
 static long double expm1_(long double x) { return expm1l(x / 100); }
 
 int main(void) {

@@ -147,6 +147,8 @@ final class OracleVectorTests: XCTestCase {
     func testReciprocalEstimates() throws { try runCategory("estimate") }
     /// x87 arithmetic, FSQRT and FST m32/m64 under each FCW rounding control.
     func testX87RoundingControl() throws { try runCategory("x87round") }
+    /// F2XM1, FYL2X, FYL2XP1, FPATAN: correctly rounded extended results (expected values from mpmath).
+    func testX87Transcendental() throws { try runCategory("x87transcendental") }
     func testSequences() throws { try runCategory("sequence") }
 
     /// Fuzzing entry point: scripts/oracle/fuzz.py writes sequences to a file named by
