@@ -149,6 +149,8 @@ final class OracleVectorTests: XCTestCase {
     func testX87RoundingControl() throws { try runCategory("x87round") }
     /// F2XM1, FYL2X, FYL2XP1, FPATAN: correctly rounded extended results (expected values from mpmath).
     func testX87Transcendental() throws { try runCategory("x87transcendental") }
+    /// RDMSR IA32_PLATFORM_ID reads 0 (no #GP: the generic Debian kernel warned with a call trace).
+    func testPlatformIDMSR() throws { try runCategory("msr") }
     func testSequences() throws { try runCategory("sequence") }
 
     /// Fuzzing entry point: scripts/oracle/fuzz.py writes sequences to a file named by

@@ -673,6 +673,15 @@ def gen_x87_transcendental():
             out_rip=hex(res["rip"]), out_mem=sorted([a, b] for a, b in mem.items())))
 
 
+def gen_msr():
+    """RDMSR of IA32_PLATFORM_ID (0x17): Linux's Intel microcode driver reads it on every family-6+
+    or model-5+ Intel CPU; a #GP there is a kernel warning with a call trace."""
+    for _ in range(3):
+        regs = rand_regs()
+        regs[1] = 0x17
+        add("msr", "rdmsr", regs=regs)
+
+
 # Instruction templates for random sequences: no control flow, no faults, no REP, so unicorn's
 # instruction count equals ours. They exercise lazy-flag hand-offs between instructions.
 def sequence_instruction():
@@ -783,6 +792,7 @@ def main():
     gen_estimates()
     gen_x87_rounding()
     gen_x87_transcendental()
+    gen_msr()
     out = os.path.join("Tests", "X86InterpreterTests", "Vectors")
     os.makedirs(out, exist_ok=True)
     total = 0
