@@ -31,7 +31,7 @@ final class WorkloadTests: XCTestCase {
               FileManager.default.fileExists(atPath: Self.repoRoot.appendingPathComponent("fixtures/busybox").path) else {
             throw XCTSkip("fixtures/vmlinuz-cloud or fixtures/busybox missing: run scripts/fetch-guest")
         }
-        for tool in ["gcc", "cpio"] where (try? run("/usr/bin/env", ["which", tool]).status) != 0 {
+        for tool in ["gcc", "cpio", "python3"] where (try? run("/usr/bin/env", ["which", tool]).status) != 0 {
             throw XCTSkip("\(tool) missing: the workload initramfs is built on the host (apt-get install \(tool))")
         }
         let expectedDir = Self.workloadsDir.appendingPathComponent("expected")
@@ -55,8 +55,10 @@ final class WorkloadTests: XCTestCase {
         var sections: [String: [String]] = [:]
         var current: String?
         var body: [String] = []
-        for raw in s.text.split(separator: "\n", omittingEmptySubsequences: false) {
-            let line = raw.hasSuffix("\r") ? String(raw.dropLast()) : String(raw)
+        // (In Swift "\r\n" is one Character, so normalise before splitting on "\n".)
+        let console = s.text.replacingOccurrences(of: "\r\n", with: "\n")
+        for raw in console.split(separator: "\n", omittingEmptySubsequences: false) {
+            let line = String(raw)
             if let r = line.range(of: "SWHV-W-BEGIN ") {
                 current = String(line[r.upperBound...]); body = []
             } else if let name = current, let r = line.range(of: "SWHV-W-END \(name) ") {
