@@ -109,6 +109,12 @@ enum X87Transcendental {
         return sum * DF(2)
     }
 
+    /// y · v rounded once. Dekker's split of y would overflow near the top of the range, so a huge
+    /// y is scaled down first and the exact product scaled back.
+    static func product(_ y: Float80, _ v: DF) -> Float80 {
+        abs(y) > 0x1p16000 ? (DF(y * 0x1p-64) * v).scaled(by: 64).value : (DF(y) * v).value
+    }
+
     /// y · log2(x) (FYL2X) for finite y and positive normal finite x.
     static func ylog2x(_ y: Float80, _ x: Float80) -> Float80? {
         guard y.isFinite, x.isFinite, x > 0 else { return nil }
@@ -119,7 +125,7 @@ enum X87Transcendental {
         // m - 1 is exact (Sterbenz); m + 1 is carried exactly as a sum.
         let ln = logNear1(numerator: DF(m - 1), denominator: DF.twoSum(m, 1))
         let log2x = DF(Float80(e)) + ln / DF.ln2
-        return (DF(y) * log2x).value
+        return product(y, log2x)
     }
 
     /// y · log2(1 + x) (FYL2XP1) for finite y and |x| < 1 - √½.
@@ -127,7 +133,7 @@ enum X87Transcendental {
         guard y.isFinite, x.isFinite, abs(x) < 0.29289321881345247560, x != 0 else { return nil }
         // ln(1 + x) = 2·atanh(x / (2 + x)).
         let ln = logNear1(numerator: DF(x), denominator: DF.twoSum(2, x))
-        return (DF(y) * (ln / DF.ln2)).value
+        return product(y, ln / DF.ln2)
     }
 
     /// atan2(y, x) (FPATAN: ST1 = atan(ST1/ST0) in the quadrant of the signs) for finite nonzero y and x.
@@ -135,7 +141,14 @@ enum X87Transcendental {
         guard y.isFinite, x.isFinite, y != 0, x != 0 else { return nil }
         let ay = abs(y), ax = abs(x)
         let swap = ay > ax
-        var z = swap ? DF(ax) / DF(ay) : DF(ay) / DF(ax)   // in (0, 1]
+        // z = small / large in (0, 1], divided as significands in [1, 2) so no step overflows.
+        let (small, large) = swap ? (ax, ay) : (ay, ax)
+        func significand(_ v: Float80) -> (Float80, Int) {
+            let n = v.isSubnormal ? v * 0x1p64 : v
+            return (n.significand, Int(n.exponent) - (v.isSubnormal ? 64 : 0))
+        }
+        let (ms, es) = significand(small), (ml, el) = significand(large)
+        var z = (DF(ms) / DF(ml)).scaled(by: es - el)
         // atan(z) = 2·atan(z / (1 + √(1 + z²))), three times: z ≤ tan(π/32) ≈ 0.0985.
         for _ in 0..<3 { z = z / (DF(1) + (DF(1) + z * z).squareRoot()) }
         let z2 = z * z

@@ -634,6 +634,9 @@ def gen_x87_transcendental():
         cases.append(("fyl2x", (16383, 1 << 63 | g.getrandbits(12)), operand(-2, 2)))   # x just above 1
         cases.append(("fyl2xp1", operand(-60, -2), operand(-4, 4)))
         cases.append(("fpatan", operand(-20, 20), operand(-20, 20)))
+    for _ in range(4):   # the extremes of the exponent range (Dekker's split must not overflow)
+        cases.append(("fpatan", operand(16000, 16383), operand(16000, 16383)))
+        cases.append(("fyl2x", operand(-30, 30, False), operand(16000, 16383)))
     for op, x, y in cases:
         body = [f"mov rax, {x[1]:#x}", "mov qword ptr [rsi], rax", f"mov word ptr [rsi+8], {x[0]:#x}"]
         if y:
