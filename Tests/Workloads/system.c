@@ -16,6 +16,9 @@
 #include <unistd.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <spawn.h>
+
+extern char **environ;
 
 static sigjmp_buf jb;
 static volatile sig_atomic_t got_sig, got_code;
@@ -164,5 +167,27 @@ int main(void) {
     uint64_t v = 5; uint64_t old = __sync_val_compare_and_swap(&v, 5, 9);
     printf("cas old %" PRIu64 " new %" PRIu64 " xadd %" PRIu64 "\n", old, v, __atomic_fetch_add(&v, 3, __ATOMIC_SEQ_CST));
     printf("errno %d %s\n", (close(-1), errno), strerror(EBADF));
+
+    // Generated code: write a function into an executable mapping, run it, patch it, run it again
+    // (a JIT's pattern: the emulator must not run stale decoded instructions).
+    unsigned char *jit = mmap(0, 4096, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    static const unsigned char fn[] = { 0x8D, 0x04, 0x3F, 0x05, 0x11, 0x22, 0x33, 0x44, 0xC3 };   // lea eax,[rdi+rdi]; add eax,imm32; ret
+    memcpy(jit, fn, sizeof fn);
+    int (*f)(int) = (int (*)(int))jit;
+    int r1 = f(5);
+    jit[4] = 0x55; jit[1] = 0x04; jit[2] = 0x7F;   // new immediate; lea eax,[rdi+rdi*2]
+    int r2 = f(5);
+    mprotect(jit, 4096, PROT_READ | PROT_WRITE);
+    jit[0] = 0x8D; jit[3] = 0x2D;   // add -> sub
+    mprotect(jit, 4096, PROT_READ | PROT_EXEC);
+    int r3 = f(5);
+    printf("jit %#x %#x %#x\n", r1, r2, r3);
+
+    // posix_spawn and system(): a child program through the shell.
+    pid_t sp; char *argv[] = { "/bin/sh", "-c", "echo spawned $((40 + 2)); exit 7", 0 };
+    posix_spawn(&sp, "/bin/sh", 0, 0, argv, environ);
+    waitpid(sp, &st, 0);
+    printf("posix_spawn status %d\n", WEXITSTATUS(st));
+    printf("system status %d\n", WEXITSTATUS(system("echo from system; exit 3")));
     return 0;
 }
