@@ -2,6 +2,7 @@
 
 enum MSR {
     static let tsc: UInt32 = 0x10
+    static let platformID: UInt32 = 0x17
     static let apicBase: UInt32 = 0x1B
     static let featureControl: UInt32 = 0x3A
     static let biosSignID: UInt32 = 0x8B
@@ -77,6 +78,7 @@ extension X86Interpreter {
     func readMSR(_ index: UInt32) throws(Fault) -> UInt64 {
         switch index {
         case MSR.tsc: return tsc
+        case MSR.platformID: return 0   // read-only; Linux's Intel microcode driver reads it
         case MSR.apicBase: return apic.baseMSR
         case MSR.featureControl: return 1   // locked, VMX off
         case MSR.biosSignID: return 0

@@ -248,6 +248,8 @@ extension X86Interpreter {
             setReg64(d.pointee.reg, m)
         case 0x51, 0x58, 0x59, 0x5C, 0x5D, 0x5E, 0x5F:
             try floatArithmetic(d, opcode, prefix, dst)
+        case 0x52, 0x53:  // RSQRTPS/SS, RCPPS/SS (SSEEstimates.swift)
+            try reciprocalEstimate(d, opcode, prefix, dst)
         case 0x54, 0x55, 0x56, 0x57:  // ANDPS/ANDNPS/ORPS/XORPS (and PD)
             let a = xmm128(dst), b = try sseSource(d)
             let r: V128

@@ -4,8 +4,9 @@ import Glibc
 
 // x87 floating point (D8-DF) on the host's 80-bit Float80. Registers live in the FXSAVE image in
 // physical order (32 + 16 * physical index); FXSAVE/FXRSTOR rotate them to ST(i) order. The
-// abridged tag byte marks valid physical registers. Rounding and precision control are not
-// applied (the default, round-to-nearest extended, is what Linux and glibc use).
+// abridged tag byte marks valid physical registers. Rounding control applies to the arithmetic,
+// FSQRT and stores to float/double (fesetround/fesetenv change it: glibc's rint, fenv tests);
+// precision control is not applied (glibc and Linux keep extended precision).
 
 enum X87Status {
     static let ie: UInt16 = 1, de: UInt16 = 2, ze: UInt16 = 4, oe: UInt16 = 8, ue: UInt16 = 16, pe: UInt16 = 32
@@ -135,8 +136,24 @@ extension X86Interpreter {
         setArithFlags(f)
     }
 
+    /// Runs `body` with the host's rounding mode set to FCW.RC: the host's x87 performs the
+    /// Float80 operations and conversions, so they round as the guest asked.
+    @inline(__always)
+    func withX87Rounding<R>(_ body: () -> R) -> R {
+        let rc = Int(fcw >> 10) & 3
+        if rc == 0 { return body() }
+        // glibc's FE_DOWNWARD, FE_UPWARD, FE_TOWARDZERO are the RC field values in place.
+        fesetround(Int32(rc) << 10)
+        defer { fesetround(0) }
+        return body()
+    }
+
     /// The eight arithmetic operations selected by ModRM.reg: ADD MUL COM COMP SUB SUBR DIV DIVR.
     func fpuArith(_ op: Int, _ a: Float80, _ b: Float80) -> Float80 {
+        withX87Rounding { fpuArithNearest(op, a, b) }
+    }
+
+    private func fpuArithNearest(_ op: Int, _ a: Float80, _ b: Float80) -> Float80 {
         switch op {
         case 0: return a + b
         case 1: return a * b
@@ -187,7 +204,8 @@ extension X86Interpreter {
             }
         case (1, 0): fpuPush(Float80(Float(bitPattern: try read(la, UInt32.self))))
         case (1, 2), (1, 3):
-            try write(la, Float(stRead(0)).bitPattern)
+            let v = stRead(0)
+            try write(la, withX87Rounding { Float(v) }.bitPattern)
             if reg == 3 { fpuPop() }
         case (1, 4), (5, 4): try fpuLoadEnvironment(la, d, withRegisters: opcode == 5)
         case (1, 5): fcw = try read(la, UInt16.self) | 0x40
@@ -207,7 +225,8 @@ extension X86Interpreter {
             try write(la, UInt64(bitPattern: toInteger(stRead(0), bits: 64, truncate: true)))
             fpuPop()
         case (5, 2), (5, 3):
-            try write(la, Double(stRead(0)).bitPattern)
+            let v = stRead(0)
+            try write(la, withX87Rounding { Double(v) }.bitPattern)
             if reg == 3 { fpuPop() }
         case (5, 7): try write(la, fsw)
         case (7, 0): fpuPush(Float80(Int16(bitPattern: try read(la, UInt16.self))))
@@ -257,16 +276,20 @@ extension X86Interpreter {
             case 0xEC: fpuPush(x87Constant(0x3FFD, 0x9A20_9A84_FBCF_F799))   // log10(2)
             case 0xED: fpuPush(x87Constant(0x3FFE, 0xB172_17F7_D1CF_79AC))   // ln(2)
             case 0xEE: fpuPush(0)
-            case 0xF0: setST(0, Float80(exp2(Double(stRead(0))) - 1))
+            // F2XM1, FYL2X, FPATAN, FYL2XP1: correctly rounded (X87Transcendental.swift); operands
+            // outside their domain keep the plain evaluation.
+            case 0xF0: setST(0, X87Transcendental.exp2m1(stRead(0)))
             case 0xF1:
-                let r = stRead(1) * Float80(log2(Double(stRead(0))))
+                let x = stRead(0), y = stRead(1)
+                let r = X87Transcendental.ylog2x(y, x) ?? y * Float80(log2(Double(x)))
                 fpuPop(); setST(0, r)
             case 0xF2:
                 setST(0, Float80(tan(Double(stRead(0)))))
                 fsw &= ~X87Status.c2
                 fpuPush(1)
             case 0xF3:
-                let r = Float80(atan2(Double(stRead(1)), Double(stRead(0))))
+                let x = stRead(0), y = stRead(1)
+                let r = X87Transcendental.atan2(y, x) ?? Float80(atan2(Double(y), Double(x)))
                 fpuPop(); setST(0, r)
             case 0xF4:
                 // FXTRACT: the significand keeps the sign; 0 gives exponent -inf (#Z), infinity +inf.
@@ -316,9 +339,12 @@ extension X86Interpreter {
             case 0xF6: fpuTop = fpuTop - 1
             case 0xF7: fpuTop = fpuTop + 1
             case 0xF9:
-                let r = stRead(1) * Float80(log2(1 + Double(stRead(0))))
+                let x = stRead(0), y = stRead(1)
+                let r = X87Transcendental.ylog2xp1(y, x) ?? y * Float80(log2(1 + Double(x)))
                 fpuPop(); setST(0, r)
-            case 0xFA: setST(0, stRead(0).squareRoot())
+            case 0xFA:
+                let v = stRead(0)
+                setST(0, withX87Rounding { v.squareRoot() })
             case 0xFB:
                 let v = Double(stRead(0))
                 setST(0, Float80(sin(v)))

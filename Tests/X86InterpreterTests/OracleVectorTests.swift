@@ -162,6 +162,14 @@ final class OracleVectorTests: XCTestCase {
     func testStrings() throws { try runCategory("string") }
     func testSSE() throws { try runCategory("sse") }
     func testMMX() throws { try runCategory("mmx") }
+    /// RCPPS/RSQRTPS and scalar forms (gcc -ffast-math vectorised division and sqrtf use them).
+    func testReciprocalEstimates() throws { try runCategory("estimate") }
+    /// x87 arithmetic, FSQRT and FST m32/m64 under each FCW rounding control.
+    func testX87RoundingControl() throws { try runCategory("x87round") }
+    /// F2XM1, FYL2X, FYL2XP1, FPATAN: correctly rounded extended results (expected values from mpmath).
+    func testX87Transcendental() throws { try runCategory("x87transcendental") }
+    /// RDMSR IA32_PLATFORM_ID reads 0 (no #GP: the generic Debian kernel warned with a call trace).
+    func testPlatformIDMSR() throws { try runCategory("msr") }
     func testSequences() throws { try runCategory("sequence") }
 
     /// Fuzzing entry point: scripts/oracle/fuzz.py writes sequences to a file named by
