@@ -42,7 +42,7 @@ struct BlockRef {
 
 enum BlockCache {
     static let slots = 1 << 16
-    static let poolSize = 1 << 20
+    static let poolSize = 1 << 19
     static let maxBlock = 48
 }
 
