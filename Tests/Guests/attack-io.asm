@@ -319,18 +319,7 @@ main:
     jmp halt
 
 ; ---- helpers ----
-xorshift:                           ; R15D = next xorshift32, also in EAX
-    mov eax, r15d
-    shl eax, 13
-    xor r15d, eax
-    mov eax, r15d
-    shr eax, 17
-    xor r15d, eax
-    mov eax, r15d
-    shl eax, 5
-    xor r15d, eax
-    mov eax, r15d
-    ret
+%include "include/xorshift.inc"
 
 ; PORTMAP[port]: bit 0 = claimed by a device on either backend, bit 1 = left alone by the storm.
 build_portmap:

@@ -837,18 +837,7 @@ cfg_write32:                        ; EDI = device << 11 | register, EAX = value
     pop rdx
     ret
 
-xorshift:                           ; R15D = next xorshift32, also in EAX
-    mov eax, r15d
-    shl eax, 13
-    xor r15d, eax
-    mov eax, r15d
-    shr eax, 17
-    xor r15d, eax
-    mov eax, r15d
-    shl eax, 5
-    xor r15d, eax
-    mov eax, r15d
-    ret
+%include "include/xorshift.inc"
 
 cfg_read8:                          ; EDI = device << 11 | register -> EAX (zero-extended byte)
     push rcx
