@@ -165,20 +165,8 @@ extension X86Interpreter {
         case .or64RR: let (a, b) = rr64(d); let r = a | b; setReg64(d.pointee.rm, r); setCC(CC.logic, 3, dst: r, src: 0)
         case .xor64RR: let (a, b) = rr64(d); let r = a ^ b; setReg64(d.pointee.rm, r); setCC(CC.logic, 3, dst: r, src: 0)
         case .test64RR: let (a, b) = rr64(d); setCC(CC.logic, 3, dst: a & b, src: 0)
-        case .adc64RR:
-            let (a, b) = rr64(d)
-            let c: UInt64 = carryFlag ? 1 : 0
-            let r = a &+ b &+ c
-            setReg64(d.pointee.rm, r)
-            st.pointee.ccSrc2 = c
-            setCC(CC.adc, 3, dst: r, src: b)
-        case .sbb64RR:
-            let (a, b) = rr64(d)
-            let c: UInt64 = carryFlag ? 1 : 0
-            let r = a &- b &- c
-            setReg64(d.pointee.rm, r)
-            st.pointee.ccSrc2 = c
-            setCC(CC.sbb, 3, dst: r, src: b)
+        case .adc64RR: let (a, b) = rr64(d); setReg64(d.pointee.rm, alu(AluKind.adc, a, b))
+        case .sbb64RR: let (a, b) = rr64(d); setReg64(d.pointee.rm, alu(AluKind.sbb, a, b))
 
         case .add32RR: let (a, b) = rr32(d); let r = a &+ b; setReg32(d.pointee.rm, r); setCC(CC.add, 2, dst: UInt64(r), src: UInt64(b))
         case .sub32RR: let (a, b) = rr32(d); let r = a &- b; setReg32(d.pointee.rm, r); setCC(CC.sub, 2, dst: UInt64(r), src: UInt64(b))
@@ -313,13 +301,7 @@ extension X86Interpreter {
         case .lea32:
             setReg64(d.pointee.reg, (UInt64(bitPattern: Int64(d.pointee.disp)) &+ reg64(d.pointee.base)
                 &+ (reg64(d.pointee.index) &<< UInt64(d.pointee.scale))) & 0xFFFF_FFFF)
-        case .adc64RI:
-            let a = reg64(d.pointee.rm), b = d.pointee.imm
-            let c: UInt64 = carryFlag ? 1 : 0
-            let r = a &+ b &+ c
-            setReg64(d.pointee.rm, r)
-            st.pointee.ccSrc2 = c
-            setCC(CC.adc, 3, dst: r, src: b)
+        case .adc64RI: setReg64(d.pointee.rm, alu(AluKind.adc, reg64(d.pointee.rm), d.pointee.imm))
         case .cmp64MR:
             let a = try read(linearAddress64(d), UInt64.self), b = reg64(d.pointee.reg)
             setCC(CC.sub, 3, dst: a &- b, src: b)
