@@ -412,11 +412,12 @@ extension X86Interpreter {
         return wide ? UInt64(bitPattern: Int64(r)) : UInt64(UInt32(bitPattern: Int32(r)))
     }
 
-    /// `x` (exact in Float80) rounded to Float as MXCSR.RC says. The host's conversion may run under
-    /// round-to-nearest whatever fesetround said (the compiler assumes the default FP environment
-    /// and may move it), so a result on the wrong side of `x` is stepped by one ulp.
-    func roundToFloat(_ x: Float80) -> Float {
-        var f = Float(x)
+    /// `x` (exact in Float80) rounded to Float or Double as MXCSR.RC says. The host's conversion may
+    /// run under round-to-nearest whatever fesetround said (the compiler assumes the default FP
+    /// environment and may move it), so a result on the wrong side of `x` is stepped by one ulp.
+    @inline(__always)
+    func roundByMXCSR<F: BinaryFloatingPoint>(_ x: Float80, to _: F.Type) -> F {
+        var f = F(x)
         if x.isNaN { return f }
         switch (mxcsr >> 13) & 3 {
         case 1: if Float80(f) > x { f = f.nextDown }
@@ -426,17 +427,8 @@ extension X86Interpreter {
         }
         return f
     }
-    func roundToDouble(_ x: Float80) -> Double {
-        var f = Double(x)
-        if x.isNaN { return f }
-        switch (mxcsr >> 13) & 3 {
-        case 1: if Float80(f) > x { f = f.nextDown }
-        case 2: if Float80(f) < x { f = f.nextUp }
-        case 3: if abs(Float80(f)) > abs(x) { f = f > 0 ? f.nextDown : f.nextUp }
-        default: break
-        }
-        return f
-    }
+    func roundToFloat(_ x: Float80) -> Float { roundByMXCSR(x, to: Float.self) }
+    func roundToDouble(_ x: Float80) -> Double { roundByMXCSR(x, to: Double.self) }
 
     /// DAZ: a denormal source operand reads as a zero of its sign.
     @inline(__always)
