@@ -37,7 +37,8 @@ final class BadInvocationTests: XCTestCase {
 
     struct Outcome { let status: Int32; let stderr: String; let stdout: String; let seconds: Double }
 
-    func swhv(_ args: [String], timeout: Double = 10) throws -> Outcome {
+    /// Runs the swhv binary with `args` and no input; a run longer than `timeout` fails the test.
+    static func swhv(_ args: [String], timeout: Double = 10) throws -> Outcome {
         guard let bin = Self.binary else { throw XCTSkip("swhv binary not built (run scripts/test)") }
         let p = Process()
         p.executableURL = bin
@@ -78,7 +79,7 @@ final class BadInvocationTests: XCTestCase {
     }
 
     func assertOneLineFailure(_ args: [String], mentions: String, file: StaticString = #filePath, line: UInt = #line) throws {
-        let r = try swhv(args)
+        let r = try Self.swhv(args)
         XCTAssertEqual(r.status, 1, "exit status for \(args): stderr=\(r.stderr)", file: file, line: line)
         let lines = r.stderr.split(separator: "\n", omittingEmptySubsequences: true)
             .map { $0.trimmingCharacters(in: CharacterSet(charactersIn: "\r")) }
@@ -217,7 +218,7 @@ final class BadInvocationTests: XCTestCase {
         let cases = try badCases()
         XCTAssertGreaterThanOrEqual(cases.count, 20)
         for c in cases {
-            let r = try swhv(c.args)
+            let r = try Self.swhv(c.args)
             XCTAssertEqual(r.status, c.status, "\(c.name): exit status; stderr=\(r.stderr)")
             let lines = r.stderr.split(separator: "\n", omittingEmptySubsequences: true)
                 .map { $0.trimmingCharacters(in: CharacterSet(charactersIn: "\r")) }
@@ -249,13 +250,13 @@ final class BadInvocationTests: XCTestCase {
     }
 
     func testMissingKernelOptionIsAUsageError() throws {
-        let r = try swhv(["boot"])
+        let r = try Self.swhv(["boot"])
         XCTAssertNotEqual(r.status, 0)
         XCTAssertTrue(r.stderr.contains("--kernel"), r.stderr)
     }
 
     func testHelpExplainsTheOptions() throws {
-        let r = try swhv(["boot", "--help"])
+        let r = try Self.swhv(["boot", "--help"])
         XCTAssertEqual(r.status, 0)
         for opt in ["--kernel", "--initrd", "--cmdline", "--memory", "--accel", "Ctrl-A x"] {
             XCTAssertTrue(r.stdout.contains(opt), "help should mention \(opt)")

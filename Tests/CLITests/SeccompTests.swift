@@ -4,21 +4,7 @@ import XCTest
 /// The seccomp filter `swhv boot` installs before the guest runs, exercised through the hidden
 /// `swhv seccomp-check CALL`, which installs the same filter and then makes one system call.
 final class SeccompTests: XCTestCase {
-    func run(_ args: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
-        guard let bin = BadInvocationTests.binary else { throw XCTSkip("swhv binary not built (run scripts/test)") }
-        let p = Process()
-        p.executableURL = bin
-        p.arguments = args
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        p.standardInput = FileHandle.nullDevice
-        try p.run()
-        p.waitUntilExit()
-        return (p.terminationStatus,
-                String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self),
-                String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
-    }
+    func run(_ args: [String]) throws -> BadInvocationTests.Outcome { try BadInvocationTests.swhv(args) }
 
     func testCallsTheRunLoopNeedsStillWork() throws {
         let r = try run(["seccomp-check", "allowed"])
