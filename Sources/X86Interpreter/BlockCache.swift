@@ -80,9 +80,8 @@ extension X86Interpreter {
             // Executing from MMIO (ROM, device memory): decode one instruction without caching.
             return try decodeUncached(la: la)
         }
-        if poolUsed + BlockCache.maxBlock > BlockCache.poolSize || Int(blocksDecoded) >= BlockCache.poolSize {
-            flushCodeCache()
-        }
+        // Every block holds at least one instruction, so block ids (and links) stay below poolSize too.
+        if poolUsed + BlockCache.maxBlock > BlockCache.poolSize { flushCodeCache() }
         let base = pool + poolUsed
         // Decode by page offset: in 64-bit code a block is a trace that follows direct jumps and
         // calls, and the not-taken side of conditional branches, as long as they stay in this page.

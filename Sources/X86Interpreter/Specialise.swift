@@ -56,16 +56,12 @@ extension DecodedInsn {
                 op = sub == AluKind.cmp ? (wide ? .cmp64MR : .cmp32MR) : (wide ? .alu64MR : .alu32MR)
                 return
             }
-            guard !mem else { return }
-            let table64: [Op] = [.add64RR, .or64RR, .adc64RR, .sbb64RR, .and64RR, .sub64RR, .xor64RR, .cmp64RR]
-            let table32: [Op?] = [.add32RR, .or32RR, nil, nil, .and32RR, .sub32RR, .xor32RR, .cmp32RR]
-            if wide { op = table64[Int(sub & 7)] } else if let o = table32[Int(sub & 7)] { op = o }
+            guard !mem, let o = (wide ? Op.aluRR64 : Op.aluRR32)[Int(sub & 7)] else { return }
+            op = o
         case .aluGE:
             if !mem {
-                let table64: [Op] = [.add64RR, .or64RR, .adc64RR, .sbb64RR, .and64RR, .sub64RR, .xor64RR, .cmp64RR]
-                let table32: [Op?] = [.add32RR, .or32RR, nil, nil, .and32RR, .sub32RR, .xor32RR, .cmp32RR]
-                if wide { swap(&reg, &rm); op = table64[Int(sub & 7)] }
-                else if let o = table32[Int(sub & 7)] { swap(&reg, &rm); op = o }
+                // G op= E: swapped into the RR forms' E op= G.
+                if let o = (wide ? Op.aluRR64 : Op.aluRR32)[Int(sub & 7)] { swap(&reg, &rm); op = o }
             } else if wide && mem64 && sub == AluKind.add {
                 op = .add64RM
             } else if wide && mem64 && sub == AluKind.cmp {
@@ -73,10 +69,7 @@ extension DecodedInsn {
             }
         case .aluEI:
             if !mem {
-                let table64: [Op?] = [.add64RI, .or64RI, nil, nil, .and64RI, .sub64RI, .xor64RI, .cmp64RI]
-                let table32: [Op?] = [.add32RI, .or32RI, nil, nil, .and32RI, .sub32RI, .xor32RI, .cmp32RI]
-                if let o = (wide ? table64 : table32)[Int(sub & 7)] { op = o }
-                if wide && sub == AluKind.adc { op = .adc64RI }
+                if let o = (wide ? Op.aluRI64 : Op.aluRI32)[Int(sub & 7)] { op = o }
             } else if mem64 && sub == AluKind.cmp {
                 op = wide ? .cmp64MI : .cmp32MI
             } else if mem64 {
@@ -124,11 +117,16 @@ extension DecodedInsn {
 }
 
 extension X86Interpreter {
+    /// Effective address of a 64-bit-addressed memory operand (no truncation to do).
+    @inline(__always)
+    func effectiveAddress64(_ d: UnsafePointer<DecodedInsn>) -> UInt64 {
+        UInt64(bitPattern: Int64(d.pointee.disp)) &+ reg64(d.pointee.base) &+ (reg64(d.pointee.index) &<< UInt64(d.pointee.scale))
+    }
+
     /// Linear address of a 64-bit-addressed memory operand in 64-bit code.
     @inline(__always)
     func linearAddress64(_ d: UnsafePointer<DecodedInsn>) -> UInt64 {
-        UInt64(bitPattern: Int64(d.pointee.disp)) &+ reg64(d.pointee.base)
-            &+ (reg64(d.pointee.index) &<< UInt64(d.pointee.scale)) &+ segBase[Int(d.pointee.seg)]
+        effectiveAddress64(d) &+ segBase[Int(d.pointee.seg)]
     }
 
     @inline(__always)
@@ -142,9 +140,9 @@ extension X86Interpreter {
     @inline(__always)
     func setReg32(_ off: UInt8, _ v: UInt32) { setReg64(off, UInt64(v)) }
 
-    /// Executes a specialised op (see `DecodedInsn.specialise`). Returns false if `d` is not one.
+    /// Executes a specialised op (see `DecodedInsn.specialise`); the block loop calls it only for those.
     @inline(__always)
-    func executeSpecialised(_ d: UnsafePointer<DecodedInsn>) throws(Fault) -> Bool {
+    func executeSpecialised(_ d: UnsafePointer<DecodedInsn>) throws(Fault) {
         switch d.pointee.op {
         case .mov64RR: setReg64(d.pointee.rm, reg64(d.pointee.reg))
         case .mov32RR: setReg64(d.pointee.rm, reg64(d.pointee.reg) & 0xFFFF_FFFF)
@@ -152,9 +150,7 @@ extension X86Interpreter {
         case .load32: setReg32(d.pointee.reg, try read(linearAddress64(d), UInt32.self))
         case .store64: try write(linearAddress64(d), reg64(d.pointee.reg))
         case .store32: try write(linearAddress64(d), getReg(d.pointee.reg, UInt32.self))
-        case .lea64:
-            setReg64(d.pointee.reg, UInt64(bitPattern: Int64(d.pointee.disp)) &+ reg64(d.pointee.base)
-                &+ (reg64(d.pointee.index) &<< UInt64(d.pointee.scale)))
+        case .lea64: setReg64(d.pointee.reg, effectiveAddress64(d))
         case .movsxd64RR:
             setReg64(d.pointee.reg, UInt64(bitPattern: Int64(Int32(bitPattern: getReg(d.pointee.rm, UInt32.self)))))
 
@@ -298,9 +294,7 @@ extension X86Interpreter {
         case .ror32RI:
             let r = UInt64(getReg(d.pointee.rm, UInt32.self).rotated(left: 32 &- UInt32(d.pointee.imm)))
             setReg64(d.pointee.rm, r); setRotateFlags(cf: r >> 31, msb: r >> 31, msb2: (r >> 30) & 1, left: false)
-        case .lea32:
-            setReg64(d.pointee.reg, (UInt64(bitPattern: Int64(d.pointee.disp)) &+ reg64(d.pointee.base)
-                &+ (reg64(d.pointee.index) &<< UInt64(d.pointee.scale))) & 0xFFFF_FFFF)
+        case .lea32: setReg64(d.pointee.reg, effectiveAddress64(d) & 0xFFFF_FFFF)
         case .adc64RI: setReg64(d.pointee.rm, alu(AluKind.adc, reg64(d.pointee.rm), d.pointee.imm))
         case .cmp64MR:
             let a = try read(linearAddress64(d), UInt64.self), b = reg64(d.pointee.reg)
@@ -331,9 +325,8 @@ extension X86Interpreter {
         case .ret64:
             rip = try pop64()
         default:
-            return false
+            break
         }
-        return true
     }
 
     /// ROL/ROR by a non-zero count: only CF and OF change (OF as for a count of 1).
@@ -404,4 +397,13 @@ extension FixedWidthInteger {
     /// Rotates left by `n` (taken modulo the width).
     @inline(__always)
     func rotated(left n: Self) -> Self { (self &<< n) | (self &>> (Self(truncatingIfNeeded: Self.bitWidth) &- n)) }
+}
+
+extension Op {
+    /// Specialised forms by ALU kind (the encoding's order: ADD OR ADC SBB AND SUB XOR CMP); nil where
+    /// the generic code stays.
+    static let aluRR64: [Op?] = [.add64RR, .or64RR, .adc64RR, .sbb64RR, .and64RR, .sub64RR, .xor64RR, .cmp64RR]
+    static let aluRR32: [Op?] = [.add32RR, .or32RR, nil, nil, .and32RR, .sub32RR, .xor32RR, .cmp32RR]
+    static let aluRI64: [Op?] = [.add64RI, .or64RI, .adc64RI, nil, .and64RI, .sub64RI, .xor64RI, .cmp64RI]
+    static let aluRI32: [Op?] = [.add32RI, .or32RI, nil, nil, .and32RI, .sub32RI, .xor32RI, .cmp32RI]
 }

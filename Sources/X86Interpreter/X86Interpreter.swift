@@ -347,7 +347,7 @@ public final class X86Interpreter: VcpuBackend {
                 let op = p.pointee.op.rawValue
                 do {
                     if op >= Op.mov64RR.rawValue {
-                        _ = try executeSpecialised(p)
+                        try executeSpecialised(p)
                         if op < Op.store64.rawValue {
                             // Writes no memory and does not branch: nothing below can apply.
                             j += 1
