@@ -53,7 +53,7 @@ enum TerminalRestore {
                     raise(sig)
                 }
                 sigemptyset(&sa.sa_mask)
-                sa.sa_flags = Int32(SA_RESETHAND)
+                sa.sa_flags = Int32(truncatingIfNeeded: SA_RESETHAND)   // 0x80000000: does not fit Int32 as a value
                 sigaction(sig, &sa, nil)
             }
         }
