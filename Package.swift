@@ -35,9 +35,13 @@ let package = Package(
         // The x86-64 interpreter backend.
         .target(name: "X86Interpreter", dependencies: ["VMMemory", "CPUBackend"],
                 swiftSettings: fastRelease),
+        // Guest kernel on the software CPU, guest user code natively on KVM (kvm-pvm hosts).
+        .target(name: "Hybrid", dependencies: ["KVM", "CKVM", "CHostCPU", "CPUBackend", "VMMemory", "X86Interpreter"]),
+        // RDTSC for Swift (the hybrid backend's software CPU counts the host TSC).
+        .systemLibrary(name: "CHostCPU", path: "Modules/CHostCPU"),
         // The machine: assembles memory, loader, devices and a backend; owns the run loop.
         .target(name: "VMM", dependencies: ["KVM", "VMMemory", "LinuxLoader", "CPUBackend", "Devices",
-                                            "X86Interpreter", "CKVM", "CSeccomp"]),
+                                            "X86Interpreter", "Hybrid", "CKVM", "CSeccomp"]),
         // linux/seccomp.h and linux/filter.h, for the VMM's system-call filter.
         .systemLibrary(name: "CSeccomp", path: "Modules/CSeccomp"),
         // The command line: argument parsing only.

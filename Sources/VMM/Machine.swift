@@ -1,5 +1,6 @@
 import CPUBackend
 import Devices
+import Hybrid
 import Glibc
 import KVM
 import LinuxLoader
@@ -9,7 +10,7 @@ import X86Interpreter
 
 /// Which CPU backend runs the guest.
 public enum Accelerator: String, CaseIterable, Sendable {
-    case auto, kvm, interp
+    case auto, kvm, interp, hybrid
 }
 
 /// How a machine is built.
@@ -82,6 +83,10 @@ public final class Machine: IOHandler, @unchecked Sendable {
     /// Kernel arguments the backend needs on this host, appended to the command line.
     public let backendKernelArguments: [String]
     public let interrupts: any InterruptController
+    /// The hybrid backend runs (it needs a few more system calls under seccomp).
+    public var usesHybridBackend: Bool { backend is HybridBackend }
+    /// A one-line account of what the backend did, where it keeps one (the hybrid backend).
+    public var backendSummary: String? { (backend as? HybridBackend)?.statistics.summary }
     public let timer = BootTimer()
     /// The one VM clock: the RTC here, and the interpreter's TSC, PIT and APIC timer, all read it.
     public let clock = VirtualClock()
@@ -139,6 +144,8 @@ public final class Machine: IOHandler, @unchecked Sendable {
         case .kvm:
             do { return try makeKVM(config: config, memory: memory, reason: "requested with --accel kvm") }
             catch { throw .kvm(error) }
+        case .hybrid:
+            return try makeHybrid(memory: memory, clock: clock, reason: "requested with --accel hybrid")
         case .auto:
             if KVMSystem.emulatesSupervisorCode {
                 return makeInterpreter(memory: memory, clock: clock,
@@ -164,6 +171,38 @@ public final class Machine: IOHandler, @unchecked Sendable {
         }
         return BackendSetup(backend: kvm, interrupts: kvm.interrupts ?? NoInterruptController(), reason: reason,
                             registerPlatform: { _ in }, kernelArguments: args)
+    }
+
+    /// The hybrid backend (Sources/Hybrid): the interpreter for the guest kernel, KVM for guest user
+    /// code. Only offered where KVM runs user code natively but emulates kernel code (kvm-pvm): on
+    /// a hardware-virtualization host KVM runs everything natively, and without /dev/kvm there is
+    /// nothing to run user code on.
+    static func makeHybrid(memory: GuestMemory, clock: VirtualClock, reason: String) throws(MachineError) -> BackendSetup {
+        let policy: HybridPolicyConfig
+        switch HybridPolicyConfig.fromEnvironment({ getenv($0).map { String(cString: $0) } }) {
+        case .success(let p): policy = p
+        case .failure(let e): throw .invalidArgument(e.description)
+        }
+        if let why = hybridUnavailableReason() { throw .backendUnavailable("--accel hybrid: \(why)") }
+        let setup = makeInterpreter(memory: memory, clock: clock, reason: reason)
+        guard let cpu = setup.backend as? X86Interpreter else { throw .backendUnavailable("--accel hybrid: no interpreter") }
+        do {
+            let hybrid = try HybridBackend(interpreter: cpu, memory: memory, clock: clock, policy: policy)
+            return BackendSetup(backend: hybrid, interrupts: setup.interrupts,
+                                reason: reason + " (guest kernel on the interpreter, guest user code on kvm-pvm; policy \(policy.mode.rawValue))",
+                                registerPlatform: setup.registerPlatform)
+        } catch {
+            throw .backendUnavailable("--accel hybrid: cannot set up KVM for guest user code: \(error)")
+        }
+    }
+
+    /// Why the hybrid backend does not apply on this host, or nil if it does.
+    public static func hybridUnavailableReason() -> String? {
+        if access("/dev/kvm", F_OK) != 0 { return "this host has no /dev/kvm to run guest user code on" }
+        if !KVMSystem.emulatesSupervisorCode {
+            return "this host's KVM runs guest kernel code on hardware; use --accel kvm (the hybrid backend is for kvm-pvm hosts)"
+        }
+        return nil
     }
 
     static func makeInterpreter(memory: GuestMemory, clock: VirtualClock, reason: String) -> BackendSetup {

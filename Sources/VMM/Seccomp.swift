@@ -26,6 +26,20 @@ public enum Seccomp {
         SYS_exit, SYS_exit_group,
     ].map { Int32($0) }
 
+    /// What the hybrid backend adds (Sources/Hybrid): the interrupt timer that kicks KVM_RUN, and
+    /// taking its signal. Its ioctls are in `hybridIoctls`.
+    static let hybridAllowed: [Int32] = [SYS_timer_create, SYS_timer_settime, SYS_timer_delete, SYS_rt_sigtimedwait]
+        .map { Int32($0) }
+
+    /// The hybrid backend hands state to and from KVM at each switch (segment state, FPU), reads the
+    /// dirty log and write-protects pages that hold decoded code, and re-creates a one-page memory
+    /// slot to make KVM drop stale shadow page tables. KVM_SET_USER_MEMORY_REGION only maps this
+    /// process's own memory into its own VM.
+    static var hybridIoctls: [UInt32] {
+        [CKVM_KVM_SET_SREGS(), CKVM_KVM_GET_FPU(), CKVM_KVM_SET_FPU(), CKVM_KVM_SET_USER_MEMORY_REGION(),
+         CKVM_KVM_GET_DIRTY_LOG(), CKVM_KVM_CLEAR_DIRTY_LOG()].map { UInt32(truncatingIfNeeded: $0) }
+    }
+
     /// Calls that fail with EACCES instead of ending swhv.
     static let refused: [Int32] = [SYS_open, SYS_openat, SYS_stat, SYS_lstat, SYS_newfstatat, SYS_fstat,
                                    SYS_statx, SYS_access, SYS_faccessat, SYS_readlink].map { Int32($0) }
@@ -39,7 +53,7 @@ public enum Seccomp {
     }
 
     /// The BPF program. `pid` limits tgkill to this process's threads.
-    static func program(pid: Int32) -> [sock_filter] {
+    static func program(pid: Int32, hybrid: Bool = false) -> [sock_filter] {
         func stmt(_ code: Int32, _ k: UInt32) -> sock_filter {
             sock_filter(code: UInt16(code), jt: 0, jf: 0, k: k)
         }
@@ -58,7 +72,7 @@ public enum Seccomp {
         p.append(jeq(cseccomp_audit_arch(), 1, 0))
         p.append(stmt(ret, UInt32(SECCOMP_RET_KILL_PROCESS)))
         p.append(stmt(load, cseccomp_offset_nr()))
-        for nr in allowed {
+        for nr in allowed + (hybrid ? hybridAllowed : []) {
             p.append(jeq(UInt32(nr), 0, 1))
             p.append(stmt(ret, allow))
         }
@@ -67,7 +81,7 @@ public enum Seccomp {
             p.append(stmt(ret, eacces))
         }
         // ioctl: the request (low 32 bits of arg 1; the kernel ignores the rest) must be listed.
-        let ioctls = allowedIoctls
+        let ioctls = allowedIoctls + (hybrid ? hybridIoctls : [])
         p.append(jeq(UInt32(SYS_ioctl), 0, UInt8(2 * ioctls.count + 2)))
         p.append(stmt(load, cseccomp_offset_arg(1)))
         for req in ioctls {
@@ -93,9 +107,10 @@ public enum Seccomp {
     }
 
     /// Installs the filter on all threads of this process. Irreversible.
-    public static func install() throws(MachineError) {
+    /// `hybrid`: also allow what the hybrid backend needs while the guest runs.
+    public static func install(hybrid: Bool = false) throws(MachineError) {
         installSigsysHandler()
-        var p = program(pid: getpid())
+        var p = program(pid: getpid(), hybrid: hybrid)
         let rc = p.withUnsafeMutableBufferPointer { cseccomp_install($0.baseAddress, UInt16($0.count)) }
         guard rc == 0 else {
             throw .backendUnavailable("cannot install the seccomp filter: \(String(cString: strerror(errno))) "

@@ -125,9 +125,10 @@ extension X86Interpreter {
         }
         for i in 0..<n { base[i].specialise(mode: mode) }
         poolUsed += n
-        if codePages[page] == 0 {
-            codePages[page] = 1
+        if codePages[page] & PageMark.code == 0 {
+            codePages[page] |= PageMark.code
             protectCodePage(page)
+            noteCodePageDecoded(page)
         }
         let id = blocksDecoded
         blocksDecoded += 1
@@ -164,6 +165,7 @@ extension X86Interpreter {
 
     /// Marks a physical page's decoded code stale.
     func invalidateCodePage(_ page: Int) {
+        notePageMarksCleared(page)
         pageGen[page] &+= 1
         codePages[page] = 0
         st.pointee.codeModified = true

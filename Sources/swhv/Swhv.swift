@@ -79,8 +79,8 @@ struct Boot: ParsableCommand {
     var memory: String = "512M"
 
     @Option(name: .long, help: ArgumentHelp(
-        "CPU backend: auto (KVM on hardware-virtualization hosts, else the interpreter), kvm, or interp (swhv's x86-64 interpreter).",
-        valueName: "auto|kvm|interp"))
+        "CPU backend: auto (KVM on hardware-virtualization hosts, else the interpreter), kvm, interp (swhv's x86-64 interpreter), or hybrid (kvm-pvm hosts: guest kernel on the interpreter, guest user code on KVM).",
+        valueName: "auto|kvm|interp|hybrid"))
     var accel: String = "auto"
 
     @Flag(name: .long, help: "Run the bzImage's own decompressor in the guest instead of unpacking the kernel on the host.")
@@ -114,7 +114,7 @@ struct Boot: ParsableCommand {
         guard size > 0 else { throw MachineError.invalidArgument("--memory must be larger than 0") }
         config.memorySize = size
         guard let a = Accelerator(rawValue: accel) else {
-            throw MachineError.invalidArgument("--accel '\(accel)' is not one of auto, kvm, interp")
+            throw MachineError.invalidArgument("--accel '\(accel)' is not one of auto, kvm, interp, hybrid")
         }
         config.accelerator = a
         config.quiet = quiet
@@ -143,7 +143,7 @@ struct Boot: ParsableCommand {
         let raw = TerminalRawMode()
         machine.startStdinPump(handleEscape: true)
         // Everything is open and mapped: from here on the guest faces only the calls the run loop needs.
-        if !noSeccomp { try Seccomp.install() }
+        if !noSeccomp { try Seccomp.install(hybrid: machine.usesHybridBackend) }
         let result: Result<VcpuStop, MachineError>
         do { result = .success(try machine.run()) } catch { result = .failure(error) }
         raw?.restore()
@@ -154,6 +154,7 @@ struct Boot: ParsableCommand {
                 let runMs = Double(VirtualClock.hostMonotonicNs() &- processStart) / 1e6 - up
                 machine.log.error("boot timer: \(n) guest instructions, \(Int(Double(n) / max(runMs, 1) / 1000)) MIPS")
             }
+            if let summary = machine.backendSummary { machine.log.error(summary) }
         }
         switch result {
         case .failure(let e): throw e
@@ -194,7 +195,7 @@ struct RunImage: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Guest RAM (default 16M).", valueName: "size"))
     var memory: String = "16M"
 
-    @Option(name: .long, help: ArgumentHelp("CPU backend: auto, kvm or interp.", valueName: "auto|kvm|interp"))
+    @Option(name: .long, help: ArgumentHelp("CPU backend: auto, kvm, interp or hybrid.", valueName: "auto|kvm|interp|hybrid"))
     var accel: String = "auto"
 
     @Option(name: .long, help: ArgumentHelp(
@@ -214,7 +215,7 @@ struct RunImage: ParsableCommand {
         }
         config.memorySize = size
         guard let a = Accelerator(rawValue: accel) else {
-            throw MachineError.invalidArgument("--accel '\(accel)' is not one of auto, kvm, interp")
+            throw MachineError.invalidArgument("--accel '\(accel)' is not one of auto, kvm, interp, hybrid")
         }
         config.accelerator = a
         config.irqchip = false
@@ -242,6 +243,7 @@ struct RunImage: ParsableCommand {
             line += ", \(n) guest instructions (\(Int(Double(n) / max(ms, 0.001) / 1000)) MIPS)"
         }
         machine.log.error(line)
+        if let summary = machine.backendSummary { machine.log.error(summary) }
         if stop == .shutdown { Glibc.exit(2) }
     }
 }

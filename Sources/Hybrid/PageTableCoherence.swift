@@ -1,0 +1,158 @@
+import VMMemory
+
+/// Keeps KVM's view of guest page tables coherent with the software CPU's writes.
+///
+/// kvm-pvm shadows guest page tables and learns of changes only through its own write protection,
+/// which writes through the host mapping (the software CPU running the guest kernel, device DMA)
+/// bypass: a stale translation survives CR3 switches and TLB flushes (shared/probes). Deleting any
+/// memory slot makes KVM drop all shadow page tables, at the cost of rebuilding them on demand.
+///
+/// So the hybrid backend watches every page-table page KVM may have shadowed: all tables reachable
+/// through user-accessible entries from each CR3 it gave KVM. It keeps a copy of each as KVM may
+/// have seen it. Before user code runs natively again, the watched pages the software CPU wrote are
+/// compared with their copies:
+/// - an entry that was present and now differs in anything but the accessed bit or a newly set
+///   dirty bit (an unmap, a remap, a permission or COW change): KVM may hold a stale translation,
+///   so every shadow page is dropped and the watch starts over from the current CR3;
+/// - an entry that was not present and now is: KVM never cached it; if the page is an upper-level
+///   table, the new child tables it links are scanned and watched too.
+/// Pure bookkeeping over guest memory; the caller arms the software CPU's write watch and zaps KVM.
+final class PageTableCoherence {
+    let memory: GuestMemory
+    /// Watched pages: the copy of each as KVM may have seen it.
+    private var copies: [Int32: UnsafeMutablePointer<UInt64>] = [:]
+    /// Watched pages used as upper-level tables (PML4, PDPT, PD).
+    private var upper: Set<Int32> = []
+    /// Roots (CR3 page addresses) whose whole tree is watched.
+    private var scannedRoots: Set<UInt64> = []
+    /// Beyond this many watched pages the watch starts over (zap) rather than grow.
+    let maxPages: Int
+
+    /// Statistics.
+    private(set) var zaps = 0
+    private(set) var scans = 0
+
+    /// Entry bits: present, user, page size; address bits 12-51.
+    static let present: UInt64 = 1, user: UInt64 = 4, pageSize: UInt64 = 0x80
+    static let accessed: UInt64 = 0x20, dirty: UInt64 = 0x40
+    static let addressMask: UInt64 = 0x000F_FFFF_FFFF_F000
+
+    init(memory: GuestMemory, maxPages: Int = 4096) {
+        self.memory = memory
+        self.maxPages = maxPages
+    }
+
+    deinit { for p in copies.values { p.deallocate() } }
+
+    var watchedPages: [Int32] { Array(copies.keys) }
+    var watchedCount: Int { copies.count }
+
+    enum Outcome: Equatable {
+        /// KVM's shadow tables may be stale: zap them; watch `arm` (the complete new set).
+        case zap(arm: [Int32])
+        /// Coherent; (re)arm `arm` (pages written since, and newly watched ones).
+        case coherent(arm: [Int32])
+        /// The tree is too large or malformed to watch: do not run natively.
+        case unwatchable
+    }
+
+    /// Called before user code with page-table root `cr3` runs natively, with the watched pages
+    /// written since the watch was last armed.
+    func prepare(cr3: UInt64, written: [Int32]) -> Outcome {
+        var zap = false
+        var rescan = false
+        var arm: [Int32] = []
+        for page in written {
+            guard let copy = copies[page], let cur = tablePointer(UInt64(page) << 12) else { continue }
+            switch PageTableCoherence.compare(old: copy, new: cur) {
+            case .stale:
+                zap = true
+            case .grew:
+                if upper.contains(page) { rescan = true }
+                fallthrough
+            case .same:
+                copy.update(from: cur, count: 512)
+                arm.append(page)
+            }
+            if zap { break }
+        }
+        if zap { reset() }
+        if rescan { scannedRoots.removeAll() }
+        let root = cr3 & PageTableCoherence.addressMask
+        if !scannedRoots.contains(root) {
+            scans += 1
+            var visited = Set<UInt64>()
+            guard scan(table: root, level: 4, visited: &visited, arm: &arm) else {
+                reset()
+                zaps += 1
+                return .unwatchable
+            }
+            scannedRoots.insert(root)
+        }
+        if zap {
+            zaps += 1
+            return .zap(arm: Array(copies.keys))
+        }
+        return .coherent(arm: arm)
+    }
+
+    /// Forgets everything (after KVM dropped its shadow tables, or before a fresh start).
+    func reset() {
+        for p in copies.values { p.deallocate() }
+        copies.removeAll(keepingCapacity: true)
+        upper.removeAll(keepingCapacity: true)
+        scannedRoots.removeAll(keepingCapacity: true)
+    }
+
+    enum Change { case same, grew, stale }
+
+    /// How a table page changed, as far as a cached translation is concerned.
+    static func compare(old: UnsafePointer<UInt64>, new: UnsafePointer<UInt64>) -> Change {
+        var grew = false
+        for i in 0..<512 {
+            let o = old[i], n = new[i]
+            if o == n { continue }
+            if o & present == 0 {
+                if n & present != 0 { grew = true }
+                continue
+            }
+            // Present before: only A (either way) and D going 0 -> 1 leave a cached translation valid.
+            let diff = o ^ n
+            if diff & ~(accessed | dirty) != 0 { return .stale }
+            if diff & dirty != 0 && o & dirty != 0 { return .stale }
+        }
+        return grew ? .grew : .same
+    }
+
+    private func tablePointer(_ pa: UInt64) -> UnsafePointer<UInt64>? {
+        memory.hostPointer(pa, length: 4096).map { UnsafePointer($0.assumingMemoryBound(to: UInt64.self)) }
+    }
+
+    /// Watches `table` and, through entries user code can use, the tables below it. False when the
+    /// watch would grow beyond `maxPages`.
+    private func scan(table: UInt64, level: Int, visited: inout Set<UInt64>, arm: inout [Int32]) -> Bool {
+        let key = table | UInt64(level)
+        guard visited.insert(key).inserted else { return true }
+        // A table outside RAM cannot be shadowed by KVM (no memory slot): nothing to watch.
+        guard let cur = tablePointer(table) else { return true }
+        let page = Int32(truncatingIfNeeded: table >> 12)
+        if copies[page] == nil {
+            guard copies.count < maxPages else { return false }
+            let copy = UnsafeMutablePointer<UInt64>.allocate(capacity: 512)
+            copy.update(from: cur, count: 512)
+            copies[page] = copy
+            arm.append(page)
+        }
+        if level == 1 { return true }
+        upper.insert(page)
+        for i in 0..<512 {
+            let e = cur[i]
+            guard e & PageTableCoherence.present != 0, e & PageTableCoherence.user != 0 else { continue }
+            if level <= 3 && e & PageTableCoherence.pageSize != 0 { continue }   // a 1 GiB or 2 MiB page
+            guard scan(table: e & PageTableCoherence.addressMask, level: level - 1, visited: &visited, arm: &arm) else {
+                return false
+            }
+        }
+        return true
+    }
+}
