@@ -20,6 +20,8 @@ public struct HybridStatistics: Sendable, Equatable {
     public var shadowZaps = 0
     /// Pages of decoded code dropped because native user code wrote them.
     public var codeInvalidations = 0
+    /// User code pages decoded to check for model-specific instructions (CodeVerifier).
+    public var pagesChecked = 0
     /// Why native execution was switched off for good, if it was.
     public var disabledReason: String?
 
@@ -28,7 +30,7 @@ public struct HybridStatistics: Sendable, Equatable {
         var s = "hybrid: \(nativeEntries) native runs (\(Int(ms)) ms in KVM_RUN); back to software on "
             + "\(syscalls) syscalls, \(faults) faults, \(traps) traps, \(interrupts) interrupts, "
             + "\(deniedIO) denied I/O, \(otherExits) other; handled natively: \(portIO) port I/O, \(mmio) MMIO, "
-            + "\(spuriousKicks) spurious kicks; \(shadowZaps) shadow-MMU zaps; \(codeInvalidations) code pages invalidated"
+            + "\(spuriousKicks) spurious kicks; \(shadowZaps) shadow-MMU zaps; \(codeInvalidations) code pages invalidated; \(pagesChecked) code pages checked"
         if let r = disabledReason { s += "; native execution disabled: \(r)" }
         return s
     }
@@ -51,6 +53,7 @@ public final class HybridBackend: VcpuBackend {
     let policy: HybridPolicy
     let coherence: PageTableCoherence
     let codeWrites: CodeWriteTracker
+    let verifier: CodeVerifier
     public private(set) var statistics = HybridStatistics()
 
     /// The signal that ends KVM_RUN (SIGUSR1 is the KVM backend's).
@@ -88,6 +91,7 @@ public final class HybridBackend: VcpuBackend {
         native = try NativeVcpu(memory: memory, kickSignal: HybridBackend.kickSignal, using: system)
         codeWrites = CodeWriteTracker(vm: native.vm, slots: native.ramSlots)
         coherence = PageTableCoherence(memory: memory)
+        verifier = CodeVerifier(memory: memory)
         // Native RDTSC reads the host's counter (kvm-pvm applies no offset or scaling): the software
         // CPU counts the same, so guest time (the TSC clocksource, the vDSO) agrees across switches.
         let hz = try native.vcpu.tscKHz() * 1000
@@ -126,9 +130,23 @@ public final class HybridBackend: VcpuBackend {
                 // Back at an instruction boundary in user mode: execute the instruction KVM stopped
                 // at (or deliver the interrupt that stopped it) in software.
                 if let stop = interpreter.run(io: io, control: control, maxInstructions: 1) { return stop }
-                guard interpreter.cpl == 3, policy.prefersNative(interpreter.cr3) else { break }
+                guard interpreter.cpl == 3, policy.prefersNative(addressSpaceKey(interpreter.cr3)) else { break }
             }
         }
+    }
+
+    /// Which address space the policy is about: CR3 alone would let a new process inherit the
+    /// history of an exited one whose page-table root page it reuses, so the user half of the
+    /// root table (which exec and fork always rebuild) goes into the key too.
+    private func addressSpaceKey(_ cr3: UInt64) -> UInt64 {
+        var h: UInt64 = 0xCBF2_9CE4_8422_2325 ^ cr3
+        guard let p = native.memory.hostPointer(cr3 & PageTableCoherence.addressMask, length: 2048) else { return h }
+        let entries = p.assumingMemoryBound(to: UInt64.self)
+        for i in 0..<256 {
+            let e = entries[i]
+            if e & 1 != 0 { h = (h ^ (e & PageTableCoherence.addressMask) ^ UInt64(i)) &* 0x0000_0100_0000_01B3 }
+        }
+        return h
     }
 
     /// Called by the software CPU on every change into or out of CPL 3.
@@ -136,7 +154,7 @@ public final class HybridBackend: VcpuBackend {
         let now = VirtualClock.hostMonotonicNs()
         if toUser {
             userEntryNs = now
-            userSpace = interpreter.cr3
+            userSpace = addressSpaceKey(interpreter.cr3)
             return statistics.disabledReason == nil && policy.prefersNative(userSpace)
         }
         if ignoreNextUserExit {
@@ -144,6 +162,7 @@ public final class HybridBackend: VcpuBackend {
         } else {
             policy.recordSoftware(userSpace, ns: now &- userEntryNs)
         }
+        if interpreter.takeModelSpecificResultFlag() { policy.markSoftwareOnly(userSpace) }
         return false
     }
 
@@ -165,8 +184,8 @@ public final class HybridBackend: VcpuBackend {
     private func runNative(io: IOHandler, control: VMControl) throws -> VcpuStop? {
         if let stop = interpreter.serviceEvents(control: control) { return stop }
         if interpreter.interruptDeliverable { return nil }
-        let space = interpreter.cr3
-        guard try makeKVMCoherent(cr3: space) else { return nil }
+        let space = addressSpaceKey(interpreter.cr3)
+        guard try makeKVMCoherent(cr3: interpreter.cr3, space: space) else { return nil }
         interpreter.exportArchState(into: &transfer, includeMSRs: false)
         traceLine("enter rip=\(hex(transfer.rip)) rsp=\(hex(transfer.gpr[4])) cs=\(hex(UInt64(transfer.cs.selector))) ss=\(hex(UInt64(transfer.ss.selector))) rflags=\(hex(transfer.rflags)) cr3=\(hex(transfer.cr3)) fs=\(hex(transfer.fs.base))/\(transfer.fs.unusable) gs=\(hex(transfer.gs.base))")
         try loadKVM(transfer)
@@ -251,10 +270,19 @@ public final class HybridBackend: VcpuBackend {
 
     /// Page tables and code pages before user code runs natively. False if this address space
     /// cannot run natively now.
-    private func makeKVMCoherent(cr3: UInt64) throws -> Bool {
-        switch coherence.prepare(cr3: cr3, written: interpreter.writtenPageTables) {
+    private func makeKVMCoherent(cr3: UInt64, space: UInt64) throws -> Bool {
+        // Code pages whose content changed must be checked again wherever they are mapped.
+        let changed = interpreter.takeChangedVerifiedCode()
+        if !changed.isEmpty {
+            verifier.forget(changed)
+            coherence.forgetScans()
+        }
+        let verify: ((Int32) -> Bool)? = policy.config.mode == .native ? nil : { [verifier] in verifier.isPortable($0) }
+        var portable = true
+        switch coherence.prepare(cr3: cr3, written: interpreter.writtenPageTables,
+                                 nx: interpreter.efer & (1 << 11) != 0, verify: verify) {
         case .unwatchable:
-            policy.penalize(cr3)
+            policy.penalize(space)
             interpreter.clearPageTableWatch()
             try native.zapShadowPageTables()
             statistics.shadowZaps += 1
@@ -266,9 +294,19 @@ public final class HybridBackend: VcpuBackend {
             interpreter.armPageTableWatch(arm)
         case .coherent(let arm):
             interpreter.armPageTableWatch(arm)
+        case .unportable(let arm):
+            interpreter.armPageTableWatch(arm)
+            policy.markSoftwareOnly(space)
+            portable = false
         }
+        let checked = verifier.takeNewlyChecked()
+        if !checked.isEmpty {
+            interpreter.markVerifiedCode(checked)
+            try codeWrites.protect(checked)
+        }
+        statistics.pagesChecked = verifier.checkedPages
         try codeWrites.protect(interpreter.takeNewCodePages())
-        return true
+        return portable
     }
 
     /// The software CPU's user-mode state into the vCPU, through kvm_run's sync area (and the FPU

@@ -51,7 +51,8 @@ public enum HybridConfigError: Error, Equatable, CustomStringConvertible {
     }
 }
 
-/// The per-address-space estimate behind the decision.
+/// The per-address-space estimate behind the decision. Address spaces are keys chosen by the
+/// backend (derived from CR3 and the root table).
 final class HybridPolicy {
     let config: HybridPolicyConfig
 
@@ -59,6 +60,9 @@ final class HybridPolicy {
         /// Expected software time of the next user-mode episode, ns.
         var estimateNs: Double
         var episodes: UInt32 = 0
+        /// Ran an instruction whose result depends on the CPU model: stays in software so its
+        /// results are the software CPU's.
+        var softwareOnly = false
     }
 
     private(set) var spaces: [UInt64: Space] = [:]
@@ -68,13 +72,13 @@ final class HybridPolicy {
     init(config: HybridPolicyConfig) { self.config = config }
 
     /// Whether user code of address space `cr3` should run natively now.
-    func prefersNative(_ cr3: UInt64) -> Bool {
+    func prefersNative(_ space: UInt64) -> Bool {
         switch config.mode {
         case .native: return true
         case .software: return false
         case .adaptive:
-            guard let s = spaces[cr3] else { return false }   // new processes start in software
-            return s.estimateNs >= config.minSoftwareEpisodeNs
+            guard let s = spaces[space] else { return false }   // new processes start in software
+            return !s.softwareOnly && s.estimateNs >= config.minSoftwareEpisodeNs
         }
     }
 
@@ -86,6 +90,14 @@ final class HybridPolicy {
     /// A user-mode episode ran `ns` natively (until the exit that ended it).
     func recordNative(_ cr3: UInt64, ns: UInt64) {
         update(cr3, softwareNs: Double(ns) * config.nativeSpeedup)
+    }
+
+    /// Address space `cr3` executed an instruction whose result depends on the CPU model (SSE
+    /// reciprocal estimates, x87 transcendentals): native execution would give the host CPU's bits
+    /// instead of the software CPU's, so it stays in software.
+    func markSoftwareOnly(_ cr3: UInt64) {
+        if spaces.count >= HybridPolicy.maxSpaces && spaces[cr3] == nil { spaces.removeAll(keepingCapacity: true) }
+        spaces[cr3, default: Space(estimateNs: 0)].softwareOnly = true
     }
 
     /// Native execution failed in a way software handles (an exit KVM could not explain): keep

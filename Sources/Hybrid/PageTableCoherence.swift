@@ -54,13 +54,21 @@ final class PageTableCoherence {
         case coherent(arm: [Int32])
         /// The tree is too large or malformed to watch: do not run natively.
         case unwatchable
+        /// Coherent, but a page user code may execute failed `verify`: do not run natively;
+        /// watch `arm` all the same.
+        case unportable(arm: [Int32])
     }
 
+    /// Entry bit 63: no execute (with EFER.NXE).
+    static let noExecute: UInt64 = 1 << 63
+
     /// Called before user code with page-table root `cr3` runs natively, with the watched pages
-    /// written since the watch was last armed.
-    func prepare(cr3: UInt64, written: [Int32]) -> Outcome {
+    /// written since the watch was last armed. `verify` (if given) is asked about every page user
+    /// code could execute that it was not asked about before under this watch (`nx`: EFER.NXE).
+    func prepare(cr3: UInt64, written: [Int32], nx: Bool = true, verify: ((Int32) -> Bool)? = nil) -> Outcome {
         var zap = false
         var rescan = false
+        var portable = true
         var arm: [Int32] = []
         for page in written {
             guard let copy = copies[page], let cur = tablePointer(UInt64(page) << 12) else { continue }
@@ -68,7 +76,15 @@ final class PageTableCoherence {
             case .stale:
                 zap = true
             case .grew:
-                if upper.contains(page) { rescan = true }
+                if upper.contains(page) {
+                    rescan = true
+                } else if let verify {
+                    // New leaf entries: pages user code may now execute.
+                    for i in 0..<512 where copy[i] & PageTableCoherence.present == 0 {
+                        let e = cur[i]
+                        if PageTableCoherence.userExecutable(e, nx: nx) && !verify(PageTableCoherence.page(e)) { portable = false }
+                    }
+                }
                 fallthrough
             case .same:
                 copy.update(from: cur, count: 512)
@@ -76,25 +92,42 @@ final class PageTableCoherence {
             }
             if zap { break }
         }
+        self.verify = verify
+        self.nx = nx
+        defer { self.verify = nil }
         if zap { reset() }
         if rescan { scannedRoots.removeAll() }
         let root = cr3 & PageTableCoherence.addressMask
         if !scannedRoots.contains(root) {
             scans += 1
             var visited = Set<UInt64>()
-            guard scan(table: root, level: 4, visited: &visited, arm: &arm) else {
+            scanPortable = true
+            guard scan(table: root, level: 4, noExecAbove: false, visited: &visited, arm: &arm) else {
                 reset()
                 zaps += 1
                 return .unwatchable
             }
-            scannedRoots.insert(root)
+            if scanPortable { scannedRoots.insert(root) } else { portable = false }
         }
         if zap {
             zaps += 1
-            return .zap(arm: Array(copies.keys))
+            return portable ? .zap(arm: Array(copies.keys)) : .unportable(arm: Array(copies.keys))
         }
-        return .coherent(arm: arm)
+        return portable ? .coherent(arm: arm) : .unportable(arm: arm)
     }
+
+    /// Makes every root be scanned again before it runs natively (pages it executes need checking again).
+    func forgetScans() { scannedRoots.removeAll(keepingCapacity: true) }
+
+    private var verify: ((Int32) -> Bool)?
+    private var nx = true
+    private var scanPortable = true
+
+    static func userExecutable(_ e: UInt64, nx: Bool) -> Bool {
+        e & present != 0 && e & user != 0 && !(nx && e & noExecute != 0)
+    }
+
+    static func page(_ e: UInt64) -> Int32 { Int32(truncatingIfNeeded: (e & addressMask) >> 12) }
 
     /// Forgets everything (after KVM dropped its shadow tables, or before a fresh start).
     func reset() {
@@ -128,9 +161,10 @@ final class PageTableCoherence {
         memory.hostPointer(pa, length: 4096).map { UnsafePointer($0.assumingMemoryBound(to: UInt64.self)) }
     }
 
-    /// Watches `table` and, through entries user code can use, the tables below it. False when the
-    /// watch would grow beyond `maxPages`.
-    private func scan(table: UInt64, level: Int, visited: inout Set<UInt64>, arm: inout [Int32]) -> Bool {
+    /// Watches `table` and, through entries user code can use, the tables below it; passes the
+    /// pages user code may execute to `verify`. False when the watch would grow beyond `maxPages`.
+    private func scan(table: UInt64, level: Int, noExecAbove: Bool, visited: inout Set<UInt64>,
+                      arm: inout [Int32]) -> Bool {
         let key = table | UInt64(level)
         guard visited.insert(key).inserted else { return true }
         // A table outside RAM cannot be shadowed by KVM (no memory slot): nothing to watch.
@@ -143,13 +177,31 @@ final class PageTableCoherence {
             copies[page] = copy
             arm.append(page)
         }
-        if level == 1 { return true }
+        if level == 1 {
+            if let verify, !noExecAbove {
+                for i in 0..<512 where PageTableCoherence.userExecutable(cur[i], nx: nx) {
+                    if !verify(PageTableCoherence.page(cur[i])) { scanPortable = false }
+                }
+            }
+            return true
+        }
         upper.insert(page)
         for i in 0..<512 {
             let e = cur[i]
             guard e & PageTableCoherence.present != 0, e & PageTableCoherence.user != 0 else { continue }
-            if level <= 3 && e & PageTableCoherence.pageSize != 0 { continue }   // a 1 GiB or 2 MiB page
-            guard scan(table: e & PageTableCoherence.addressMask, level: level - 1, visited: &visited, arm: &arm) else {
+            let noExec = noExecAbove || (nx && e & PageTableCoherence.noExecute != 0)
+            if level <= 3 && e & PageTableCoherence.pageSize != 0 {
+                // A 2 MiB or 1 GiB page: its 4 KiB pages are checked one by one (Linux maps no
+                // executable user page this large; a guest that does is not run natively).
+                if let verify, !noExec {
+                    if level == 3 { scanPortable = false; continue }
+                    let first = (e & PageTableCoherence.addressMask & ~0x1F_FFFF) >> 12
+                    for k in 0..<512 where !verify(Int32(truncatingIfNeeded: first + UInt64(k))) { scanPortable = false; break }
+                }
+                continue
+            }
+            guard scan(table: e & PageTableCoherence.addressMask, level: level - 1, noExecAbove: noExec,
+                       visited: &visited, arm: &arm) else {
                 return false
             }
         }

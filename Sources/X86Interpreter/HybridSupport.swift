@@ -11,6 +11,8 @@ import CPUBackend
 enum PageMark {
     static let code: UInt8 = 1
     static let watchedTable: UInt8 = 2
+    /// Checked by another CPU as code it may run (see `markVerifiedCode`).
+    static let verifiedCode: UInt8 = 4
 }
 
 /// The hybrid hooks' state, one per interpreter.
@@ -28,6 +30,11 @@ struct HybridHooks {
     /// CPU may not write behind our back.
     var newCodePages: [Int32] = []
     var trackNewCodePages = false
+    /// User code executed an instruction whose result differs between CPU models (see
+    /// `noteModelSpecificResult`) since the flag was last taken.
+    var sawModelSpecificResult = false
+    /// Pages marked `verifiedCode` whose content changed since (each listed once).
+    var changedVerifiedCode: [Int32] = []
 }
 
 extension X86Interpreter {
@@ -234,6 +241,20 @@ extension X86Interpreter {
         if let o = hybrid.privilegeObserver, o(user) { st.pointee.testStop = true }
     }
 
+    /// Called by instructions whose exact result is implementation-specific (the SSE reciprocal
+    /// estimates, x87 transcendentals): this CPU gives QEMU's bits, a hardware CPU its own. A CPU
+    /// sharing the guest keeps such user code in software to stay deterministic.
+    @inline(__always)
+    func noteModelSpecificResult() {
+        if st.pointee.cpl == 3 { hybrid.sawModelSpecificResult = true }
+    }
+
+    /// Whether user code executed a model-specific-result instruction since the last call.
+    public func takeModelSpecificResultFlag() -> Bool {
+        defer { hybrid.sawModelSpecificResult = false }
+        return hybrid.sawModelSpecificResult
+    }
+
     // MARK: Interrupts and timers between backends
 
     /// Polls host requests, posted work and timers as the run loop does between blocks. Returns a
@@ -343,8 +364,62 @@ extension X86Interpreter {
     /// Called by `invalidateCodePage` before it clears a page's marks.
     @inline(__always)
     func notePageMarksCleared(_ page: Int) {
-        if codePages[page] & PageMark.watchedTable != 0 {
+        let marks = codePages[page]
+        if marks & PageMark.watchedTable != 0 {
             hybrid.writtenTables.append(Int32(truncatingIfNeeded: page))
+        }
+        if marks & PageMark.verifiedCode != 0 {
+            hybrid.changedVerifiedCode.append(Int32(truncatingIfNeeded: page))
+        }
+    }
+
+    /// Marks pages whose code another CPU checked: the next write to each through this CPU or by
+    /// DMA is recorded (see `takeChangedVerifiedCode`) and clears the mark.
+    public func markVerifiedCode(_ pages: [Int32]) {
+        var any = false
+        for p in pages where Int(p) < physPages && p >= 0 && codePages[Int(p)] & PageMark.verifiedCode == 0 {
+            codePages[Int(p)] |= PageMark.verifiedCode
+            any = true
+        }
+        guard any else { return }
+        for i in 0..<(2 * TLBSize.entries) where tlb[i].wtag & 1 == 0 {
+            let page = Int(tlb[i].phys >> 12)
+            if page < physPages && codePages[page] & PageMark.verifiedCode != 0 { tlb[i].wtag = 1 }
+        }
+    }
+
+    /// Verified pages written since they were marked.
+    public func takeChangedVerifiedCode() -> [Int32] {
+        defer { hybrid.changedVerifiedCode.removeAll(keepingCapacity: true) }
+        return hybrid.changedVerifiedCode
+    }
+
+    /// Whether 64-bit code in `bytes` (a page) contains an instruction whose result depends on the
+    /// CPU model (SSE reciprocal estimates, x87 transcendentals), decoding linearly from its start:
+    /// x86 decoding falls back into step within a few instructions when a page starts inside one.
+    public static func containsModelSpecificInstruction(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        guard let raw = bytes.baseAddress else { return false }
+        let base = raw.assumingMemoryBound(to: UInt8.self)
+        var off = 0
+        while off < bytes.count {
+            var dec = Decoder(bytes: base + off, available: bytes.count - off, codeSize: 2)
+            guard let d = try? dec.decode() else { off += 1; continue }
+            if isModelSpecific(d) { return true }
+            off += max(Int(d.len), 1)
+        }
+        return false
+    }
+
+    static func isModelSpecific(_ d: DecodedInsn) -> Bool {
+        switch d.op {
+        case .x87:
+            let modrm = UInt8(truncatingIfNeeded: d.imm)
+            return (d.imm >> 8) & 0xFF == 0xD9 && !d.mem && modrm >= 0xF0 && (0xCA0F >> (modrm & 15)) & 1 != 0
+        case .sse:
+            let op = UInt8(truncatingIfNeeded: d.imm >> 8)
+            return (op == 0x52 || op == 0x53) && d.pfx & (Pfx.opsize | Pfx.repne) == 0
+        default:
+            return false
         }
     }
 
