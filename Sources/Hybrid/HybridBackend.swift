@@ -18,6 +18,9 @@ public struct HybridStatistics: Sendable, Equatable {
     public var portIO = 0, mmio = 0, spuriousKicks = 0
     /// KVM shadow page tables dropped because the guest changed a page table (see PageTableCoherence).
     public var shadowZaps = 0
+    /// Host time spent dropping shadow page tables, keeping page tables and code pages coherent
+    /// (comparing, scanning, checking code), and moving state in and out of KVM.
+    public var zapNs: UInt64 = 0, coherenceNs: UInt64 = 0, handoverNs: UInt64 = 0
     /// Pages of decoded code dropped because native user code wrote them.
     public var codeInvalidations = 0
     /// User code pages decoded to check for model-specific instructions (CodeVerifier).
@@ -26,8 +29,9 @@ public struct HybridStatistics: Sendable, Equatable {
     public var disabledReason: String?
 
     public var summary: String {
-        let ms = Double(nativeNs) / 1e6
-        var s = "hybrid: \(nativeEntries) native runs (\(Int(ms)) ms in KVM_RUN); back to software on "
+        func ms(_ ns: UInt64) -> Int { Int(Double(ns) / 1e6) }
+        var s = "hybrid: \(nativeEntries) native runs (\(ms(nativeNs)) ms in KVM_RUN, \(ms(handoverNs)) ms handing over, "
+            + "\(ms(coherenceNs)) ms coherence checks, \(ms(zapNs)) ms zapping); back to software on "
             + "\(syscalls) syscalls, \(faults) faults, \(traps) traps, \(interrupts) interrupts, "
             + "\(deniedIO) denied I/O, \(otherExits) other; handled natively: \(portIO) port I/O, \(mmio) MMIO, "
             + "\(spuriousKicks) spurious kicks; \(shadowZaps) shadow-MMU zaps; \(codeInvalidations) code pages invalidated; \(pagesChecked) code pages checked"
@@ -66,8 +70,11 @@ public final class HybridBackend: VcpuBackend {
     /// The FXSAVE image KVM holds, to skip KVM_SET_FPU when the software CPU did not change it.
     private var kvmFX = [UInt8](repeating: 0, count: 512)
     private var kvmFXKnown = false
-    /// The user-mode episode being timed for the policy.
-    private var userEntryNs: UInt64 = 0
+    /// The user-mode episode being measured for the policy (instructions retired at its start).
+    private var userEntryInstructions: UInt64 = 0
+    /// The shortest recent KVM_RUN: what an exit costs with no guest work, subtracted from native
+    /// episodes before the policy sees them.
+    private var exitCostNs: Double = 1e9
     private var userSpace: UInt64 = 0
     /// The next exit from user mode ends a native episode's software tail: not a software sample.
     private var ignoreNextUserExit = false
@@ -151,16 +158,16 @@ public final class HybridBackend: VcpuBackend {
 
     /// Called by the software CPU on every change into or out of CPL 3.
     private func privilegeChanged(toUser: Bool) -> Bool {
-        let now = VirtualClock.hostMonotonicNs()
+        let now = interpreter.instructionsRetired
         if toUser {
-            userEntryNs = now
+            userEntryInstructions = now
             userSpace = addressSpaceKey(interpreter.cr3)
             return statistics.disabledReason == nil && policy.prefersNative(userSpace)
         }
         if ignoreNextUserExit {
             ignoreNextUserExit = false
         } else {
-            policy.recordSoftware(userSpace, ns: now &- userEntryNs)
+            policy.recordSoftware(userSpace, instructions: now &- userEntryInstructions)
         }
         if interpreter.takeModelSpecificResultFlag() { policy.markSoftwareOnly(userSpace) }
         return false
@@ -185,14 +192,23 @@ public final class HybridBackend: VcpuBackend {
         if let stop = interpreter.serviceEvents(control: control) { return stop }
         if interpreter.interruptDeliverable { return nil }
         let space = addressSpaceKey(interpreter.cr3)
-        guard try makeKVMCoherent(cr3: interpreter.cr3, space: space) else { return nil }
+        let c0 = VirtualClock.hostMonotonicNs()
+        let coherent = try makeKVMCoherent(cr3: interpreter.cr3, space: space)
+        let c1 = VirtualClock.hostMonotonicNs()
+        statistics.coherenceNs &+= c1 &- c0
+        guard coherent else { return nil }
         interpreter.exportArchState(into: &transfer, includeMSRs: false)
         traceLine("enter rip=\(hex(transfer.rip)) rsp=\(hex(transfer.gpr[4])) cs=\(hex(UInt64(transfer.cs.selector))) ss=\(hex(UInt64(transfer.ss.selector))) rflags=\(hex(transfer.rflags)) cr3=\(hex(transfer.cr3)) fs=\(hex(transfer.fs.base))/\(transfer.fs.unusable) gs=\(hex(transfer.gs.base))")
         try loadKVM(transfer)
+        statistics.handoverNs &+= VirtualClock.hostMonotonicNs() &- c1
         statistics.nativeEntries += 1
         ignoreNextUserExit = true
         var inGuestNs: UInt64 = 0
-        defer { policy.recordNative(space, ns: inGuestNs) }
+        var runs = 0
+        defer {
+            let work = max(0, Double(inGuestNs) - Double(runs) * exitCostNs)
+            policy.recordNative(space, workNs: UInt64(work))
+        }
         var entered = false
 
         exitLoop: while true {
@@ -205,11 +221,14 @@ public final class HybridBackend: VcpuBackend {
             } else {
                 kick?.disarmTimer()
             }
+            traceLine("  run deadline=\(interpreter.nextTimerDeadline.map { String(Int64(bitPattern: $0 &- now)) } ?? "none") ns")
             let t0 = VirtualClock.hostMonotonicNs()
             let exit = try native.enter()
             let spent = VirtualClock.hostMonotonicNs() &- t0
             inGuestNs &+= spent
+            runs += 1
             statistics.nativeNs &+= spent
+            exitCostNs = min(exitCostNs * 1.001, Double(spent))
             entered = true
             traceLine("  exit \(exit.map { String($0) } ?? "EINTR") rip=\(hex(native.run.pointee.s.regs.regs.rip)) cs=\(hex(UInt64(native.run.pointee.s.regs.sregs.cs.selector))) vec=\(native.run.pointee.s.regs.events.exception.nr) cr2=\(hex(native.run.pointee.s.regs.sregs.cr2)) fs=\(hex(native.run.pointee.s.regs.sregs.fs.base)) rax=\(hex(native.run.pointee.s.regs.regs.rax))")
             guard let reason = exit else {
@@ -270,6 +289,13 @@ public final class HybridBackend: VcpuBackend {
 
     /// Page tables and code pages before user code runs natively. False if this address space
     /// cannot run natively now.
+    private func zap() throws(KVMError) {
+        let t0 = VirtualClock.hostMonotonicNs()
+        try native.zapShadowPageTables()
+        statistics.shadowZaps += 1
+        statistics.zapNs &+= VirtualClock.hostMonotonicNs() &- t0
+    }
+
     private func makeKVMCoherent(cr3: UInt64, space: UInt64) throws -> Bool {
         // Code pages whose content changed must be checked again wherever they are mapped.
         let changed = interpreter.takeChangedVerifiedCode()
@@ -284,12 +310,10 @@ public final class HybridBackend: VcpuBackend {
         case .unwatchable:
             policy.penalize(space)
             interpreter.clearPageTableWatch()
-            try native.zapShadowPageTables()
-            statistics.shadowZaps += 1
+            try zap()
             return false
         case .zap(let arm):
-            try native.zapShadowPageTables()
-            statistics.shadowZaps += 1
+            try zap()
             interpreter.clearPageTableWatch()
             interpreter.armPageTableWatch(arm)
         case .coherent(let arm):
@@ -321,6 +345,8 @@ public final class HybridBackend: VcpuBackend {
         // triple fault, reported with the faulting state. CR2, CR8 and the APIC base are not
         // user-visible; keeping KVM's avoids reloading segment state on every entry.
         sregs.idt.limit = 0
+        // The software CPU (like QEMU) does not raise #AC: native code must not either.
+        sregs.cr0 &= ~UInt64(1 << 18)
         sregs.cr2 = before.cr2
         sregs.cr8 = before.cr8
         sregs.apic_base = before.apic_base
@@ -343,6 +369,8 @@ public final class HybridBackend: VcpuBackend {
 
     /// The vCPU's user-mode state back into the software CPU, and native writes to code pages.
     private func leaveNative() throws {
+        let t0 = VirtualClock.hostMonotonicNs()
+        defer { statistics.handoverNs &+= VirtualClock.hostMonotonicNs() &- t0 }
         kick?.disarmTimer()
         let sync = native.run.pointee.s.regs
         transfer.apply(regs: sync.regs)
@@ -354,6 +382,15 @@ public final class HybridBackend: VcpuBackend {
         copyFX(from: transfer.fxsave)
         kvmFXKnown = true
         interpreter.importUserModeState(transfer)
+        // Stopped (by a kick, say) right after a SYSCALL jumped to the trap address: it is that
+        // SYSCALL the software CPU must execute.
+        if case .syscall(let rip, let rflags)? = NativeStop.completedSyscall(
+            rip: sync.regs.rip, rcx: sync.regs.rcx, r11: sync.regs.r11,
+            syscallTraps: (NativeVcpu.syscallTrap, NativeVcpu.compatSyscallTrap),
+            syscallBytes: { [interpreter] a in interpreter.peekLinear(a, count: 2) == [0x0F, 0x05] }) {
+            interpreter.instructionPointer = rip
+            interpreter.flags = rflags & ~(1 << 16)
+        }
         try codeWrites.collectWrites { page in
             interpreter.invalidateCode(physicalAddress: UInt64(page) << 12, length: 4096)
         }
@@ -378,10 +415,8 @@ public final class HybridBackend: VcpuBackend {
         switch stop {
         case .reexecute:
             statistics.faults += 1
-        case .syscall(let rip, let rflags):
-            statistics.syscalls += 1
-            interpreter.instructionPointer = rip
-            interpreter.flags = rflags & ~(1 << 16)
+        case .syscall:
+            statistics.syscalls += 1   // leaveNative already moved back to the SYSCALL
         case .trap(let vector, let singleStep):
             statistics.traps += 1
             interpreter.deliverTrap(vector: vector, singleStep: singleStep)

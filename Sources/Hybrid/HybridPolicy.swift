@@ -13,19 +13,22 @@ public struct HybridPolicyConfig: Sendable, Equatable {
     }
 
     public var mode: Mode = .adaptive
-    /// An address space goes native when its user-mode episodes are expected to take at least this
-    /// long on the software CPU. Measured: see docs/architecture.md.
-    public var minSoftwareEpisodeNs: Double = 400_000
-    /// How many times faster native user code runs than the software CPU, to convert a native
-    /// episode's length into software time.
-    public var nativeSpeedup: Double = 12
+    /// An address space goes native when its user-mode episodes (from a return to user mode to the
+    /// next system call, exception or interrupt) are expected to retire at least this many guest
+    /// instructions. Counted in instructions, not time, so a loaded host does not make short
+    /// episodes look long. Measured: see docs/architecture.md.
+    public var minEpisodeInstructions: Double = 50_000
+    /// Guest instructions native user code retires per microsecond of KVM_RUN beyond the exit
+    /// cost, to express a native episode in instructions.
+    public var nativeInstructionsPerMicrosecond: Double = 2000
     /// Weight of the newest episode in the running estimate.
     public var smoothing: Double = 0.3
 
     public init() {}
 
-    /// The defaults with `SWHV_HYBRID_POLICY` (adaptive|native|software) and `SWHV_HYBRID_MIN_US`
-    /// (the threshold in microseconds) applied. Returns an error line for a malformed value.
+    /// The defaults with `SWHV_HYBRID_POLICY` (adaptive|native|software) and
+    /// `SWHV_HYBRID_MIN_INSNS` (the threshold in instructions) applied. Returns an error line for a
+    /// malformed value.
     public static func fromEnvironment(_ env: (String) -> String?) -> Result<HybridPolicyConfig, HybridConfigError> {
         var c = HybridPolicyConfig()
         if let m = env("SWHV_HYBRID_POLICY") {
@@ -34,11 +37,11 @@ public struct HybridPolicyConfig: Sendable, Equatable {
             }
             c.mode = mode
         }
-        if let t = env("SWHV_HYBRID_MIN_US") {
-            guard let us = Double(t), us >= 0, us < 1e9 else {
-                return .failure(.invalid("SWHV_HYBRID_MIN_US='\(t)' is not a number of microseconds"))
+        if let t = env("SWHV_HYBRID_MIN_INSNS") {
+            guard let n = Double(t), n >= 0, n < 1e15 else {
+                return .failure(.invalid("SWHV_HYBRID_MIN_INSNS='\(t)' is not a number of instructions"))
             }
-            c.minSoftwareEpisodeNs = us * 1000
+            c.minEpisodeInstructions = n
         }
         return .success(c)
     }
@@ -57,8 +60,8 @@ final class HybridPolicy {
     let config: HybridPolicyConfig
 
     struct Space {
-        /// Expected software time of the next user-mode episode, ns.
-        var estimateNs: Double
+        /// Expected length of the next user-mode episode, in guest instructions.
+        var estimate: Double
         var episodes: UInt32 = 0
         /// Ran an instruction whose result depends on the CPU model: stays in software so its
         /// results are the software CPU's.
@@ -78,18 +81,18 @@ final class HybridPolicy {
         case .software: return false
         case .adaptive:
             guard let s = spaces[space] else { return false }   // new processes start in software
-            return !s.softwareOnly && s.estimateNs >= config.minSoftwareEpisodeNs
+            return !s.softwareOnly && s.estimate >= config.minEpisodeInstructions
         }
     }
 
-    /// A user-mode episode ran `ns` on the software CPU.
-    func recordSoftware(_ cr3: UInt64, ns: UInt64) {
-        update(cr3, softwareNs: Double(ns))
+    /// A user-mode episode retired `instructions` on the software CPU.
+    func recordSoftware(_ space: UInt64, instructions: UInt64) {
+        update(space, instructions: Double(instructions))
     }
 
-    /// A user-mode episode ran `ns` natively (until the exit that ended it).
-    func recordNative(_ cr3: UInt64, ns: UInt64) {
-        update(cr3, softwareNs: Double(ns) * config.nativeSpeedup)
+    /// A user-mode episode ran natively for `workNs` (time in KVM_RUN less the exit costs).
+    func recordNative(_ space: UInt64, workNs: UInt64) {
+        update(space, instructions: Double(workNs) / 1000 * config.nativeInstructionsPerMicrosecond)
     }
 
     /// Address space `cr3` executed an instruction whose result depends on the CPU model (SSE
@@ -97,23 +100,23 @@ final class HybridPolicy {
     /// instead of the software CPU's, so it stays in software.
     func markSoftwareOnly(_ cr3: UInt64) {
         if spaces.count >= HybridPolicy.maxSpaces && spaces[cr3] == nil { spaces.removeAll(keepingCapacity: true) }
-        spaces[cr3, default: Space(estimateNs: 0)].softwareOnly = true
+        spaces[cr3, default: Space(estimate: 0)].softwareOnly = true
     }
 
     /// Native execution failed in a way software handles (an exit KVM could not explain): keep
     /// this address space in software for a while.
     func penalize(_ cr3: UInt64) {
-        spaces[cr3] = Space(estimateNs: -config.minSoftwareEpisodeNs * 8)
+        spaces[cr3] = Space(estimate: -config.minEpisodeInstructions * 8)
     }
 
-    private func update(_ cr3: UInt64, softwareNs: Double) {
-        if spaces.count >= HybridPolicy.maxSpaces && spaces[cr3] == nil { spaces.removeAll(keepingCapacity: true) }
-        if var s = spaces[cr3] {
-            s.estimateNs += config.smoothing * (softwareNs - s.estimateNs)
+    private func update(_ space: UInt64, instructions: Double) {
+        if spaces.count >= HybridPolicy.maxSpaces && spaces[space] == nil { spaces.removeAll(keepingCapacity: true) }
+        if var s = spaces[space] {
+            s.estimate += config.smoothing * (instructions - s.estimate)
             s.episodes &+= 1
-            spaces[cr3] = s
+            spaces[space] = s
         } else {
-            spaces[cr3] = Space(estimateNs: softwareNs, episodes: 1)
+            spaces[space] = Space(estimate: instructions, episodes: 1)
         }
     }
 }

@@ -10,7 +10,9 @@ import Glibc
 final class KickSignal: @unchecked Sendable {
     let signal: Int32
     let thread: pthread_t
-    private var timer: timer_t?
+    /// The POSIX timer (glibc's timer_t is a pointer-sized id; 0 is a valid one).
+    private var timer: timer_t? = nil
+    private var hasTimer = false
     private var oldMask = sigset_t()
     private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private var armed = true
@@ -40,10 +42,11 @@ final class KickSignal: @unchecked Sendable {
             throw .system("timer_create", e)
         }
         timer = t
+        hasTimer = true
     }
 
     deinit {
-        if let timer { timer_delete(timer) }
+        if hasTimer { timer_delete(timer) }
         pthread_mutex_destroy(lock)
         lock.deallocate()
     }
@@ -68,7 +71,7 @@ final class KickSignal: @unchecked Sendable {
 
     /// Fires the signal `ns` from now (relative, CLOCK_MONOTONIC).
     func armTimer(inNs ns: UInt64) {
-        guard let timer else { return }
+        guard hasTimer else { return }
         let n = max(ns, 1000)
         var spec = itimerspec()
         spec.it_value.tv_sec = Int(n / 1_000_000_000)
@@ -77,7 +80,7 @@ final class KickSignal: @unchecked Sendable {
     }
 
     func disarmTimer() {
-        guard let timer else { return }
+        guard hasTimer else { return }
         var spec = itimerspec()
         timer_settime(timer, 0, &spec, nil)
     }

@@ -14,6 +14,14 @@ enum NativeStop: Equatable {
 
     static let rflagsTF: UInt64 = 1 << 8
 
+    /// A SYSCALL that completed natively but whose landing at the trap address has not faulted yet
+    /// (a kick can end KVM_RUN at that instruction boundary): RIP is the trap address.
+    static func completedSyscall(rip: UInt64, rcx: UInt64, r11: UInt64, syscallTraps: (UInt64, UInt64),
+                                 syscallBytes: (UInt64) -> Bool) -> NativeStop? {
+        guard rip == syscallTraps.0 || rip == syscallTraps.1, syscallBytes(rcx &- 2) else { return nil }
+        return .syscall(rip: rcx &- 2, rflags: r11)
+    }
+
     /// Classifies a KVM_EXIT_SHUTDOWN (an exception with no IDT to deliver it through).
     /// `vector` is the exception KVM recorded in its vCPU events; `codeBefore(n)` returns the
     /// n bytes before RIP if readable.
