@@ -67,9 +67,11 @@ public final class HybridBackend: VcpuBackend {
     private weak var kickedControl: VMControl?
     /// Reused for every hand-over (no allocation on the way).
     private var transfer = X86ArchState()
-    /// The FXSAVE image KVM holds, to skip KVM_SET_FPU when the software CPU did not change it.
+    /// The FXSAVE image KVM holds, to skip KVM_SET_XSAVE when the software CPU did not change it.
     private var kvmFX = [UInt8](repeating: 0, count: 512)
     private var kvmFXKnown = false
+    /// KVM's XSAVE area as last read (x87/SSE go through it: KVM_GET_FPU loses MXCSR on kvm-pvm).
+    private var xsave = kvm_xsave()
     /// The user-mode episode being measured for the policy (instructions retired at its start).
     private var userEntryInstructions: UInt64 = 0
     /// The shortest recent KVM_RUN: what an exit costs with no guest work, subtracted from native
@@ -361,7 +363,9 @@ public final class HybridBackend: VcpuBackend {
             kvmFX.withUnsafeBytes { b in memcmp(a.baseAddress!, b.baseAddress!, 512) != 0 }
         }
         if fxChanged {
-            try native.vcpu.setFPU(s.kvmFPU)
+            if !kvmFXKnown { xsave = try native.vcpu.getXSave() }
+            s.store(into: &xsave)
+            try native.vcpu.setXSave(xsave)
             copyFX(from: s.fxsave)
             kvmFXKnown = true
         }
@@ -378,7 +382,8 @@ public final class HybridBackend: VcpuBackend {
         transfer.ss = SegmentState(sync.sregs.ss); transfer.ds = SegmentState(sync.sregs.ds)
         transfer.fs = SegmentState(sync.sregs.fs); transfer.gs = SegmentState(sync.sregs.gs)
         transfer.events.interruptShadow = sync.events.interrupt.shadow != 0
-        transfer.apply(fpu: try native.vcpu.getFPU())
+        xsave = try native.vcpu.getXSave()
+        transfer.apply(xsave: xsave)
         copyFX(from: transfer.fxsave)
         kvmFXKnown = true
         interpreter.importUserModeState(transfer)

@@ -66,7 +66,12 @@ final class HybridPolicy {
         /// Ran an instruction whose result depends on the CPU model: stays in software so its
         /// results are the software CPU's.
         var softwareOnly = false
+        /// Episodes left to run in software after native execution failed.
+        var cooldown = 0
     }
+
+    /// Episodes an address space stays in software after native execution failed for it.
+    static let penaltyEpisodes = 16
 
     private(set) var spaces: [UInt64: Space] = [:]
     /// Bound on remembered address spaces (CR3 values); the table is forgotten when it is full.
@@ -81,7 +86,7 @@ final class HybridPolicy {
         case .software: return false
         case .adaptive:
             guard let s = spaces[space] else { return false }   // new processes start in software
-            return !s.softwareOnly && s.estimate >= config.minEpisodeInstructions
+            return !s.softwareOnly && s.cooldown == 0 && s.estimate >= config.minEpisodeInstructions
         }
     }
 
@@ -106,7 +111,8 @@ final class HybridPolicy {
     /// Native execution failed in a way software handles (an exit KVM could not explain): keep
     /// this address space in software for a while.
     func penalize(_ cr3: UInt64) {
-        spaces[cr3] = Space(estimate: -config.minEpisodeInstructions * 8)
+        if spaces.count >= HybridPolicy.maxSpaces && spaces[cr3] == nil { spaces.removeAll(keepingCapacity: true) }
+        spaces[cr3, default: Space(estimate: 0)].cooldown = HybridPolicy.penaltyEpisodes
     }
 
     private func update(_ space: UInt64, instructions: Double) {
@@ -114,6 +120,7 @@ final class HybridPolicy {
         if var s = spaces[space] {
             s.estimate += config.smoothing * (instructions - s.estimate)
             s.episodes &+= 1
+            if s.cooldown > 0 { s.cooldown -= 1 }
             spaces[space] = s
         } else {
             spaces[space] = Space(estimate: instructions, episodes: 1)

@@ -11,7 +11,7 @@ extension KVMVcpu {
         var s = X86ArchState()
         s.apply(regs: try getRegs())
         s.apply(sregs: try getSregs())
-        s.apply(fpu: try getFPU())
+        s.apply(xsave: try getXSave())
         s.apply(events: try getVcpuEvents())
         s.apply(debugRegs: try getDebugRegs())
         s.events.halted = try getMPState() == UInt32(KVM_MP_STATE_HALTED)
@@ -25,11 +25,23 @@ extension KVMVcpu {
         var sregs = try getSregs()
         s.store(into: &sregs)
         try setSregs(sregs)
-        var msrs = s.msrs.map { (index: $0.index, value: $0.value) }
+        var msrs = s.msrs
         // KVM writes the TSC as "the guest's TSC now"; set it last so the hand-over gap is smallest.
         if let i = msrs.firstIndex(where: { $0.index == 0x10 }) { msrs.append(msrs.remove(at: i)) }
-        if !msrs.isEmpty { try setMSRs(msrs) }
-        try setFPU(s.kvmFPU)
+        // One at a time: an MSR this vCPU does not implement (TSC_AUX without RDTSCP, say) is fine
+        // when the state holds its reset value there; anything else is an error.
+        for m in msrs {
+            do { try setMSRs([(m.index, m.value)]) } catch {
+                let current = try getMSRs([m.index]).first?.value ?? 0
+                guard m.value == current else {
+                    throw KVMError("KVM_SET_MSRS", errno: EINVAL, detail:
+                        "MSR 0x\(String(m.index, radix: 16)) = 0x\(String(m.value, radix: 16)) was refused")
+                }
+            }
+        }
+        var x = try getXSave()
+        s.store(into: &x)
+        try setXSave(x)
         try setDebugRegs(s.kvmDebugRegs)
         var ev = try getVcpuEvents()
         s.store(into: &ev)
@@ -56,6 +68,19 @@ extension KVMVcpu {
             rest = rest.dropFirst(n + 1)   // skip the one KVM refused
         }
         return out
+    }
+
+    /// The XSAVE area (4 KiB; its first 512 bytes are the FXSAVE image). Unlike KVM_GET_FPU, which
+    /// kvm-pvm answers with MXCSR 0, this carries MXCSR.
+    public func getXSave() throws(KVMError) -> kvm_xsave {
+        var x = kvm_xsave()
+        _ = try kvmIoctl(fd, CKVM_KVM_GET_XSAVE(), "KVM_GET_XSAVE", &x)
+        return x
+    }
+
+    public func setXSave(_ area: kvm_xsave) throws(KVMError) {
+        var x = area
+        _ = try kvmIoctl(fd, CKVM_KVM_SET_XSAVE(), "KVM_SET_XSAVE", &x)
     }
 
     public func getDebugRegs() throws(KVMError) -> kvm_debugregs {
@@ -211,6 +236,28 @@ extension X86ArchState {
         s.idt.base = idt.base; s.idt.limit = idt.limit
         s.cr0 = cr0; s.cr2 = cr2; s.cr3 = cr3; s.cr4 = cr4; s.cr8 = cr8
         s.efer = efer; s.apic_base = apicBase
+    }
+
+    /// The FXSAVE image from an XSAVE area (its legacy region; MXCSR_MASK stays the state's own).
+    public mutating func apply(xsave x: kvm_xsave) {
+        var x = x
+        let mask: UInt32 = fxWord(at: 28)
+        withUnsafeBytes(of: &x.region) { src in
+            fxsave.withUnsafeMutableBytes { $0.baseAddress!.copyMemory(from: src.baseAddress!, byteCount: 416) }
+        }
+        setFXWord(mask == 0 ? UInt32(0xFFFF) : mask, at: 28)
+    }
+
+    /// Puts the FXSAVE image into an XSAVE area's legacy region and marks x87 and SSE state as
+    /// present (XSTATE_BV bits 0 and 1), leaving the area's other components as they are.
+    public func store(into x: inout kvm_xsave) {
+        withUnsafeMutableBytes(of: &x.region) { dst in
+            let mask = dst.loadUnaligned(fromByteOffset: 28, as: UInt32.self)
+            fxsave.withUnsafeBytes { dst.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: 416) }
+            dst.storeBytes(of: mask, toByteOffset: 28, as: UInt32.self)   // the host's, as KVM expects
+            let bv = dst.loadUnaligned(fromByteOffset: 512, as: UInt64.self)
+            dst.storeBytes(of: bv | 3, toByteOffset: 512, as: UInt64.self)
+        }
     }
 
     /// kvm_fpu holds the FXSAVE image's fields in its own order: fpr[8][16], fcw, fsw, ftw, pad,

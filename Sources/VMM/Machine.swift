@@ -26,6 +26,8 @@ public struct MachineConfig: Sendable {
     public var unpackOnHost = true
     /// Block devices, in order: /dev/vda, /dev/vdb, ...
     public var disks: [DiskConfig] = []
+    /// The hybrid backend's policy; nil: the defaults with SWHV_HYBRID_POLICY / SWHV_HYBRID_MIN_INSNS.
+    public var hybridPolicy: HybridPolicyConfig?
     public init() {}
 }
 
@@ -145,7 +147,8 @@ public final class Machine: IOHandler, @unchecked Sendable {
             do { return try makeKVM(config: config, memory: memory, reason: "requested with --accel kvm") }
             catch { throw .kvm(error) }
         case .hybrid:
-            return try makeHybrid(memory: memory, clock: clock, reason: "requested with --accel hybrid")
+            return try makeHybrid(memory: memory, clock: clock, policy: config.hybridPolicy,
+                                  reason: "requested with --accel hybrid")
         case .auto:
             if KVMSystem.emulatesSupervisorCode {
                 return makeInterpreter(memory: memory, clock: clock,
@@ -177,11 +180,16 @@ public final class Machine: IOHandler, @unchecked Sendable {
     /// code. Only offered where KVM runs user code natively but emulates kernel code (kvm-pvm): on
     /// a hardware-virtualization host KVM runs everything natively, and without /dev/kvm there is
     /// nothing to run user code on.
-    static func makeHybrid(memory: GuestMemory, clock: VirtualClock, reason: String) throws(MachineError) -> BackendSetup {
+    static func makeHybrid(memory: GuestMemory, clock: VirtualClock, policy configured: HybridPolicyConfig?,
+                           reason: String) throws(MachineError) -> BackendSetup {
         let policy: HybridPolicyConfig
-        switch HybridPolicyConfig.fromEnvironment({ getenv($0).map { String(cString: $0) } }) {
-        case .success(let p): policy = p
-        case .failure(let e): throw .invalidArgument(e.description)
+        if let configured {
+            policy = configured
+        } else {
+            switch HybridPolicyConfig.fromEnvironment({ getenv($0).map { String(cString: $0) } }) {
+            case .success(let p): policy = p
+            case .failure(let e): throw .invalidArgument(e.description)
+            }
         }
         if let why = hybridUnavailableReason() { throw .backendUnavailable("--accel hybrid: \(why)") }
         let setup = makeInterpreter(memory: memory, clock: clock, reason: reason)

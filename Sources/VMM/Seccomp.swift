@@ -36,7 +36,7 @@ public enum Seccomp {
     /// slot to make KVM drop stale shadow page tables. KVM_SET_USER_MEMORY_REGION only maps this
     /// process's own memory into its own VM.
     static var hybridIoctls: [UInt32] {
-        [CKVM_KVM_SET_SREGS(), CKVM_KVM_GET_FPU(), CKVM_KVM_SET_FPU(), CKVM_KVM_SET_USER_MEMORY_REGION(),
+        [CKVM_KVM_SET_SREGS(), CKVM_KVM_GET_XSAVE(), CKVM_KVM_SET_XSAVE(), CKVM_KVM_SET_USER_MEMORY_REGION(),
          CKVM_KVM_GET_DIRTY_LOG(), CKVM_KVM_CLEAR_DIRTY_LOG()].map { UInt32(truncatingIfNeeded: $0) }
     }
 

@@ -212,7 +212,7 @@ extension X86Interpreter {
 
     func importFXSave(_ image: [UInt8]) {
         image.withUnsafeBytes { src in
-            let top = Int((src.load(fromByteOffset: FX.fsw, as: UInt16.self) >> 11) & 7)
+            let top = Int((src.loadUnaligned(fromByteOffset: FX.fsw, as: UInt16.self) >> 11) & 7)
             fx.copyMemory(from: src.baseAddress!, byteCount: 512)
             for i in 0..<8 {
                 (fx + FX.st0 + 16 * ((top + i) & 7)).copyMemory(from: src.baseAddress! + FX.st0 + 16 * i, byteCount: 16)

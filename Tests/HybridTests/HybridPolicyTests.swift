@@ -41,7 +41,7 @@ final class HybridPolicyTests: XCTestCase {
         XCTAssertFalse(p.prefersNative(5))
         p.recordSoftware(5, instructions: 10_000_000)
         XCTAssertFalse(p.prefersNative(5), "one long episode is not enough after a failure")
-        for _ in 0..<10 { p.recordSoftware(5, instructions: 10_000_000) }
+        for _ in 0..<HybridPolicy.penaltyEpisodes { p.recordSoftware(5, instructions: 10_000_000) }
         XCTAssertTrue(p.prefersNative(5))
     }
 

@@ -44,9 +44,10 @@ final class PageTableCoherenceTests: XCTestCase {
         XCTAssertEqual(c.zaps, 1)
         try set(Self.pt, 4, 0)                                    // unmap
         guard case .zap = c.prepare(cr3: 0x1000, written: [page(Self.pt)]) else { return XCTFail() }
-        try set(Self.pt, 5, (try entry(Self.pt, 5) & ~Self.d) | Self.d)
+        try set(Self.pt, 5, try entry(Self.pt, 5) | Self.d)       // dirty (a CPU wrote the page)
+        guard case .coherent = c.prepare(cr3: 0x1000, written: [page(Self.pt)]) else { return XCTFail() }
         try set(Self.pt, 5, try entry(Self.pt, 5) & ~Self.d)      // dirty bit cleared (writeback)
-        guard case .zap = c.prepare(cr3: 0x1000, written: [page(Self.pt)]) else { return XCTFail() }
+        guard case .zap = c.prepare(cr3: 0x1000, written: [page(Self.pt)]) else { return XCTFail("D 1 -> 0") }
     }
 
     func testAccessedBitsAndNewEntriesNeedNoZap() throws {

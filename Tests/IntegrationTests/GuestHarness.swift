@@ -37,14 +37,14 @@ enum GuestHarness {
     }
 
     /// Assembles Tests/Guests/NAME.asm with nasm into a flat binary.
-    static func assemble(_ name: String) throws -> [UInt8] {
+    static func assemble(_ name: String, defines: [String] = []) throws -> [UInt8] {
         let nasm = ["/usr/bin/nasm", "/usr/local/bin/nasm"].first { FileManager.default.isExecutableFile(atPath: $0) }
         guard let nasm else { throw XCTSkip("nasm is not installed (apt-get install nasm)") }
         let out = FileManager.default.temporaryDirectory.appendingPathComponent("swhv-guest-\(name)-\(UUID().uuidString).bin")
         defer { try? FileManager.default.removeItem(at: out) }
         let p = Process()
         p.executableURL = URL(fileURLWithPath: nasm)
-        p.arguments = ["-f", "bin", "-o", out.path, guestsDir.appendingPathComponent("\(name).asm").path]
+        p.arguments = ["-f", "bin"] + defines.map { "-D" + $0 } + ["-o", out.path, guestsDir.appendingPathComponent("\(name).asm").path]
         let err = Pipe()
         p.standardError = err
         try p.run()
@@ -77,14 +77,17 @@ enum GuestHarness {
         let stop: Result<VcpuStop, MachineError>
         let output: SerialOutputCollector
         let mmio: TestMMIODevice
+        let machine: Machine
     }
 
     /// Runs a guest on `accelerator` with a watchdog: a guest that does not stop within `timeout`
     /// seconds is stopped and reported as a host request.
     static func run(_ name: String, accelerator: Accelerator, timeout: Double = 30,
-                    memory: UInt64 = 16 << 20, prepare: ((Machine) throws -> Void)? = nil) throws -> Run {
-        let binary = try assemble(name)
+                    memory: UInt64 = 16 << 20, defines: [String] = [], configure: ((inout MachineConfig) -> Void)? = nil,
+                    prepare: ((Machine) throws -> Void)? = nil) throws -> Run {
+        let binary = try assemble(name, defines: defines)
         var config = MachineConfig()
+        configure?(&config)
         config.memorySize = memory
         config.accelerator = accelerator
         config.irqchip = false
@@ -102,6 +105,6 @@ enum GuestHarness {
         defer { watchdog.cancel() }
         let stop: Result<VcpuStop, MachineError>
         do { stop = .success(try machine.run()) } catch { stop = .failure(error) }
-        return Run(stop: stop, output: output, mmio: dev)
+        return Run(stop: stop, output: output, mmio: dev, machine: machine)
     }
 }

@@ -63,7 +63,7 @@ final class ArchStateTests: XCTestCase {
         try b.importArchState(s)
         XCTAssertEqual(b.exportArchState(), s)
         XCTAssertEqual(s.msr(0xC000_0081), 0x0023_0010_0000_0011, "STAR as WRMSR set it")
-        XCTAssertEqual(s.fsw >> 11 & 7, 6, "two x87 pushes, one pop: TOP = 6")
+        XCTAssertEqual(s.fsw >> 11 & 7, 7, "two x87 pushes, one pop: TOP = 7")
     }
 
     func testHandOverMidRunEndsWhereAStraightRunEnds() throws {
@@ -135,6 +135,7 @@ final class ArchStateTests: XCTestCase {
         try cpu.setEntryState(LongModeGuest.entryState(rip: ArchStateTests.code, rsp: 0x7F000))
         XCTAssertTrue(cpu.setMSR(0xC000_0082, 0x12000))
         XCTAssertTrue(cpu.setMSR(0xC000_0081, UInt64(0x0018_0010) << 32))
+        XCTAssertTrue(cpu.setMSR(0xC000_0084, 0x200))   // SFMASK: IF off in the handler, so HLT ends the run
         var calls: [Bool] = []
         cpu.setPrivilegeObserver { user in calls.append(user); return user }
         XCTAssertNil(cpu.run(io: RecordingIO(), control: VMControl(), maxInstructions: 100))
