@@ -242,7 +242,9 @@ public final class HybridBackend: VcpuBackend {
                     continue
                 }
                 statistics.interrupts += 1
-                break
+                try leaveNative()
+                deliverPendingTrap()
+                return nil
             }
             switch reason {
             case KVM_EXIT_IO:
@@ -283,7 +285,10 @@ public final class HybridBackend: VcpuBackend {
             }
         }
         kick?.disarmTimer()
-        if entered { try leaveNative() }
+        if entered {
+            try leaveNative()
+            deliverPendingTrap()
+        }
         return nil
     }
 
@@ -353,6 +358,15 @@ public final class HybridBackend: VcpuBackend {
         sregs.cr8 = before.cr8
         sregs.apic_base = before.apic_base
         var dirty = UInt64(KVM_SYNC_X86_REGS)
+        // An event KVM still holds (a trap pending at a kick) was delivered in software already.
+        let ev = run.pointee.s.regs.events
+        if ev.exception.pending != 0 || ev.exception.injected != 0 || ev.interrupt.injected != 0 || ev.nmi.injected != 0
+            || ev.nmi.pending != 0 {
+            var clean = kvm_vcpu_events()
+            clean.flags = UInt32(KVM_VCPUEVENT_VALID_NMI_PENDING | KVM_VCPUEVENT_VALID_SHADOW)
+            run.pointee.s.regs.events = clean
+            dirty |= UInt64(KVM_SYNC_X86_EVENTS)
+        }
         if !NativeVcpu.same(sregs, before) {
             run.pointee.s.regs.sregs = sregs
             dirty |= UInt64(KVM_SYNC_X86_SREGS)
@@ -405,6 +419,28 @@ public final class HybridBackend: VcpuBackend {
     private func copyFX(from image: [UInt8]) {
         image.withUnsafeBytes { src in
             kvmFX.withUnsafeMutableBytes { $0.copyMemory(from: src) }
+        }
+    }
+
+    /// A kick can end KVM_RUN after an instruction raised a trap (ICEBP, INT3, single step) but
+    /// before KVM tried to deliver it: KVM holds it as a pending exception (or, for an INT3 its
+    /// emulator ran, a queued software interrupt), RIP already past the instruction. The software CPU delivers it; KVM forgets it on the next entry (loadKVM).
+    private func deliverPendingTrap() {
+        let events = native.run.pointee.s.regs.events
+        // INT3/INT n that KVM emulated and queued as a software interrupt: RIP is past it too.
+        if events.interrupt.injected != 0 && events.interrupt.soft != 0 {
+            statistics.traps += 1
+            interpreter.deliverTrap(vector: events.interrupt.nr, singleStep: false)
+            return
+        }
+        let e = events.exception
+        guard e.pending != 0 || e.injected != 0 else { return }
+        switch e.nr {
+        case 1, 3, 4:
+            statistics.traps += 1
+            interpreter.deliverTrap(vector: e.nr, singleStep: e.nr == 1 && interpreter.flags & (1 << 8) != 0)
+        default:
+            break   // a fault: RIP is at the instruction, which raises it again in software
         }
     }
 

@@ -143,6 +143,17 @@ int main(void) {
     ioperm(0x80, 1, 0);
     probe("out, ioperm off", io_denied_out, 0);
 
+    // Traps again and again, so that some land next to a timer kick (a trap KVM holds pending).
+    int traps[3] = { 0, 0, 0 };
+    for (int i = 0; i < 600; i++) {
+        got_signal = 0;
+        if (sigsetjmp(jump, 1) == 0) {
+            if (i % 3 == 0) bp(); else if (i % 3 == 1) icebp(); else db_step();
+        }
+        if (got_signal == SIGTRAP) traps[i % 3]++;
+    }
+    printf("traps of 200: int3 %d, int1 %d, single-step %d\n", traps[0], traps[1], traps[2]);
+
     // System calls: SYSCALL and the 32-bit INT 0x80 gate.
     long r = syscall(SYS_getppid) > 0;
     printf("syscall getppid>0 %ld\n", r);
