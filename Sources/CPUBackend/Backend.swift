@@ -249,8 +249,11 @@ public protocol VcpuBackend: AnyObject {
     /// Guest instructions executed so far, where the backend counts them (the interpreter does;
     /// hardware virtualization does not).
     var guestInstructionCount: UInt64? { get }
+    /// A line about how the backend ran the guest (the translator's share), for `--boot-timer`.
+    var statisticsReport: String? { get }
 }
 
 extension VcpuBackend {
     public var guestInstructionCount: UInt64? { nil }
+    public var statisticsReport: String? { nil }
 }
