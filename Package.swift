@@ -22,16 +22,19 @@ let package = Package(
         .systemLibrary(name: "CKVM", path: "Modules/CKVM"),
         // Typed Swift over the KVM ioctls.
         .target(name: "KVM", dependencies: ["CKVM", "CPUBackend", "VMMemory"]),
+        // What devices, the platform and both backends share: interrupt lines and controllers, the VM
+        // clock and timed devices, the PC layout, device-state values, hex and access-size helpers.
+        .target(name: "VMCore", swiftSettings: fastRelease),
         // Guest RAM: one bounds-checked view shared by loader, devices and both CPU backends.
-        .target(name: "VMMemory", swiftSettings: fastRelease),
+        .target(name: "VMMemory", dependencies: ["VMCore"], swiftSettings: fastRelease),
         // Linux x86 boot protocol: bzImage, vmlinux ELF, initrd, boot_params, e820, page tables, GDT.
         .target(name: "LinuxLoader", dependencies: ["VMMemory", "CPUBackend", "CCompress"]),
         // zlib + liblzma headers, for decompressing bzImage payloads on the host.
         .systemLibrary(name: "CCompress", path: "Modules/CCompress"),
-        // The CPU backend protocol and the events both backends deliver to the machine.
-        .target(name: "CPUBackend", dependencies: ["VMMemory"]),
-        // Buses and devices: 16550, i8042, virtio, platform pieces. Know nothing of KVM or the interpreter.
-        .target(name: "Devices", dependencies: ["VMMemory", "CPUBackend"], swiftSettings: fastRelease),
+        // What a vCPU backend is: the protocol, its entry state, stop reasons, I/O seam and VM control.
+        .target(name: "CPUBackend", dependencies: ["VMCore"]),
+        // Buses, devices and the platform that wires them. Know nothing of KVM or the interpreter.
+        .target(name: "Devices", dependencies: ["VMCore", "VMMemory"], swiftSettings: fastRelease),
         // The x86-64 interpreter backend.
         .target(name: "X86Interpreter", dependencies: ["VMMemory", "CPUBackend"],
                 swiftSettings: fastRelease),

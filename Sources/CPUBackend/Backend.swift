@@ -1,8 +1,7 @@
-import VMMemory
+// A backend's interface is stated in VMCore's terms (interrupt controllers, the VM clock, timed
+// devices): whoever imports CPUBackend gets them too.
+@_exported import VMCore
 import Synchronization
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// Where a vCPU's port I/O and MMIO accesses go. The machine implements it over its buses; both CPU
 /// backends call it synchronously from the vCPU thread, in guest program order.
@@ -112,61 +111,6 @@ public final class VMControl: Sendable {
         let work = posted.withLock { w -> [@Sendable () -> Void] in let x = w; w.removeAll(); return x }
         for w in work { w() }
     }
-}
-
-/// A monotonic VM clock in nanoseconds since the VM was created. TSC, PIT, APIC timer and RTC all
-/// derive from this one clock so the guest sees consistent time.
-public final class VirtualClock: Sendable {
-    private let start: UInt64
-    public init() { start = VirtualClock.hostMonotonicNs() }
-    /// Nanoseconds since the clock was created.
-    @inline(__always)
-    public var nowNs: UInt64 { VirtualClock.hostMonotonicNs() &- start }
-
-    @inline(__always)
-    public static func hostMonotonicNs() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
-    }
-}
-
-/// The interrupt request line of the 8259 pair (INTR), as the interpreter's local APIC sees it on LINT0.
-public protocol ExternalInterrupts: AnyObject {
-    /// True when the PIC asserts INTR (an unmasked request with higher priority than any in service).
-    var interruptPending: Bool { get }
-    /// The INTA cycle: returns the vector and moves the request from IRR to ISR.
-    func acknowledge() -> UInt8
-}
-
-/// A device with timers the interpreter must advance (PIT, RTC). KVM models these in the kernel.
-public protocol TimedDevice: AnyObject {
-    /// Advances the device to `now` (VirtualClock ns), raising interrupts that fell due.
-    /// Returns the next time it needs to be advanced, or nil if no timer is armed.
-    func advance(to now: UInt64) -> UInt64?
-}
-
-/// How devices raise interrupts. KVM implements it with its in-kernel irqchip; the interpreter with
-/// its own PIC/IOAPIC/LAPIC models. Devices only ever see this protocol.
-public protocol InterruptController: AnyObject, Sendable {
-    /// Sets the level of an interrupt line (GSI). Edge-triggered users call it with true then false.
-    func setIRQ(_ gsi: UInt32, level: Bool)
-    /// Delivers a message-signalled interrupt.
-    func signalMSI(address: UInt64, data: UInt32)
-}
-
-/// One interrupt line of a device: a controller and a GSI number.
-public struct IRQLine: Sendable {
-    public let controller: any InterruptController
-    public let gsi: UInt32
-    public init(controller: any InterruptController, gsi: UInt32) {
-        self.controller = controller
-        self.gsi = gsi
-    }
-    public func raise() { controller.setIRQ(gsi, level: true) }
-    public func lower() { controller.setIRQ(gsi, level: false) }
-    /// An edge: raise then lower.
-    public func pulse() { raise(); lower() }
 }
 
 /// A segment register as both backends understand it (the fields of KVM's `kvm_segment`).

@@ -1,4 +1,4 @@
-import CPUBackend
+import VMCore
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -146,14 +146,14 @@ public final class CmosRtc: BusDevice, TimedDevice {
     // MARK: Ports
 
     public func read(offset: UInt64, size: Int) -> UInt64 {
-        PlatformPortIO.read(offset: offset, size: size, length: 2) { port in
+        ByteWidePorts.read(offset: offset, size: size, length: 2) { port in
             // The index register is write-only.
             port == 0 ? 0xFF : readRegister(index)
         }
     }
 
     public func write(offset: UInt64, size: Int, value: UInt64) {
-        PlatformPortIO.write(offset: offset, size: size, value: value, length: 2) { port, byte in
+        ByteWidePorts.write(offset: offset, size: size, value: value, length: 2) { port, byte in
             // Bit 7 of the index port masks NMI on a PC; there are no NMI sources here to mask.
             if port == 0 { index = Int(byte & 0x7F) } else { writeRegister(index, byte) }
         }

@@ -1,3 +1,5 @@
+import VMCore
+
 /// A port range that accepts writes and reads a constant: for ports the guest pokes without needing
 /// an answer, such as the POST code port 0x80 (Linux's `outb_p` delay writes there).
 /// Claiming them keeps them out of the bus's unhandled-access log.
@@ -18,7 +20,7 @@ public final class PortSink: BusDevice {
     public func read(offset: UInt64, size: Int) -> UInt64 {
         switch readValue {
         case .zero: return 0
-        case .allOnes: return size >= 8 ? UInt64.max : (UInt64(1) << (UInt64(max(size, 0)) * 8)) - 1
+        case .allOnes: return VMCore.allOnes(size: size)
         }
     }
 
@@ -47,7 +49,7 @@ public enum BootMilestone: Equatable, Sendable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .userspaceUp: return "userspace up"
-        case .other(let v): return "boot marker 0x\(String(v, radix: 16))"
+        case .other(let v): return "boot marker \(hex(v))"
         }
     }
 }

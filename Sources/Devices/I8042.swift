@@ -1,4 +1,4 @@
-import CPUBackend
+import VMCore
 
 /// The PS/2 controller (i8042) with a keyboard that never types: enough for Linux to probe it
 /// quickly, find no mouse, and reboot through it (`reboot=k`).
@@ -262,7 +262,7 @@ public final class I8042 {
     fileprivate func busRead(isData: Bool, size: Int) -> UInt64 {
         guard size == 1 else {
             wideAccesses += 1
-            return size >= 8 ? UInt64.max : (UInt64(1) << (UInt64(max(size, 0)) * 8)) - 1
+            return allOnes(size: size)
         }
         return UInt64(isData ? readData() : readStatus())
     }

@@ -1,4 +1,4 @@
-import CPUBackend
+import VMCore
 
 /// One 8259A: the register state of a single chip. The pair wires two of them in the PC cascade.
 struct Pic8259Chip {
@@ -303,35 +303,12 @@ public final class Pic8259Port: BusDevice {
     }
 
     public func read(offset: UInt64, size: Int) -> UInt64 {
-        PlatformPortIO.read(offset: offset, size: size, length: 2) { pair.readByte(window, index: Int($0)) }
+        ByteWidePorts.read(offset: offset, size: size, length: 2) { pair.readByte(window, index: Int($0)) }
     }
 
     public func write(offset: UInt64, size: Int, value: UInt64) {
-        PlatformPortIO.write(offset: offset, size: size, value: value, length: 2) {
+        ByteWidePorts.write(offset: offset, size: size, value: value, length: 2) {
             pair.writeByte(window, index: Int($0), value: $1)
-        }
-    }
-}
-
-/// Splits a wide port access into byte cycles on consecutive ports, as the ISA bus does for byte-wide
-/// devices. Bytes that fall outside the device's `length` ports read as 0xFF and are dropped on write.
-enum PlatformPortIO {
-    static func read(offset: UInt64, size: Int, length: UInt64, byte: (UInt64) -> UInt8) -> UInt64 {
-        var result: UInt64 = 0
-        for i in 0..<min(max(size, 1), 8) {
-            let port = offset.addingReportingOverflow(UInt64(i))
-            let b: UInt8 = !port.overflow && port.partialValue < length ? byte(port.partialValue) : 0xFF
-            result |= UInt64(b) << (UInt64(i) * 8)
-        }
-        return result
-    }
-
-    static func write(offset: UInt64, size: Int, value: UInt64, length: UInt64, byte: (UInt64, UInt8) -> Void) {
-        for i in 0..<min(max(size, 1), 8) {
-            let port = offset.addingReportingOverflow(UInt64(i))
-            if !port.overflow && port.partialValue < length {
-                byte(port.partialValue, UInt8(truncatingIfNeeded: value >> (UInt64(i) * 8)))
-            }
         }
     }
 }

@@ -1,4 +1,4 @@
-import CPUBackend
+import VMCore
 
 /// One counter of the 8254. Time is kept as input-clock ticks elapsed since counting (re)started, so
 /// reading a counter or OUT is arithmetic on the clock, never a per-tick simulation.
@@ -133,11 +133,11 @@ public final class Pit8254: BusDevice, TimedDevice {
     // MARK: Counter ports
 
     public func read(offset: UInt64, size: Int) -> UInt64 {
-        PlatformPortIO.read(offset: offset, size: size, length: 4) { readByte($0) }
+        ByteWidePorts.read(offset: offset, size: size, length: 4) { readByte($0) }
     }
 
     public func write(offset: UInt64, size: Int, value: UInt64) {
-        PlatformPortIO.write(offset: offset, size: size, value: value, length: 4) { writeByte($0, $1) }
+        ByteWidePorts.write(offset: offset, size: size, value: value, length: 4) { writeByte($0, $1) }
     }
 
     private func readByte(_ offset: UInt64) -> UInt8 {
@@ -414,11 +414,11 @@ public final class SpeakerPort: BusDevice {
     public init(pit: Pit8254) { self.pit = pit }
 
     public func read(offset: UInt64, size: Int) -> UInt64 {
-        PlatformPortIO.read(offset: offset, size: size, length: 1) { _ in pit.readPortB() }
+        ByteWidePorts.read(offset: offset, size: size, length: 1) { _ in pit.readPortB() }
     }
 
     public func write(offset: UInt64, size: Int, value: UInt64) {
-        PlatformPortIO.write(offset: offset, size: size, value: value, length: 1) { pit.writePortB($1) }
+        ByteWidePorts.write(offset: offset, size: size, value: value, length: 1) { pit.writePortB($1) }
     }
 }
 

@@ -1,4 +1,4 @@
-import CPUBackend
+import VMCore
 
 /// The interpreter's `InterruptController`: GSIs 0-15 are the ISA IRQ lines of the 8259 pair (a PC
 /// without an I/O APIC, so GSI n is IRQ n), and MSIs go to the interpreter's local APIC through `onMSI`.

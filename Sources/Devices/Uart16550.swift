@@ -1,4 +1,4 @@
-import CPUBackend
+import VMCore
 
 /// Where the UART's transmitted bytes go. The machine forwards them to the terminal; tests collect them.
 /// `write` is called on the vCPU thread for every byte and must never block indefinitely: an
@@ -132,20 +132,12 @@ public final class Uart16550: BusDevice {
     /// Accesses wider than a byte are split into byte accesses at consecutive ports, as the ISA bus
     /// does; bytes past the UART's eight ports read as all-ones.
     public func read(offset: UInt64, size: Int) -> UInt64 {
-        var value: UInt64 = 0
-        for i in 0..<max(1, min(size, 8)) {
-            let o = offset.addingReportingOverflow(UInt64(i))
-            let byte = (!o.overflow && o.partialValue < Self.portCount) ? readRegister(o.partialValue) : 0xFF
-            value |= UInt64(byte) << (UInt64(i) * 8)
-        }
-        return value
+        ByteWidePorts.read(offset: offset, size: size, length: Self.portCount) { readRegister($0) }
     }
 
     public func write(offset: UInt64, size: Int, value: UInt64) {
-        for i in 0..<max(1, min(size, 8)) {
-            let o = offset.addingReportingOverflow(UInt64(i))
-            guard !o.overflow, o.partialValue < Self.portCount else { continue }
-            writeRegister(o.partialValue, UInt8(truncatingIfNeeded: value >> (UInt64(i) * 8)))
+        ByteWidePorts.write(offset: offset, size: size, value: value, length: Self.portCount) {
+            writeRegister($0, $1)
         }
     }
 

@@ -1,4 +1,5 @@
 import CKVM
+import VMCore
 import Glibc
 
 /// One KVM vCPU: its fd, the shared `kvm_run` page, and typed register access.
@@ -82,7 +83,7 @@ public final class KVMVcpu: @unchecked Sendable {
         let n = try kvmIoctl(fd, CKVM_KVM_SET_MSRS(), "KVM_SET_MSRS", buf)
         if Int(n) != msrs.count {
             throw KVMError("KVM_SET_MSRS", errno: EINVAL,
-                           detail: "MSR 0x\(String(msrs[Int(n)].index, radix: 16)) was refused")
+                           detail: "MSR \(hex(msrs[Int(n)].index)) was refused")
         }
     }
 

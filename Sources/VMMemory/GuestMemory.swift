@@ -1,3 +1,4 @@
+import VMCore
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -17,7 +18,7 @@ public enum MemoryError: Error, Equatable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .outOfBounds(let a, let l):
-            return "guest address range 0x\(String(a, radix: 16))+0x\(String(l, radix: 16)) is outside guest RAM"
+            return "guest address range \(hex(a))+\(hex(l)) is outside guest RAM"
         case .invalidSize(let s): return s
         case .mapFailed(let size, let e):
             return "cannot map \(size >> 20) MiB of guest RAM: \(String(cString: strerror(e)))"

@@ -1,3 +1,5 @@
+import VMCore
+
 /// Offsets of the registers in a type 0 PCI configuration header (PCI Local Bus 3.0, section 6.1).
 public enum PciConfigRegister {
     public static let vendorID = 0x00
@@ -64,12 +66,12 @@ public enum PciError: Error, Equatable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .invalidBar(let i, let s):
-            return "PCI BAR \(i) of size 0x\(String(s, radix: 16)) is invalid (index 0-5, power-of-two size >= 16)"
+            return "PCI BAR \(i) of size \(hex(s)) is invalid (index 0-5, power-of-two size >= 16)"
         case .capabilitySpaceFull(let n):
             return "PCI configuration space has no room for a \(n)-byte capability"
         case .noFreeSlot: return "PCI bus 0 has no free device slot (32 slots)"
         case .mmioWindowFull(let d, let n):
-            return "PCI MMIO window has no room for \(d) (needs 0x\(String(n, radix: 16)) bytes)"
+            return "PCI MMIO window has no room for \(d) (needs \(hex(n)) bytes)"
         }
     }
 }

@@ -1,3 +1,5 @@
+import VMCore
+
 /// PCI bus 0 behind a host bridge, reached through configuration mechanism #1: the guest writes
 /// CONFIG_ADDRESS (port 0xCF8, dword) and then accesses CONFIG_DATA (ports 0xCFC-0xCFF).
 ///
@@ -91,7 +93,7 @@ public final class PciRoot: BusDevice {
     public func configRead(_ address: PciAddress, offset: Int, size: Int) -> UInt32 {
         guard let dev = device(at: address), offset >= 0, (offset & 3) + size <= 4,
               size == 1 || size == 2 || size == 4, offset + size <= PciConfigSpace.size else {
-            return UInt32(truncatingIfNeeded: pciAllOnes(size))
+            return UInt32(truncatingIfNeeded: allOnes(size: size))
         }
         return dev.configRead(offset: offset, size: size)
     }
@@ -119,14 +121,14 @@ public final class PciRoot: BusDevice {
             return UInt64(resetControl)
         case 0..<4:
             // Word reads of CONFIG_ADDRESS see the matching bytes; Linux only uses dwords.
-            guard Int(offset) + size <= 4 else { return pciAllOnes(size) }
-            return UInt64(configAddress >> (8 * UInt32(offset))) & pciAllOnes(size)
+            guard Int(offset) + size <= 4 else { return allOnes(size: size) }
+            return UInt64(configAddress >> (8 * UInt32(offset))) & allOnes(size: size)
         case 4..<8:
             let lane = Int(offset - 4)
-            guard lane + size <= 4, let (addr, reg) = decodedAddress() else { return pciAllOnes(size) }
+            guard lane + size <= 4, let (addr, reg) = decodedAddress() else { return allOnes(size: size) }
             return UInt64(configRead(addr, offset: reg + lane, size: size))
         default:
-            return pciAllOnes(size)
+            return allOnes(size: size)
         }
     }
 
@@ -172,7 +174,7 @@ public final class PciRoot: BusDevice {
 
     /// An MMIO read at guest-physical `address`; nothing there reads all-ones.
     public func mmioRead(_ address: UInt64, size: Int) -> UInt64 {
-        guard let (dev, bar, off) = route(address) else { return pciAllOnes(size) }
+        guard let (dev, bar, off) = route(address) else { return allOnes(size: size) }
         return dev.barRead(bar, offset: off, size: size)
     }
 

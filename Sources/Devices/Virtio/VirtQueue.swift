@@ -1,3 +1,4 @@
+import VMCore
 import VMMemory
 import Synchronization
 
@@ -23,16 +24,15 @@ public enum VirtQueueError: Error, Equatable, CustomStringConvertible {
     case writableOverlapsRing(address: UInt64, length: UInt32)
 
     public var description: String {
-        func h(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
         switch self {
         case .invalidSize(let s, let m): return "queue size \(s) is not a power of two in 1...\(m)"
-        case .misalignedRing(let n, let a): return "\(n) at \(h(a)) is misaligned"
-        case .ringOutsideMemory(let n, let a, let l): return "\(n) at \(h(a))+\(h(l)) is outside guest RAM"
+        case .misalignedRing(let n, let a): return "\(n) at \(hex(a)) is misaligned"
+        case .ringOutsideMemory(let n, let a, let l): return "\(n) at \(hex(a))+\(hex(l)) is outside guest RAM"
         case .availIndexJump(let a, let n, let s):
             return "available index jumped from \(n) to \(a) (more than the queue size \(s))"
         case .descriptorIndexOutOfRange(let i, let t): return "descriptor index \(i) is outside a table of \(t)"
         case .descriptorOutsideMemory(let a, let l):
-            return "descriptor buffer \(h(a))+\(h(UInt64(l))) is outside guest RAM"
+            return "descriptor buffer \(hex(a))+\(hex(l)) is outside guest RAM"
         case .chainTooLong(let l): return "descriptor chain is longer than \(l) (a loop?)"
         case .indirectNotNegotiated: return "indirect descriptor used without VIRTIO_F_INDIRECT_DESC"
         case .nestedIndirect: return "indirect descriptor inside an indirect table"
@@ -40,7 +40,7 @@ public enum VirtQueueError: Error, Equatable, CustomStringConvertible {
         case .badIndirectTableLength(let l): return "indirect table length \(l) is not a multiple of 16 in range"
         case .readableAfterWritable: return "device-readable descriptor after a device-writable one"
         case .writableOverlapsRing(let a, let l):
-            return "device-writable buffer \(h(a))+\(h(UInt64(l))) overlaps the queue's rings"
+            return "device-writable buffer \(hex(a))+\(hex(l)) overlaps the queue's rings"
         }
     }
 }

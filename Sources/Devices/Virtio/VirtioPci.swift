@@ -1,5 +1,5 @@
 import VMMemory
-import CPUBackend
+import VMCore
 
 /// Structure types of the virtio vendor capabilities (virtio 1.2, 4.1.4).
 public enum VirtioPciCapType {
@@ -153,7 +153,7 @@ public final class VirtioPciDevice: PciDevice {
     public func configRead(offset: Int, size: Int) -> UInt32 {
         if offset == pciCfgDataOffset, let (off, len) = pciCfgWindow(), size <= len {
             return UInt32(truncatingIfNeeded: barRead(VirtioPciDevice.bar, offset: off, size: len))
-                & UInt32(truncatingIfNeeded: pciAllOnes(size))
+                & UInt32(truncatingIfNeeded: allOnes(size: size))
         }
         return config.read(offset: offset, size: size)
     }
@@ -184,7 +184,7 @@ public final class VirtioPciDevice: PciDevice {
     // MARK: BAR 0
 
     public func barRead(_ bar: Int, offset: UInt64, size: Int) -> UInt64 {
-        guard bar == VirtioPciDevice.bar, size >= 1, size <= 8 else { return pciAllOnes(size) }
+        guard bar == VirtioPciDevice.bar, size >= 1, size <= 8 else { return allOnes(size: size) }
         let r = VirtioPciDevice.regionSize
         switch offset {
         case VirtioPciDevice.commonOffset..<VirtioPciDevice.commonOffset + r:
