@@ -53,11 +53,13 @@ let package = Package(
 
         .testTarget(name: "VMMemoryTests", dependencies: ["VMMemory"]),
         .testTarget(name: "LinuxLoaderTests", dependencies: ["LinuxLoader", "VMMemory", "CPUBackend"]),
-        .testTarget(name: "DevicesTests", dependencies: ["Devices", "VMMemory", "CPUBackend"]),
+        .testTarget(name: "DevicesTests", dependencies: ["Devices", "VMCore", "VMMemory", "CPUBackend"]),
         .testTarget(name: "X86InterpreterTests", dependencies: ["X86Interpreter", "VMMemory", "CPUBackend"],
                     exclude: ["Vectors", "FuzzCorpus"]),   // oracle vectors and fuzz corpus: read at run time from the source tree
         .testTarget(name: "IntegrationTests", dependencies: ["KVM", "VMM", "VMMemory", "LinuxLoader", "CPUBackend", "Devices"]),
         .testTarget(name: "CLITests", dependencies: []),
+        .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM", "CPUBackend"]),
+        .testTarget(name: "CPUBackendTests", dependencies: ["CPUBackend"]),
 
         // Fuzz harnesses (docs/security.md): plain library code, replayed by FuzzRegressionTests.
         .target(name: "FuzzHarness", dependencies: ["LinuxLoader", "VMMemory", "CPUBackend", "Devices",

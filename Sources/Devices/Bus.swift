@@ -45,8 +45,13 @@ public final class Bus {
 
     public init(name: String) { self.name = name }
 
+    /// Registers `device` on `range` (from `PCLayout`).
+    public func register(_ device: BusDevice, name: String, at range: BusRange) throws(BusError) {
+        try register(device, name: name, base: range.base, length: range.length)
+    }
+
     /// Registers `device` at `[base, base+length)`. Refuses empty ranges, wrap-around and overlaps.
-    public func register(_ device: BusDevice, name: String, base: UInt64, length: UInt64) throws {
+    public func register(_ device: BusDevice, name: String, base: UInt64, length: UInt64) throws(BusError) {
         guard length > 0, base.addingReportingOverflow(length - 1).overflow == false else {
             throw BusError.emptyRange(name: name)
         }

@@ -116,11 +116,6 @@ public final class CmosRtc: BusDevice, TimedDevice {
         periodicStartNs = t
     }
 
-    /// Registers the index and data ports (0x70-0x71) on a port I/O bus.
-    public func register(on bus: Bus) throws {
-        try bus.register(self, name: "cmos-rtc", base: 0x70, length: 2)
-    }
-
     /// Fills the CMOS memory-size bytes a PC BIOS leaves for the OS (the layout QEMU uses):
     /// base and extended memory in KiB, memory between 16 MiB and 4 GiB and above 4 GiB in 64 KiB units.
     public func setMemorySize(belowFourGiB low: UInt64, aboveFourGiB high: UInt64) {

@@ -6,9 +6,6 @@ import VMCore
 public final class PortSink: BusDevice {
     public enum ReadValue: Sendable { case zero, allOnes }
 
-    /// The POST diagnostic port.
-    public static let postCodePort: UInt16 = 0x80
-
     private let readValue: ReadValue
     /// Writes seen, and the last value written (for POST codes).
     public private(set) var writes = 0
@@ -65,11 +62,9 @@ public struct BootTimerEvent: Equatable, Sendable {
     }
 }
 
-/// A one-byte port (0x440) the guest writes to mark boot progress, so the host can measure boot time
+/// A one-byte register (port 0x440, also MMIO) the guest writes to mark boot progress, so the host can measure boot time
 /// without parsing the console: a test initrd writes 0x01 as soon as its init runs.
 public final class BootTimerPort: BusDevice {
-    public static let port: UInt16 = 0x440
-    public static let length: UInt64 = 1
     /// Events kept in `events`; later ones are only counted and passed to `onSignal`, so a guest
     /// writing in a loop cannot grow host memory.
     public static let maxRecordedEvents = 64

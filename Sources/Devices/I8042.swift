@@ -9,14 +9,9 @@ import VMCore
 /// kernel's probe does not sit through timeouts, and it makes the AUX (mouse) probe fail at once.
 ///
 /// Two byte-wide ports: data at 0x60 and status/command at 0x64. Port 0x61 (PC speaker / NMI
-/// status) sits between them and belongs to the PIT, so the ports are registered separately
-/// (`register(on:)`).
+/// status) sits between them and belongs to the PIT, so the ports are two bus devices,
+/// `dataPortDevice` and `commandPortDevice`.
 public final class I8042 {
-    public static let dataPort: UInt16 = 0x60
-    public static let commandPort: UInt16 = 0x64
-    public static let keyboardIRQ: UInt32 = 1
-    /// The bus ranges `register(on:)` claims: (base, length).
-    public static let busRanges: [(base: UInt64, length: UInt64)] = [(0x60, 1), (0x64, 1)]
     /// Output buffer depth. Real controllers hold one byte and the keyboard holds the rest; the
     /// longest sequence we produce (Ctrl+Alt+Del press and release in set 2) is 11 bytes.
     public static let outputCapacity = 16
@@ -77,17 +72,9 @@ public final class I8042 {
         self.irq = keyboardIRQ
     }
 
-    /// Registers the data port (0x60) and the status/command port (0x64) on `bus`.
-    public func register(on bus: Bus) throws {
-        try bus.register(PortView(self, isData: true), name: "i8042-data",
-                         base: UInt64(Self.dataPort), length: 1)
-        try bus.register(PortView(self, isData: false), name: "i8042-command",
-                         base: UInt64(Self.commandPort), length: 1)
-    }
-
-    /// The data port as a one-byte bus device (what `register(on:)` puts at 0x60).
+    /// The data port (0x60) as a one-byte bus device.
     public var dataPortDevice: BusDevice { PortView(self, isData: true) }
-    /// The status/command port as a one-byte bus device (what `register(on:)` puts at 0x64).
+    /// The status/command port (0x64) as a one-byte bus device.
     public var commandPortDevice: BusDevice { PortView(self, isData: false) }
 
     /// True while the keyboard interrupt line is high.

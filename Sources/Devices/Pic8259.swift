@@ -272,15 +272,8 @@ public final class Pic8259Pair: ExternalInterrupts {
     }
 
     /// A `BusDevice` for one window: register `ports(.master)` at 0x20, `ports(.slave)` at 0xA0 and
-    /// `ports(.elcr)` at 0x4D0, each 2 ports long. Or call `register(on:)`.
+    /// `ports(.elcr)` at 0x4D0, each 2 ports long.
     public func ports(_ window: Window) -> Pic8259Port { Pic8259Port(pair: self, window: window) }
-
-    /// Registers the master (0x20-0x21), slave (0xA0-0xA1) and ELCR (0x4D0-0x4D1) on a port I/O bus.
-    public func register(on bus: Bus) throws {
-        try bus.register(ports(.master), name: "pic-master", base: 0x20, length: 2)
-        try bus.register(ports(.slave), name: "pic-slave", base: 0xA0, length: 2)
-        try bus.register(ports(.elcr), name: "pic-elcr", base: 0x4D0, length: 2)
-    }
 
     // MARK: Inspection (debugging, tests)
 

@@ -88,9 +88,9 @@ struct PitChannel {
 /// The 8254 programmable interval timer at ports 0x40-0x43 (channel 0 drives IRQ 0, channel 2 the
 /// speaker and port 0x61 bit 5). Counts at 1.193182 MHz of virtual time. Called only on the vCPU thread.
 ///
-/// Register it with `register(on:)` (0x40-0x43 and, through `speakerPort`, 0x61), and advance it
-/// through `TimedDevice`: call `advance(to:)` when the returned deadline passes and after the guest
-/// writes to the PIT (a new count changes the deadline; `onReprogram` reports that too).
+/// The counters are four ports; port 0x61 is a separate device, `speakerPort`. Advance it through
+/// `TimedDevice`: call `advance(to:)` when the returned deadline passes and after the guest writes
+/// to the PIT (a new count changes the deadline; `onReprogram` reports that too).
 public final class Pit8254: BusDevice, TimedDevice {
     /// The input clock: 1.193182 MHz.
     public static let frequency: UInt64 = 1_193_182
@@ -118,12 +118,6 @@ public final class Pit8254: BusDevice, TimedDevice {
     public init(irq: IRQLine?, now: @escaping () -> UInt64) {
         self.irq = irq
         self.now = now
-    }
-
-    /// Registers the counters (0x40-0x43) and system control port B (0x61) on a port I/O bus.
-    public func register(on bus: Bus) throws {
-        try bus.register(self, name: "pit", base: 0x40, length: 4)
-        try bus.register(speakerPort, name: "pit-port61", base: 0x61, length: 1)
     }
 
     /// The device for port 0x61 (system control port B): bit 0 gate of channel 2, bit 1 speaker enable,

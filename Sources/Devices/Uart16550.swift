@@ -31,9 +31,6 @@ public final class SerialOutputCollector: SerialOutput {
 /// - Host input never overruns: `enqueue` accepts what fits and the caller retries with the rest.
 ///   Only loopback transmissions can overrun (LSR.OE).
 public final class Uart16550: BusDevice {
-    /// Where PCs put the first serial port, and how the machine should register this device.
-    public static let com1Base: UInt16 = 0x3F8
-    public static let com1IRQ: UInt32 = 4
     /// Number of consecutive I/O ports the UART decodes.
     public static let portCount: UInt64 = 8
     /// Receive FIFO size in bytes.

@@ -91,12 +91,21 @@ public final class KVMBackend: VcpuBackend {
     /// How devices raise interrupts on this VM; nil when created without an in-kernel irqchip.
     public let interrupts: KVMInterruptController?
     public private(set) var exitCount: UInt64 = 0
+    /// Devices whose timers run in userspace (the RTC; KVM models the PIT in the kernel), advanced
+    /// on the vCPU thread between exits. The machine sets them from its platform before `run`.
+    public var timedDevices: [TimedDevice] = []
+    private let clock: VirtualClock
+    /// Interrupts KVM_RUN, from any thread, for as long as a `run` is in progress.
+    private let kickTarget: KickTarget
+    /// Wakes the vCPU out of the kernel's HLT when a device timer falls due.
+    private let timerKicker: DeadlineKicker
+    private var nextTimerDeadline: UInt64 = 0
 
     /// Builds a VM over `memory` with one vCPU. With `irqchip` (needed by Linux) KVM models the PIC,
     /// IOAPIC, LAPIC and PIT in the kernel and HLT never reaches userspace; small test guests run
     /// without it so that `hlt` ends the run.
     public init(memory: GuestMemory, irqchip: Bool = true, cpuid: CPUIDPolicy = .forThisHost,
-                using existing: KVMSystem? = nil) throws(KVMError) {
+                clock: VirtualClock = VirtualClock(), using existing: KVMSystem? = nil) throws(KVMError) {
         let system: KVMSystem
         if let existing { system = existing } else { system = try KVMSystem() }
         try system.require([(KVM_CAP_USER_MEMORY, "KVM_CAP_USER_MEMORY"),
@@ -120,6 +129,10 @@ public final class KVMBackend: VcpuBackend {
         }
         try vm.mapMemory(memory)
         vcpu = try vm.createVcpu(id: 0)
+        self.clock = clock
+        let kickTarget = KickTarget(run: vcpu.run)
+        self.kickTarget = kickTarget
+        timerKicker = DeadlineKicker(clock: clock) { kickTarget.kick() }
         try vcpu.setCPUID(cpuid.filter(try system.supportedCPUID(), vcpuID: 0))
         try configureMSRs()
         try configureFPU()
@@ -162,7 +175,11 @@ public final class KVMBackend: VcpuBackend {
         try vcpu.setLAPIC(lapic)
     }
 
-    public func setEntryState(_ state: CPUEntryState) throws {
+    public func setEntryState(_ state: CPUEntryState) throws(KVMRunError) {
+        do { try applyEntryState(state) } catch { throw .ioctl(error) }
+    }
+
+    private func applyEntryState(_ state: CPUEntryState) throws(KVMError) {
         var sregs = try vcpu.getSregs()
         func seg(_ s: Segment) -> kvm_segment {
             var k = kvm_segment()
@@ -194,48 +211,62 @@ public final class KVMBackend: VcpuBackend {
         sigaction(SIGUSR1, &sa, nil)
     }
 
-    public func run(io: IOHandler, control: VMControl) throws -> VcpuStop {
-        let run = vcpu.run
-        let thread = pthread_self()
-        let box = KickTarget(run: run, thread: thread)
-        control.addKicker { box.kick() }
-        defer { box.disarm() }
-
+    public func run(io: IOHandler, control: VMControl) throws(KVMRunError) -> VcpuStop {
+        kickTarget.arm(thread: pthread_self())
+        let kickTarget = self.kickTarget
+        let kicker = control.addKicker { kickTarget.kick() }
+        defer {
+            control.removeKicker(kicker)
+            kickTarget.disarm()
+            timerKicker.arm(nil)
+        }
+        nextTimerDeadline = 0
         while true {
             if let stop = control.stopRequest { return stop }
             if control.hasPostedWork { control.runPostedWork() }
-            guard try vcpu.runOnce() else {
-                run.pointee.immediate_exit = 0
+            serviceTimers()
+            try checkInterruptDelivery()
+            let entered: Bool
+            do { entered = try vcpu.runOnce() } catch { throw .ioctl(error) }
+            guard entered else {
+                vcpu.run.pointee.immediate_exit = 0
                 continue
             }
             exitCount &+= 1
-            switch Int32(run.pointee.exit_reason) {
-            case KVM_EXIT_IO:
-                handlePortIO(run, io: io)
-            case KVM_EXIT_MMIO:
-                handleMMIO(run, io: io)
-            case KVM_EXIT_INTR:
-                run.pointee.immediate_exit = 0
-            case KVM_EXIT_HLT:
-                // Only without an in-kernel irqchip: nothing can ever wake the vCPU.
-                return .haltedForever
-            case KVM_EXIT_SHUTDOWN:
-                return .shutdown
-            case KVM_EXIT_SYSTEM_EVENT:
-                switch run.pointee.system_event.type {
-                case UInt32(KVM_SYSTEM_EVENT_RESET): return .reset
-                case UInt32(KVM_SYSTEM_EVENT_SHUTDOWN): return .poweroff
-                default: return .shutdown
-                }
-            case KVM_EXIT_FAIL_ENTRY:
-                throw VcpuError.failEntry(reason: run.pointee.fail_entry.hardware_entry_failure_reason)
-            case KVM_EXIT_INTERNAL_ERROR:
-                if softInterruptWorkaround, try injectFailedSoftInterrupt(run) { continue }
-                throw VcpuError.internalError(suberror: run.pointee.internal.suberror, detail: internalErrorDetail(run))
-            default:
-                throw VcpuError.unhandled("unhandled KVM exit reason \(run.pointee.exit_reason)")
+            let exit = KVMExit(run: vcpu.runPage, pageSize: vcpu.runSize)
+            // A port write may have re-armed a device timer: ask the devices again.
+            if case .portIO = exit { nextTimerDeadline = 0 }
+            if case .internalError(let e) = exit, softInterruptWorkaround, let bytes = e.instructionBytes {
+                let stepped: Bool
+                do { stepped = try injectFailedSoftInterrupt(bytes) } catch { throw .ioctl(error) }
+                if stepped { continue }
+            }
+            do {
+                if case .stop(let stop) = try KVMExitHandler.handle(exit, io: io) { return stop }
+            } catch .internalError(var e) {
+                e.rip = try? vcpu.getRegs().rip
+                throw .internalError(e)
             }
         }
+    }
+
+    /// Advances the timed devices when their deadline has passed (or a port access may have moved it)
+    /// and has the kicker wake the vCPU at the next one.
+    private func serviceTimers() {
+        guard !timedDevices.isEmpty else { return }
+        let now = clock.nowNs
+        guard now >= nextTimerDeadline else { return }
+        var next = UInt64.max
+        for device in timedDevices {
+            if let d = device.advance(to: now) { next = min(next, d) }
+        }
+        nextTimerDeadline = next
+        timerKicker.arm(next == .max ? nil : next)
+    }
+
+    /// Ends the run when KVM refused an interrupt a device raised (see `KVMInterruptController`).
+    private func checkInterruptDelivery() throws(KVMRunError) {
+        if let interrupts, let failure = interrupts.firstFailure { throw .interruptDelivery(failure) }
     }
 
     /// CPU features (by /proc/cpuinfo name) whose instructions kvm-pvm's emulator cannot execute in
@@ -252,8 +283,8 @@ public final class KVMBackend: VcpuBackend {
     /// inject the vector. Returns false for any other failure.
     public var softInterruptWorkaround = KVMSystem.emulatesSupervisorCode
 
-    private func injectFailedSoftInterrupt(_ run: UnsafeMutablePointer<kvm_run>) throws -> Bool {
-        guard let insn = emulationFailureBytes(run), let op = insn.first else { return false }
+    private func injectFailedSoftInterrupt(_ insn: [UInt8]) throws(KVMError) -> Bool {
+        guard let op = insn.first else { return false }
         // CLAC/STAC (the guest believes it has SMAP): only RFLAGS.AC changes.
         if insn.count >= 3 && insn[0] == 0x0F && insn[1] == 0x01 && (insn[2] == 0xCA || insn[2] == 0xCB) {
             var regs = try vcpu.getRegs()
@@ -288,95 +319,17 @@ public final class KVMBackend: VcpuBackend {
         try vcpu.setVcpuEvents(events)
         return true
     }
-
-    /// The instruction KVM's emulator failed on, when the exit carries its bytes
-    /// (kvm_run.emulation_failure: flags (u64), then insn_size (u8) and up to 15 bytes).
-    private func emulationFailureBytes(_ run: UnsafeMutablePointer<kvm_run>) -> [UInt8]? {
-        guard run.pointee.internal.suberror == UInt32(KVM_INTERNAL_ERROR_EMULATION),
-              run.pointee.internal.ndata >= 3 else { return nil }
-        return withUnsafeBytes(of: run.pointee.internal.data) { raw -> [UInt8]? in
-            let flags = raw.load(fromByteOffset: 0, as: UInt64.self)
-            guard flags & UInt64(KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES) != 0 else { return nil }
-            let size = min(Int(raw[8]), 15)
-            return (0..<size).map { raw[9 + $0] }
-        }
-    }
-
-    /// Guest RIP and the words KVM attached to an internal error (for emulation failures they
-    /// include the instruction bytes), so a user can report something actionable.
-    private func internalErrorDetail(_ run: UnsafeMutablePointer<kvm_run>) -> String {
-        var parts: [String] = []
-        if let regs = try? vcpu.getRegs() { parts.append("rip 0x\(String(regs.rip, radix: 16))") }
-        if let bytes = emulationFailureBytes(run), !bytes.isEmpty {
-            parts.append("instruction bytes " + bytes.map { String(format2: $0) }.joined(separator: " "))
-            return parts.joined(separator: ", ")
-        }
-        let n = min(Int(run.pointee.internal.ndata), 16)
-        if n > 0 {
-            let words = withUnsafeBytes(of: run.pointee.internal.data) { raw in
-                (0..<n).map { "0x" + String(raw.load(fromByteOffset: $0 * 8, as: UInt64.self), radix: 16) }
-            }
-            parts.append("data " + words.joined(separator: " "))
-        }
-        return parts.joined(separator: ", ")
-    }
-
-    @inline(__always)
-    private func handlePortIO(_ run: UnsafeMutablePointer<kvm_run>, io: IOHandler) {
-        let port = run.pointee.io.port
-        let size = Int(run.pointee.io.size)
-        let count = Int(run.pointee.io.count)
-        let data = UnsafeMutableRawPointer(run) + Int(run.pointee.io.data_offset)
-        let out = run.pointee.io.direction == UInt8(KVM_EXIT_IO_OUT)
-        for i in 0..<count {
-            let p = data + i * size
-            if out {
-                let v: UInt32
-                switch size {
-                case 1: v = UInt32(p.load(as: UInt8.self))
-                case 2: v = UInt32(p.loadUnaligned(as: UInt16.self))
-                default: v = p.loadUnaligned(as: UInt32.self)
-                }
-                io.portWrite(port, size: size, value: v)
-            } else {
-                let v = io.portRead(port, size: size)
-                switch size {
-                case 1: p.storeBytes(of: UInt8(truncatingIfNeeded: v), as: UInt8.self)
-                case 2: p.storeBytes(of: UInt16(truncatingIfNeeded: v), as: UInt16.self)
-                default: p.storeBytes(of: v, as: UInt32.self)
-                }
-            }
-        }
-    }
-
-    @inline(__always)
-    private func handleMMIO(_ run: UnsafeMutablePointer<kvm_run>, io: IOHandler) {
-        let addr = run.pointee.mmio.phys_addr
-        let len = min(Int(run.pointee.mmio.len), 8)
-        withUnsafeMutableBytes(of: &run.pointee.mmio.data) { data in
-            if run.pointee.mmio.is_write != 0 {
-                var v: UInt64 = 0
-                for i in 0..<len { v |= UInt64(data[i]) << (8 * UInt64(i)) }
-                io.mmioWrite(addr, size: len, value: v)
-            } else {
-                let v = io.mmioRead(addr, size: len)
-                for i in 0..<len { data[i] = UInt8(truncatingIfNeeded: v >> (8 * UInt64(i))) }
-            }
-        }
-    }
 }
 
 /// Lets another thread interrupt KVM_RUN: `immediate_exit` covers the race where the signal lands
-/// just before the vCPU enters the guest.
+/// just before the vCPU enters the guest. Armed with the vCPU thread for the length of a `run`.
 private final class KickTarget: @unchecked Sendable {
     private let run: UnsafeMutablePointer<kvm_run>
-    private let thread: pthread_t
-    private var armed = true
+    private var thread: pthread_t?
     private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
 
-    init(run: UnsafeMutablePointer<kvm_run>, thread: pthread_t) {
+    init(run: UnsafeMutablePointer<kvm_run>) {
         self.run = run
-        self.thread = thread
         pthread_mutex_init(lock, nil)
     }
 
@@ -385,25 +338,23 @@ private final class KickTarget: @unchecked Sendable {
         lock.deallocate()
     }
 
-    func kick() {
+    func arm(thread: pthread_t) {
         pthread_mutex_lock(lock)
-        defer { pthread_mutex_unlock(lock) }
-        guard armed else { return }
-        run.pointee.immediate_exit = 1
-        pthread_kill(thread, SIGUSR1)
+        self.thread = thread
+        pthread_mutex_unlock(lock)
     }
 
     func disarm() {
         pthread_mutex_lock(lock)
-        armed = false
+        thread = nil
         pthread_mutex_unlock(lock)
     }
-}
 
-extension String {
-    /// Two lowercase hex digits.
-    init(format2 b: UInt8) {
-        let h = String(b, radix: 16)
-        self = h.count == 1 ? "0" + h : h
+    func kick() {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        guard let thread else { return }
+        run.pointee.immediate_exit = 1
+        pthread_kill(thread, SIGUSR1)
     }
 }

@@ -8,19 +8,20 @@ public final class KVMVcpu: @unchecked Sendable {
     public let id: UInt32
     /// The `kvm_run` structure shared with the kernel; valid until deinit.
     public let run: UnsafeMutablePointer<kvm_run>
-    let runRaw: UnsafeMutableRawPointer
-    let runSize: Int
+    /// The same page as raw bytes, and its size (KVM_GET_VCPU_MMAP_SIZE), for `KVMExit` to decode.
+    public let runPage: UnsafeMutableRawPointer
+    public let runSize: Int
 
     init(fd: Int32, id: UInt32, run: UnsafeMutableRawPointer, runSize: Int) {
         self.fd = fd
         self.id = id
-        self.runRaw = run
+        self.runPage = run
         self.run = run.assumingMemoryBound(to: kvm_run.self)
         self.runSize = runSize
     }
 
     deinit {
-        munmap(runRaw, runSize)
+        munmap(runPage, runSize)
         close(fd)
     }
 

@@ -14,9 +14,12 @@ public final class VirtualClock: Sendable {
     @inline(__always)
     public var nowNs: UInt64 { VirtualClock.hostMonotonicNs() &- start }
 
-    /// The host's CLOCK_MONOTONIC time (ns) at which this clock reads `ns`: for sleeping until a
-    /// device deadline.
-    public func hostMonotonicNs(at ns: UInt64) -> UInt64 { start &+ ns }
+    /// The host's CLOCK_MONOTONIC time (ns) at which this clock reads `ns`, for sleeping until a
+    /// device deadline (saturating: a deadline past the end of time stays there).
+    public func hostMonotonicNs(at ns: UInt64) -> UInt64 {
+        let (t, overflow) = start.addingReportingOverflow(ns)
+        return overflow ? .max : t
+    }
 
     @inline(__always)
     public static func hostMonotonicNs() -> UInt64 {

@@ -56,7 +56,7 @@ public final class GuestMemory: @unchecked Sendable {
     private let ownsMappings: Bool
 
     /// Maps `size` bytes of zeroed guest RAM, split around the MMIO hole.
-    public init(size: UInt64) throws {
+    public init(size: UInt64) throws(MemoryError) {
         guard size >= GuestMemory.minimumSize else {
             throw MemoryError.invalidSize("memory size \(size) bytes is too small (minimum 1 MiB)")
         }
@@ -143,7 +143,7 @@ public final class GuestMemory: @unchecked Sendable {
 
     /// Like `hostPointer`, but throws `MemoryError.outOfBounds`.
     @inline(__always)
-    public func checkedPointer(_ address: UInt64, length: UInt64) throws -> UnsafeMutableRawPointer {
+    public func checkedPointer(_ address: UInt64, length: UInt64) throws(MemoryError) -> UnsafeMutableRawPointer {
         guard let p = hostPointer(address, length: length) else {
             throw MemoryError.outOfBounds(address: address, length: length)
         }
@@ -153,39 +153,39 @@ public final class GuestMemory: @unchecked Sendable {
     // MARK: Typed little-endian accessors
 
     @inline(__always)
-    public func read<T: FixedWidthInteger>(_ type: T.Type = T.self, at address: UInt64) throws -> T {
+    public func read<T: FixedWidthInteger>(_ type: T.Type = T.self, at address: UInt64) throws(MemoryError) -> T {
         let p = try checkedPointer(address, length: UInt64(MemoryLayout<T>.size))
         return T(littleEndian: p.loadUnaligned(as: T.self))
     }
 
     @inline(__always)
-    public func write<T: FixedWidthInteger>(_ value: T, at address: UInt64) throws {
+    public func write<T: FixedWidthInteger>(_ value: T, at address: UInt64) throws(MemoryError) {
         let p = try checkedPointer(address, length: UInt64(MemoryLayout<T>.size))
         p.storeBytes(of: value.littleEndian, as: T.self)
     }
 
     /// Copies `bytes` into guest memory at `address`.
-    public func write<C: Collection>(bytes: C, at address: UInt64) throws where C.Element == UInt8 {
+    public func write<C: Collection>(bytes: C, at address: UInt64) throws(MemoryError) where C.Element == UInt8 {
         let p = try checkedPointer(address, length: UInt64(bytes.count))
         var i = 0
         for b in bytes { p.storeBytes(of: b, toByteOffset: i, as: UInt8.self); i += 1 }
     }
 
     /// Copies from a raw buffer into guest memory.
-    public func write(buffer: UnsafeRawBufferPointer, at address: UInt64) throws {
+    public func write(buffer: UnsafeRawBufferPointer, at address: UInt64) throws(MemoryError) {
         let p = try checkedPointer(address, length: UInt64(buffer.count))
         if let base = buffer.baseAddress, buffer.count > 0 { p.copyMemory(from: base, byteCount: buffer.count) }
     }
 
     /// Reads `count` bytes starting at `address`.
-    public func readBytes(at address: UInt64, count: Int) throws -> [UInt8] {
+    public func readBytes(at address: UInt64, count: Int) throws(MemoryError) -> [UInt8] {
         guard count >= 0 else { throw MemoryError.outOfBounds(address: address, length: UInt64.max) }
         let p = try checkedPointer(address, length: UInt64(count))
         return Array(UnsafeRawBufferPointer(start: p, count: count))
     }
 
     /// Fills `[address, address+length)` with `value`.
-    public func fill(_ value: UInt8, at address: UInt64, length: UInt64) throws {
+    public func fill(_ value: UInt8, at address: UInt64, length: UInt64) throws(MemoryError) {
         let p = try checkedPointer(address, length: length)
         memset(p, Int32(value), Int(length))
     }

@@ -7,9 +7,8 @@ import VMCore
 /// aligned addresses inside one MMIO window, and enables memory decoding. Linux keeps such
 /// firmware-assigned BARs when they are valid, so the guest normally never moves them.
 ///
-/// Registration (done once by the machine, or with `register(ports:mmio:)`):
-/// - the root itself on the port bus at `PciRoot.configPortBase`, length `PciRoot.configPortCount`;
-/// - `root.mmioWindow` on the MMIO bus at `root.mmioBase`, length `root.mmioSize`.
+/// The platform registers the root itself on the port bus at `PCLayout.Port.pciConfig` and
+/// `root.mmioWindow` on the MMIO bus at `root.window`.
 ///
 /// Port 0xCF9 sits inside that range: on PC chipsets it is the byte-wide Reset Control Register
 /// (Linux's `reboot=pci`). Byte writes there setting bit 2 call `onResetRequest`.
@@ -17,13 +16,6 @@ import VMCore
 /// device's config space and honour the command register's memory-enable bit, so a guest that
 /// re-programs a BAR (within the window) keeps working without re-registering anything.
 public final class PciRoot: BusDevice {
-    public static let configPortBase: UInt16 = 0xCF8
-    public static let configPortCount: UInt64 = 8
-    /// Default window: the first 256 MiB of the 32-bit hole, well below the IOAPIC (0xFEC00000)
-    /// and the local APIC (0xFEE00000).
-    public static let defaultMmioBase: UInt64 = 0xC000_0000
-    public static let defaultMmioSize: UInt64 = 0x1000_0000
-
     public let mmioBase: UInt64
     public let mmioSize: UInt64
     /// Slot number → device; slot 0 is the host bridge.
@@ -37,7 +29,7 @@ public final class PciRoot: BusDevice {
     public var onResetRequest: (() -> Void)?
 
     /// `mmioBase` and `mmioSize` are rounded to 4 KiB; a window wrapping past 2^64 is shrunk.
-    public init(mmioBase: UInt64 = PciRoot.defaultMmioBase, mmioSize: UInt64 = PciRoot.defaultMmioSize) {
+    public init(mmioBase: UInt64 = PCLayout.MMIO.pciWindow.base, mmioSize: UInt64 = PCLayout.MMIO.pciWindow.length) {
         let base = mmioBase & ~0xFFF
         var size = mmioSize & ~0xFFF
         if base.addingReportingOverflow(size).overflow { size = (UInt64.max - base + 1) & ~0xFFF }
@@ -74,12 +66,8 @@ public final class PciRoot: BusDevice {
         return PciPlacement(address: PciAddress(device: UInt8(slot)), barAddresses: assigned)
     }
 
-    /// Registers the config ports and the MMIO window on the machine's buses.
-    public func register(ports: Bus, mmio: Bus) throws {
-        try ports.register(self, name: "pci-config", base: UInt64(PciRoot.configPortBase),
-                           length: PciRoot.configPortCount)
-        try mmio.register(mmioWindow, name: "pci-mmio", base: mmioBase, length: mmioSize)
-    }
+    /// The MMIO window BARs are assigned in: where `mmioWindow` belongs on the MMIO bus.
+    public var window: BusRange { BusRange(base: mmioBase, length: mmioSize) }
 
     /// The device at `address`, if any (function 0 of bus 0 only).
     public func device(at address: PciAddress) -> PciDevice? {

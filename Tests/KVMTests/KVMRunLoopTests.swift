@@ -1,0 +1,29 @@
+import CPUBackend
+import Foundation
+import VMMemory
+import XCTest
+@testable import KVM
+
+/// The run loop on a real VM (skips without a usable /dev/kvm): what it leaves behind between runs.
+final class KVMRunLoopTests: XCTestCase {
+    func makeHaltingVM() throws -> KVMBackend {
+        guard FileManager.default.fileExists(atPath: "/dev/kvm") else { throw XCTSkip("/dev/kvm is missing") }
+        let memory = try GuestMemory(size: 1 << 20)
+        try memory.write(bytes: [0xF4], at: 0x1000)                       // hlt
+        let kvm: KVMBackend
+        do { kvm = try KVMBackend(memory: memory, irqchip: false) } catch {
+            throw XCTSkip("cannot create a KVM VM (\(error))")
+        }
+        try kvm.setEntryState(.realMode(cs: 0, ip: 0x1000, sp: 0x8000))
+        return kvm
+    }
+
+    func testEachRunRemovesTheKickerItAdded() throws {
+        let kvm = try makeHaltingVM()
+        let control = VMControl()
+        for _ in 0..<3 {
+            XCTAssertEqual(try kvm.run(io: RecordingIO(), control: control), .haltedForever)
+            XCTAssertEqual(control.kickerCount, 0)
+        }
+    }
+}
