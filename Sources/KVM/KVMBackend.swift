@@ -88,6 +88,8 @@ public final class KVMBackend: VcpuBackend {
     public let system: KVMSystem
     public let vm: KVMVirtualMachine
     public let vcpu: KVMVcpu
+    /// The guest RAM mapped into the VM's memory slots: held so the mapping outlives the VM.
+    public let memory: GuestMemory
     /// How devices raise interrupts on this VM; nil when created without an in-kernel irqchip.
     public let interrupts: KVMInterruptController?
     public private(set) var exitCount: UInt64 = 0
@@ -128,6 +130,7 @@ public final class KVMBackend: VcpuBackend {
             interrupts = nil
         }
         try vm.mapMemory(memory)
+        self.memory = memory
         vcpu = try vm.createVcpu(id: 0)
         self.clock = clock
         let kickTarget = KickTarget(run: vcpu.run)

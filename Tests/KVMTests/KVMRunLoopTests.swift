@@ -8,8 +8,8 @@ import XCTest
 final class KVMRunLoopTests: XCTestCase {
     func makeHaltingVM() throws -> KVMBackend {
         guard FileManager.default.fileExists(atPath: "/dev/kvm") else { throw XCTSkip("/dev/kvm is missing") }
-        let memory = try GuestMemory(size: 1 << 20)
-        try memory.write(bytes: [0xF4], at: 0x1000)                       // hlt
+        let memory = try GuestMemory(size: 16 << 20)
+        try memory.write(bytes: [0xFA, 0xF4], at: 0x1000)                 // cli; hlt
         let kvm: KVMBackend
         do { kvm = try KVMBackend(memory: memory, irqchip: false) } catch {
             throw XCTSkip("cannot create a KVM VM (\(error))")
