@@ -21,14 +21,14 @@ let package = Package(
         // The C shim: linux/kvm.h plus the ioctl request numbers Swift cannot import.
         .systemLibrary(name: "CKVM", path: "Modules/CKVM"),
         // Typed Swift over the KVM ioctls.
-        .target(name: "KVM", dependencies: ["CKVM", "CPUBackend", "VMMemory"]),
+        .target(name: "KVM", dependencies: ["CKVM", "VMCore", "CPUBackend", "VMMemory"]),
         // What devices, the platform and both backends share: interrupt lines and controllers, the VM
         // clock and timed devices, the PC layout, device-state values, hex and access-size helpers.
         .target(name: "VMCore", swiftSettings: fastRelease),
         // Guest RAM: one bounds-checked view shared by loader, devices and both CPU backends.
         .target(name: "VMMemory", dependencies: ["VMCore"], swiftSettings: fastRelease),
         // Linux x86 boot protocol: bzImage, vmlinux ELF, initrd, boot_params, e820, page tables, GDT.
-        .target(name: "LinuxLoader", dependencies: ["VMMemory", "CPUBackend", "CCompress"]),
+        .target(name: "LinuxLoader", dependencies: ["VMCore", "VMMemory", "CPUBackend", "CCompress"]),
         // zlib + liblzma headers, for decompressing bzImage payloads on the host.
         .systemLibrary(name: "CCompress", path: "Modules/CCompress"),
         // What a vCPU backend is: the protocol, its entry state, stop reasons, I/O seam and VM control.
@@ -36,7 +36,7 @@ let package = Package(
         // Buses, devices and the platform that wires them. Know nothing of KVM or the interpreter.
         .target(name: "Devices", dependencies: ["VMCore", "VMMemory"], swiftSettings: fastRelease),
         // The x86-64 interpreter backend.
-        .target(name: "X86Interpreter", dependencies: ["VMMemory", "CPUBackend"],
+        .target(name: "X86Interpreter", dependencies: ["VMCore", "VMMemory", "CPUBackend"],
                 swiftSettings: fastRelease),
         // The machine: assembles memory, loader, devices and a backend; owns the run loop.
         .target(name: "VMM", dependencies: ["KVM", "VMMemory", "LinuxLoader", "CPUBackend", "Devices",

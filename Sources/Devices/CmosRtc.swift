@@ -4,7 +4,7 @@ import Glibc
 #endif
 
 /// A calendar time as the MC146818 counts it (UTC, like a PC RTC under Linux).
-public struct RtcDateTime: Equatable, Sendable {
+public struct RtcDateTime: Codable, Equatable, Sendable {
     public var year: Int       // full year, e.g. 2024
     public var month: Int      // 1-12
     public var day: Int        // 1-31
@@ -376,4 +376,47 @@ public final class CmosRtc: BusDevice, TimedDevice {
     }
 
     static func floorMod(_ a: Int64, _ b: Int64) -> Int64 { a - floorDiv(a, b) * b }
+}
+
+// MARK: State
+
+extension CmosRtc: StatefulDevice {
+    /// CMOS RAM and registers, the clock (wall time = `wallBaseNs` + VM clock ns), a clock held by
+    /// register B's SET bit, register C's flags and the periodic-interrupt phase.
+    public struct State: DeviceState {
+        public static let currentVersion: UInt32 = 1
+        public var version = State.currentVersion
+        public var cmos: [UInt8]
+        public var index: UInt8
+        public var wallBaseNs: Int64
+        public var heldTime: RtcDateTime?
+        public var flagsC: UInt8
+        public var lastSecond: Int64
+        public var periodicStartNs: UInt64
+        public var periodicIndex: UInt64
+        public var interruptLine: Bool
+    }
+
+    public func captureState() -> State {
+        State(cmos: cmos, index: UInt8(truncatingIfNeeded: index), wallBaseNs: wallBaseNs, heldTime: heldTime,
+              flagsC: flagsC, lastSecond: lastSecond, periodicStartNs: periodicStartNs, periodicIndex: periodicIndex,
+              interruptLine: irqRaised)
+    }
+
+    public func restoreState(_ s: State) throws(DeviceStateError) {
+        try s.checkVersion(device: "CMOS RTC")
+        guard s.cmos.count == 128, s.index < 128, s.periodicIndex < .max else {
+            throw .invalid(device: "CMOS RTC", reason: "CMOS size, index or periodic phase out of range")
+        }
+        // Date arithmetic assumes a calendar date (and years that fit it).
+        if let t = s.heldTime {
+            guard (0...9999).contains(t.year), (1...12).contains(t.month), (1...31).contains(t.day),
+                  (0...23).contains(t.hour), (0...59).contains(t.minute), (0...59).contains(t.second) else {
+                throw .invalid(device: "CMOS RTC", reason: "held time \(t) is not a date")
+            }
+        }
+        (cmos, index, wallBaseNs, heldTime) = (s.cmos, Int(s.index), s.wallBaseNs, s.heldTime)
+        (flagsC, lastSecond, periodicStartNs, periodicIndex) = (s.flagsC, s.lastSecond, s.periodicStartNs, s.periodicIndex)
+        irqRaised = s.interruptLine
+    }
 }

@@ -29,7 +29,7 @@ public final class I8042 {
     private static let ctrTranslate: UInt8 = 0x40
 
     /// Controller commands that take a parameter byte through port 0x60.
-    private enum PendingParameter {
+    public enum PendingParameter: Codable, Equatable, Sendable {
         case none
         case writeConfiguration             // 0x60
         case writeOutputPort                // 0xD1
@@ -258,6 +258,44 @@ public final class I8042 {
         guard size == 1 else { wideAccesses += 1; return }
         let byte = UInt8(truncatingIfNeeded: value)
         if isData { writeData(byte) } else { writeCommand(byte) }
+    }
+}
+
+// MARK: State
+
+extension I8042: StatefulDevice {
+    /// The configuration byte, output port, the parameter a command waits for, the bytes waiting at
+    /// port 0x60 and the keyboard interrupt line level.
+    public struct State: DeviceState {
+        public static let currentVersion: UInt32 = 1
+        public var version = State.currentVersion
+        public var configuration: UInt8
+        public var outputPort: UInt8
+        public var lastWasCommand: Bool
+        public var pending: PendingParameter
+        public var output: [OutputByte]
+        public var interruptLine: Bool
+    }
+
+    public struct OutputByte: Codable, Equatable, Sendable {
+        public var byte: UInt8
+        /// Keyboard bytes raise IRQ 1; controller answers do not.
+        public var fromKeyboard: Bool
+    }
+
+    public func captureState() -> State {
+        State(configuration: configuration, outputPort: outputPort, lastWasCommand: lastWasCommand, pending: pending,
+              output: output.map { OutputByte(byte: $0.byte, fromKeyboard: $0.fromKeyboard) }, interruptLine: lineLevel)
+    }
+
+    public func restoreState(_ s: State) throws(DeviceStateError) {
+        try s.checkVersion(device: "i8042")
+        guard s.output.count <= Self.outputCapacity else {
+            throw .invalid(device: "i8042", reason: "\(s.output.count) output bytes (at most \(Self.outputCapacity))")
+        }
+        (configuration, outputPort, lastWasCommand, pending) = (s.configuration, s.outputPort, s.lastWasCommand, s.pending)
+        output = s.output.map { ($0.byte, $0.fromKeyboard) }
+        lineLevel = s.interruptLine
     }
 }
 

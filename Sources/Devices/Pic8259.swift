@@ -1,7 +1,8 @@
 import VMCore
 
 /// One 8259A: the register state of a single chip. The pair wires two of them in the PC cascade.
-struct Pic8259Chip {
+/// As a value it is also the chip's saved state (`Pic8259Pair.State`).
+public struct Pic8259Chip: Codable, Equatable, Sendable {
     /// Interrupt request register: latched requests waiting for INTA.
     var irr: UInt8 = 0
     /// Interrupt mask register (OCW1).
@@ -303,5 +304,32 @@ public final class Pic8259Port: BusDevice {
         ByteWidePorts.write(offset: offset, size: size, value: value, length: 2) {
             pair.writeByte(window, index: Int($0), value: $1)
         }
+    }
+}
+
+// MARK: State
+
+extension Pic8259Pair: StatefulDevice {
+    /// Both chips' registers, initialization progress and input line levels.
+    public struct State: DeviceState {
+        public static let currentVersion: UInt32 = 1
+        public var version = State.currentVersion
+        public var master: Pic8259Chip
+        public var slave: Pic8259Chip
+    }
+
+    public func captureState() -> State { State(master: master, slave: slave) }
+
+    public func restoreState(_ s: State) throws(DeviceStateError) {
+        try s.checkVersion(device: "8259 PIC")
+        for (chip, isMaster) in [(s.master, true), (s.slave, false)] {
+            let wired = Pic8259Chip(isMaster: isMaster)
+            guard chip.isMaster == isMaster, chip.elcrMask == wired.elcrMask, chip.elcr & ~wired.elcrMask == 0,
+                  (0...3).contains(chip.initState), chip.priorityAdd < 8 else {
+                throw .invalid(device: "8259 PIC", reason: "\(isMaster ? "master" : "slave") registers out of range")
+            }
+        }
+        (master, slave) = (s.master, s.slave)
+        update()
     }
 }

@@ -1,8 +1,9 @@
 import VMCore
 
 /// One counter of the 8254. Time is kept as input-clock ticks elapsed since counting (re)started, so
-/// reading a counter or OUT is arithmetic on the clock, never a per-tick simulation.
-struct PitChannel {
+/// reading a counter or OUT is arithmetic on the clock, never a per-tick simulation. As a value it is
+/// also the counter's saved state (`Pit8254.State`; times are VM clock nanoseconds).
+public struct PitChannel: Codable, Equatable, Sendable {
     /// Counting mode 0-5 (control-word modes 6 and 7 are aliases of 2 and 3).
     var mode: UInt8 = 0
     /// Read/write access: 1 = LSB only, 2 = MSB only, 3 = LSB then MSB.
@@ -399,6 +400,38 @@ public final class Pit8254: BusDevice, TimedDevice {
     public func count(channel i: Int) -> UInt16? {
         guard i >= 0 && i < 3 else { return nil }
         return currentCount(i, at: now())
+    }
+}
+
+// MARK: State
+
+extension Pit8254: StatefulDevice {
+    /// The three counters, port 0x61's latch and when IRQ 0 last fired (VM clock ns).
+    public struct State: DeviceState {
+        public static let currentVersion: UInt32 = 1
+        public var version = State.currentVersion
+        public var channels: [PitChannel]
+        public var portB: UInt8
+        public var lastIRQNs: UInt64?
+    }
+
+    public func captureState() -> State { State(channels: channels, portB: portBLatch, lastIRQNs: lastIRQNs) }
+
+    public func restoreState(_ s: State) throws(DeviceStateError) {
+        try s.checkVersion(device: "8254 PIT")
+        // Channels 0 and 1 have their gates tied high; port 0x61 keeps only bits 1-3 (bit 0 is
+        // channel 2's gate, held in the channel).
+        guard s.channels.count == 3, s.channels[0].gate, s.channels[1].gate, s.portB & ~0x0E == 0 else {
+            throw .invalid(device: "8254 PIT", reason: "channel count, gates or port 0x61 out of range")
+        }
+        for c in s.channels {
+            // The arithmetic divides by the reload value and assumes the modes and access kinds exist.
+            guard c.mode <= 5, (1...3).contains(c.access), (1...0x10000).contains(c.reload),
+                  !c.isPeriodic || c.reload >= 2 else {
+                throw .invalid(device: "8254 PIT", reason: "counter mode \(c.mode), access \(c.access), reload \(c.reload)")
+            }
+        }
+        (channels, portBLatch, lastIRQNs) = (s.channels, s.portB, s.lastIRQNs)
     }
 }
 

@@ -331,3 +331,46 @@ private struct ByteRing {
 
     mutating func removeAll() { head = 0; count = 0 }
 }
+
+// MARK: State
+
+extension Uart16550: StatefulDevice {
+    /// The registers, the receive FIFO's bytes (oldest first) and the interrupt line level.
+    public struct State: DeviceState {
+        public static let currentVersion: UInt32 = 1
+        public var version = State.currentVersion
+        public var ier: UInt8, lcr: UInt8, mcr: UInt8, fcr: UInt8, scr: UInt8
+        public var divisorLow: UInt8, divisorHigh: UInt8
+        public var lineErrors: UInt8, modemDeltas: UInt8
+        public var thrEmptyPending: Bool
+        public var receiveFIFO: [UInt8]
+        public var interruptLine: Bool
+    }
+
+    public func captureState() -> State {
+        State(ier: ierValue, lcr: lcrValue, mcr: mcrValue, fcr: fcrValue, scr: scrValue,
+              divisorLow: divisorLow, divisorHigh: divisorHigh, lineErrors: lineErrors, modemDeltas: modemDeltas,
+              thrEmptyPending: thrEmptyPending, receiveFIFO: rx.contents, interruptLine: lineLevel)
+    }
+
+    public func restoreState(_ s: State) throws(DeviceStateError) {
+        try s.checkVersion(device: "16550 UART")
+        guard s.receiveFIFO.count <= Self.receiveCapacity, s.ier & 0xF0 == 0, s.mcr & 0xE0 == 0,
+              s.fcr & ~Self.fcrSticky == 0, s.lineErrors & ~0x1E == 0, s.modemDeltas & 0xF0 == 0 else {
+            throw .invalid(device: "16550 UART", reason: "register values or FIFO length out of range")
+        }
+        (ierValue, lcrValue, mcrValue, fcrValue, scrValue) = (s.ier, s.lcr, s.mcr, s.fcr, s.scr)
+        (divisorLow, divisorHigh, lineErrors, modemDeltas) = (s.divisorLow, s.divisorHigh, s.lineErrors, s.modemDeltas)
+        thrEmptyPending = s.thrEmptyPending
+        rx.removeAll()
+        for b in s.receiveFIFO { _ = rx.push(b) }
+        lineLevel = s.interruptLine
+    }
+}
+
+extension ByteRing {
+    /// The queued bytes, oldest first.
+    fileprivate var contents: [UInt8] {
+        (0..<count).map { storage[(head + $0) % storage.count] }
+    }
+}

@@ -237,3 +237,30 @@ public final class PciConfigSpace {
         return offset
     }
 }
+
+// MARK: State
+
+extension PciConfigSpace: StatefulDevice {
+    /// The 256 bytes as the guest reads them.
+    public struct State: DeviceState {
+        public static let currentVersion: UInt32 = 1
+        public var version = State.currentVersion
+        public var bytes: [UInt8]
+    }
+
+    public func captureState() -> State { State(bytes: bytes) }
+
+    /// Only guest-writable bits can differ between a device and its saved self (everything else was
+    /// fixed when the device was built): a state whose read-only bits differ is another device's.
+    public func restoreState(_ s: State) throws(DeviceStateError) {
+        try s.checkVersion(device: "PCI configuration space")
+        guard s.bytes.count == PciConfigSpace.size else {
+            throw .invalid(device: "PCI configuration space", reason: "\(s.bytes.count) bytes")
+        }
+        for i in 0..<PciConfigSpace.size where (s.bytes[i] ^ bytes[i]) & ~writeMask[i] != 0 {
+            throw .mismatch(device: "PCI configuration space",
+                            reason: "read-only byte \(hex(i)) is \(hex(s.bytes[i])), this device has \(hex(bytes[i]))")
+        }
+        bytes = s.bytes
+    }
+}

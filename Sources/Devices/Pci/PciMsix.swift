@@ -134,3 +134,36 @@ public final class PciMsix {
         }
     }
 }
+
+// MARK: State
+
+extension PciMsix {
+    /// The vector table (4 dwords per vector) and the pending bits. Enable and function mask live in
+    /// the configuration space.
+    public struct State: DeviceState {
+        public static let currentVersion: UInt32 = 1
+        public var version = State.currentVersion
+        public var table: [UInt32]
+        public var pending: [Bool]
+    }
+
+    public func captureState() -> State { State(table: table, pending: pending) }
+
+    /// Restores the table and pending bits and re-reads enable/mask from `config` (restored first),
+    /// without sending anything: pending vectors wait for the guest to unmask them, as they did.
+    public func restoreState(_ s: State, config: PciConfigSpace) throws(DeviceStateError) {
+        try s.checkVersion(device: "MSI-X")
+        guard s.table.count == 4 * vectorCount, s.pending.count == vectorCount else {
+            throw .mismatch(device: "MSI-X", reason: "\(s.pending.count) vectors saved, this function has \(vectorCount)")
+        }
+        // What storeDword lets the guest write: dword-aligned addresses, only the mask bit of control.
+        for v in 0..<vectorCount where s.table[4 * v] & 3 != 0 || s.table[4 * v + 3] & ~1 != 0 {
+            throw .invalid(device: "MSI-X", reason: "vector \(v) has reserved bits set")
+        }
+        table = s.table
+        pending = s.pending
+        let control = config.get16(capabilityOffset + 2)
+        enabled = control & PciMsix.controlEnable != 0
+        functionMasked = control & PciMsix.controlFunctionMask != 0
+    }
+}

@@ -181,3 +181,29 @@ final class PciMmioWindow: BusDevice {
         root.mmioWrite(root.mmioBase &+ offset, size: size, value: value)
     }
 }
+
+// MARK: State
+
+extension PciRoot {
+    /// CONFIG_ADDRESS, the reset control register and the host bridge's configuration space. The
+    /// functions in the other slots save their own state.
+    public struct State: DeviceState {
+        public static let currentVersion: UInt32 = 1
+        public var version = State.currentVersion
+        public var configAddress: UInt32
+        public var resetControl: UInt8
+        public var hostBridge: PciConfigSpace.State
+    }
+
+    public func captureState() -> State {
+        State(configAddress: configAddress, resetControl: resetControl,
+              hostBridge: slots[0]?.config.captureState() ?? PciConfigSpace.State(bytes: []))
+    }
+
+    public func restoreState(_ s: State) throws(DeviceStateError) {
+        try s.checkVersion(device: "PCI root")
+        guard s.resetControl & ~0x0E == 0 else { throw .invalid(device: "PCI root", reason: "reset control register") }
+        try slots[0]?.config.restoreState(s.hostBridge)
+        (configAddress, resetControl) = (s.configAddress, s.resetControl)
+    }
+}

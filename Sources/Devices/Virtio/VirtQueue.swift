@@ -356,3 +356,43 @@ public final class VirtQueue {
         }
     }
 }
+
+// MARK: State
+
+extension VirtQueue {
+    /// The driver's configuration of the queue and the device's position in it. The rings
+    /// themselves (and requests the driver made available but the device has not consumed) are in
+    /// guest RAM, which is saved with it.
+    public struct State: DeviceState {
+        public static let currentVersion: UInt32 = 1
+        public var version = State.currentVersion
+        public var size: UInt16
+        public var descriptorTable: UInt64, availRing: UInt64, usedRing: UInt64
+        public var eventIndexEnabled: Bool, indirectEnabled: Bool
+        public var isReady: Bool, isBroken: Bool
+        public var nextAvail: UInt16, nextUsed: UInt16
+        public var signalledUsed: UInt16?
+    }
+
+    public func captureState() -> State {
+        State(size: size, descriptorTable: descriptorTable, availRing: availRing, usedRing: usedRing,
+              eventIndexEnabled: eventIndexEnabled, indirectEnabled: indirectEnabled, isReady: isReady,
+              isBroken: isBroken, nextAvail: nextAvail, nextUsed: nextUsed, signalledUsed: signalledUsed)
+    }
+
+    /// A ready queue is checked as `enable` checks it (size, alignment, rings in guest RAM); a queue
+    /// not yet enabled holds whatever the driver wrote, as it did.
+    public func restoreState(_ s: State) throws(DeviceStateError) {
+        try s.checkVersion(device: "virtqueue")
+        reset()
+        (size, descriptorTable, availRing, usedRing) = (s.size, s.descriptorTable, s.availRing, s.usedRing)
+        (eventIndexEnabled, indirectEnabled) = (s.eventIndexEnabled, s.indirectEnabled)
+        if s.isReady {
+            do { try enable() } catch {
+                reset()
+                throw .invalid(device: "virtqueue", reason: error.description)
+            }
+        }
+        (isBroken, nextAvail, nextUsed, signalledUsed) = (s.isBroken, s.nextAvail, s.nextUsed, s.signalledUsed)
+    }
+}

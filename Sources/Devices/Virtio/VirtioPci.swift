@@ -420,3 +420,58 @@ public final class VirtioPciDevice: PciDevice {
         }
     }
 }
+
+// MARK: State
+
+extension VirtioPciDevice: StatefulDevice {
+    /// The transport: configuration space, MSI-X, feature negotiation, status, vectors, ISR and
+    /// each queue's position, plus the device's own part.
+    public struct State: DeviceState {
+        public static let currentVersion: UInt32 = 1
+        public var version = State.currentVersion
+        public var config: PciConfigSpace.State
+        public var msix: PciMsix.State
+        public var status: UInt8
+        public var driverFeatures: UInt64
+        public var deviceFeatureSelect: UInt32, driverFeatureSelect: UInt32
+        public var configVector: UInt16
+        public var queueVectors: [UInt16]
+        public var queueSelect: UInt16
+        public var isr: UInt8
+        public var intxAsserted: Bool
+        public var queues: [VirtQueue.State]
+        public var device: VirtioDeviceState
+    }
+
+    public func captureState() -> State {
+        State(config: config.captureState(), msix: msix.captureState(), status: status.rawValue,
+              driverFeatures: driverFeatures, deviceFeatureSelect: deviceFeatureSelect,
+              driverFeatureSelect: driverFeatureSelect, configVector: configVector, queueVectors: queueVectors,
+              queueSelect: queueSelect, isr: isr, intxAsserted: intxAsserted,
+              queues: queues.map { $0.captureState() }, device: device.captureDeviceState())
+    }
+
+    public func restoreState(_ s: State) throws(DeviceStateError) {
+        try s.checkVersion(device: pciName)
+        guard s.queues.count == queues.count, s.queueVectors.count == queues.count else {
+            throw .mismatch(device: pciName, reason: "\(s.queues.count) queues saved, this device has \(queues.count)")
+        }
+        guard s.driverFeatures & ~offeredFeatures == 0 else {
+            throw .mismatch(device: pciName, reason: "driver features \(hex(s.driverFeatures)) were not offered")
+        }
+        let vectors = [s.configVector] + s.queueVectors
+        guard vectors.allSatisfy({ $0 == VirtioPciDevice.noVector || Int($0) < msix.vectorCount }), s.isr & ~3 == 0 else {
+            throw .invalid(device: pciName, reason: "MSI-X vector or ISR out of range")
+        }
+        try config.restoreState(s.config)
+        try msix.restoreState(s.msix, config: config)
+        for (q, saved) in zip(queues, s.queues) { try q.restoreState(saved) }
+        try device.restoreDeviceState(s.device)
+        status = VirtioStatus(rawValue: s.status)
+        driverFeatures = s.driverFeatures
+        (deviceFeatureSelect, driverFeatureSelect) = (s.deviceFeatureSelect, s.driverFeatureSelect)
+        (configVector, queueVectors, queueSelect) = (s.configVector, s.queueVectors, s.queueSelect)
+        (isr, intxAsserted) = (s.isr, s.intxAsserted)
+        lastError = nil
+    }
+}
