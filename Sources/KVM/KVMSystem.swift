@@ -65,10 +65,7 @@ public final class KVMSystem {
         return KVMVirtualMachine(fd: vmfd, system: self)
     }
 
-    /// True when this host's KVM is kvm-pvm (nested, no VMX/SVM): guest user code runs natively but
-    /// guest kernel code is emulated by the host, orders of magnitude slower than hardware.
-    public static var emulatesSupervisorCode: Bool {
-        if access("/sys/module/kvm_pvm", F_OK) == 0 { return true }
-        return false
-    }
+    /// True when this host's KVM cannot run guest kernel code on hardware (kvm-pvm: guest user code
+    /// runs natively, guest kernel code in the host's emulator, orders of magnitude slower).
+    public static var emulatesSupervisorCode: Bool { !KVMHostKind.thisHost.runsGuestKernelsNatively }
 }

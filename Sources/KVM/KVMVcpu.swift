@@ -88,6 +88,19 @@ public final class KVMVcpu: @unchecked Sendable {
         }
     }
 
+    /// Reads model-specific registers; nil for one KVM does not return.
+    public func getMSRs(_ indices: [UInt32]) throws(KVMError) -> [UInt64?] {
+        let bytes = MemoryLayout<kvm_msrs>.size + indices.count * MemoryLayout<kvm_msr_entry>.stride
+        let buf = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 8)
+        defer { buf.deallocate() }
+        memset(buf, 0, bytes)
+        buf.assumingMemoryBound(to: kvm_msrs.self).pointee.nmsrs = UInt32(indices.count)
+        let entries = (buf + MemoryLayout<kvm_msrs>.size).assumingMemoryBound(to: kvm_msr_entry.self)
+        for (i, index) in indices.enumerated() { entries[i].index = index }
+        let n = Int(try kvmIoctl(fd, CKVM_KVM_GET_MSRS(), "KVM_GET_MSRS", buf))
+        return indices.indices.map { $0 < n ? entries[$0].data : nil }
+    }
+
     public func getVcpuEvents() throws(KVMError) -> kvm_vcpu_events {
         var e = kvm_vcpu_events()
         _ = try kvmIoctl(fd, CKVM_KVM_GET_VCPU_EVENTS(), "KVM_GET_VCPU_EVENTS", &e)

@@ -49,6 +49,9 @@ public final class GuestMemory: @unchecked Sendable {
     public static let minimumSize: UInt64 = 1 << 20
     public static let maximumSize: UInt64 = 1 << 40
     static let guardSize = 4096
+    /// Host alignment of each region's start: a 2 MiB-aligned mapping lets KVM back guest RAM with
+    /// the host's transparent huge pages (its memory slots need huge-page-aligned host addresses).
+    public static let hostAlignment = 2 << 20
 
     public let regions: [MemoryRegion]
     /// Total bytes of guest RAM.
@@ -75,20 +78,12 @@ public final class GuestMemory: @unchecked Sendable {
         }
         var regions: [MemoryRegion] = []
         for (base, len) in layout {
-            // MAP_NORESERVE: guest RAM is committed lazily, as the guest touches it. An inaccessible
-            // guard page on each side catches any host-side overrun and keeps the kernel from merging
-            // guest RAM with neighbouring anonymous mappings (so /proc/PID/smaps shows it alone).
-            let guardLen = UInt64(GuestMemory.guardSize)
-            let p = mmap(nil, Int(len + 2 * guardLen), PROT_READ | PROT_WRITE,
-                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
-            guard let p, p != MAP_FAILED else {
+            guard let host = GuestMemory.mapRegion(length: Int(len)) else {
                 let e = errno
-                for r in regions { munmap(r.host - GuestMemory.guardSize, Int(r.size + 2 * guardLen)) }
+                for r in regions { GuestMemory.unmapRegion(r) }
                 throw MemoryError.mapFailed(size: len, errno: e)
             }
-            mprotect(p, Int(guardLen), PROT_NONE)
-            mprotect(p + Int(guardLen + len), Int(guardLen), PROT_NONE)
-            regions.append(MemoryRegion(guestBase: base, size: len, host: p + Int(guardLen)))
+            regions.append(MemoryRegion(guestBase: base, size: len, host: host))
         }
         self.regions = regions
         self.size = size
@@ -97,8 +92,38 @@ public final class GuestMemory: @unchecked Sendable {
 
     deinit {
         if ownsMappings {
-            for r in regions { munmap(r.host - GuestMemory.guardSize, Int(r.size) + 2 * GuestMemory.guardSize) }
+            for r in regions { GuestMemory.unmapRegion(r) }
         }
+    }
+
+    /// Maps `length` bytes of RAM at a `hostAlignment`-aligned host address with an inaccessible guard
+    /// page on each side: it reserves room for the alignment, then returns the slack before and after
+    /// to the kernel. MAP_NORESERVE: guest RAM is committed lazily, as the guest touches it. The
+    /// guards catch host-side overruns and keep the kernel from merging guest RAM with neighbouring
+    /// anonymous mappings (so /proc/PID/smaps shows it alone).
+    static func mapRegion(length: Int) -> UnsafeMutableRawPointer? {
+        let reserve = length + 2 * guardSize + hostAlignment
+        guard let p = mmap(nil, reserve, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
+              p != MAP_FAILED else { return nil }
+        let first = UInt(bitPattern: p) + UInt(guardSize)
+        let aligned = (first + UInt(hostAlignment - 1)) & ~UInt(hostAlignment - 1)
+        let ram = p + Int(aligned - UInt(bitPattern: p))
+        guard mprotect(ram, length, PROT_READ | PROT_WRITE) == 0 else {
+            let e = errno
+            munmap(p, reserve)
+            errno = e
+            return nil
+        }
+        let lowSlack = ram - guardSize - p
+        if lowSlack > 0 { munmap(p, lowSlack) }
+        let end = ram + length + guardSize
+        let highSlack = p + reserve - end
+        if highSlack > 0 { munmap(end, highSlack) }
+        return ram
+    }
+
+    static func unmapRegion(_ r: MemoryRegion) {
+        munmap(r.host - guardSize, Int(r.size) + 2 * guardSize)
     }
 
     /// Called after a device writes guest RAM behind the CPU's back (DMA: a virtio-blk read). The
