@@ -110,11 +110,10 @@ public final class Machine: IOHandler, @unchecked Sendable {
         let choice = try Machine.chooseBackend(config: config, memory: memory, clock: clock)
         (backendReason, backendKernelArguments) = (choice.reason, choice.kernelArguments)
         let control = self.control, timer = self.timer
-        var platformConfig = PlatformConfig(
+        let platformConfig = PlatformConfig(
             memory: memory, clock: clock, interruptChip: choice.interruptChip, console: consoleOutput,
             onReset: { control.requestStop(.reset) },
             onBootMilestone: { timer.guestSignal($0.milestone.value) })
-        platformConfig.bootTimerClock = { VirtualClock.hostMonotonicNs() }
         do { platform = try Platform(platformConfig) } catch { throw .platform(error) }
         switch choice.kvm {
         case let kvm?:

@@ -22,7 +22,6 @@ start:
     cli
     xor ax, ax
     mov ds, ax
-    mov es, ax
     mov ss, ax
     mov sp, 0x8000
     mov word [VECTOR*4], rtc_handler
@@ -87,8 +86,7 @@ start:
     mov al, 'B'
     jnz fail
     mov si, msg_ok
-    call puts
-    jmp reset
+    jmp finish
 
 rtc_handler:
     push ax
@@ -110,14 +108,12 @@ rtc_handler:
 fail:                               ; AL = failing check letter
     mov [fail_letter], al
     mov si, msg_fail
+finish:                             ; prints DS:SI, then pulses the reset line through the i8042
     call puts
-reset:
     mov al, 0xFE
     out 0x64, al
-.dead:
     cli
     hlt
-    jmp .dead
 
 puts:
     lodsb
