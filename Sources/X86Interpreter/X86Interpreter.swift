@@ -159,7 +159,7 @@ public final class X86Interpreter: VcpuBackend {
 
     // MARK: VcpuBackend
 
-    public func setEntryState(_ s: CPUEntryState) throws {
+    public func setEntryState(_ s: CPUEntryState) {
         let values = [s.rax, s.rcx, s.rdx, s.rbx, s.rsp, s.rbp, s.rsi, s.rdi]
         for (i, v) in values.enumerated() { setGPR(i, v) }
         for i in 8..<16 { setGPR(i, 0) }
@@ -182,7 +182,7 @@ public final class X86Interpreter: VcpuBackend {
         flushTLB(keepGlobal: false)
     }
 
-    public func run(io: IOHandler, control: VMControl) throws -> VcpuStop {
+    public func run(io: IOHandler, control: VMControl) -> VcpuStop {
         while true {
             if let stop = runLoop(io: io, control: control, limit: UInt64.max) { return stop }
         }
