@@ -48,6 +48,12 @@ extension X86Interpreter {
             a = 0x0000_0F61   // family 15, model 6, stepping 1
             b = 0x0001_0800 | (apic.id << 24)   // CLFLUSH line 64 bytes, 1 logical processor
             d = X86Interpreter.cpuid1EDX
+        case 7:
+            // Subleaf 0, EBX bit 0: FSGSBASE. Linux then saves and restores FS/GS bases exactly on
+            // context switches; without it, a null selector load (which clears the base, as on the
+            // Intel CPU advertised) leaves the kernel's saved base and the CPU's apart until the
+            // next switch (the fsgsbase selftest's "mov 0 to %gs" case failed by timing).
+            if UInt32(truncatingIfNeeded: gpr(Reg.rcx)) == 0 { b = 1 << 0 }
         case 0x15:
             // TSC/crystal ratio 1/1 with a 1 GHz crystal: Linux derives both the TSC frequency and
             // the APIC timer period from this (both run at 1 GHz here).
