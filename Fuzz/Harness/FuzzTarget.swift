@@ -10,6 +10,9 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case pci
     /// The interpreter's decoder and executor on arbitrary code in a sandboxed guest.
     case interp
+    /// The binary translator against the interpreter: the same arbitrary code run with every block
+    /// translated and with none, which must end in the same state.
+    case translator
 }
 
 /// Runs inputs against one target. Stateful targets keep their expensive parts (guest RAM, the
@@ -19,6 +22,7 @@ public final class FuzzHarness {
     private var virtio: VirtioFuzzer?
     private var interp: InterpreterFuzzer?
     private var pci: PciFuzzer?
+    private var translator: TranslatorFuzzer?
 
     public init(_ target: FuzzTarget) { self.target = target }
 
@@ -35,6 +39,9 @@ public final class FuzzHarness {
         case .interp:
             if interp == nil { interp = InterpreterFuzzer() }
             interp!.run(data)
+        case .translator:
+            if translator == nil { translator = TranslatorFuzzer() }
+            translator!.run(data)
         }
     }
 }

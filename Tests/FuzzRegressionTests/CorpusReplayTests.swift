@@ -29,4 +29,5 @@ final class CorpusReplayTests: XCTestCase {
     func testUartCorpus() throws { try replay(.uart) }
     func testPciCorpus() throws { try replay(.pci) }
     func testInterpreterCorpus() throws { try replay(.interp) }
+    func testTranslatorCorpus() throws { try replay(.translator) }
 }
