@@ -3,6 +3,7 @@ import Dispatch
 import VMMemory
 import X86Interpreter
 import XCTest
+import SwhvTestSupport
 
 /// Small hand-built guests exercising mode switches, paging, exception and interrupt delivery,
 /// self-modifying code and the local APIC timer.

@@ -3,6 +3,7 @@ import Foundation
 import VMMemory
 import X86Interpreter
 import XCTest
+import SwhvTestSupport
 
 /// Guest code that tries to hold the vCPU: found by the interpreter fuzz target (docs/security.md).
 final class HostileGuestTests: XCTestCase {
