@@ -228,9 +228,11 @@ final class StdinPump: @unchecked Sendable {
         var parser = EscapeParser()
         var buf = [UInt8](repeating: 0, count: 4096)
         while control.stopRequest == nil {
-            // Backpressure: read no more while the guest has not taken what it was sent.
-            if backlog() >= Machine.maxPendingInput { usleep(2_000); continue }
-            let n = buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            // Backpressure: read no more than the guest has room for, so nothing sent is ever
+            // dropped (reading a full buffer whenever below the bound used to overshoot it).
+            let room = Machine.maxPendingInput - backlog()
+            if room <= 0 { usleep(2_000); continue }
+            let n = buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, min($0.count, room)) }
             if n < 0 { if errno == EINTR { continue }; return }   // EIO (terminal hung up), EBADF
             if n == 0 { return }  // EOF (a pipe's writer is done, /dev/null): the guest keeps running without input.
             var bytes = Array(buf[0..<n])

@@ -19,7 +19,9 @@ public enum Repository {
     public static func fixture(_ name: String) throws -> String {
         let p = path("fixtures/\(name)")
         guard FileManager.default.fileExists(atPath: p) else {
-            let script = name.contains("small") ? "scripts/build-small-kernel" : "scripts/fetch-guest"
+            let script = name.contains("small") ? "scripts/build-small-kernel"
+                : name.contains("generic") ? "scripts/fetch-guest generic"
+                : name.contains("-rt") ? "scripts/fetch-guest rt" : "scripts/fetch-guest"
             throw TestSetupError("fixtures/\(name) is missing: run \(script) (scripts/test does)")
         }
         return p
