@@ -209,7 +209,7 @@ public final class KVMBackend: VcpuBackend {
                 continue
             }
             exitCount &+= 1
-            switch Int32(run.pointee.exit_reason) {
+            switch Int32(bitPattern: run.pointee.exit_reason) {
             case KVM_EXIT_IO:
                 handlePortIO(run, io: io)
             case KVM_EXIT_MMIO:
@@ -223,8 +223,8 @@ public final class KVMBackend: VcpuBackend {
                 return .shutdown
             case KVM_EXIT_SYSTEM_EVENT:
                 switch run.pointee.system_event.type {
-                case UInt32(KVM_SYSTEM_EVENT_RESET): return .reset
-                case UInt32(KVM_SYSTEM_EVENT_SHUTDOWN): return .poweroff
+                case UInt32(bitPattern: KVM_SYSTEM_EVENT_RESET): return .reset
+                case UInt32(bitPattern: KVM_SYSTEM_EVENT_SHUTDOWN): return .poweroff
                 default: return .shutdown
                 }
             case KVM_EXIT_FAIL_ENTRY:
@@ -292,7 +292,7 @@ public final class KVMBackend: VcpuBackend {
     /// The instruction KVM's emulator failed on, when the exit carries its bytes
     /// (kvm_run.emulation_failure: flags (u64), then insn_size (u8) and up to 15 bytes).
     private func emulationFailureBytes(_ run: UnsafeMutablePointer<kvm_run>) -> [UInt8]? {
-        guard run.pointee.internal.suberror == UInt32(KVM_INTERNAL_ERROR_EMULATION),
+        guard run.pointee.internal.suberror == UInt32(bitPattern: KVM_INTERNAL_ERROR_EMULATION),
               run.pointee.internal.ndata >= 3 else { return nil }
         return withUnsafeBytes(of: run.pointee.internal.data) { raw -> [UInt8]? in
             let flags = raw.load(fromByteOffset: 0, as: UInt64.self)
@@ -327,7 +327,7 @@ public final class KVMBackend: VcpuBackend {
         let size = Int(run.pointee.io.size)
         let count = Int(run.pointee.io.count)
         let data = UnsafeMutableRawPointer(run) + Int(run.pointee.io.data_offset)
-        let out = run.pointee.io.direction == UInt8(KVM_EXIT_IO_OUT)
+        let out = run.pointee.io.direction == UInt8(truncatingIfNeeded: KVM_EXIT_IO_OUT)
         for i in 0..<count {
             let p = data + i * size
             if out {

@@ -18,7 +18,7 @@ public final class TerminalRawMode {
         var raw = saved
         cfmakeraw(&raw)
         // Keep output post-processing so host-side messages still start at column 0.
-        raw.c_oflag |= tcflag_t(OPOST | ONLCR)
+        raw.c_oflag |= tcflag_t(truncatingIfNeeded: OPOST | ONLCR)
         guard tcsetattr(fd, TCSANOW, &raw) == 0 else { return nil }
         active = true
         TerminalRestore.arm(fd: fd, saved: saved)
@@ -103,7 +103,7 @@ public final class StopSignals: @unchecked Sendable {
         var thread = pthread_t()
         var attr = pthread_attr_t()
         pthread_attr_init(&attr)
-        pthread_attr_setdetachstate(&attr, Int32(PTHREAD_CREATE_DETACHED))
+        pthread_attr_setdetachstate(&attr, Int32(truncatingIfNeeded: PTHREAD_CREATE_DETACHED))
         StopSignalPipe.readFD = readFD
         pthread_create(&thread, &attr, { ctx in
             let me = Unmanaged<StopSignals>.fromOpaque(ctx!).takeRetainedValue()
@@ -215,7 +215,7 @@ final class StdinPump: @unchecked Sendable {
         let context = Unmanaged.passRetained(self).toOpaque()
         var attr = pthread_attr_t()
         pthread_attr_init(&attr)
-        pthread_attr_setdetachstate(&attr, Int32(PTHREAD_CREATE_DETACHED))
+        pthread_attr_setdetachstate(&attr, Int32(truncatingIfNeeded: PTHREAD_CREATE_DETACHED))
         pthread_create(&thread, &attr, { ctx in
             let pump = Unmanaged<StdinPump>.fromOpaque(ctx!).takeRetainedValue()
             pump.loop()
@@ -333,7 +333,7 @@ public final class HostConsoleOutput: SerialOutput {
         while bufferedCount > 0 {
             drain()
             guard bufferedCount > 0, waited < milliseconds else { break }
-            var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+            var p = pollfd(fd: fd, events: Int16(truncatingIfNeeded: POLLOUT), revents: 0)
             _ = poll(&p, 1, 10)
             waited += 10
         }

@@ -269,7 +269,7 @@ struct SeccompCheck: ParsableCommand {
             usleep(1000)
             say("allowed calls work")
             return
-        case "socket": _ = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        case "socket": _ = socket(AF_INET, Int32(bitPattern: SOCK_STREAM.rawValue), 0)
         case "execve": _ = execv("/bin/true", [strdup("/bin/true"), nil])
         case "openat":
             let fd = open("/etc/hostname", O_RDONLY)
