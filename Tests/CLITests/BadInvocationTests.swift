@@ -245,4 +245,28 @@ final class BadInvocationTests: XCTestCase {
         XCTAssertTrue(r.stderr.contains("run scripts/fetch-guest"), r.stderr)
         XCTAssertTrue(r.stderr.contains("fixtures/no-such-kernel"), r.stderr)
     }
+    /// README's usage block and each subcommand's --help name the same options.
+    func testReadmeUsageAgreesWithHelp() throws {
+        let readme = try String(contentsOf: Repository.root.appendingPathComponent("README.md"), encoding: .utf8)
+        guard let block = readme.components(separatedBy: "## Usage").dropFirst().first?
+            .components(separatedBy: "```").dropFirst().first else { return XCTFail("no usage block in README") }
+        var options: [String: Set<String>] = [:]
+        var current: String?
+        for line in block.split(separator: "\n") {
+            let words = line.split(separator: " ")
+            if words.first == "swhv", words.count > 1 {
+                current = words[1].hasPrefix("--") ? nil : String(words[1])
+            }
+            guard let sub = current else { continue }
+            let found = line.matches(of: /--[a-z0-9-]+/).map { String($0.output) }
+            options[sub, default: []].formUnion(found)
+        }
+        XCTAssertEqual(Set(options.keys), ["boot", "run-image"], "subcommands in README's usage")
+        for (sub, readmeOptions) in options {
+            let help = try Self.swhv([sub, "--help"]).stdout
+            let usage = help.components(separatedBy: "USAGE:").dropFirst().first?.components(separatedBy: "OPTIONS:").first ?? ""
+            let helpOptions = Set(usage.matches(of: /--[a-z0-9-]+/).map { String($0.output) })
+            XCTAssertEqual(readmeOptions, helpOptions, "README vs `swhv \(sub) --help`")
+        }
+    }
 }
