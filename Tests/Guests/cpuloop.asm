@@ -21,15 +21,7 @@ TABLE equ 0x20000
 start:
     REAL_TO_PROTECTED gdt_desc, 0x08, 0x10
     IDENTITY_MAP_2M PML4, 1, 1, 3, 0x83            ; the first 2 MiB, one large page
-    PROTECTED_TO_LONG PML4, 0x100, 0x18, lm64      ; EFER.LME
-
-bits 64
-lm64:
-    mov ax, 0x10
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
-    mov rsp, 0x8000
+    PROTECTED_TO_LONG PML4, 0x100, 0x18, 0x10, 0x8000   ; EFER.LME
     mov r8d, [0x500]
     test r8d, r8d
     jnz .go

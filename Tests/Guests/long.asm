@@ -33,15 +33,7 @@ start:
     REAL_TO_PROTECTED gdt_desc, 0x08, 0x10
     ; Page tables: PML4[0] -> PDPT, PDPT[0] -> PD, PD[i] = i * 2 MiB (P | RW | PS).
     IDENTITY_MAP_2M PML4, 1, 512, 3, 0x83
-    PROTECTED_TO_LONG PML4, 0x100, 0x18, lm64      ; EFER.LME
-
-bits 64
-lm64:
-    mov ax, 0x10
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
-    mov rsp, 0x8000
+    PROTECTED_TO_LONG PML4, 0x100, 0x18, 0x10, 0x8000   ; EFER.LME
 
     ; EFER.LMA must now be set.
     mov ecx, 0xC0000080

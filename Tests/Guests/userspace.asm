@@ -62,15 +62,7 @@ TSS_SEL equ 0x40
 start:
     REAL_TO_PROTECTED gdt_desc, KCODE32, KDATA
     IDENTITY_MAP_2M PML4, 1, 512, 7, 0x87          ; P | RW | US (| PS)
-    PROTECTED_TO_LONG PML4, 0x101, KCODE, lm64     ; EFER.LME | SCE
-
-bits 64
-lm64:
-    mov ax, KDATA
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
-    mov rsp, 0x8000
+    PROTECTED_TO_LONG PML4, 0x101, KCODE, KDATA, 0x8000   ; EFER.LME | SCE
 
     ; TSS: RSP0 and an I/O bitmap right after the 104-byte TSS: all ports allowed except DENIED,
     ; closed by the architectural all-ones byte.
