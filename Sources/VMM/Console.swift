@@ -327,6 +327,14 @@ public final class HostConsoleOutput: SerialOutput {
         pendingStart = 0
     }
 
+    /// At exit, after `flush`: counts what the reader never took as dropped and forgets it, so the
+    /// count reported is final (nothing is written after it).
+    public func abandonPending() {
+        bytesDropped += UInt64(bufferedCount)
+        pending.removeAll()
+        pendingStart = 0
+    }
+
     /// At exit: gives a slow reader up to `milliseconds` to take what is buffered.
     public func flush(blockingFor milliseconds: Int) {
         var waited = 0

@@ -42,7 +42,8 @@ enum MachineOptions {
     /// buffered at exit) is counted; at exit the count is reported, so a truncated log is known to
     /// be truncated.
     static func reportDropped(_ console: HostConsoleOutput, log: Log, always: Bool = false) {
-        let lost = console.bytesDropped + UInt64(console.bufferedCount)
+        console.abandonPending()
+        let lost = console.bytesDropped
         guard lost > 0 else { return }
         let line = "\(lost) bytes of guest console output were dropped (stdout's reader went away or fell too far behind)"
         if always { log.error(line) } else { log.info(line) }
