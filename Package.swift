@@ -21,21 +21,24 @@ let package = Package(
         // The C shim: linux/kvm.h plus the ioctl request numbers Swift cannot import.
         .systemLibrary(name: "CKVM", path: "Modules/CKVM"),
         // Typed Swift over the KVM ioctls.
-        .target(name: "KVM", dependencies: ["CKVM", "CPUBackend", "VMMemory"]),
+        .target(name: "KVM", dependencies: ["CKVM", "VMCore", "CPUBackend", "VMMemory"]),
+        // What devices, the platform and both backends share: interrupt lines and controllers, the VM
+        // clock and timed devices, the PC layout, device-state values, hex and access-size helpers.
+        .target(name: "VMCore", swiftSettings: fastRelease),
         // Guest RAM: one bounds-checked view shared by loader, devices and both CPU backends.
-        .target(name: "VMMemory", swiftSettings: fastRelease),
+        .target(name: "VMMemory", dependencies: ["VMCore"], swiftSettings: fastRelease),
         // Linux x86 boot protocol: bzImage, vmlinux ELF, initrd, boot_params, e820, page tables, GDT.
-        .target(name: "LinuxLoader", dependencies: ["VMMemory", "CPUBackend", "CCompress"]),
+        .target(name: "LinuxLoader", dependencies: ["VMCore", "VMMemory", "CPUBackend", "CCompress"]),
         // zlib + liblzma headers, for decompressing bzImage payloads on the host.
         .systemLibrary(name: "CCompress", path: "Modules/CCompress"),
-        // The CPU backend protocol and the events both backends deliver to the machine.
-        .target(name: "CPUBackend", dependencies: ["VMMemory"]),
-        // Buses and devices: 16550, i8042, virtio, platform pieces. Know nothing of KVM or the interpreter.
-        .target(name: "Devices", dependencies: ["VMMemory", "CPUBackend"], swiftSettings: fastRelease),
+        // What a vCPU backend is: the protocol, its entry state, stop reasons, I/O seam and VM control.
+        .target(name: "CPUBackend", dependencies: ["VMCore"]),
+        // Buses, devices and the platform that wires them. Know nothing of KVM or the interpreter.
+        .target(name: "Devices", dependencies: ["VMCore", "VMMemory"], swiftSettings: fastRelease),
         // Host calls Swift's Glibc module lacks (memfd_create for the code cache).
         .target(name: "CHost"),
         // The x86-64 interpreter backend and its binary translator.
-        .target(name: "X86Interpreter", dependencies: ["VMMemory", "CPUBackend", "CHost"],
+        .target(name: "X86Interpreter", dependencies: ["VMCore", "VMMemory", "CPUBackend", "CHost"],
                 swiftSettings: fastRelease),
         // Guest kernel on the software CPU, guest user code natively on KVM (kvm-pvm hosts).
         .target(name: "Hybrid", dependencies: ["KVM", "CKVM", "CHostCPU", "CPUBackend", "VMMemory", "X86Interpreter"]),
@@ -48,25 +51,36 @@ let package = Package(
         .systemLibrary(name: "CSeccomp", path: "Modules/CSeccomp"),
         // The command line: argument parsing only.
         .executableTarget(name: "swhv", dependencies: [
-            "VMM", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "VMM", "X86Interpreter", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // Replays differential fuzz cases on the interpreter (driven by scripts/oracle/fuzz.py).
-        .executableTarget(name: "swhv-cpu-runner", dependencies: ["X86Interpreter", "VMMemory", "CPUBackend"],
+        .executableTarget(name: "swhv-cpu-runner", dependencies: ["X86Interpreter", "VMMemory", "CPUBackend",
+                                                                  "SwhvTestSupport"],
                           swiftSettings: fastRelease),
 
+        // The one home of test helpers (process runner, console and terminal sessions, guest
+        // builders, the long-mode guest, the virtio driver bring-up, differential fuzz cases),
+        // shared by the test targets, the fuzz harness and swhv-cpu-runner. No XCTest in it: the
+        // libFuzzer driver links it too.
+        .target(name: "SwhvTestSupport", dependencies: ["X86Interpreter", "VMMemory", "CPUBackend", "Devices"],
+                path: "Tests/Support"),
+
         .testTarget(name: "VMMemoryTests", dependencies: ["VMMemory"]),
-        .testTarget(name: "LinuxLoaderTests", dependencies: ["LinuxLoader", "VMMemory", "CPUBackend"]),
-        .testTarget(name: "DevicesTests", dependencies: ["Devices", "VMMemory", "CPUBackend"]),
-        .testTarget(name: "X86InterpreterTests", dependencies: ["X86Interpreter", "VMMemory", "CPUBackend"],
+        .testTarget(name: "LinuxLoaderTests", dependencies: ["LinuxLoader", "VMMemory", "CPUBackend", "SwhvTestSupport"]),
+        .testTarget(name: "DevicesTests", dependencies: ["Devices", "VMCore", "VMMemory", "CPUBackend", "SwhvTestSupport"]),
+        .testTarget(name: "X86InterpreterTests", dependencies: ["X86Interpreter", "VMMemory", "CPUBackend",
+                                                                "SwhvTestSupport"],
                     exclude: ["Vectors", "FuzzCorpus"]),   // oracle vectors and fuzz corpus: read at run time from the source tree
         .testTarget(name: "IntegrationTests", dependencies: ["KVM", "VMM", "VMMemory", "LinuxLoader", "CPUBackend", "Devices",
-                                                            "Hybrid", "X86Interpreter"]),
-        .testTarget(name: "CLITests", dependencies: []),
+                                                             "Hybrid", "X86Interpreter", "SwhvTestSupport"]),
+        .testTarget(name: "CLITests", dependencies: ["SwhvTestSupport"]),
+        .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM", "CPUBackend"]),
+        .testTarget(name: "CPUBackendTests", dependencies: ["CPUBackend"]),
         .testTarget(name: "HybridTests", dependencies: ["Hybrid", "KVM", "X86Interpreter", "VMMemory", "CPUBackend"]),
 
         // Fuzz harnesses (docs/security.md): plain library code, replayed by FuzzRegressionTests.
         .target(name: "FuzzHarness", dependencies: ["LinuxLoader", "VMMemory", "CPUBackend", "Devices",
-                                                    "X86Interpreter"], path: "Fuzz/Harness"),
+                                                    "X86Interpreter", "SwhvTestSupport"], path: "Fuzz/Harness"),
         .testTarget(name: "FuzzRegressionTests", dependencies: ["FuzzHarness"]),
     ]
 )

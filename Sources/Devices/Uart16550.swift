@@ -1,4 +1,4 @@
-import CPUBackend
+import VMCore
 
 /// Where the UART's transmitted bytes go. The machine forwards them to the terminal; tests collect them.
 /// `write` is called on the vCPU thread for every byte and must never block indefinitely: an
@@ -30,10 +30,10 @@ public final class SerialOutputCollector: SerialOutput {
 ///   character timeout were always reached).
 /// - Host input never overruns: `enqueue` accepts what fits and the caller retries with the rest.
 ///   Only loopback transmissions can overrun (LSR.OE).
+/// - The host end honours hardware flow control: it sends only while the guest asserts RTS
+///   (MCR bit 1). Linux raises RTS when the port is opened, after its startup has cleared the
+///   FIFOs, so a line typed while the kernel boots waits on the host instead of being flushed.
 public final class Uart16550: BusDevice {
-    /// Where PCs put the first serial port, and how the machine should register this device.
-    public static let com1Base: UInt16 = 0x3F8
-    public static let com1IRQ: UInt32 = 4
     /// Number of consecutive I/O ports the UART decodes.
     public static let portCount: UInt64 = 8
     /// Receive FIFO size in bytes.
@@ -87,7 +87,8 @@ public final class Uart16550: BusDevice {
     private var lineLevel = false
 
     /// Called when the receive FIFO drains (the guest read its last byte, or it was flushed) and when
-    /// loopback mode ends: the moment to `enqueue` input the host is still holding.
+    /// the host may send again (RTS raised, loopback ended): the moment to `enqueue` input the host
+    /// is still holding.
     public var onReceiveReady: (() -> Void)?
 
     // Counters, for tests and statistics.
@@ -109,14 +110,15 @@ public final class Uart16550: BusDevice {
     public var interruptLineHigh: Bool { lineLevel }
     /// Bytes waiting in the receive FIFO.
     public var receiveCount: Int { rx.count }
-    /// Bytes `enqueue` would accept now (0 in loopback mode, whose receiver is cut off from the line).
-    public var receiveSpace: Int { isLoopback ? 0 : rx.capacity - rx.count }
+    /// Bytes `enqueue` would accept now (0 in loopback mode, whose receiver is cut off from the
+    /// line, and while the guest holds RTS low).
+    public var receiveSpace: Int { acceptsInput ? rx.capacity - rx.count : 0 }
 
     /// Queues host input for the guest. Returns how many leading bytes were accepted; the caller keeps
     /// the rest and offers them again later (see `onReceiveReady`).
     @discardableResult
     public func enqueue<C: Collection>(_ bytes: C) -> Int where C.Element == UInt8 {
-        guard !isLoopback else { return 0 }
+        guard acceptsInput else { return 0 }
         var accepted = 0
         for b in bytes {
             guard rx.push(b) else { break }
@@ -132,20 +134,12 @@ public final class Uart16550: BusDevice {
     /// Accesses wider than a byte are split into byte accesses at consecutive ports, as the ISA bus
     /// does; bytes past the UART's eight ports read as all-ones.
     public func read(offset: UInt64, size: Int) -> UInt64 {
-        var value: UInt64 = 0
-        for i in 0..<max(1, min(size, 8)) {
-            let o = offset.addingReportingOverflow(UInt64(i))
-            let byte = (!o.overflow && o.partialValue < Self.portCount) ? readRegister(o.partialValue) : 0xFF
-            value |= UInt64(byte) << (UInt64(i) * 8)
-        }
-        return value
+        ByteWidePorts.read(offset: offset, size: size, length: Self.portCount) { readRegister($0) }
     }
 
     public func write(offset: UInt64, size: Int, value: UInt64) {
-        for i in 0..<max(1, min(size, 8)) {
-            let o = offset.addingReportingOverflow(UInt64(i))
-            guard !o.overflow, o.partialValue < Self.portCount else { continue }
-            writeRegister(o.partialValue, UInt8(truncatingIfNeeded: value >> (UInt64(i) * 8)))
+        ByteWidePorts.write(offset: offset, size: size, value: value, length: Self.portCount) {
+            writeRegister($0, $1)
         }
     }
 
@@ -153,6 +147,8 @@ public final class Uart16550: BusDevice {
 
     private var isDLAB: Bool { lcrValue & Self.lcrDLAB != 0 }
     private var isLoopback: Bool { mcrValue & Self.mcrLoop != 0 }
+    /// Whether the host may send: the guest asserts RTS and the receiver listens to the line.
+    private var acceptsInput: Bool { mcrValue & Self.mcrRTS != 0 && !isLoopback }
     private var fifosEnabled: Bool { fcrValue & Self.fcrEnable != 0 }
 
     private func readRegister(_ reg: UInt64) -> UInt8 {
@@ -218,11 +214,11 @@ public final class Uart16550: BusDevice {
             lcrValue = value
         case Self.mcr:
             let oldLines = modemLines
-            let wasLoopback = isLoopback
+            let wasAccepting = acceptsInput
             mcrValue = value & 0x1F
             modemDeltas |= Self.deltas(from: oldLines, to: modemLines)
             updateInterrupt()
-            if wasLoopback && !isLoopback { onReceiveReady?() }
+            if !wasAccepting && acceptsInput { onReceiveReady?() }
         case Self.lsr, Self.msr:
             break   // read-only (factory test writes on real parts)
         default:
@@ -341,4 +337,47 @@ private struct ByteRing {
     }
 
     mutating func removeAll() { head = 0; count = 0 }
+}
+
+// MARK: State
+
+extension Uart16550: StatefulDevice {
+    /// The registers, the receive FIFO's bytes (oldest first) and the interrupt line level.
+    public struct State: DeviceState {
+        public static let currentVersion: UInt32 = 1
+        public var version = State.currentVersion
+        public var ier: UInt8, lcr: UInt8, mcr: UInt8, fcr: UInt8, scr: UInt8
+        public var divisorLow: UInt8, divisorHigh: UInt8
+        public var lineErrors: UInt8, modemDeltas: UInt8
+        public var thrEmptyPending: Bool
+        public var receiveFIFO: [UInt8]
+        public var interruptLine: Bool
+    }
+
+    public func captureState() -> State {
+        State(ier: ierValue, lcr: lcrValue, mcr: mcrValue, fcr: fcrValue, scr: scrValue,
+              divisorLow: divisorLow, divisorHigh: divisorHigh, lineErrors: lineErrors, modemDeltas: modemDeltas,
+              thrEmptyPending: thrEmptyPending, receiveFIFO: rx.contents, interruptLine: lineLevel)
+    }
+
+    public func restoreState(_ s: State) throws(DeviceStateError) {
+        try s.checkVersion(device: "16550 UART")
+        guard s.receiveFIFO.count <= Self.receiveCapacity, s.ier & 0xF0 == 0, s.mcr & 0xE0 == 0,
+              s.fcr & ~Self.fcrSticky == 0, s.lineErrors & ~0x1E == 0, s.modemDeltas & 0xF0 == 0 else {
+            throw .invalid(device: "16550 UART", reason: "register values or FIFO length out of range")
+        }
+        (ierValue, lcrValue, mcrValue, fcrValue, scrValue) = (s.ier, s.lcr, s.mcr, s.fcr, s.scr)
+        (divisorLow, divisorHigh, lineErrors, modemDeltas) = (s.divisorLow, s.divisorHigh, s.lineErrors, s.modemDeltas)
+        thrEmptyPending = s.thrEmptyPending
+        rx.removeAll()
+        for b in s.receiveFIFO { _ = rx.push(b) }
+        lineLevel = s.interruptLine
+    }
+}
+
+extension ByteRing {
+    /// The queued bytes, oldest first.
+    fileprivate var contents: [UInt8] {
+        (0..<count).map { storage[(head + $0) % storage.count] }
+    }
 }

@@ -60,7 +60,7 @@ final class CodeWriteTracker {
             // One ioctl over the words that changed (first page and count must be multiples of 64,
             // except that the count may end at the slot's end).
             let count = min((hi - lo + 1) * 64, s.pages - lo * 64)
-            try vm.clearDirtyLog(slot: s.slot, firstPage: UInt64(lo * 64), count: UInt32(count),
+            try vm.clearDirtyLog(slot: s.slot, firstPage: UInt64(truncatingIfNeeded: lo * 64), count: UInt32(truncatingIfNeeded: count),
                                  bitmap: UnsafeMutableRawPointer(s.scratch + lo))
             for w in lo...hi {
                 let newly = s.scratch[w] & ~s.protected[w]

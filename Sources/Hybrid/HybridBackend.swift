@@ -29,7 +29,7 @@ public struct HybridStatistics: Sendable, Equatable {
     public var disabledReason: String?
 
     public var summary: String {
-        func ms(_ ns: UInt64) -> Int { Int(Double(ns) / 1e6) }
+        func ms(_ ns: UInt64) -> UInt64 { ns / 1_000_000 }
         var s = "hybrid: \(nativeEntries) native runs (\(ms(nativeNs)) ms in KVM_RUN, \(ms(handoverNs)) ms handing over, "
             + "\(ms(coherenceNs)) ms coherence checks, \(ms(zapNs)) ms zapping); back to software on "
             + "\(syscalls) syscalls, \(faults) faults, \(traps) traps, \(interrupts) interrupts, "
@@ -115,16 +115,21 @@ public final class HybridBackend: VcpuBackend {
         kick?.release()
     }
 
-    public func setEntryState(_ state: CPUEntryState) throws {
-        try interpreter.setEntryState(state)
+    public func setEntryState(_ state: CPUEntryState) throws(KVMError) {
+        interpreter.setEntryState(state)
     }
 
     /// Guest instructions retired on the software CPU (native user code is not counted).
     public var guestInstructionCount: UInt64? { interpreter.instructionsRetired }
 
+    /// The software CPU's translation report and what the hybrid backend did.
+    public var statisticsReport: String? {
+        [interpreter.statisticsReport, statistics.summary].compactMap { $0 }.joined(separator: "; ")
+    }
+
     // MARK: Run loop
 
-    public func run(io: IOHandler, control: VMControl) throws -> VcpuStop {
+    public func run(io: IOHandler, control: VMControl) throws(KVMError) -> VcpuStop {
         if kick == nil { kick = try? KickSignal(signal: HybridBackend.kickSignal) }
         if kick == nil { disableNative("cannot create the vCPU kick timer") }
         if let k = kick, kickedControl !== control {
@@ -153,7 +158,7 @@ public final class HybridBackend: VcpuBackend {
         let entries = p.assumingMemoryBound(to: UInt64.self)
         for i in 0..<256 {
             let e = entries[i]
-            if e & 1 != 0 { h = (h ^ (e & PageTableCoherence.addressMask) ^ UInt64(i)) &* 0x0000_0100_0000_01B3 }
+            if e & 1 != 0 { h = (h ^ (e & PageTableCoherence.addressMask) ^ UInt64(truncatingIfNeeded: i)) &* 0x0000_0100_0000_01B3 }
         }
         return h
     }
@@ -190,7 +195,7 @@ public final class HybridBackend: VcpuBackend {
 
     /// Runs user code natively from the software CPU's state until something needs the software
     /// CPU; the state is back in the software CPU when it returns. A stop request is returned.
-    private func runNative(io: IOHandler, control: VMControl) throws -> VcpuStop? {
+    private func runNative(io: IOHandler, control: VMControl) throws(KVMError) -> VcpuStop? {
         if let stop = interpreter.serviceEvents(control: control) { return stop }
         if interpreter.interruptDeliverable { return nil }
         let space = addressSpaceKey(interpreter.cr3)
@@ -209,7 +214,7 @@ public final class HybridBackend: VcpuBackend {
         var runs = 0
         defer {
             let work = max(0, Double(inGuestNs) - Double(runs) * exitCostNs)
-            policy.recordNative(space, workNs: UInt64(work))
+            policy.recordNative(space, workNs: UInt64(work.rounded(.down)))
         }
         var entered = false
 
@@ -303,7 +308,7 @@ public final class HybridBackend: VcpuBackend {
         statistics.zapNs &+= VirtualClock.hostMonotonicNs() &- t0
     }
 
-    private func makeKVMCoherent(cr3: UInt64, space: UInt64) throws -> Bool {
+    private func makeKVMCoherent(cr3: UInt64, space: UInt64) throws(KVMError) -> Bool {
         // Code pages whose content changed must be checked again wherever they are mapped.
         let changed = interpreter.takeChangedVerifiedCode()
         if !changed.isEmpty {
@@ -353,7 +358,7 @@ public final class HybridBackend: VcpuBackend {
         // user-visible; keeping KVM's avoids reloading segment state on every entry.
         sregs.idt.limit = 0
         // The software CPU (like QEMU) does not raise #AC: native code must not either.
-        sregs.cr0 &= ~UInt64(1 << 18)
+        sregs.cr0 &= ~(UInt64(1) << 18)
         sregs.cr2 = before.cr2
         sregs.cr8 = before.cr8
         sregs.apic_base = before.apic_base
@@ -363,7 +368,7 @@ public final class HybridBackend: VcpuBackend {
         if ev.exception.pending != 0 || ev.exception.injected != 0 || ev.interrupt.injected != 0 || ev.nmi.injected != 0
             || ev.nmi.pending != 0 {
             var clean = kvm_vcpu_events()
-            clean.flags = UInt32(KVM_VCPUEVENT_VALID_NMI_PENDING | KVM_VCPUEVENT_VALID_SHADOW)
+            clean.flags = UInt32(bitPattern: KVM_VCPUEVENT_VALID_NMI_PENDING | KVM_VCPUEVENT_VALID_SHADOW)
             run.pointee.s.regs.events = clean
             dirty |= UInt64(KVM_SYNC_X86_EVENTS)
         }
@@ -386,7 +391,7 @@ public final class HybridBackend: VcpuBackend {
     }
 
     /// The vCPU's user-mode state back into the software CPU, and native writes to code pages.
-    private func leaveNative() throws {
+    private func leaveNative() throws(KVMError) {
         let t0 = VirtualClock.hostMonotonicNs()
         defer { statistics.handoverNs &+= VirtualClock.hostMonotonicNs() &- t0 }
         kick?.disarmTimer()
@@ -411,7 +416,7 @@ public final class HybridBackend: VcpuBackend {
             interpreter.flags = rflags & ~(1 << 16)
         }
         try codeWrites.collectWrites { page in
-            interpreter.invalidateCode(physicalAddress: UInt64(page) << 12, length: 4096)
+            interpreter.invalidateCode(physicalAddress: UInt64(truncatingIfNeeded: page) << 12, length: 4096)
         }
         statistics.codeInvalidations = codeWrites.invalidations
     }
@@ -469,14 +474,14 @@ public final class HybridBackend: VcpuBackend {
     /// A port access from native user code. Performed here when the I/O permission check passes
     /// (true); otherwise the state goes back to the software CPU at the instruction, which raises
     /// #GP (false).
-    private func portIO(io: IOHandler) throws -> Bool {
+    private func portIO(io: IOHandler) throws(KVMError) -> Bool {
         let run = native.run
         let port = run.pointee.io.port
         let size = Int(run.pointee.io.size)
         let count = Int(run.pointee.io.count)
-        let out = run.pointee.io.direction == UInt8(KVM_EXIT_IO_OUT)
+        let out = run.pointee.io.direction == UInt8(truncatingIfNeeded: KVM_EXIT_IO_OUT)
         if interpreter.ioPermitted(port: port, size: size) {
-            let data = UnsafeMutableRawPointer(run) + Int(run.pointee.io.data_offset)
+            let data = UnsafeMutableRawPointer(run) + Int(truncatingIfNeeded: run.pointee.io.data_offset)
             for i in 0..<count {
                 let p = data + i * size
                 if out {
@@ -508,7 +513,7 @@ public final class HybridBackend: VcpuBackend {
         // the bytes before may sit on an unmapped page, then only this page's are used.
         let dx = UInt16(truncatingIfNeeded: regs.rdx)
         for before in [15, min(15, Int(regs.rip & 0xFFF))] {
-            if let bytes = interpreter.peekLinear(regs.rip &- UInt64(before), count: before + min(16, 4096 - Int(regs.rip & 0xFFF))),
+            if let bytes = interpreter.peekLinear(regs.rip &- UInt64(truncatingIfNeeded: before), count: before + min(16, 4096 - Int(regs.rip & 0xFFF))),
                let start = NativeStop.ioInstructionStart(rip: regs.rip, bytes: bytes, before: before, port: port,
                                                         size: size, isOut: out, dx: dx) {
                 interpreter.instructionPointer = start
@@ -526,11 +531,11 @@ public final class HybridBackend: VcpuBackend {
         withUnsafeMutableBytes(of: &run.pointee.mmio.data) { data in
             if write {
                 var v: UInt64 = 0
-                for i in 0..<len { v |= UInt64(data[i]) << (8 * UInt64(i)) }
+                for i in 0..<len { v |= UInt64(data[i]) << (8 * UInt64(truncatingIfNeeded: i)) }
                 interpreter.physicalWrite(address, size: len, value: v, io: io)
             } else {
                 let v = interpreter.physicalRead(address, size: len, io: io)
-                for i in 0..<len { data[i] = UInt8(truncatingIfNeeded: v >> (8 * UInt64(i))) }
+                for i in 0..<len { data[i] = UInt8(truncatingIfNeeded: v >> (8 * UInt64(truncatingIfNeeded: i))) }
             }
         }
     }

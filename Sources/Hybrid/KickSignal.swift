@@ -32,7 +32,7 @@ final class KickSignal: @unchecked Sendable {
         sigaddset(&set, signal)
         pthread_sigmask(SIG_BLOCK, &set, &oldMask)
         var ev = sigevent()
-        ev.sigev_notify = Int32(SIGEV_THREAD_ID)
+        ev.sigev_notify = Int32(truncatingIfNeeded: SIGEV_THREAD_ID)
         ev.sigev_signo = signal
         ev._sigev_un._tid = chostcpu_gettid()
         var t: timer_t? = nil
@@ -74,7 +74,7 @@ final class KickSignal: @unchecked Sendable {
         guard hasTimer else { return }
         let n = max(ns, 1000)
         var spec = itimerspec()
-        spec.it_value.tv_sec = Int(n / 1_000_000_000)
+        spec.it_value.tv_sec = Int(truncatingIfNeeded: n / 1_000_000_000)
         spec.it_value.tv_nsec = Int(n % 1_000_000_000)
         timer_settime(timer, 0, &spec, nil)
     }

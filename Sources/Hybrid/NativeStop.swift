@@ -78,7 +78,7 @@ enum NativeStop: Equatable {
         // kvm-pvm reports OUT past the instruction and IN at it: try that place first, then the other.
         func ending() -> UInt64? {
             for len in 1...max(1, min(15, before)) where before - len >= 0 {
-                if let n = matches(at: before - len), n == len { return rip &- UInt64(len) }
+                if let n = matches(at: before - len), n == len { return rip &- UInt64(truncatingIfNeeded: len) }
             }
             return nil
         }

@@ -50,17 +50,17 @@ final class NativeVcpu {
         try vm.setTSSAddress()
         // Dirty pages start "dirty" (writable): only pages we clear are write-protected, which
         // is how writes to pages holding decoded code are noticed (see CodeWriteTracker).
-        let manual = UInt64(system.checkExtension(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2))
+        let manual = UInt64(truncatingIfNeeded: max(0, system.checkExtension(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2)))
         try vm.enableCap(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
-                         [manual & UInt64(KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | KVM_DIRTY_LOG_INITIALLY_SET)])
+                         [manual & UInt64(truncatingIfNeeded: KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | KVM_DIRTY_LOG_INITIALLY_SET)])
         var slots: [(UInt32, UInt64, Int)] = []
         for (i, r) in memory.regions.enumerated() {
-            try vm.setMemoryRegion(slot: UInt32(i), flags: UInt32(KVM_MEM_LOG_DIRTY_PAGES), guestAddress: r.guestBase,
+            try vm.setMemoryRegion(slot: UInt32(truncatingIfNeeded: i), flags: UInt32(truncatingIfNeeded: KVM_MEM_LOG_DIRTY_PAGES), guestAddress: r.guestBase,
                                    size: r.size, host: r.host)
-            slots.append((UInt32(i), r.guestBase, Int(r.size >> 12)))
+            slots.append((UInt32(truncatingIfNeeded: i), r.guestBase, Int(r.size >> 12)))
         }
         ramSlots = slots
-        zapSlot = UInt32(memory.regions.count)
+        zapSlot = UInt32(truncatingIfNeeded: memory.regions.count)
         guard let page = mmap(nil, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
               page != MAP_FAILED else { throw KVMError("mmap", errno: errno) }
         zapPage = page
@@ -103,7 +103,7 @@ final class NativeVcpu {
     @inline(__always)
     func enter() throws(KVMError) -> Int32? {
         let r = ioctl(vcpu.fd, CKVM_KVM_RUN(), CInt(0))
-        if r >= 0 { return Int32(run.pointee.exit_reason) }
+        if r >= 0 { return Int32(bitPattern: run.pointee.exit_reason) }
         let e = errno
         if e == EINTR || e == EAGAIN { return nil }
         throw KVMError("KVM_RUN", errno: e)

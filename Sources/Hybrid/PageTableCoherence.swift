@@ -71,7 +71,7 @@ final class PageTableCoherence {
         var portable = true
         var arm: [Int32] = []
         for page in written {
-            guard let copy = copies[page], let cur = tablePointer(UInt64(page) << 12) else { continue }
+            guard let copy = copies[page], let cur = tablePointer(UInt64(truncatingIfNeeded: page) << 12) else { continue }
             switch PageTableCoherence.compare(old: copy, new: cur) {
             case .stale:
                 zap = true
@@ -165,7 +165,7 @@ final class PageTableCoherence {
     /// pages user code may execute to `verify`. False when the watch would grow beyond `maxPages`.
     private func scan(table: UInt64, level: Int, noExecAbove: Bool, visited: inout Set<UInt64>,
                       arm: inout [Int32]) -> Bool {
-        let key = table | UInt64(level)
+        let key = table | UInt64(truncatingIfNeeded: level)
         guard visited.insert(key).inserted else { return true }
         // A table outside RAM cannot be shadowed by KVM (no memory slot): nothing to watch.
         guard let cur = tablePointer(table) else { return true }
@@ -196,7 +196,7 @@ final class PageTableCoherence {
                 if let verify, !noExec {
                     if level == 3 { scanPortable = false; continue }
                     let first = (e & PageTableCoherence.addressMask & ~0x1F_FFFF) >> 12
-                    for k in 0..<512 where !verify(Int32(truncatingIfNeeded: first + UInt64(k))) { scanPortable = false; break }
+                    for k in 0..<512 where !verify(Int32(truncatingIfNeeded: first + UInt64(truncatingIfNeeded: k))) { scanPortable = false; break }
                 }
                 continue
             }

@@ -14,7 +14,7 @@ extension KVMVcpu {
         s.apply(xsave: try getXSave())
         s.apply(events: try getVcpuEvents())
         s.apply(debugRegs: try getDebugRegs())
-        s.events.halted = try getMPState() == UInt32(KVM_MP_STATE_HALTED)
+        s.events.halted = try getMPState() == UInt32(truncatingIfNeeded: KVM_MP_STATE_HALTED)
         s.msrs = try getMSRs(X86ArchState.architecturalMSRs).map { MSRValue($0.index, $0.value) }
         return s
     }
@@ -46,7 +46,7 @@ extension KVMVcpu {
         var ev = try getVcpuEvents()
         s.store(into: &ev)
         try setVcpuEvents(ev)
-        try setMPState(s.events.halted ? UInt32(KVM_MP_STATE_HALTED) : UInt32(KVM_MP_STATE_RUNNABLE))
+        try setMPState(s.events.halted ? UInt32(truncatingIfNeeded: KVM_MP_STATE_HALTED) : UInt32(truncatingIfNeeded: KVM_MP_STATE_RUNNABLE))
         try setRegs(s.kvmRegs)
     }
 
@@ -60,7 +60,7 @@ extension KVMVcpu {
             let buf = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 8)
             defer { buf.deallocate() }
             memset(buf, 0, bytes)
-            buf.assumingMemoryBound(to: kvm_msrs.self).pointee.nmsrs = UInt32(batch.count)
+            buf.assumingMemoryBound(to: kvm_msrs.self).pointee.nmsrs = UInt32(truncatingIfNeeded: batch.count)
             let entries = (buf + MemoryLayout<kvm_msrs>.size).assumingMemoryBound(to: kvm_msr_entry.self)
             for (i, index) in batch.enumerated() { entries[i].index = index }
             let n = Int(try kvmIoctl(fd, CKVM_KVM_GET_MSRS(), "KVM_GET_MSRS", buf))
@@ -107,14 +107,14 @@ extension KVMVcpu {
 
     /// The guest TSC frequency KVM runs this vCPU at, in kHz.
     public func tscKHz() throws(KVMError) -> UInt64 {
-        UInt64(try kvmIoctl(fd, CKVM_KVM_GET_TSC_KHZ(), "KVM_GET_TSC_KHZ", nil))
+        UInt64(truncatingIfNeeded: try kvmIoctl(fd, CKVM_KVM_GET_TSC_KHZ(), "KVM_GET_TSC_KHZ", nil))
     }
 
     /// The vCPU's TSC offset (guest TSC = host TSC + offset), where KVM reports it.
     public func tscOffset() -> Int64? {
         var attr = kvm_device_attr()
-        attr.group = UInt32(KVM_VCPU_TSC_CTRL)
-        attr.attr = UInt64(KVM_VCPU_TSC_OFFSET)
+        attr.group = UInt32(truncatingIfNeeded: KVM_VCPU_TSC_CTRL)
+        attr.attr = UInt64(truncatingIfNeeded: KVM_VCPU_TSC_OFFSET)
         var value: Int64 = 0
         return withUnsafeMutablePointer(to: &value) { p -> Int64? in
             attr.addr = UInt64(UInt(bitPattern: p))
@@ -142,7 +142,7 @@ extension KVMVirtualMachine {
     /// KVM_ENABLE_CAP on the VM.
     public func enableCap(_ cap: Int32, _ args: [UInt64] = []) throws(KVMError) {
         var c = kvm_enable_cap()
-        c.cap = UInt32(cap)
+        c.cap = UInt32(bitPattern: cap)
         withUnsafeMutableBytes(of: &c.args) { raw in
             for (i, a) in args.prefix(4).enumerated() { raw.storeBytes(of: a, toByteOffset: i * 8, as: UInt64.self) }
         }
@@ -321,7 +321,7 @@ extension X86ArchState {
 
     /// Writes the events this state carries; KVM's other fields (SMM, payloads) are left alone.
     public func store(into e: inout kvm_vcpu_events) {
-        e.interrupt.shadow = events.interruptShadow ? UInt8(KVM_X86_SHADOW_INT_STI) : 0
+        e.interrupt.shadow = events.interruptShadow ? UInt8(truncatingIfNeeded: KVM_X86_SHADOW_INT_STI) : 0
         e.nmi.masked = events.nmiMasked ? 1 : 0
         e.nmi.pending = events.nmiPending ? 1 : 0
         e.nmi.injected = 0
@@ -338,7 +338,7 @@ extension X86ArchState {
         e.interrupt.injected = events.interrupt != nil ? 1 : 0
         e.interrupt.nr = events.interrupt ?? 0
         e.interrupt.soft = 0
-        e.flags = UInt32(KVM_VCPUEVENT_VALID_NMI_PENDING | KVM_VCPUEVENT_VALID_SHADOW)
+        e.flags = UInt32(bitPattern: KVM_VCPUEVENT_VALID_NMI_PENDING | KVM_VCPUEVENT_VALID_SHADOW)
     }
 
     public mutating func apply(debugRegs d: kvm_debugregs) {

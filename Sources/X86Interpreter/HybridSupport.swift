@@ -113,7 +113,7 @@ extension X86Interpreter {
         st.pointee.cr3 = s.cr3
         st.pointee.cr4 = s.cr4
         st.pointee.efer = s.efer
-        apic.tpr = UInt32(s.cr8) << 4
+        apic.tpr = UInt32(truncatingIfNeeded: s.cr8) << 4
         st.pointee.dr = (s.dr[0], s.dr[1], s.dr[2], s.dr[3])
         st.pointee.dr6 = s.dr6
         st.pointee.dr7 = s.dr7
@@ -180,10 +180,10 @@ extension X86Interpreter {
         out.reserveCapacity(count)
         var i = 0
         while i < count {
-            let a = (la &+ UInt64(i)) & st.pointee.linearMask
+            let a = (la &+ UInt64(truncatingIfNeeded: i)) & st.pointee.linearMask
             guard let pa = try? translate(a, .read, user: st.pointee.cpl == 3) else { return nil }
             let n = min(count - i, 4096 - Int(a & 0xFFF))
-            guard let q = memory.hostPointer(pa, length: UInt64(n)) else { return nil }
+            guard let q = memory.hostPointer(pa, length: UInt64(truncatingIfNeeded: n)) else { return nil }
             out.append(contentsOf: UnsafeRawBufferPointer(start: q, count: n))
             i += n
         }
@@ -325,7 +325,7 @@ extension X86Interpreter {
             (h0, h1, k0, k1) = (h1, h2, k1, k2)
             (n, d) = (d, n % d)
         }
-        return (UInt32(best.0), UInt32(best.1))
+        return (UInt32(truncatingIfNeeded: best.0), UInt32(truncatingIfNeeded: best.1))
     }
 
     // MARK: Page-table and code-page watch
@@ -348,7 +348,7 @@ extension X86Interpreter {
         guard any else { return }
         // Cached writable translations of those pages must take the slow path from now on.
         for i in 0..<(2 * TLBSize.entries) where tlb[i].wtag & 1 == 0 {
-            let page = Int(tlb[i].phys >> 12)
+            let page = Int(truncatingIfNeeded: tlb[i].phys >> 12)
             if page < physPages && codePages[page] & PageMark.watchedTable != 0 { tlb[i].wtag = 1 }
         }
     }
@@ -383,7 +383,7 @@ extension X86Interpreter {
         }
         guard any else { return }
         for i in 0..<(2 * TLBSize.entries) where tlb[i].wtag & 1 == 0 {
-            let page = Int(tlb[i].phys >> 12)
+            let page = Int(truncatingIfNeeded: tlb[i].phys >> 12)
             if page < physPages && codePages[page] & PageMark.verifiedCode != 0 { tlb[i].wtag = 1 }
         }
     }
@@ -460,7 +460,7 @@ extension SegmentCache {
     }
 
     var state: SegmentState {
-        SegmentState(selector: selector, base: base, limit: limit, type: type, present: present, dpl: UInt8(dpl),
+        SegmentState(selector: selector, base: base, limit: limit, type: type, present: present, dpl: UInt8(truncatingIfNeeded: dpl),
                      db: db, s: s, l: l, g: attr & 0x8000 != 0, avl: attr & 0x1000 != 0, unusable: !present)
     }
 }

@@ -1,6 +1,7 @@
 import CPUBackend
 import Foundation
 import VMMemory
+import SwhvTestSupport
 import X86Interpreter
 import XCTest
 

@@ -3,6 +3,7 @@ import Foundation
 import VMMemory
 import X86Interpreter
 import XCTest
+import SwhvTestSupport
 
 /// Throughput of the interpreter on a CPU-bound loop (ALU, loads/stores, call/ret, branches).
 /// Prints MIPS; set SWHV_BENCH_INSTRUCTIONS for a longer run (use a release build:
@@ -12,7 +13,7 @@ final class BenchmarkTests: XCTestCase {
         let mem = try LongModeGuest.makeMemory()
         try mem.write(bytes: GuestPrograms.benchmarkLoop.code, at: GuestPrograms.benchmarkLoop.address)
         let cpu = X86Interpreter(memory: mem, clock: VirtualClock())
-        try cpu.setEntryState(LongModeGuest.entryState(rip: GuestPrograms.benchmarkLoop.address, rsp: 0x7F000))
+        cpu.setEntryState(LongModeGuest.entryState(rip: GuestPrograms.benchmarkLoop.address, rsp: 0x7F000))
         let n = UInt64(ProcessInfo.processInfo.environment["SWHV_BENCH_INSTRUCTIONS"] ?? "") ?? 2_000_000
         let start = VirtualClock.hostMonotonicNs()
         let stop = cpu.run(io: RecordingIO(), control: VMControl(), maxInstructions: n)

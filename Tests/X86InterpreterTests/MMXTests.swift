@@ -2,6 +2,7 @@ import CPUBackend
 import VMMemory
 import X86Interpreter
 import XCTest
+import SwhvTestSupport
 
 /// What MMX instructions do to the x87 state, and their CR0/#MF checks: the side effects the oracle
 /// vectors (unicorn, corrected to the host CPU) cover only for single instructions. Expected values
@@ -15,7 +16,7 @@ final class MMXTests: XCTestCase {
         let mem = try LongModeGuest.makeMemory()
         try mem.write(bytes: code, at: MMXTests.code)
         let cpu = X86Interpreter(memory: mem, clock: VirtualClock())
-        try cpu.setEntryState(LongModeGuest.entryState(rip: MMXTests.code, rsp: 0x7F000))
+        cpu.setEntryState(LongModeGuest.entryState(rip: MMXTests.code, rsp: 0x7F000))
         cpu.interceptExceptions = true
         cpu[.rsi] = MMXTests.scratch
         return (mem, cpu)
