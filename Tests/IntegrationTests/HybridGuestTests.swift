@@ -60,6 +60,26 @@ final class HybridGuestTests: XCTestCase {
         XCTAssertNil(stats.disabledReason)
     }
 
+    /// User code rewrites a code page natively (KVM writes RAM behind the software CPU's back) and
+    /// the guest kernel, on the software CPU with translation on, runs it often enough to translate
+    /// it: every round must run the new code, not a stale decoded or translated copy.
+    func testCodeWrittenNativelyIsRunFreshByTheTranslatingSoftwareCPU() throws {
+        guard try requirePVMOrCheckRefusal() else { return }
+        let native = config(.native)
+        let r = try GuestHarness.run("userspace", accelerator: .hybrid, defines: ["PRIV_GATES", "SELFMOD"],
+                                     configure: { c in native(&c); c.translation = .standard }) { m in
+            try m.memory.write(UInt32(100), at: 0x500)
+        }
+        XCTAssertEqual(r.output.text, String(decoding: try GuestHarness.expected("userspace-selfmod"), as: UTF8.self))
+        XCTAssertEqual(try r.stop.get(), .reset)
+        let hybrid = try XCTUnwrap(r.machine.backend as? HybridBackend)
+        XCTAssertGreaterThanOrEqual(hybrid.statistics.codeInvalidations, 39,
+                                    "each of the 40 rounds after the first found its native write to the code page")
+        XCTAssertGreaterThanOrEqual(hybrid.statistics.syscalls, 41)
+        let translated = try XCTUnwrap(hybrid.interpreter.translationStatistics).instructionsTranslated
+        XCTAssertGreaterThan(translated, 0, "the kernel side ran translated code")
+    }
+
     func testSoftwarePolicyIsTheInterpreter() throws {
         guard try requirePVMOrCheckRefusal() else { return }
         let r = try GuestHarness.run("userspace", accelerator: .hybrid, configure: config(.software)) { m in
