@@ -237,10 +237,18 @@ public final class HybridBackend: VcpuBackend {
             statistics.nativeNs &+= spent
             exitCostNs = min(exitCostNs * 1.001, Double(spent))
             entered = true
-            traceLine("  exit \(exit.map { String($0) } ?? "EINTR") rip=\(hex(native.run.pointee.s.regs.regs.rip)) cs=\(hex(UInt64(native.run.pointee.s.regs.sregs.cs.selector))) vec=\(native.run.pointee.s.regs.events.exception.nr) cr2=\(hex(native.run.pointee.s.regs.sregs.cr2)) fs=\(hex(native.run.pointee.s.regs.sregs.fs.base)) rax=\(hex(native.run.pointee.s.regs.regs.rax))")
+            traceLine("  exit \(exit.map { String($0) } ?? "EINTR") rip=\(hex(native.run.pointee.s.regs.regs.rip)) cs=\(hex(UInt64(native.run.pointee.s.regs.sregs.cs.selector))) vec=\(native.run.pointee.s.regs.events.exception.nr) pend=\(native.run.pointee.s.regs.events.exception.pending)/\(native.run.pointee.s.regs.events.exception.injected) tf=\(native.shutdownPending) cr2=\(hex(native.run.pointee.s.regs.sregs.cr2)) fs=\(hex(native.run.pointee.s.regs.sregs.fs.base)) rax=\(hex(native.run.pointee.s.regs.regs.rax))")
             guard let reason = exit else {
                 // A kick: the timer, posted work or a stop request. Anything else was stale.
                 kick?.consumePending()
+                if native.shutdownPending {
+                    // The kick came after an exception failed to reach a handler: it is that
+                    // exception's shutdown, reported now (loadKVM clears KVM's request).
+                    statistics.interrupts += 1
+                    try leaveNative()
+                    afterShutdown()
+                    return nil
+                }
                 if control.stopRequest == nil && !control.hasPostedWork
                     && (interpreter.nextTimerDeadline ?? .max) > clock.nowNs {
                     statistics.spuriousKicks += 1
@@ -363,12 +371,14 @@ public final class HybridBackend: VcpuBackend {
         sregs.cr8 = before.cr8
         sregs.apic_base = before.apic_base
         var dirty = UInt64(KVM_SYNC_X86_REGS)
-        // An event KVM still holds (a trap pending at a kick) was delivered in software already.
+        // An event KVM still holds (a trap pending at a kick, a shutdown not yet reported) was
+        // delivered in software already.
         let ev = run.pointee.s.regs.events
         if ev.exception.pending != 0 || ev.exception.injected != 0 || ev.interrupt.injected != 0 || ev.nmi.injected != 0
-            || ev.nmi.pending != 0 {
+            || ev.nmi.pending != 0 || native.shutdownPending {
             var clean = kvm_vcpu_events()
             clean.flags = UInt32(bitPattern: KVM_VCPUEVENT_VALID_NMI_PENDING | KVM_VCPUEVENT_VALID_SHADOW)
+            if native.tripleFaultVisible { clean.flags |= UInt32(truncatingIfNeeded: KVM_VCPUEVENT_VALID_TRIPLE_FAULT) }
             run.pointee.s.regs.events = clean
             dirty |= UInt64(KVM_SYNC_X86_EVENTS)
         }

@@ -33,6 +33,9 @@ final class NativeVcpu {
     let zapPage: UnsafeMutableRawPointer
     /// Guest RAM regions as dirty-logged slots 0..<regions.count.
     let ramSlots: [(slot: UInt32, base: UInt64, pages: Int)]
+    /// KVM reports a triple fault it raised but has not turned into an exit yet in the vCPU events
+    /// (KVM_CAP_X86_TRIPLE_FAULT_EVENT): see `shutdownPending`.
+    let tripleFaultVisible: Bool
 
     /// The KVM_RUN signal mask (our kick signal unblocked).
     let kickSignal: Int32
@@ -53,6 +56,10 @@ final class NativeVcpu {
         let manual = UInt64(truncatingIfNeeded: max(0, system.checkExtension(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2)))
         try vm.enableCap(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
                          [manual & UInt64(truncatingIfNeeded: KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | KVM_DIRTY_LOG_INITIALLY_SET)])
+        // Without it a kick that ends KVM_RUN between an exception's failed delivery and the
+        // shutdown exit would lose the exception (the next KVM_RUN would report it for other state).
+        tripleFaultVisible = system.checkExtension(KVM_CAP_X86_TRIPLE_FAULT_EVENT) > 0
+            && (try? vm.enableCap(KVM_CAP_X86_TRIPLE_FAULT_EVENT, [1])) != nil
         var slots: [(UInt32, UInt64, Int)] = []
         for (i, r) in memory.regions.enumerated() {
             try vm.setMemoryRegion(slot: UInt32(truncatingIfNeeded: i), flags: UInt32(truncatingIfNeeded: KVM_MEM_LOG_DIRTY_PAGES), guestAddress: r.guestBase,
@@ -96,6 +103,13 @@ final class NativeVcpu {
     func zapShadowPageTables() throws(KVMError) {
         try vm.setMemoryRegion(slot: zapSlot, flags: 0, guestAddress: NativeVcpu.zapSlotAddress, size: 0, host: zapPage)
         try vm.setMemoryRegion(slot: zapSlot, flags: 0, guestAddress: NativeVcpu.zapSlotAddress, size: 4096, host: zapPage)
+    }
+
+    /// After a kick (EINTR): an exception from user code already became a triple fault that KVM
+    /// would report as KVM_EXIT_SHUTDOWN on the next KVM_RUN. The state in kvm_run is the fault's.
+    var shutdownPending: Bool {
+        let e = run.pointee.s.regs.events
+        return e.flags & UInt32(truncatingIfNeeded: KVM_VCPUEVENT_VALID_TRIPLE_FAULT) != 0 && e.triple_fault.pending != 0
     }
 
     /// Enters the guest once. Returns the exit reason, or nil when a signal (a kick or the

