@@ -83,6 +83,12 @@ struct Boot: ParsableCommand {
         valueName: "auto|kvm|interp"))
     var accel: String = "auto"
 
+    @Option(name: .long, help: ArgumentHelp("vCPUs, 1 to \(MachineConfig.maxCPUs) (default 1).", valueName: "n"))
+    var cpus: Int = 1
+
+    @Flag(name: .long, help: "No ACPI tables: the guest finds one CPU and the 8259s, and cannot power the machine off (--cpus 1 only).")
+    var noAcpi = false
+
     @Flag(name: .long, help: "Run the bzImage's own decompressor in the guest instead of unpacking the kernel on the host.")
     var guestDecompress = false
 
@@ -103,7 +109,7 @@ struct Boot: ParsableCommand {
 
     enum CodingKeys: String, CodingKey {
         case kernel, initrd, cmdline, noDefaultCmdline, disk, memory, guestDecompress, accel, bootTimer, quiet, verbose
-        case noSeccomp
+        case noSeccomp, cpus, noAcpi
     }
 
     func run() throws {
@@ -117,6 +123,9 @@ struct Boot: ParsableCommand {
             throw MachineError.invalidArgument("--accel '\(accel)' is not one of auto, kvm, interp")
         }
         config.accelerator = a
+        config.cpus = cpus
+        config.acpi = !noAcpi
+        try config.validate()
         config.quiet = quiet
         config.unpackOnHost = !guestDecompress
         for d in disk { config.disks.append(try DiskConfig.parse(d)) }
@@ -142,7 +151,9 @@ struct Boot: ParsableCommand {
 
         let raw = TerminalRawMode()
         machine.startStdinPump(handleEscape: true)
-        // Everything is open and mapped: from here on the guest faces only the calls the run loop needs.
+        try machine.prepareToRun()
+        // Everything is open, mapped and started: from here on the guest faces only the calls the
+        // run loop needs.
         if !noSeccomp { try Seccomp.install() }
         let result: Result<VcpuStop, MachineError>
         do { result = .success(try machine.run()) } catch { result = .failure(error) }
@@ -199,6 +210,12 @@ struct RunImage: ParsableCommand {
     var accel: String = "auto"
 
     @Option(name: .long, help: ArgumentHelp(
+        "vCPUs (default 1). The others wait for the guest's INIT/SIPI; with more than one, KVM's in-kernel "
+            + "local APICs are used, so the guest must end by a reset (i8042 0xFE), not by hlt.",
+        valueName: "n"))
+    var cpus: Int = 1
+
+    @Option(name: .long, help: ArgumentHelp(
         "A host file as a virtio-blk PCI device (00:01.0, 00:02.0, ... in order), as for boot. Repeatable.",
         valueName: "path[,readonly][,serial=ID]"))
     var disk: [String] = []
@@ -218,7 +235,12 @@ struct RunImage: ParsableCommand {
             throw MachineError.invalidArgument("--accel '\(accel)' is not one of auto, kvm, interp")
         }
         config.accelerator = a
-        config.irqchip = false
+        config.cpus = cpus
+        // Several CPUs need local APICs (INIT/SIPI, IPIs): KVM's in-kernel ones. One CPU runs bare, so
+        // that `hlt` ends the run; it needs no firmware tables either.
+        config.irqchip = cpus > 1
+        config.acpi = cpus > 1
+        try config.validate()
         config.quiet = true
         for d in disk { config.disks.append(try DiskConfig.parse(d)) }
         try HostFile.checkDisks(config.disks.map(\.path))
