@@ -8,6 +8,8 @@
 ; Output: plain `out` to 0x3F8. For N = 4: "smp 04 cpus: 00 01 02 03\n" — the CPU count, then the
 ;         APIC IDs seen (the BSP's and every AP's, read from the local APIC ID register at 0xFEE00020),
 ;         in ascending order. If fewer than N-1 APs report in time: "smp FAIL mask XXXXXXXX\n".
+;         Then every CPU at once adds to two shared counters ITERS times, with LOCK INC and with
+;         LOCK XADD: "atomic 00061A80 00061A80\n" for N = 4 (N * 100000 each; a lost update shows).
 ; Stop:   reset through the i8042 (0xFE to port 0x64); the APs are parked in `cli; hlt`.
 ;
 ; On the way it sends a fixed IPI and an INIT/SIPI pair to APIC ID 0x55, which no CPU has: both are
@@ -26,6 +28,11 @@ LAPIC_SVR equ 0xFEE000F0
 ICR_LO    equ 0xFEE00300
 ICR_HI    equ 0xFEE00310
 AP_VECTOR equ 0x03                  ; AP entry = AP_VECTOR * 0x1000
+GO        equ 0x608                 ; set by the BSP: start the atomic phase
+DONE      equ 0x60C                 ; CPUs finished with it
+CTR_INC   equ 0x610
+CTR_XADD  equ 0x614
+ITERS     equ 100000
 
 start:
     cli
@@ -49,6 +56,10 @@ bsp32:
     mov esp, 0x8000
     mov dword [AP_COUNT], 0
     mov dword [AP_MASK], 0
+    mov dword [GO], 0
+    mov dword [DONE], 0
+    mov dword [CTR_INC], 0
+    mov dword [CTR_XADD], 0
 
     mov ebx, [PARAM]                ; N
     cmp ebx, 1
@@ -138,6 +149,27 @@ bsp32:
     mov al, 10
     out dx, al
 
+    ; Everyone hammers the counters at once.
+    mov dword [GO], 1
+    call hammer
+    mov ecx, 40000000
+.done_wait:
+    cmp [DONE], ebx
+    jae .done_ok
+    dec ecx
+    jnz .done_wait
+.done_ok:
+    mov esi, msg_atomic
+    call puts
+    mov eax, [CTR_INC]
+    call put_hex32
+    mov al, ' '
+    out dx, al
+    mov eax, [CTR_XADD]
+    call put_hex32
+    mov al, 10
+    out dx, al
+
 reset:
     mov al, 0xFE
     out 0x64, al
@@ -145,6 +177,18 @@ reset:
     cli
     hlt
     jmp .hang
+
+; ITERS locked increments of each counter, then one of DONE.
+hammer:
+    mov ecx, ITERS
+.loop:
+    lock inc dword [CTR_INC]
+    mov eax, 1
+    lock xadd [CTR_XADD], eax
+    dec ecx
+    jnz .loop
+    lock inc dword [DONE]
+    ret
 
 ; Waits until the ICR's delivery-status bit (12) is clear.
 icr_wait:
@@ -210,6 +254,7 @@ put_nibble:
 msg_smp:  db "smp ", 0
 msg_cpus: db " cpus: ", 0
 msg_fail: db "smp FAIL mask ", 0
+msg_atomic: db "atomic ", 0
 
 align 8
 gdt:
@@ -243,6 +288,13 @@ ap32:
     shr eax, 24
     lock bts dword [AP_MASK], eax
     lock inc dword [AP_COUNT]
+    mov esp, 0x7000
+    shl eax, 8                      ; a stack of its own: 256 bytes per APIC ID below 0x7000
+    sub esp, eax
+.go:
+    cmp dword [GO], 0
+    je .go
+    call hammer
 .park:
     cli
     hlt

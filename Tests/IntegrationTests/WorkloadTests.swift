@@ -21,7 +21,12 @@ final class WorkloadTests: XCTestCase {
         return (p.terminationStatus, String(decoding: data, as: UTF8.self))
     }
 
-    func testCloudKernelWorkloadsMatchQEMU() throws {
+    func testCloudKernelWorkloadsMatchQEMU() throws { try checkWorkloads(cpus: 1) }
+
+    /// The same workloads on two vCPUs: the guest's threads (threads.c) run on both at once.
+    func testCloudKernelWorkloadsMatchQEMUWithTwoCPUs() throws { try checkWorkloads(cpus: 2) }
+
+    func checkWorkloads(cpus: Int) throws {
         guard let binary = ProcessInfo.processInfo.environment["SWHV_RELEASE_BINARY"],
               FileManager.default.isExecutableFile(atPath: binary) else {
             throw XCTSkip("workload tests need a release build: run scripts/test")
@@ -46,7 +51,7 @@ final class WorkloadTests: XCTestCase {
         }
 
         let s = try LinuxBootTests.Session(binary: binary, arguments: [
-            "boot", "--quiet", "--accel", "interp", "--kernel", kernel, "--initrd", initrd, "--memory", "512M",
+            "boot", "--quiet", "--accel", "interp", "--cpus", "\(cpus)", "--kernel", kernel, "--initrd", initrd, "--memory", "512M",
             "--no-default-cmdline", "--cmdline", "console=ttyS0 reboot=k panic=-1 swhv.cmd=workload"])
         XCTAssertTrue(s.waitFor("SWHV-WORKLOAD-END", timeout: 400), "workloads did not finish; tail: \(s.text.suffix(1500))")
         _ = s.waitForExit(timeout: 30)
