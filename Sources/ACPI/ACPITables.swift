@@ -87,7 +87,7 @@ public struct ACPITables: Sendable {
     /// The bytes of one table.
     public func table(_ signature: String) -> ArraySlice<UInt8>? {
         guard let t = tables[signature] else { return nil }
-        let off = Int(t.address - base)
+        let off = Int(truncatingIfNeeded: t.address - base)
         return bytes[off..<off + t.length]
     }
 }
@@ -117,12 +117,12 @@ public enum ACPITableBuilder {
     /// `capacity` bytes.
     public static func build(_ m: ACPIMachine, base: UInt64, capacity: Int) throws(ACPIError) -> ACPITables {
         guard (1...ACPIMachine.maxCPUs).contains(m.cpuCount) else { throw .badCPUCount(m.cpuCount) }
-        guard base & 0xF == 0, base <= 0xFFFF_FFFF - UInt64(capacity) else { throw .areaNotAddressable(base: base) }
+        guard base & 0xF == 0, base <= 0xFFFF_FFFF - UInt64(truncatingIfNeeded: capacity) else { throw .areaNotAddressable(base: base) }
         var blob = [UInt8]()
         var tables: [String: (UInt64, Int)] = [:]
         func place(_ sig: String, _ bytes: [UInt8], align: Int = 16) -> UInt64 {
             while blob.count % align != 0 { blob.append(0) }
-            let at = base + UInt64(blob.count)
+            let at = base + UInt64(truncatingIfNeeded: blob.count)
             blob += bytes
             tables[sig] = (at, bytes.count)
             return at
@@ -170,8 +170,8 @@ public enum ACPITableBuilder {
     static func fadtBytes(_ m: ACPIMachine, facs: UInt64, dsdt: UInt64) -> [UInt8] {
         let p = m.power
         var t = SystemDescriptionTable(signature: "FACP", revision: 6)
-        t.u32(UInt32(facs))               // FIRMWARE_CTRL
-        t.u32(UInt32(dsdt))               // DSDT
+        t.u32(UInt32(truncatingIfNeeded: facs))               // FIRMWARE_CTRL
+        t.u32(UInt32(truncatingIfNeeded: dsdt))               // DSDT
         t.u8(0)                           // reserved
         t.u8(0)                           // preferred PM profile: unspecified
         t.u16(p.sciInterrupt)
@@ -181,8 +181,8 @@ public enum ACPITableBuilder {
         t.u32(UInt32(p.pm1aControl)); t.u32(0)
         t.u32(0); t.u32(0)                // PM2_CNT_BLK, PM_TMR_BLK
         t.u32(0); t.u32(0)                // GPE0_BLK, GPE1_BLK
-        t.u8(UInt8(ACPIMachine.PowerManagement.eventLength))
-        t.u8(UInt8(ACPIMachine.PowerManagement.controlLength))
+        t.u8(UInt8(truncatingIfNeeded: ACPIMachine.PowerManagement.eventLength))
+        t.u8(UInt8(truncatingIfNeeded: ACPIMachine.PowerManagement.controlLength))
         t.u8(0); t.u8(0); t.u8(0); t.u8(0); t.u8(0); t.u8(0) // PM2/TMR/GPE0/GPE1 lengths, GPE1_BASE, CST_CNT
         t.u16(101); t.u16(1001)           // P_LVL2_LAT/P_LVL3_LAT: C2 and C3 not supported
         t.u16(0); t.u16(0)                // FLUSH_SIZE, FLUSH_STRIDE
@@ -197,9 +197,9 @@ public enum ACPITableBuilder {
         t.u8(0)                           // FADT minor version
         t.u64(0)                          // X_FIRMWARE_CTRL (FIRMWARE_CTRL is set)
         t.u64(dsdt)                       // X_DSDT
-        t.gas(.port(p.pm1aEvent, bytes: UInt8(ACPIMachine.PowerManagement.eventLength)))
+        t.gas(.port(p.pm1aEvent, bytes: UInt8(truncatingIfNeeded: ACPIMachine.PowerManagement.eventLength)))
         t.gas(.none)
-        t.gas(.port(p.pm1aControl, bytes: UInt8(ACPIMachine.PowerManagement.controlLength)))
+        t.gas(.port(p.pm1aControl, bytes: UInt8(truncatingIfNeeded: ACPIMachine.PowerManagement.controlLength)))
         t.gas(.none)
         t.gas(.none); t.gas(.none)        // X_PM2_CNT_BLK, X_PM_TMR_BLK
         t.gas(.none); t.gas(.none)        // X_GPE0_BLK, X_GPE1_BLK
@@ -215,7 +215,7 @@ public enum ACPITableBuilder {
         t.u32(m.localAPICAddress)
         t.u32(1)   // PCAT_COMPAT: dual 8259s are present
         for cpu in 0..<m.cpuCount {
-            t.u8(0); t.u8(8); t.u8(UInt8(cpu)); t.u8(UInt8(cpu)); t.u32(1)   // enabled
+            t.u8(0); t.u8(8); t.u8(UInt8(truncatingIfNeeded: cpu)); t.u8(UInt8(truncatingIfNeeded: cpu)); t.u32(1)   // enabled
         }
         t.u8(1); t.u8(12); t.u8(m.ioapic.id); t.u8(0); t.u32(m.ioapic.address); t.u32(m.ioapic.gsiBase)
         for o in m.interruptOverrides {
@@ -238,14 +238,14 @@ public enum ACPITableBuilder {
         for cpu in 0..<m.cpuCount {
             sb.append(AML.device(processorName(cpu), [
                 AML.name("_HID", AML.string("ACPI0007")),
-                AML.name("_UID", AML.integer(UInt64(cpu))),
+                AML.name("_UID", AML.integer(UInt64(truncatingIfNeeded: cpu))),
             ]))
         }
         let pci = m.pci
         let io = pci.configPort
         let routes = (1..<32).flatMap { slot in
             (0..<4).map { pin in
-                AML.package([.integer(UInt64(slot) << 16 | 0xFFFF), .integer(UInt64(pin)), .integer(0),
+                AML.package([.integer(UInt64(truncatingIfNeeded: slot) << 16 | 0xFFFF), .integer(UInt64(truncatingIfNeeded: pin)), .integer(0),
                              .integer(UInt64(pci.intxGSI))])
             }
         }

@@ -20,7 +20,7 @@ public struct AML: Equatable, Sendable {
         switch v {
         case 0: return AML([zeroOp])
         case 1: return AML([oneOp])
-        case ...0xFF: return AML([bytePrefix, UInt8(v)])
+        case ...0xFF: return AML([bytePrefix, UInt8(truncatingIfNeeded: v)])
         case ...0xFFFF: return AML([wordPrefix] + le(v, 2))
         case ...0xFFFF_FFFF: return AML([dwordPrefix] + le(v, 4))
         default: return AML([qwordPrefix] + le(v, 8))
@@ -52,13 +52,13 @@ public struct AML: Equatable, Sendable {
     /// `Package() { elements }` (at most 255 elements: a fixed-size package).
     public static func package(_ elements: [AML]) -> AML {
         precondition(elements.count <= 255, "a package holds at most 255 elements")
-        let body = [UInt8(elements.count)] + elements.flatMap(\.bytes)
+        let body = [UInt8(truncatingIfNeeded: elements.count)] + elements.flatMap(\.bytes)
         return AML([packageOp] + pkgLength(body.count) + body)
     }
 
     /// `Buffer() { bytes }`.
     public static func buffer(_ data: [UInt8]) -> AML {
-        let body = integer(UInt64(data.count)).bytes + data
+        let body = integer(UInt64(truncatingIfNeeded: data.count)).bytes + data
         return AML([bufferOp] + pkgLength(body.count) + body)
     }
 
@@ -87,11 +87,11 @@ public struct AML: Equatable, Sendable {
 
     /// PkgLength (20.2.4): the length of what follows plus the PkgLength bytes themselves.
     static func pkgLength(_ bodyLength: Int) -> [UInt8] {
-        if bodyLength + 1 < 64 { return [UInt8(bodyLength + 1)] }
+        if bodyLength + 1 < 64 { return [UInt8(truncatingIfNeeded: bodyLength + 1)] }
         for extra in 1...3 {
             let total = bodyLength + 1 + extra
             if total < 1 << (4 + 8 * extra) {
-                var out = [UInt8(extra << 6) | UInt8(total & 0xF)]
+                var out = [UInt8(truncatingIfNeeded: extra << 6) | UInt8(total & 0xF)]
                 for i in 0..<extra { out.append(UInt8(truncatingIfNeeded: total >> (4 + 8 * i))) }
                 return out
             }
@@ -114,13 +114,13 @@ public struct AML: Equatable, Sendable {
         case 0: out.append(0)   // NullName
         case 1: out += segs[0]
         case 2: out += [dualNamePrefix] + segs[0] + segs[1]
-        default: out += [multiNamePrefix, UInt8(segs.count)] + segs.flatMap { $0 }
+        default: out += [multiNamePrefix, UInt8(truncatingIfNeeded: segs.count)] + segs.flatMap { $0 }
         }
         return out
     }
 
     static func le(_ v: UInt64, _ n: Int) -> [UInt8] {
-        (0..<n).map { UInt8(truncatingIfNeeded: v >> UInt64(8 * $0)) }
+        (0..<n).map { UInt8(truncatingIfNeeded: v >> UInt64(truncatingIfNeeded: 8 * $0)) }
     }
 }
 

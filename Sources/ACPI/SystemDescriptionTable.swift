@@ -25,7 +25,7 @@ public struct SystemDescriptionTable: Sendable {
     public var bytes: [UInt8] {
         var out = [UInt8]()
         out += ascii(signature, 4)
-        out += le(UInt64(SystemDescriptionTable.headerSize + body.count), 4)
+        out += le(UInt64(truncatingIfNeeded: SystemDescriptionTable.headerSize + body.count), 4)
         out.append(revision)
         out.append(0)   // checksum, fixed below
         out += ascii(SystemDescriptionTable.oemID, 6)
@@ -78,7 +78,7 @@ public func checksum<C: Collection>(_ bytes: C) -> UInt8 where C.Element == UInt
 }
 
 func le(_ v: UInt64, _ n: Int) -> [UInt8] {
-    (0..<n).map { UInt8(truncatingIfNeeded: v >> UInt64(8 * $0)) }
+    (0..<n).map { UInt8(truncatingIfNeeded: v >> UInt64(truncatingIfNeeded: 8 * $0)) }
 }
 
 /// `s` as `n` ASCII bytes, space-padded (or cut).

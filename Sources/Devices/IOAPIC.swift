@@ -48,7 +48,7 @@ public final class IOAPIC: BusDevice, StatefulDevice {
     /// Sets the level of input `pin` (pins past 23 do not exist and are ignored).
     public func setPin(_ pin: Int, level: Bool) {
         guard pin >= 0 && pin < IOAPIC.pinCount else { return }
-        let bit = UInt32(1) << UInt32(pin)
+        let bit = UInt32(1) << UInt32(truncatingIfNeeded: pin)
         let was = pinLevels & bit != 0
         if level { pinLevels |= bit } else { pinLevels &= ~bit }
         guard level else { return }
@@ -76,7 +76,7 @@ public final class IOAPIC: BusDevice, StatefulDevice {
     /// A level pin that is asserted, unmasked and not awaiting EOI sends its message.
     private func service(_ pin: Int) {
         let e = redirection[pin]
-        guard e & IOAPIC.levelBit != 0, pinLevels & (1 << UInt32(pin)) != 0, e & IOAPIC.remoteIRRBit == 0,
+        guard e & IOAPIC.levelBit != 0, pinLevels & (1 << UInt32(truncatingIfNeeded: pin)) != 0, e & IOAPIC.remoteIRRBit == 0,
               e & IOAPIC.maskBit == 0 else { return }
         redirection[pin] |= IOAPIC.remoteIRRBit
         send(pin)
@@ -125,9 +125,9 @@ public final class IOAPIC: BusDevice, StatefulDevice {
     func readRegister(_ index: UInt8) -> UInt32 {
         switch index {
         case 0x00: return UInt32(id & 0xF) << 24
-        case 0x01: return UInt32(IOAPIC.pinCount - 1) << 16 | IOAPIC.version
+        case 0x01: return UInt32(truncatingIfNeeded: IOAPIC.pinCount - 1) << 16 | IOAPIC.version
         case 0x02: return UInt32(id & 0xF) << 24   // arbitration id
-        case 0x10..<(0x10 + 2 * UInt8(IOAPIC.pinCount)):
+        case 0x10..<(0x10 + 2 * UInt8(truncatingIfNeeded: IOAPIC.pinCount)):
             let pin = Int(index - 0x10) >> 1
             let e = redirection[pin]
             return index & 1 == 0 ? UInt32(truncatingIfNeeded: e) : UInt32(truncatingIfNeeded: e >> 32)
@@ -138,7 +138,7 @@ public final class IOAPIC: BusDevice, StatefulDevice {
     func writeRegister(_ index: UInt8, _ v: UInt32) {
         switch index {
         case 0x00: id = UInt8(truncatingIfNeeded: v >> 24) & 0xF
-        case 0x10..<(0x10 + 2 * UInt8(IOAPIC.pinCount)):
+        case 0x10..<(0x10 + 2 * UInt8(truncatingIfNeeded: IOAPIC.pinCount)):
             let pin = Int(index - 0x10) >> 1
             let old = redirection[pin]
             var e: UInt64 = index & 1 == 0
@@ -175,7 +175,7 @@ public final class IOAPIC: BusDevice, StatefulDevice {
         guard s.redirection.count == IOAPIC.pinCount else {
             throw .invalid(device: "ioapic", reason: "\(s.redirection.count) redirection entries, expected \(IOAPIC.pinCount)")
         }
-        guard s.pinLevels >> UInt32(IOAPIC.pinCount) == 0 else {
+        guard s.pinLevels >> UInt32(truncatingIfNeeded: IOAPIC.pinCount) == 0 else {
             throw .invalid(device: "ioapic", reason: "levels set on pins that do not exist")
         }
         for e in s.redirection where e & ~(IOAPIC.writable | IOAPIC.remoteIRRBit) != 0 {

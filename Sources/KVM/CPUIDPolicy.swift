@@ -34,14 +34,14 @@ public struct CPUIDPolicy: Sendable {
 
     /// APIC-ID bits the cores of the package take (ceil(log2(cpuCount))).
     static func coreIDBits(_ cpuCount: Int) -> UInt32 {
-        cpuCount <= 1 ? 0 : UInt32(Int.bitWidth - (cpuCount - 1).leadingZeroBitCount)
+        cpuCount <= 1 ? 0 : UInt32(truncatingIfNeeded: Int.bitWidth - (cpuCount - 1).leadingZeroBitCount)
     }
 
     /// The topology leaves (Firecracker's normalisation): 1 (APIC ID, logical processor count, HTT),
     /// 4 (cores per package, threads sharing each cache), 0xB and 0x1F (SMT level of one thread,
     /// core level of all vCPUs, x2APIC ID) and AMD's 0x80000008 (core count).
     static func normaliseTopology(_ entries: [kvm_cpuid_entry2], vcpuID: UInt32, cpuCount: Int) -> [kvm_cpuid_entry2] {
-        let n = UInt32(max(cpuCount, 1))
+        let n = UInt32(truncatingIfNeeded: max(cpuCount, 1))
         let bits = coreIDBits(cpuCount)
         var out: [kvm_cpuid_entry2] = []
         var extended: Set<UInt32> = []
@@ -70,7 +70,7 @@ public struct CPUIDPolicy: Sendable {
                 var e = kvm_cpuid_entry2()
                 e.function = leaf
                 e.index = sub
-                e.flags = UInt32(KVM_CPUID_FLAG_SIGNIFCANT_INDEX)
+                e.flags = UInt32(truncatingIfNeeded: KVM_CPUID_FLAG_SIGNIFCANT_INDEX)
                 e.edx = vcpuID
                 switch sub {
                 case 0: e.eax = 0; e.ebx = 1; e.ecx = 1 << 8          // SMT: one thread per core

@@ -75,7 +75,7 @@ public final class KVMBackend: VcpuBackend {
         self.memory = memory
         let supported = try system.supportedCPUID()
         var vcpus: [KVMVcpu] = []
-        for id in 0..<UInt32(cpuCount) {
+        for id in 0..<UInt32(truncatingIfNeeded: cpuCount) {
             let v = try vm.createVcpu(id: id)
             try v.setCPUID(cpuid.filter(supported, vcpuID: id, cpuCount: cpuCount))
             try KVMBackend.configureMSRs(v)

@@ -38,7 +38,7 @@ public final class KVMVirtualMachine: @unchecked Sendable {
     /// In-kernel 8254 PIT (with a dummy speaker port so port 0x61 reads work).
     public func createPIT2() throws(KVMError) {
         var cfg = kvm_pit_config()
-        cfg.flags = UInt32(KVM_PIT_SPEAKER_DUMMY)
+        cfg.flags = UInt32(bitPattern: KVM_PIT_SPEAKER_DUMMY)
         _ = try kvmIoctl(fd, CKVM_KVM_CREATE_PIT2(), "KVM_CREATE_PIT2", &cfg)
     }
 
@@ -97,10 +97,10 @@ public final class KVMVirtualMachine: @unchecked Sendable {
     public func setGSIRouting(_ routes: [IRQRoute]) throws(KVMError) {
         try withFlexibleArray(kvm_irq_routing.self, kvm_irq_routing_entry.self, count: routes.count) {
             (buf, header, entries) throws(KVMError) in
-            header.pointee.nr = UInt32(routes.count)
+            header.pointee.nr = UInt32(truncatingIfNeeded: routes.count)
             for (i, r) in routes.enumerated() {
                 entries[i].gsi = r.gsi
-                entries[i].type = UInt32(KVM_IRQ_ROUTING_IRQCHIP)
+                entries[i].type = UInt32(truncatingIfNeeded: KVM_IRQ_ROUTING_IRQCHIP)
                 entries[i].u.irqchip.irqchip = r.chip.rawValue
                 entries[i].u.irqchip.pin = r.pin
             }

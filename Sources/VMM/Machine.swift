@@ -23,6 +23,9 @@ public struct MachineConfig: Sendable {
     /// Decompress a bzImage's payload on the host and enter the vmlinux directly, skipping the
     /// guest-side decompressor (tens of millions of guest instructions). Off: the plain boot protocol.
     public var unpackOnHost = true
+    /// How the software CPU runs guest code: translated to host code when hot (the default) or
+    /// only interpreted.
+    public var translation: TranslationPolicy = .standard
     /// Block devices, in order: /dev/vda, /dev/vdb, ...
     public var disks: [DiskConfig] = []
     /// vCPUs (1...maxCPUs).
@@ -147,7 +150,8 @@ public final class Machine: IOHandler, @unchecked Sendable {
             kvm.deviceLock = deviceLock
             vcpu = .kvm(kvm)
         case nil:
-            vcpu = .interpreter(Machine.makeInterpreter(platform: platform, cpus: config.cpus, lock: deviceLock))
+            vcpu = .interpreter(Machine.makeInterpreter(platform: platform, cpus: config.cpus, lock: deviceLock,
+                                                        translation: config.translation))
         }
         try attachDisks(config.disks)
         platform.uart.onReceiveReady = { [unowned self] in self.feedUART() }
@@ -217,11 +221,13 @@ public final class Machine: IOHandler, @unchecked Sendable {
     /// The interpreter on a platform that models the PIC, PIT and I/O APIC: the bootstrap vCPU reads
     /// INTR from the 8259 pair, the vCPUs advance the platform's timed devices and take MSIs and
     /// I/O APIC messages into their local APICs, whose level-triggered EOIs go back to the I/O APIC.
-    static func makeInterpreter(platform: Platform, cpus: Int, lock: DeviceLock) -> InterpreterCPUs {
+    static func makeInterpreter(platform: Platform, cpus: Int, lock: DeviceLock,
+                                translation: TranslationPolicy) -> InterpreterCPUs {
         let cpu = InterpreterCPUs(count: cpus, memory: platform.memory, clock: platform.clock,
                                   externalInterrupts: platform.externalInterrupts,
                                   timedDevices: platform.timedDevices, deviceLock: lock,
-                                  levelEOI: { [unowned platform] v in platform.endOfInterrupt(vector: v) })
+                                  levelEOI: { [unowned platform] v in platform.endOfInterrupt(vector: v) },
+                                  translation: translation)
         platform.setMSITarget { [unowned cpu] address, data in cpu.deliverMSI(address: address, data: data) }
         // Disk reads land in guest RAM without passing the CPU: drop code decoded from those pages.
         platform.memory.dmaWriteObserver = { [unowned cpu] address, length in
@@ -325,9 +331,9 @@ public final class Machine: IOHandler, @unchecked Sendable {
         }
     }
 
-    /// Starts reading the host's stdin into the guest console, handling the Ctrl-A x escape.
-    public func startStdinPump(handleEscape: Bool) {
-        let pump = StdinPump(control: control, handleEscape: handleEscape,
+    /// Starts reading the host's stdin (or `fd`) into the guest console, handling the Ctrl-A x escape.
+    public func startStdinPump(fd: Int32 = STDIN_FILENO, handleEscape: Bool) {
+        let pump = StdinPump(control: control, fd: fd, handleEscape: handleEscape,
                              backlog: { [unowned self] in self.inputBacklogCount }) { [unowned self] bytes in
             self.sendInput(bytes)
         }

@@ -35,7 +35,7 @@ extension X86Interpreter {
             let r = st.pointee.ccDst & sizeMask(s)
             let msb = (r >> UInt64((8 << s) - 1)) & 1
             let cf: UInt64, of: UInt64
-            if op >> 2 == CC.rol { cf = r & 1; of = msb ^ cf } else { cf = msb; of = msb ^ ((r >> UInt64((8 << s) - 2)) & 1) }
+            if op >> 2 == CC.rol { cf = r & 1; of = msb ^ cf } else { cf = msb; of = msb ^ ((r >> UInt64(truncatingIfNeeded: (8 << s) - 2)) & 1) }
             return base & ~(Flag.cf | Flag.of) | cf | (of != 0 ? Flag.of : 0)
         }
         return X86Interpreter.flags(op, st.pointee.ccDst, st.pointee.ccSrc, st.pointee.ccSrc2)
@@ -88,7 +88,7 @@ extension X86Interpreter {
             f |= (src >> (c &- 1)) & 1 | (src & sign != 0 ? Flag.of : 0)
         case CC.sar:
             let c = src2
-            f |= UInt64(bitPattern: signExtend(src, s) >> Int64(c &- 1)) & 1
+            f |= UInt64(bitPattern: signExtend(src, s) >> Int64((c &- 1) & 63)) & 1   // a count of 0 never sets CC.sar; the mask keeps a broken invariant from trapping
         default: // CC.szp
             f |= src & (Flag.cf | Flag.of | Flag.af)
         }

@@ -200,7 +200,7 @@ final class LocalAPIC {
             if let v = LocalAPIC.highestBit(isr) {
                 let bit = UInt32(1) << UInt32(v & 31)
                 isr[v >> 5] &= ~bit
-                if tmr[v >> 5] & bit != 0 { onLevelEOI?(UInt8(v)) }
+                if tmr[v >> 5] & bit != 0 { onLevelEOI?(UInt8(truncatingIfNeeded: v)) }
             }
         case 0xD0: ldr = value & 0xFF00_0000; onRoutingChange?()
         case 0xE0: dfr = value | 0x0FFF_FFFF; onRoutingChange?()
@@ -243,10 +243,10 @@ final class LocalAPIC {
         let shorthand = (icrLow >> 18) & 3
         let mode = (icrLow >> 8) & 7
         if let onIPI {
-            onIPI(InterruptMessage(vector: UInt8(truncatingIfNeeded: icrLow), mode: UInt8(mode),
+            onIPI(InterruptMessage(vector: UInt8(truncatingIfNeeded: icrLow), mode: UInt8(truncatingIfNeeded: mode),
                                    level: icrLow & 0x8000 != 0, assert: icrLow & 0x4000 != 0,
                                    destination: UInt8(truncatingIfNeeded: icrHigh >> 24), logical: icrLow & 0x800 != 0,
-                                   shorthand: UInt8(shorthand)))
+                                   shorthand: UInt8(truncatingIfNeeded: shorthand)))
             return
         }
         let toSelf: Bool

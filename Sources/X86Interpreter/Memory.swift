@@ -446,13 +446,13 @@ extension X86Interpreter {
                 p.storeBytes(of: v, as: UInt64.self)
                 return v
             }
-            let v = p.load(as: UInt32.self) | UInt32(bits)
+            let v = p.load(as: UInt32.self) | UInt32(truncatingIfNeeded: bits)
             p.storeBytes(of: v, as: UInt32.self)
             return UInt64(v)
         }
         var v = wide ? p.load(as: UInt64.self) : UInt64(p.load(as: UInt32.self))
         while v & bits != bits && v & 1 != 0 {
-            let seen = wide ? chost_cas64(p, v, v | bits) : UInt64(chost_cas32(p, UInt32(v), UInt32(v | bits)))
+            let seen = wide ? chost_cas64(p, v, v | bits) : UInt64(chost_cas32(p, UInt32(truncatingIfNeeded: v), UInt32(truncatingIfNeeded: v | bits)))
             if seen == v { return v | bits }
             v = seen
         }

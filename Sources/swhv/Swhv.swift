@@ -10,15 +10,16 @@ struct Swhv: ParsableCommand {
         commandName: "swhv",
         abstract: "A hypervisor for Linux hosts: boots a Linux kernel with its console on your terminal.",
         discussion: """
-            Runs guests on KVM where /dev/kvm works, or on swhv's own x86-64 interpreter.
-            The guest console is this terminal (the 16550 UART at COM1). Press Ctrl-A x to quit.
+            Runs guests on KVM where /dev/kvm works, or on swhv's own x86-64 interpreter. The guest console is this terminal (the 16550 UART at COM1). Press Ctrl-A x to quit.
             """,
+        version: "swhv \(swhvVersion)",
         subcommands: [Boot.self, RunImage.self, SeccompCheck.self])
 
     /// Errors swhv itself reports get one line and exit status 1; usage errors go through
     /// ArgumentParser (which prints the usage and exits 64).
     static func main() {
         let start = VirtualClock.hostMonotonicNs()
+        openMissingStandardDescriptors()
         do {
             var command = try parseAsRoot()
             if var boot = command as? Boot {
@@ -44,15 +45,24 @@ struct Swhv: ParsableCommand {
 struct Boot: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Boot a Linux kernel.",
+        // Written out: ArgumentParser collapses more than a dozen options into `[<options>]`.
+        usage: """
+            swhv boot --kernel <path> [--initrd <path>] [--cmdline <args>] [--no-default-cmdline]
+                      [--disk <path>[,readonly][,serial=ID]]... [--memory <size>] [--accel auto|kvm|interp]
+                      [--cpus <n>] [--no-acpi] [--translate on|off] [--guest-decompress] [--boot-timer]
+                      [--no-seccomp] [--quiet] [--verbose]
+            """,
+        // One line per paragraph: ArgumentParser wraps them to the terminal.
         discussion: """
-            The kernel may be a bzImage or an uncompressed vmlinux (ELF). The guest console is this
-            terminal; press Ctrl-A x to quit, Ctrl-A Ctrl-A to send Ctrl-A. swhv exits with status 0
-            when the guest reboots or powers off, and 1 with a one-line message on any error
-            (bad files, a guest triple fault, a vCPU failure).
+            The kernel may be a bzImage or an uncompressed vmlinux (ELF). The guest console is this terminal; press Ctrl-A x to quit, Ctrl-A Ctrl-A to send Ctrl-A. swhv exits with status 0 when the guest reboots or powers off, and 1 with a one-line message on any error (bad files, a guest triple fault, a vCPU failure).
 
-            Examples:
-              swhv boot --kernel bzImage --initrd initramfs.cpio.gz
-              swhv boot --kernel vmlinux --memory 1G --cmdline "quiet" --accel kvm
+            SIGTERM, SIGHUP and SIGINT (from kill; in the raw terminal Ctrl-C goes to the guest) stop the guest, restore the terminal, and end swhv by that signal.
+
+            Examples (in the repository, after scripts/fetch-guest and a release build):
+              .build/release/swhv boot --kernel fixtures/vmlinuz-cloud \\
+                  --initrd fixtures/initramfs.cpio.gz
+              .build/release/swhv boot --kernel fixtures/vmlinuz-cloud \\
+                  --initrd fixtures/initramfs.cpio.gz --memory 1G --accel interp
             """)
 
     @Option(name: .long, help: ArgumentHelp("Linux kernel: bzImage or vmlinux ELF.", valueName: "path"))
@@ -89,6 +99,11 @@ struct Boot: ParsableCommand {
     @Flag(name: .long, help: "No ACPI tables: the guest finds one CPU and the 8259s, and cannot power the machine off (--cpus 1 only).")
     var noAcpi = false
 
+    @Option(name: .long, help: ArgumentHelp(
+        "On the software CPU, translate hot guest code to host code (on, the default) or only interpret it (off: slower, for diffing and debugging).",
+        valueName: "on|off"))
+    var translate: String = "on"
+
     @Flag(name: .long, help: "Run the bzImage's own decompressor in the guest instead of unpacking the kernel on the host.")
     var guestDecompress = false
 
@@ -108,39 +123,30 @@ struct Boot: ParsableCommand {
     var processStart: UInt64 = VirtualClock.hostMonotonicNs()
 
     enum CodingKeys: String, CodingKey {
-        case kernel, initrd, cmdline, noDefaultCmdline, disk, memory, guestDecompress, accel, bootTimer, quiet, verbose
+        case kernel, initrd, cmdline, noDefaultCmdline, disk, memory, guestDecompress, accel, translate, bootTimer, quiet, verbose
         case noSeccomp, cpus, noAcpi
     }
 
     func run() throws {
-        var config = MachineConfig()
-        guard let size = MemorySize.parse(memory) else {
-            throw MachineError.invalidArgument("--memory '\(memory)' is not a size (try 512M or 1G)")
-        }
-        guard size > 0 else { throw MachineError.invalidArgument("--memory must be larger than 0") }
-        config.memorySize = size
-        guard let a = Accelerator(rawValue: accel) else {
-            throw MachineError.invalidArgument("--accel '\(accel)' is not one of auto, kvm, interp")
-        }
-        config.accelerator = a
-        config.cpus = cpus
-        config.acpi = !noAcpi
-        try config.validate()
-        config.quiet = quiet
-        config.unpackOnHost = !guestDecompress
-        for d in disk { config.disks.append(try DiskConfig.parse(d)) }
-        try HostFile.checkDisks(config.disks.map(\.path))
-        config.verbose = verbose
         if quiet && verbose { throw MachineError.invalidArgument("--quiet and --verbose contradict each other; use one") }
         if noDefaultCmdline && (cmdline ?? "").isEmpty {
             throw MachineError.invalidArgument(
                 "--no-default-cmdline needs --cmdline: the kernel would get an empty command line (and no console)")
         }
+        var config = try MachineOptions.config(memory: memory, accel: accel, translate: translate, disks: disk)
+        config.cpus = cpus
+        config.acpi = !noAcpi
+        try config.validate()
+        config.quiet = quiet
+        config.verbose = verbose
+        config.unpackOnHost = !guestDecompress
 
         var line = noDefaultCmdline ? "" : LinuxLoader.defaultCmdline
         if let cmdline, !cmdline.isEmpty { line = line.isEmpty ? cmdline : line + " " + cmdline }
 
-        let files = try Machine.readBootFiles(kernelPath: kernel, initrdPath: initrd, memorySize: size)
+        let files = try MachineOptions.withFetchHint { () throws(MachineError) in
+            try Machine.readBootFiles(kernelPath: kernel, initrdPath: initrd, memorySize: config.memorySize)
+        }
         let console = HostConsoleOutput()
         let machine = try Machine(config: config, consoleOutput: console)
         machine.timer.processStart = processStart
@@ -149,6 +155,7 @@ struct Boot: ParsableCommand {
         // After loading, so that bad input gets exactly one line on stderr.
         if !quiet { machine.log.info("using \(machine.backend.name): \(machine.backendReason)") }
 
+        let stopSignals = StopSignals(control: machine.control)
         let raw = TerminalRawMode()
         machine.startStdinPump(handleEscape: true)
         try machine.prepareToRun()
@@ -166,6 +173,11 @@ struct Boot: ParsableCommand {
                 machine.log.error("boot timer: \(n) guest instructions, \(Int(Double(n) / max(runMs, 1) / 1000)) MIPS")
             }
             if let r = machine.backend.statisticsReport { machine.log.error("boot timer: " + r) }
+        }
+        MachineOptions.reportDropped(console, log: machine.log)
+        if let sig = stopSignals?.signal {
+            machine.log.info("stopped by \(StopSignals.name(sig))")
+            StopSignals.die(of: sig)
         }
         switch result {
         case .failure(let e): throw e
@@ -186,11 +198,9 @@ struct RunImage: ParsableCommand {
         commandName: "run-image",
         abstract: "Run a flat real-mode test image (e.g. Tests/Guests/*.asm assembled with nasm).",
         discussion: """
-            The image is copied to --load (default 0x1000) and entered in real mode at 0:load with
-            SP 0x8000. COM1 output goes to stdout. The run ends when the guest resets (i8042), halts
-            with interrupts disabled, or triple-faults; swhv prints how it stopped on stderr.
-            --disk adds virtio-blk PCI functions as for boot (config mechanism #1 at 0xCF8, BARs
-            preassigned from 0xC0000000), for guests that drive virtio themselves.
+            The image is copied to --load (default 0x1000) and entered in real mode at 0:load with SP 0x8000. COM1 output goes to stdout. The run ends when the guest resets (i8042, exit status 0), halts with interrupts disabled (0), or triple-faults (2); swhv prints how it stopped on stderr. The guest runs under the same seccomp filter as boot.
+
+            --disk adds virtio-blk PCI functions as for boot (config mechanism #1 at 0xCF8, BARs preassigned from 0xC0000000), for guests that drive virtio themselves.
             """)
 
     @Option(name: .long, help: ArgumentHelp("Flat binary image.", valueName: "path"))
@@ -209,6 +219,10 @@ struct RunImage: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("CPU backend: auto, kvm or interp.", valueName: "auto|kvm|interp"))
     var accel: String = "auto"
 
+    @Option(name: .long, help: ArgumentHelp("Software CPU: translate hot code (on) or only interpret (off).",
+                                            valueName: "on|off"))
+    var translate: String = "on"
+
     @Option(name: .long, help: ArgumentHelp(
         "vCPUs (default 1). The others wait for the guest's INIT/SIPI; with more than one, KVM's in-kernel "
             + "local APICs are used, so the guest must end by a reset (i8042 0xFE), not by hlt.",
@@ -220,34 +234,29 @@ struct RunImage: ParsableCommand {
         valueName: "path[,readonly][,serial=ID]"))
     var disk: [String] = []
 
+    @Flag(name: .long, help: ArgumentHelp(
+        "Run without the seccomp system-call filter (for debugging swhv; see docs/security.md)."))
+    var noSeccomp = false
+
     func run() throws {
         func number(_ t: String) throws -> UInt64 {
             let v = t.hasPrefix("0x") ? UInt64(t.dropFirst(2), radix: 16) : UInt64(t)
             guard let v else { throw MachineError.invalidArgument("'\(t)' is not a number") }
             return v
         }
-        var config = MachineConfig()
-        guard let size = MemorySize.parse(memory), size > 0 else {
-            throw MachineError.invalidArgument("--memory '\(memory)' is not a size (try 16M)")
-        }
-        config.memorySize = size
-        guard let a = Accelerator(rawValue: accel) else {
-            throw MachineError.invalidArgument("--accel '\(accel)' is not one of auto, kvm, interp")
-        }
-        config.accelerator = a
-        config.cpus = cpus
+        var config = try MachineOptions.config(memory: memory, accel: accel, translate: translate, disks: disk)
         // Several CPUs need local APICs (INIT/SIPI, IPIs): KVM's in-kernel ones. One CPU runs bare, so
         // that `hlt` ends the run; it needs no firmware tables either.
         config.irqchip = cpus > 1
         config.acpi = cpus > 1
+        config.cpus = cpus
         try config.validate()
         config.quiet = true
-        for d in disk { config.disks.append(try DiskConfig.parse(d)) }
-        try HostFile.checkDisks(config.disks.map(\.path))
         let address = try number(load)
         guard address < 0x10000 else { throw MachineError.invalidArgument("--load must be below 0x10000 (real mode)") }
-        let bytes = try HostFile.read(image, role: "image", limit: size)
-        let machine = try Machine(config: config, consoleOutput: HostConsoleOutput())
+        let bytes = try HostFile.read(image, role: "image", limit: config.memorySize)
+        let console = HostConsoleOutput()
+        let machine = try Machine(config: config, consoleOutput: console)
         try machine.loadFlat(bytes, at: address, entry: .realMode(cs: 0, ip: UInt16(address), sp: 0x8000))
         for w in write32 {
             let parts = w.split(separator: "=", maxSplits: 1).map(String.init)
@@ -257,15 +266,22 @@ struct RunImage: ParsableCommand {
             do { try machine.memory.write(UInt32(value), at: at) }
             catch { throw MachineError.invalidArgument("--write32 address 0x\(String(at, radix: 16)) is outside guest RAM") }
         }
+        let stopSignals = StopSignals(control: machine.control)
+        try machine.prepareToRun()   // the vCPU threads: the filter forbids making threads
+        // The same confinement as boot: hostile test guests run under the filter too.
+        if !noSeccomp { try Seccomp.install() }
         let start = VirtualClock.hostMonotonicNs()
         let stop = try machine.run()
-        let ms = Double(VirtualClock.hostMonotonicNs() - start) / 1e6
+        let ms = Double(VirtualClock.hostMonotonicNs() &- start) / 1e6
+        console.flush(blockingFor: 500)
         var line = "\(machine.backend.name): \(stop) after \(ms) ms"
         if let n = machine.backend.guestInstructionCount {
             line += ", \(n) guest instructions (\(Int(Double(n) / max(ms, 0.001) / 1000)) MIPS)"
         }
         machine.log.error(line)
         if let r = machine.backend.statisticsReport { machine.log.error(r) }
+        MachineOptions.reportDropped(console, log: machine.log, always: true)
+        if let sig = stopSignals?.signal { StopSignals.die(of: sig) }
         if stop == .shutdown { Glibc.exit(2) }
     }
 }
@@ -294,7 +310,7 @@ struct SeccompCheck: ParsableCommand {
             usleep(1000)
             say("allowed calls work")
             return
-        case "socket": _ = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        case "socket": _ = socket(AF_INET, Int32(bitPattern: SOCK_STREAM.rawValue), 0)
         case "execve": _ = execv("/bin/true", [strdup("/bin/true"), nil])
         case "openat":
             let fd = open("/etc/hostname", O_RDONLY)

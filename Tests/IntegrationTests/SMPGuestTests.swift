@@ -1,4 +1,5 @@
 import Foundation
+import SwhvTestSupport
 import XCTest
 
 /// Multiprocessor bare-metal guests through the real `swhv run-image --cpus 4` on each backend:
@@ -9,14 +10,6 @@ import XCTest
 /// running and swhv must neither crash nor hang.
 enum SMPGuests {
     static let cpus = ["--cpus", "4", "--write32", "0x500=4"]
-
-    /// KVM tests run wherever /dev/kvm exists: a host whose /dev/kvm opens but cannot create a VM is
-    /// a failure, not a reason to skip.
-    static func requireKVM() throws {
-        guard FileManager.default.fileExists(atPath: "/dev/kvm") else {
-            throw XCTSkip("/dev/kvm is missing: KVM multiprocessor guests skipped")
-        }
-    }
 }
 
 final class InterpreterSMPGuestTests: XCTestCase {
@@ -31,7 +24,7 @@ final class InterpreterSMPGuestTests: XCTestCase {
 }
 
 final class KVMSMPGuestTests: XCTestCase {
-    override func setUpWithError() throws { try SMPGuests.requireKVM() }
+    override func setUpWithError() throws { try GuestHarness.requireKVM() }
 
     func testAPsStartThroughTheInKernelLAPICAndReportTheirAPICIDs() throws {
         // Guest kernel code is emulated on kvm-pvm (~3 M instructions/s): generous watchdog.

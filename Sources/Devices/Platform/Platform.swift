@@ -161,24 +161,24 @@ public final class Platform {
         let window = PCLayout.MMIO.pciWindow
         return ACPIMachine(
             cpuCount: cpuCount,
-            ioapic: .init(id: 0, address: UInt32(PCLayout.MMIO.ioapic.base), gsiBase: 0),
+            ioapic: .init(id: 0, address: UInt32(truncatingIfNeeded: PCLayout.MMIO.ioapic.base), gsiBase: 0),
             interruptOverrides: [
                 .init(isaIRQ: UInt8(G.pit), gsi: PCLayout.GSI.ioapicPin(G.pit)!),
                 .init(isaIRQ: UInt8(G.sci), gsi: G.sci, polarity: .activeHigh, trigger: .level),
             ],
-            power: .init(pm1aEvent: UInt16(PCLayout.Port.acpiPM1aEvent.base),
-                         pm1aControl: UInt16(PCLayout.Port.acpiPM1aControl.base),
+            power: .init(pm1aEvent: UInt16(truncatingIfNeeded: PCLayout.Port.acpiPM1aEvent.base),
+                         pm1aControl: UInt16(truncatingIfNeeded: PCLayout.Port.acpiPM1aControl.base),
                          sciInterrupt: UInt16(G.sci), resetPort: PCLayout.Firmware.resetPort,
                          resetValue: PCLayout.Firmware.resetValue, s5SleepType: PCLayout.Firmware.s5SleepType),
-            pci: .init(configPort: UInt16(PCLayout.Port.pciConfig.base),
-                       mmioWindow: UInt32(window.base)...UInt32(window.last), intxGSI: G.pciIntx))
+            pci: .init(configPort: UInt16(truncatingIfNeeded: PCLayout.Port.pciConfig.base),
+                       mmioWindow: UInt32(truncatingIfNeeded: window.base)...UInt32(truncatingIfNeeded: window.last), intxGSI: G.pciIntx))
     }
 
     /// Builds the ACPI tables and copies them into guest RAM.
     static func writeACPITables(memory: GuestMemory, cpuCount: Int) throws(PlatformError) -> ACPITables {
         let area = PCLayout.Firmware.acpiTables
         let tables: ACPITables
-        do { tables = try ACPITableBuilder.build(acpiDescription(cpuCount: cpuCount), base: area.base, capacity: Int(area.length)) }
+        do { tables = try ACPITableBuilder.build(acpiDescription(cpuCount: cpuCount), base: area.base, capacity: Int(truncatingIfNeeded: area.length)) }
         catch { throw .acpi(error) }
         do { try memory.write(bytes: tables.bytes, at: area.base) } catch { throw .acpiMemory(error) }
         return tables

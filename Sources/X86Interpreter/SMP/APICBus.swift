@@ -196,8 +196,8 @@ final class APICBus: @unchecked Sendable {
 
     /// The vCPUs `m` goes to, as a bit mask by vCPU index.
     private static func targets(of m: InterruptMessage, sender: Int?, routes: [Route]) -> UInt64 {
-        let all: UInt64 = routes.count >= 64 ? ~0 : (1 << UInt64(routes.count)) - 1
-        let me: UInt64 = sender.map { 1 << UInt64($0) } ?? 0
+        let all: UInt64 = routes.count >= 64 ? ~0 : (1 << UInt64(truncatingIfNeeded: routes.count)) - 1
+        let me: UInt64 = sender.map { 1 << UInt64(truncatingIfNeeded: $0) } ?? 0
         switch m.shorthand {
         case 1: return me
         case 2: return all
@@ -216,7 +216,7 @@ final class APICBus: @unchecked Sendable {
             } else {
                 hit = r.logicalID >> 4 == dest >> 4 && (r.logicalID & dest & 0xF) != 0 // cluster
             }
-            if hit { mask |= 1 << UInt64(i) }
+            if hit { mask |= 1 << UInt64(truncatingIfNeeded: i) }
         }
         return mask
     }

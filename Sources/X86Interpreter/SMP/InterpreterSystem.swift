@@ -62,7 +62,7 @@ final class SharedCode: @unchecked Sendable {
         let gen = pageGen[page]
         if codePages[page] == 0 {
             chost_store8(codePages + page, 1)   // a full fence: the scans below see every fill before it
-            let ppage = UInt64(page) << 12
+            let ppage = UInt64(truncatingIfNeeded: page) << 12
             for tlb in tlbs {
                 for i in 0..<(2 * TLBSize.entries) where tlb[i].phys & ~0xFFF == ppage { tlb[i].wtag = 1 }
             }

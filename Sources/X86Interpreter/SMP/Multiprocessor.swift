@@ -65,9 +65,9 @@ extension SharedCode {
     /// Invalidates every page holding code in a guest-physical range (device DMA bypasses the CPUs).
     func invalidate(physicalAddress: UInt64, length: UInt64) {
         guard length > 0, physPages > 0 else { return }
-        let first = Int(min(physicalAddress >> 12, UInt64(physPages)))
+        let first = Int(truncatingIfNeeded: min(physicalAddress >> 12, UInt64(truncatingIfNeeded: physPages)))
         let (endAddr, overflow) = physicalAddress.addingReportingOverflow(length - 1)
-        let last = overflow ? physPages - 1 : Int(min(endAddr >> 12, UInt64(physPages - 1)))
+        let last = overflow ? physPages - 1 : Int(truncatingIfNeeded: min(endAddr >> 12, UInt64(truncatingIfNeeded: physPages - 1)))
         guard first <= last else { return }
         for p in first...last where codePages[p] != 0 { invalidate(p) }
     }
