@@ -4,8 +4,8 @@ import Glibc
 
 /// The lock that keeps devices consistent when several vCPU threads reach them: every port and MMIO
 /// access, device timer, posted closure and interrupt acknowledge runs under it. Devices themselves
-/// stay single-threaded code; with one vCPU the lock is never contended (its cost is measured in
-/// docs/architecture.md). Not recursive: device code never calls back into the backend's I/O path.
+/// stay single-threaded code; with one vCPU the lock is never contended (an uncontended pthread mutex:
+/// scripts/bench's port-I/O round-trip row includes it). Not recursive: device code never calls back into the backend's I/O path.
 public final class DeviceLock: @unchecked Sendable {
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
 

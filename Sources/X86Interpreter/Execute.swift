@@ -1,4 +1,7 @@
 import CHost
+#if canImport(Glibc)
+import Glibc
+#endif
 
 // The executor: one switch over decoded operations. On entry RIP already points at the next
 // instruction; a fault restores it (precise exceptions), so handlers must do every access that
@@ -143,6 +146,13 @@ extension X86Interpreter {
             if d.pointee.op == .wbinvd && st.pointee.cpl != 0 { throw Fault.gp(0) }
             // MFENCE and friends order this vCPU's accesses against the other vCPUs' threads.
             if d.pointee.op == .fence && atomicMemory { chost_fence() }
+            // PAUSE marks a spin-wait. On a host with fewer free cores than vCPUs the CPU this one
+            // waits for (a lock holder, an IPI's target) may be off its host core: every 32nd PAUSE
+            // gives the core up, as pause-loop exiting does under hardware virtualisation.
+            if d.pointee.op == .pause && atomicMemory {
+                pausesSeen &+= 1
+                if pausesSeen & 31 == 0 { sched_yield() }
+            }
         case .xchgEG:
             let s = Int(d.pointee.osz)
             let r = getRegSized(d.pointee.reg, s)

@@ -85,6 +85,9 @@ public final class X86Interpreter: VcpuBackend {
     public var interceptExceptions = false
     public var interceptedException: (vector: Int, errorCode: UInt32?)?
 
+    /// PAUSEs executed with other vCPUs present (spin-wait back-off, see Execute.swift).
+    var pausesSeen: UInt64 = 0
+
     // Timers.
     var pollCountdown = 0
     static let pollInterval = 8192
