@@ -119,11 +119,13 @@ public final class X86Interpreter: VcpuBackend {
         apic = LocalAPIC(id: UInt32(truncatingIfNeeded: index), bootstrap: index == 0)
         inbox = system.bus.inboxes[index]
         atomicMemory = system.cpuCount > 1
-        st = .allocate(capacity: 1)
+        // The state every instruction writes sits on cache lines of its own: two vCPUs' small
+        // allocations side by side would bounce a shared line between their host cores.
+        st = X86Interpreter.ownLines(CPUState.self, 1)
         st.initialize(to: CPUState())
-        regs = .allocate(byteCount: Reg.count * 8, alignment: 16)
+        regs = UnsafeMutableRawPointer(X86Interpreter.ownLines(UInt64.self, Reg.count))
         regs.initializeMemory(as: UInt64.self, repeating: 0, count: Reg.count)
-        segs = .allocate(capacity: 6)
+        segs = X86Interpreter.ownLines(SegmentCache.self, 6)
         segs.initialize(repeating: SegmentCache(), count: 6)
         var jit: JIT? = nil
         var unavailable: String? = nil
@@ -136,13 +138,13 @@ public final class X86Interpreter: VcpuBackend {
         if let jit {
             segBase = (jit.ctx + Int(JITLayout.ctxSegBase)).bindMemory(to: UInt64.self, capacity: 8)
         } else {
-            segBase = .allocate(capacity: 8)
+            segBase = X86Interpreter.ownLines(UInt64.self, 8)
         }
         segBase.initialize(repeating: 0, count: 8)
         tlb = .allocate(capacity: 2 * TLBSize.entries)
         tlb.initialize(repeating: TLBEntry(), count: 2 * TLBSize.entries)
         fx = .allocate(byteCount: 512, alignment: 16)
-        fetchBuffer = .allocate(capacity: 16)
+        fetchBuffer = X86Interpreter.ownLines(UInt8.self, 16)
         blocks = .allocate(capacity: BlockCache.slots)
         blocks.initialize(repeating: BlockEntry(), count: BlockCache.slots)
         // DecodedInsn is a trivial type and entries are written before they are read, so the
@@ -150,7 +152,7 @@ public final class X86Interpreter: VcpuBackend {
         pool = .allocate(capacity: BlockCache.poolSize)
         // Written for each block as it is decoded; pages of unused ids are never committed.
         links = .allocate(capacity: 2 * BlockCache.poolSize)
-        scratch = .allocate(capacity: 1)
+        scratch = X86Interpreter.ownLines(DecodedInsn.self, 1)
         scratch.initialize(to: DecodedInsn())
         physPages = system.code.physPages
         pageGen = system.code.pageGen
@@ -165,6 +167,12 @@ public final class X86Interpreter: VcpuBackend {
         }
         reset()
         wireAPIC()
+    }
+
+    /// Room for `count` values of `T` on whole 64-byte cache lines (freed with `deallocate()`).
+    static func ownLines<T>(_: T.Type, _ count: Int) -> UnsafeMutablePointer<T> {
+        let bytes = (MemoryLayout<T>.stride * count + 63) & ~63
+        return UnsafeMutableRawPointer.allocate(byteCount: max(bytes, 64), alignment: 64).bindMemory(to: T.self, capacity: count)
     }
 
     deinit {
