@@ -38,6 +38,12 @@ extension BlockTranslator {
             s.reads = GF.cf; s.writes = all & ~GF.cf; s.keep = GF.cf; s.set = all & ~GF.cf
         case .movEG, .movGE, .movEI, .notE, .movzx, .movsx, .movsxd, .bswap:
             s.keep = all
+        case .bsf, .bsr:
+            guard d.osz >= 1 else { return nil }
+            s.writes = all; s.set = all & ~GF.af
+        case .cbw, .cwd:
+            guard d.osz >= 1 else { return nil }
+            s.keep = all; s.lookup = false; s.mayExit = false
         case .nop:
             s.keep = all; s.lookup = false; s.mayExit = false   // a NOP's operand is never accessed
         case .shiftEI:
@@ -191,6 +197,45 @@ extension BlockTranslator {
             finish(i, slow)
         case .nop:
             break
+        case .cbw:
+            // CBW/CWDE/CDQE: rAX from its lower half, sign-extended (a 32-bit result zero-extends).
+            switch d.osz {
+            case 1:
+                a.movsx(2, .rcx, srcSize: 1, greg(0))
+                a.store(2, greg(0), .rcx)
+            case 2:
+                a.movsx(4, .rcx, srcSize: 2, greg(0))
+                a.store(8, greg(0), .rcx)
+            default:
+                a.movsx(8, .rcx, srcSize: 4, greg(0))
+                a.store(8, greg(0), .rcx)
+            }
+        case .bsf, .bsr:
+            // The index of the lowest/highest set bit; a zero source leaves the destination (but a
+            // 32-bit one loses its upper half, as the interpreter and QEMU have it); flags as a
+            // logical operation on the source.
+            let (e, slow) = eOperand(i, size: size, write: false, live: 0)
+            loadZX(size, .rcx, e)
+            let zero = a.newLabel(), done = a.newLabel()
+            a.test(8, .r(.rcx), .rcx)
+            a.jcc(4, zero)
+            a.raw(d.op == .bsf ? [0x48, 0x0F, 0xBC, 0xD1] : [0x48, 0x0F, 0xBD, 0xD1])   // BSF/BSR rdx, rcx
+            storeE(size, greg(d.reg), toRegister: true, .rdx)
+            a.jmp(done)
+            a.bind(zero)
+            if size == 4 {
+                a.load(4, .rdx, greg(d.reg))
+                a.store(8, greg(d.reg), .rdx)
+            }
+            a.bind(done)
+            a.alu(AluKind.and, size, .rcx, .r(.rcx))
+            aluFlags(i, kind: AluKind.and, size: size, src: .rdx)
+            finish(i, slow)
+        case .cwd:
+            // CWD/CDQ/CQO: rDX from the sign of rAX, by the host's own instruction (flags untouched).
+            a.load(8, .rax, greg(0))
+            a.raw(d.osz == 1 ? [0x66, 0x99] : d.osz == 2 ? [0x99] : [0x48, 0x99])
+            a.store(d.osz == 1 ? 2 : 8, greg(UInt8(Reg.rdx * 8)), .rdx)
         case .bswap:
             guard size >= 4 else { return false }   // BSWAP r16 is undefined; the interpreter decides
             a.load(size, .rcx, greg(d.rm))
