@@ -576,6 +576,13 @@ bsf r10, r9
 bsr r11d, r9d
 bsr rax, [rbp+16]
 bsf edx, [rbp+24]
+mul rbx
+imul ecx
+mul word [rbp+8]
+imul byte [rbp+3]
+mov rax, -5
+imul qword [rbp+16]
+mul r9
 movups xmm3, [rbp+3]
 movdqu [rbp+0xff9], xmm4
 movdqa xmm5, [rbp+8]

@@ -38,6 +38,8 @@ extension BlockTranslator {
             s.reads = GF.cf; s.writes = all & ~GF.cf; s.keep = GF.cf; s.set = all & ~GF.cf
         case .movEG, .movGE, .movEI, .notE, .movzx, .movsx, .movsxd, .bswap:
             s.keep = all
+        case .mulE, .imulE:
+            s.writes = all; s.set = 0
         case .bsf, .bsr:
             guard d.osz >= 1 else { return nil }
             s.writes = all; s.set = all & ~GF.af
@@ -210,6 +212,31 @@ extension BlockTranslator {
                 a.movsx(8, .rcx, srcSize: 4, greg(0))
                 a.store(8, greg(0), .rcx)
             }
+        case .mulE, .imulE:
+            // rDX:rAX = rAX * E (AX = AL * E for bytes) by the host's MUL/IMUL; the lazy state as the
+            // interpreter's: SF ZF PF from the low half, CF = OF = the high half is significant.
+            let (e, slow) = eOperand(i, size: size, write: false, live: 0)
+            loadZX(size, .rcx, e)
+            a.load(8, .rax, greg(0))
+            a.group3(d.op == .mulE ? 4 : 5, size, .r(.rcx))
+            if memLiveAfter[i] != 0 || hostLiveAfter[i] != 0 {
+                a.movImm(.r8, 0)
+                a.setcc(2, .r(.r8))                       // SETC R8B
+                a.imul(4, .r8, .r(.r8), imm: 0x801)       // CF | OF
+                lazy(i, kind: CC.szp, size: size, dst: .rax, src: .r8)
+            }
+            switch size {
+            case 1:
+                a.store(2, greg(0), .rax)
+            case 2:
+                a.store(2, greg(0), .rax)
+                a.store(2, greg(UInt8(Reg.rdx * 8)), .rdx)
+            default:
+                a.store(8, greg(0), .rax)
+                a.store(8, greg(UInt8(Reg.rdx * 8)), .rdx)
+            }
+            hostValid = 0
+            finish(i, slow)
         case .bsf, .bsr:
             // The index of the lowest/highest set bit; a zero source leaves the destination (but a
             // 32-bit one loses its upper half, as the interpreter and QEMU have it); flags as a
