@@ -25,6 +25,9 @@
 bits 16
 org 0x1000
 
+%include "include/modeswitch.inc"
+%include "include/smp32.inc"
+
 COM1      equ 0x3F8
 STARTS    equ 0x600
 LAPIC_SVR equ 0xFEE000F0
@@ -35,25 +38,8 @@ IOWIN     equ 0xFEC00010
 AP_VECTOR equ 0x03
 
 start:
-    cli
-    xor ax, ax
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
-    mov sp, 0x8000
-    lgdt [gdt_desc]
-    mov eax, cr0
-    or al, 1
-    mov cr0, eax
-    jmp dword 0x08:bsp32
-
-bits 32
+    REAL_TO_PROTECTED gdt_desc, 0x08, 0x10
 bsp32:
-    mov ax, 0x10
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
-    mov esp, 0x8000
     mov dword [STARTS], 0
     mov dword [LAPIC_SVR], 0x1FF
 
@@ -135,12 +121,7 @@ bsp32:
     mov dx, COM1
     mov al, 10
     out dx, al
-    mov al, 0xFE
-    out 0x64, al
-.hang:
-    cli
-    hlt
-    jmp .hang
+    jmp reset
 
 ; INIT, SIPI, SIPI to all excluding self.
 init_sipi_all:
@@ -153,62 +134,7 @@ init_sipi_all:
     call icr_wait
     ret
 
-icr_wait:
-    push eax
-.busy:
-    mov eax, [ICR_LO]
-    test eax, 1 << 12
-    jnz .busy
-    pop eax
-    ret
-
-puts:
-    mov dx, COM1
-.loop:
-    mov al, [esi]
-    test al, al
-    jz .done
-    out dx, al
-    inc esi
-    jmp .loop
-.done:
-    ret
-
-put_hex8:
-    push eax
-    push ecx
-    mov ecx, eax
-    shr al, 4
-    call put_nibble
-    mov eax, ecx
-    call put_nibble
-    pop ecx
-    pop eax
-    ret
-
-put_hex32:
-    push eax
-    rol eax, 8
-    call put_hex8
-    rol eax, 8
-    call put_hex8
-    rol eax, 8
-    call put_hex8
-    rol eax, 8
-    call put_hex8
-    pop eax
-    ret
-
-put_nibble:
-    and al, 0xF
-    add al, '0'
-    cmp al, '9'
-    jbe .out
-    add al, 'A' - '9' - 1
-.out:
-    mov dx, COM1
-    out dx, al
-    ret
+SMP32_HELPERS
 
 ; (ICR low, ICR high) pairs sent each round, 0-terminated.
 absent_modes:
@@ -228,33 +154,9 @@ wild_values:
 msg1: db "storm survived: aps ", 0
 msg2: db ", ioapic version ", 0
 
-align 8
-gdt:
-    dq 0
-    dq 0x00CF9A000000FFFF
-    dq 0x00CF92000000FFFF
-gdt_desc:
-    dw gdt_desc - gdt - 1
-    dd gdt
+SMP32_GDT
 
-    times (AP_VECTOR * 0x1000 - 0x1000) - ($ - $$) db 0
-bits 16
-ap_entry:
-    cli
-    xor ax, ax
-    mov ds, ax
-    lgdt [gdt_desc]
-    mov eax, cr0
-    or al, 1
-    mov cr0, eax
-    jmp dword 0x08:ap32
-
-bits 32
-ap32:
-    mov ax, 0x10
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
+SMP32_AP_ENTRY
     lock inc dword [STARTS]
     mov ebx, 0x700                          ; a word of its own to count in
 .spin:

@@ -19,6 +19,9 @@
 bits 16
 org 0x1000
 
+%include "include/modeswitch.inc"
+%include "include/smp32.inc"
+
 COM1      equ 0x3F8
 PARAM     equ 0x500
 AP_COUNT  equ 0x600
@@ -35,25 +38,8 @@ CTR_XADD  equ 0x614
 ITERS     equ 100000
 
 start:
-    cli
-    xor ax, ax
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
-    mov sp, 0x8000
-    lgdt [gdt_desc]
-    mov eax, cr0
-    or al, 1
-    mov cr0, eax
-    jmp dword 0x08:bsp32
-
-bits 32
+    REAL_TO_PROTECTED gdt_desc, 0x08, 0x10
 bsp32:
-    mov ax, 0x10
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
-    mov esp, 0x8000
     mov dword [AP_COUNT], 0
     mov dword [AP_MASK], 0
     mov dword [GO], 0
@@ -169,14 +155,7 @@ bsp32:
     call put_hex32
     mov al, 10
     out dx, al
-
-reset:
-    mov al, 0xFE
-    out 0x64, al
-.hang:
-    cli
-    hlt
-    jmp .hang
+    jmp reset
 
 ; ITERS locked increments of each counter, then one of DONE.
 hammer:
@@ -190,100 +169,17 @@ hammer:
     lock inc dword [DONE]
     ret
 
-; Waits until the ICR's delivery-status bit (12) is clear.
-icr_wait:
-    push eax
-.busy:
-    mov eax, [ICR_LO]
-    test eax, 1 << 12
-    jnz .busy
-    pop eax
-    ret
-
-; Prints the NUL-terminated string at esi.
-puts:
-    mov dx, COM1
-.loop:
-    mov al, [esi]
-    test al, al
-    jz .done
-    out dx, al
-    inc esi
-    jmp .loop
-.done:
-    ret
-
-; Prints al as two hex digits.
-put_hex8:
-    push eax
-    push ecx
-    mov ecx, eax
-    shr al, 4
-    call put_nibble
-    mov eax, ecx
-    call put_nibble
-    pop ecx
-    pop eax
-    ret
-
-; Prints eax as eight hex digits.
-put_hex32:
-    push eax
-    rol eax, 8
-    call put_hex8
-    rol eax, 8
-    call put_hex8
-    rol eax, 8
-    call put_hex8
-    rol eax, 8
-    call put_hex8
-    pop eax
-    ret
-
-put_nibble:
-    and al, 0xF
-    add al, '0'
-    cmp al, '9'
-    jbe .out
-    add al, 'A' - '9' - 1
-.out:
-    mov dx, COM1
-    out dx, al
-    ret
+SMP32_HELPERS
 
 msg_smp:  db "smp ", 0
 msg_cpus: db " cpus: ", 0
 msg_fail: db "smp FAIL mask ", 0
 msg_atomic: db "atomic ", 0
 
-align 8
-gdt:
-    dq 0
-    dq 0x00CF9A000000FFFF           ; 0x08: flat 32-bit code
-    dq 0x00CF92000000FFFF           ; 0x10: flat data
-gdt_desc:
-    dw gdt_desc - gdt - 1
-    dd gdt
+SMP32_GDT
 
 ; The application processors' entry: real mode at AP_VECTOR:0000 (linear 0x3000).
-    times (AP_VECTOR * 0x1000 - 0x1000) - ($ - $$) db 0
-bits 16
-ap_entry:
-    cli
-    xor ax, ax
-    mov ds, ax
-    lgdt [gdt_desc]
-    mov eax, cr0
-    or al, 1
-    mov cr0, eax
-    jmp dword 0x08:ap32
-
-bits 32
-ap32:
-    mov ax, 0x10
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
+SMP32_AP_ENTRY
     mov eax, [LAPIC_ID]
     shr eax, 24
     lock bts dword [AP_MASK], eax
