@@ -35,14 +35,21 @@ let package = Package(
         // The x86-64 interpreter backend.
         .target(name: "X86Interpreter", dependencies: ["VMMemory", "CPUBackend"],
                 swiftSettings: fastRelease),
+        // JSON without Foundation: values, a strict bounded parser, Codable encoder/decoder.
+        .target(name: "JSONCoding"),
+        // The snapshot files: checksummed container, sparse guest-memory file, disk identities.
+        .target(name: "Snapshot", dependencies: ["VMMemory", "JSONCoding"]),
+        // The API socket: HTTP/1.1 parser, Firecracker-style routes, Unix socket server and client.
+        .target(name: "APIServer", dependencies: ["JSONCoding"]),
         // The machine: assembles memory, loader, devices and a backend; owns the run loop.
         .target(name: "VMM", dependencies: ["KVM", "VMMemory", "LinuxLoader", "CPUBackend", "Devices",
-                                            "X86Interpreter", "CKVM", "CSeccomp"]),
+                                            "X86Interpreter", "CKVM", "CSeccomp", "Snapshot", "APIServer",
+                                            "JSONCoding"]),
         // linux/seccomp.h and linux/filter.h, for the VMM's system-call filter.
         .systemLibrary(name: "CSeccomp", path: "Modules/CSeccomp"),
         // The command line: argument parsing only.
         .executableTarget(name: "swhv", dependencies: [
-            "VMM", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "VMM", "APIServer", "JSONCoding", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // Replays differential fuzz cases on the interpreter (driven by scripts/oracle/fuzz.py).
         .executableTarget(name: "swhv-cpu-runner", dependencies: ["X86Interpreter", "VMMemory", "CPUBackend"],
@@ -55,6 +62,8 @@ let package = Package(
                     exclude: ["Vectors", "FuzzCorpus"]),   // oracle vectors and fuzz corpus: read at run time from the source tree
         .testTarget(name: "IntegrationTests", dependencies: ["KVM", "VMM", "VMMemory", "LinuxLoader", "CPUBackend", "Devices"]),
         .testTarget(name: "CLITests", dependencies: []),
+        .testTarget(name: "SnapshotTests", dependencies: ["Snapshot", "JSONCoding", "VMMemory"]),
+        .testTarget(name: "APIServerTests", dependencies: ["APIServer", "JSONCoding"]),
 
         // Fuzz harnesses (docs/security.md): plain library code, replayed by FuzzRegressionTests.
         .target(name: "FuzzHarness", dependencies: ["LinuxLoader", "VMMemory", "CPUBackend", "Devices",

@@ -115,13 +115,46 @@ public final class VMControl: Sendable {
 }
 
 /// A monotonic VM clock in nanoseconds since the VM was created. TSC, PIT, APIC timer and RTC all
-/// derive from this one clock so the guest sees consistent time.
+/// derive from this one clock so the guest sees consistent time. It stops while the VM is paused
+/// (`freeze`/`thaw`), so after a resume the guest's time has not jumped by the pause; a restored
+/// VM's clock starts where the snapshot's stopped.
 public final class VirtualClock: Sendable {
-    private let start: UInt64
-    public init() { start = VirtualClock.hostMonotonicNs() }
-    /// Nanoseconds since the clock was created.
+    /// Host monotonic ns at which this clock read 0; moved forward by each pause's length.
+    private let origin: Atomic<UInt64>
+    /// While frozen: 1 + the reading it is frozen at; 0 while running.
+    private let frozen = Atomic<UInt64>(0)
+
+    public init(startingAt ns: UInt64 = 0) { origin = Atomic(VirtualClock.hostMonotonicNs() &- ns) }
+
+    /// Nanoseconds of VM time (since the clock was created, pauses excluded).
     @inline(__always)
-    public var nowNs: UInt64 { VirtualClock.hostMonotonicNs() &- start }
+    public var nowNs: UInt64 {
+        let f = frozen.load(ordering: .acquiring)
+        if f != 0 { return f &- 1 }
+        return VirtualClock.hostMonotonicNs() &- origin.load(ordering: .relaxed)
+    }
+
+    public var isFrozen: Bool { frozen.load(ordering: .acquiring) != 0 }
+
+    /// Stops the clock at its current reading (the VM is being paused).
+    public func freeze() {
+        guard !isFrozen else { return }
+        frozen.store(nowNs &+ 1, ordering: .releasing)
+    }
+
+    /// Sets the reading (a restored VM continues from its snapshot's time). Before the VM runs.
+    public func reset(to ns: UInt64) {
+        origin.store(VirtualClock.hostMonotonicNs() &- ns, ordering: .relaxed)
+        if isFrozen { frozen.store(ns &+ 1, ordering: .releasing) }
+    }
+
+    /// Lets the clock run on from where it stopped.
+    public func thaw() {
+        let f = frozen.load(ordering: .acquiring)
+        guard f != 0 else { return }
+        origin.store(VirtualClock.hostMonotonicNs() &- (f &- 1), ordering: .relaxed)
+        frozen.store(0, ordering: .releasing)
+    }
 
     @inline(__always)
     public static func hostMonotonicNs() -> UInt64 {

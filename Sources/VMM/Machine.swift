@@ -88,6 +88,8 @@ public final class Machine: IOHandler, @unchecked Sendable {
     public let log: Log
 
     public private(set) var uart: Uart16550!
+    /// The keyboard controller (the API's SendCtrlAltDel types into it).
+    public private(set) var i8042: I8042?
     /// Host input waiting for room in the UART's receive FIFO (bounded).
     private var pendingInput: [UInt8] = []
     public static let maxPendingInput = 1 << 16
@@ -192,6 +194,7 @@ public final class Machine: IOHandler, @unchecked Sendable {
             let i8042 = I8042(onReset: { control.requestStop(.reset) },
                               keyboardIRQ: IRQLine(controller: interrupts, gsi: I8042.keyboardIRQ))
             try i8042.register(on: ports)
+            self.i8042 = i8042
             try ports.register(PortSink(), name: "post-code", base: UInt64(PortSink.postCodePort), length: 1)
             // KVM does not model the CMOS RTC in the kernel: Linux reads the wall clock from it.
             let rtc = CmosRtc(clock: clock, irq: IRQLine(controller: interrupts, gsi: 8))

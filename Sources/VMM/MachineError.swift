@@ -1,6 +1,7 @@
 import CPUBackend
 import KVM
 import LinuxLoader
+import Snapshot
 import VMMemory
 
 /// Everything that can stop swhv before or while running a guest, each with one clear line.
@@ -15,6 +16,8 @@ public enum MachineError: Error, CustomStringConvertible {
     case device(String)
     /// The guest stopped in a way that is a failure (triple fault).
     case guestFailure(String)
+    /// A snapshot could not be written, read or restored.
+    case snapshot(SnapshotError)
 
     public var description: String {
         switch self {
@@ -27,6 +30,7 @@ public enum MachineError: Error, CustomStringConvertible {
         case .vcpu(let e): return e.description
         case .device(let s): return s
         case .guestFailure(let s): return s
+        case .snapshot(let e): return e.description
         }
     }
 }

@@ -1,3 +1,4 @@
+import APIServer
 import ArgumentParser
 import CPUBackend
 import Glibc
@@ -13,7 +14,8 @@ struct Swhv: ParsableCommand {
             Runs guests on KVM where /dev/kvm works, or on swhv's own x86-64 interpreter.
             The guest console is this terminal (the 16550 UART at COM1). Press Ctrl-A x to quit.
             """,
-        subcommands: [Boot.self, RunImage.self, SeccompCheck.self])
+        subcommands: [Boot.self, RunImage.self, Restore.self, Pause.self, Resume.self, Info.self, Snapshot.self,
+                      SeccompCheck.self])
 
     /// Errors swhv itself reports get one line and exit status 1; usage errors go through
     /// ArgumentParser (which prints the usage and exits 64).
@@ -24,10 +26,15 @@ struct Swhv: ParsableCommand {
             if var boot = command as? Boot {
                 boot.processStart = start
                 try boot.run()
+            } else if var restore = command as? Restore {
+                restore.processStart = start
+                try restore.run()
             } else {
                 try command.run()
             }
         } catch let e as MachineError {
+            fail(e.description)
+        } catch let e as APIClient.Failure {
             fail(e.description)
         } catch {
             exit(withError: error)
@@ -99,11 +106,16 @@ struct Boot: ParsableCommand {
         "Run without the seccomp system-call filter (for debugging swhv; see docs/security.md)."))
     var noSeccomp = false
 
+    @Option(name: .long, help: ArgumentHelp(
+        "Serve the API (HTTP/1.1 + JSON, Firecracker's paths) on this Unix socket: pause, resume, info, snapshot.",
+        valueName: "path"))
+    var apiSock: String?
+
     var processStart: UInt64 = VirtualClock.hostMonotonicNs()
 
     enum CodingKeys: String, CodingKey {
         case kernel, initrd, cmdline, noDefaultCmdline, disk, memory, guestDecompress, accel, bootTimer, quiet, verbose
-        case noSeccomp
+        case noSeccomp, apiSock
     }
 
     func run() throws {
@@ -140,12 +152,14 @@ struct Boot: ParsableCommand {
         // After loading, so that bad input gets exactly one line on stderr.
         if !quiet { machine.log.info("using \(machine.backend.name): \(machine.backendReason)") }
 
+        let api = try APISession.start(socketPath: apiSock, machine: machine, memoryIsAnonymous: true)
         let raw = TerminalRawMode()
         machine.startStdinPump(handleEscape: true)
         // Everything is open and mapped: from here on the guest faces only the calls the run loop needs.
-        if !noSeccomp { try Seccomp.install() }
+        if !noSeccomp { try APISession.confine(api) }
         let result: Result<VcpuStop, MachineError>
         do { result = .success(try machine.run()) } catch { result = .failure(error) }
+        api?.finish(APICommand.describe(result))
         raw?.restore()
         console.flush(blockingFor: 500)
         if bootTimer {
@@ -202,6 +216,9 @@ struct RunImage: ParsableCommand {
         valueName: "path[,readonly][,serial=ID]"))
     var disk: [String] = []
 
+    @Option(name: .long, help: ArgumentHelp("Serve the API on this Unix socket, as boot --api-sock.", valueName: "path"))
+    var apiSock: String?
+
     func run() throws {
         func number(_ t: String) throws -> UInt64 {
             let v = t.hasPrefix("0x") ? UInt64(t.dropFirst(2), radix: 16) : UInt64(t)
@@ -234,8 +251,12 @@ struct RunImage: ParsableCommand {
             do { try machine.memory.write(UInt32(value), at: at) }
             catch { throw MachineError.invalidArgument("--write32 address 0x\(String(at, radix: 16)) is outside guest RAM") }
         }
+        let api = try APISession.start(socketPath: apiSock, machine: machine, memoryIsAnonymous: true)
         let start = VirtualClock.hostMonotonicNs()
-        let stop = try machine.run()
+        let result: Result<VcpuStop, MachineError>
+        do { result = .success(try machine.run()) } catch { result = .failure(error) }
+        api?.finish(APICommand.describe(result))
+        let stop = try result.get()
         let ms = Double(VirtualClock.hostMonotonicNs() - start) / 1e6
         var line = "\(machine.backend.name): \(stop) after \(ms) ms"
         if let n = machine.backend.guestInstructionCount {
