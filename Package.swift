@@ -60,7 +60,8 @@ let package = Package(
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "VMMemory", "CPUBackend"]),
         .testTarget(name: "X86InterpreterTests", dependencies: ["X86Interpreter", "VMMemory", "CPUBackend"],
                     exclude: ["Vectors", "FuzzCorpus"]),   // oracle vectors and fuzz corpus: read at run time from the source tree
-        .testTarget(name: "IntegrationTests", dependencies: ["KVM", "VMM", "VMMemory", "LinuxLoader", "CPUBackend", "Devices"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["KVM", "VMM", "VMMemory", "LinuxLoader", "CPUBackend", "Devices",
+                                                           "APIServer", "Snapshot", "JSONCoding"]),
         .testTarget(name: "CLITests", dependencies: []),
         .testTarget(name: "SnapshotTests", dependencies: ["Snapshot", "JSONCoding", "VMMemory"]),
         .testTarget(name: "APIServerTests", dependencies: ["APIServer", "JSONCoding"]),

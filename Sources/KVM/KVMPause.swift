@@ -84,6 +84,18 @@ extension KVMVcpu {
         return found ? value : nil
     }
 
+    /// Whether this host really offsets the guest TSC: kvm-pvm accepts the attribute but keeps the
+    /// guest on the host's TSC (no hardware TSC offsetting), so a paused guest's TSC runs on there.
+    /// Probes by moving the offset and putting it back; call before the vCPU runs.
+    public func canOffsetTSC() -> Bool {
+        guard let original = try? tscOffset() else { return false }
+        let probe = original &+ 1_000_000
+        guard (try? setTSCOffset(probe)) != nil else { return false }
+        let seen = try? tscOffset()
+        try? setTSCOffset(original)
+        return seen == probe
+    }
+
     public func setTSCOffset(_ offset: UInt64) throws(KVMError) {
         var value = offset
         try withUnsafeMutablePointer(to: &value) { (p) throws(KVMError) in
