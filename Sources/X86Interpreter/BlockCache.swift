@@ -133,6 +133,7 @@ extension X86Interpreter {
         blocksDecoded += 1
         links[2 * Int(id)] = BlockLink()
         links[2 * Int(id) + 1] = BlockLink()
+        jit?.newBlock(id)
         slot.pointee = BlockEntry(pa: pa, mode: mode, gen: pageGen[page], start: Int32(base - pool), count: Int32(n), id: id)
         return BlockRef(insns: base, count: n, id: id, page: Int32(truncatingIfNeeded: page))
     }
@@ -173,6 +174,7 @@ extension X86Interpreter {
         for i in 0..<BlockCache.slots { blocks[i] = BlockEntry() }
         poolUsed = 0
         blocksDecoded = 0
+        jit?.flush()
         bumpChainEpoch()
     }
 

@@ -93,6 +93,10 @@ enum CC {
     static let logic: UInt32 = 5, inc: UInt32 = 6, dec: UInt32 = 7
     /// SF/ZF/PF from `ccDst`; CF, OF and AF given explicitly in `ccSrc` (shifts, rotates, multiplies).
     static let szp: UInt32 = 8
+    /// Shifts by a non-zero masked count: `ccDst` the result, `ccSrc` the value shifted, `ccSrc2` the
+    /// count. CF is the last bit shifted out; OF as for a 1-bit shift (hardware leaves it undefined
+    /// for larger counts); AF 0.
+    static let shl: UInt32 = 9, shr: UInt32 = 10, sar: UInt32 = 11
 }
 
 /// Everything the interpreter keeps per CPU except the general registers (in their own buffer).

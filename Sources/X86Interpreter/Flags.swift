@@ -65,6 +65,16 @@ extension X86Interpreter {
             f |= st.pointee.ccSrc2 & Flag.cf
             if r == sign &- 1 { f |= Flag.of }
             if r & 0xF == 0xF { f |= Flag.af }
+        case CC.shl:
+            let c = st.pointee.ccSrc2, w = UInt64(8 << s)
+            let cf = (src >> (w &- c)) & 1
+            f |= cf | ((r >> (w - 1)) ^ cf != 0 ? Flag.of : 0)
+        case CC.shr:
+            let c = st.pointee.ccSrc2
+            f |= (src >> (c &- 1)) & 1 | (src & sign != 0 ? Flag.of : 0)
+        case CC.sar:
+            let c = st.pointee.ccSrc2
+            f |= UInt64(bitPattern: signExtend(src, s) >> Int64(c &- 1)) & 1
         default: // CC.szp
             f |= src & (Flag.cf | Flag.of | Flag.af)
         }

@@ -213,26 +213,24 @@ extension X86Interpreter {
 
         // Shifts by an immediate whose masked count is 1...width-1 (the decoder keeps the masked count).
         case .shl64RI:
-            let v = reg64(d.pointee.rm), c = d.pointee.imm, r = v &<< c
-            let cf = (v &>> (64 - c)) & 1
-            setReg64(d.pointee.rm, r); setCC(CC.szp, 3, dst: r, src: cf | ((r >> 63) ^ cf != 0 ? Flag.of : 0))
+            let v = reg64(d.pointee.rm), c = d.pointee.imm
+            setReg64(d.pointee.rm, v &<< c); setShiftCC(CC.shl, 3, v &<< c, v, c)
         case .shr64RI:
-            let v = reg64(d.pointee.rm), c = d.pointee.imm, r = v &>> c
-            setReg64(d.pointee.rm, r); setCC(CC.szp, 3, dst: r, src: (v &>> (c - 1)) & 1 | (v >> 63 != 0 ? Flag.of : 0))
+            let v = reg64(d.pointee.rm), c = d.pointee.imm
+            setReg64(d.pointee.rm, v &>> c); setShiftCC(CC.shr, 3, v &>> c, v, c)
         case .sar64RI:
-            let v = Int64(bitPattern: reg64(d.pointee.rm)), c = d.pointee.imm, r = UInt64(bitPattern: v &>> c)
-            setReg64(d.pointee.rm, r); setCC(CC.szp, 3, dst: r, src: UInt64(bitPattern: v &>> (c - 1)) & 1)
+            let v = reg64(d.pointee.rm), c = d.pointee.imm, r = UInt64(bitPattern: Int64(bitPattern: v) &>> c)
+            setReg64(d.pointee.rm, r); setShiftCC(CC.sar, 3, r, v, c)
         case .shl32RI:
             let v = getReg(d.pointee.rm, UInt32.self), c = UInt32(d.pointee.imm), r = v &<< c
-            let cf = UInt64((v &>> (32 - c)) & 1)
-            setReg32(d.pointee.rm, r); setCC(CC.szp, 2, dst: UInt64(r), src: cf | (UInt64(r >> 31) ^ cf != 0 ? Flag.of : 0))
+            setReg32(d.pointee.rm, r); setShiftCC(CC.shl, 2, UInt64(r), UInt64(v), UInt64(c))
         case .shr32RI:
             let v = getReg(d.pointee.rm, UInt32.self), c = UInt32(d.pointee.imm), r = v &>> c
-            setReg32(d.pointee.rm, r); setCC(CC.szp, 2, dst: UInt64(r), src: UInt64((v &>> (c - 1)) & 1) | (v >> 31 != 0 ? Flag.of : 0))
+            setReg32(d.pointee.rm, r); setShiftCC(CC.shr, 2, UInt64(r), UInt64(v), UInt64(c))
         case .sar32RI:
-            let v = Int32(bitPattern: getReg(d.pointee.rm, UInt32.self)), c = Int32(d.pointee.imm)
-            let r = UInt32(bitPattern: v &>> c)
-            setReg32(d.pointee.rm, r); setCC(CC.szp, 2, dst: UInt64(r), src: UInt64(UInt32(bitPattern: v &>> (c - 1)) & 1))
+            let v = getReg(d.pointee.rm, UInt32.self), c = UInt32(d.pointee.imm)
+            let r = UInt32(bitPattern: Int32(bitPattern: v) &>> Int32(c))
+            setReg32(d.pointee.rm, r); setShiftCC(CC.sar, 2, UInt64(r), UInt64(v), UInt64(c))
 
         case .imul64RR:
             setReg64(d.pointee.reg, imul64(reg64(d.pointee.reg), reg64(d.pointee.rm)))
@@ -327,6 +325,13 @@ extension X86Interpreter {
         default:
             break
         }
+    }
+
+    /// Lazy flags of a shift by a non-zero masked count (CC.shl/shr/sar).
+    @inline(__always)
+    func setShiftCC(_ kind: UInt32, _ size: Int, _ r: UInt64, _ v: UInt64, _ c: UInt64) {
+        st.pointee.ccSrc2 = c
+        setCC(kind, size, dst: r, src: v)
     }
 
     /// ROL/ROR by a non-zero count: only CF and OF change (OF as for a count of 1).

@@ -47,6 +47,11 @@ public final class X86Interpreter: VcpuBackend {
     /// Scratch space for instructions that are not cached (page-crossing, fetched from MMIO).
     let scratch: UnsafeMutablePointer<DecodedInsn>
 
+    /// The binary translator (nil: pure interpreter, by policy or because no code cache could be made).
+    let jit: JIT?
+    /// Why the translator is off although it was asked for (the code cache could not be mapped).
+    public let translatorUnavailable: String?
+
     /// The I/O handler of the current `run` call.
     var io: IOHandler?
 
@@ -75,7 +80,7 @@ public final class X86Interpreter: VcpuBackend {
     var mtrrs: [UInt32: UInt64] = [:]
 
     public init(memory: GuestMemory, clock: VirtualClock, externalInterrupts: ExternalInterrupts? = nil,
-                timedDevices: [TimedDevice] = []) {
+                timedDevices: [TimedDevice] = [], translation: TranslationPolicy = .default) {
         self.memory = memory
         self.clock = clock
         self.externalInterrupts = externalInterrupts
@@ -86,7 +91,19 @@ public final class X86Interpreter: VcpuBackend {
         regs.initializeMemory(as: UInt64.self, repeating: 0, count: Reg.count)
         segs = .allocate(capacity: 6)
         segs.initialize(repeating: SegmentCache(), count: 6)
-        segBase = .allocate(capacity: 8)
+        var jit: JIT? = nil
+        var unavailable: String? = nil
+        if translation != .off {
+            do { jit = try JIT(policy: translation, blockCapacity: BlockCache.poolSize) } catch { unavailable = "\(error)" }
+        }
+        self.jit = jit
+        translatorUnavailable = unavailable
+        // Translated code reads FS/GS bases from its context block: the array lives there.
+        if let jit {
+            segBase = (jit.ctx + Int(JITLayout.ctxSegBase)).bindMemory(to: UInt64.self, capacity: 8)
+        } else {
+            segBase = .allocate(capacity: 8)
+        }
         segBase.initialize(repeating: 0, count: 8)
         tlb = .allocate(capacity: 2 * TLBSize.entries)
         tlb.initialize(repeating: TLBEntry(), count: 2 * TLBSize.entries)
@@ -106,11 +123,18 @@ public final class X86Interpreter: VcpuBackend {
         pageGen.initialize(repeating: 0, count: physPages)
         codePages = .allocate(capacity: physPages)
         codePages.initialize(repeating: 0, count: physPages)
+        if let jit {
+            jit.ctx.storeBytes(of: Unmanaged.passUnretained(self).toOpaque(), toByteOffset: Int(JITLayout.ctxSelf), as: UnsafeMutableRawPointer.self)
+            jit.ctx.storeBytes(of: regs, toByteOffset: Int(JITLayout.ctxRegs), as: UnsafeMutableRawPointer.self)
+            jit.ctx.storeBytes(of: UnsafeMutableRawPointer(st), toByteOffset: Int(JITLayout.ctxState), as: UnsafeMutableRawPointer.self)
+            jit.ctx.storeBytes(of: UnsafeMutableRawPointer(tlb), toByteOffset: Int(JITLayout.ctxTLB), as: UnsafeMutableRawPointer.self)
+        }
         reset()
     }
 
     deinit {
-        st.deallocate(); regs.deallocate(); segs.deallocate(); segBase.deallocate(); tlb.deallocate()
+        st.deallocate(); regs.deallocate(); segs.deallocate(); tlb.deallocate()
+        if jit == nil { segBase.deallocate() }
         fx.deallocate(); fetchBuffer.deallocate(); blocks.deallocate(); scratch.deallocate()
         pool.deallocate(); links.deallocate()
         pageGen.deallocate(); codePages.deallocate()
@@ -432,7 +456,13 @@ public final class X86Interpreter: VcpuBackend {
             let remaining = budget &- UInt64(total)
             let untilPoll = max(pollCountdown - total, 1)
             let limit = remaining < UInt64(untilPoll) ? Int(remaining) : untilPoll
-            let done = executeBlock(block.insns, block.count, limit, rip)
+            let done: Int
+            if let translated = runTranslated(block, limit: limit) {
+                done = translated
+            } else {
+                done = executeBlock(block.insns, block.count, limit, rip)
+                jit?.stats.instructionsInterpreted &+= UInt64(done)
+            }
             previous = block.id
             blocksEntered &+= 1
             instructionsRetired &+= UInt64(done)

@@ -303,8 +303,24 @@ final class FuzzMachine {
     /// RAM outside code/data/stack as set up; checked after each case for stray writes.
     private let pristine: [UInt8]
     private var codeExtent = 0
+    /// Every block translated to host code before it runs (the whole-stream pass then runs
+    /// translated: a stopper after the code ends the block where the case ends).
+    let translated: Bool
+    /// One-byte INTO opcodes: #UD in 64-bit mode, wherever a branch lands.
+    static let stopper = [UInt8](repeating: 0xCE, count: 16)
 
-    init() throws {
+    /// The case's code with the stopper where the case ends: after the last step (the code may hold
+    /// more bytes than the steps ran), or after the code when the case ends with a fault.
+    static func withStopper(_ c: FuzzCase) -> [UInt8] {
+        var end = c.code.count
+        if c.fault == nil, let last = c.steps.last?.rip, last >= FuzzLayout.code {
+            end = min(end, Int(last - FuzzLayout.code))
+        }
+        return Array(c.code[..<end]) + stopper
+    }
+
+    init(translated: Bool = false) throws {
+        self.translated = translated
         memory = try GuestMemory(size: FuzzLayout.ramSize)
         // PML4 -> PDPT -> PD with one 2 MiB page (present, writable, user) at 0. Accessed and dirty
         // are preset so that the page walk leaves the tables as they are.
@@ -313,7 +329,7 @@ final class FuzzMachine {
         try memory.write(UInt64(0xE7), at: 0x3000)
         try memory.write(bytes: FuzzLayout.x87StubCode, at: FuzzLayout.x87Stub)
         pristine = try memory.readBytes(at: 0, count: Int(FuzzLayout.ramSize))
-        cpu = X86Interpreter(memory: memory, clock: VirtualClock())
+        cpu = X86Interpreter(memory: memory, clock: VirtualClock(), translation: translated ? .always : .off)
         cpu.interceptExceptions = true
     }
 
@@ -378,9 +394,10 @@ final class FuzzMachine {
             try memory.write(buffer: UnsafeRawBufferPointer(rebasing: p[(Int(L.data) + L.dataSize)..<Int(L.stackLo)]),
                              at: L.data + UInt64(L.dataSize))
         }
-        try memory.write(bytes: c.code, at: L.code)
-        cpu.invalidateCode(physicalAddress: L.code, length: UInt64(max(codeExtent, c.code.count)))
-        codeExtent = c.code.count
+        let code = translated ? FuzzMachine.withStopper(c) : c.code
+        try memory.write(bytes: code, at: L.code)
+        cpu.invalidateCode(physicalAddress: L.code, length: UInt64(max(codeExtent, code.count)))
+        codeExtent = code.count
         let shadow = Shadow(data: L.fill(seed: c.memorySeed, base: L.data, count: L.dataSize),
                             stack: L.fill(seed: c.memorySeed, base: L.stackLo, count: Int(L.stackTop - L.stackLo)),
                             regs: c.regs, xmm: c.xmm, mxcsr: c.mxcsr, x87: nil)
@@ -526,7 +543,12 @@ final class FuzzMachine {
         if !c.steps.isEmpty || c.fault != nil {
             var exp = try load(c)
             let retired = cpu.instructionsRetired, unimplemented = cpu.unimplementedCount
-            _ = cpu.run(io: io, control: control, maxInstructions: UInt64(c.steps.count + (c.fault == nil ? 0 : 1)))
+            _ = cpu.run(io: io, control: control,
+                        maxInstructions: UInt64(c.steps.count + (c.fault == nil && !translated ? 0 : 1)))
+            if translated && c.fault == nil, cpu.interceptedException?.vector == 6,
+               cpu.instructionPointer == faultRIP, cpu.instructionsRetired == retired &+ UInt64(c.steps.count) {
+                cpu.interceptedException = nil   // the stopper: the expected end
+            }
             if let f = c.fault {
                 wholeProblems = faultProblems(f, retired: retired, unimplemented: unimplemented,
                                               expected: UInt64(c.steps.count))
@@ -559,7 +581,7 @@ final class FuzzMachine {
         }
         // Stray writes anywhere else in RAM (page tables, code, unused memory).
         var expectedRAM = pristine
-        for (i, b) in c.code.enumerated() { expectedRAM[Int(L.code) + i] = b }
+        for (i, b) in (translated ? FuzzMachine.withStopper(c) : c.code).enumerated() { expectedRAM[Int(L.code) + i] = b }
         let ram = try memory.checkedPointer(0, length: L.ramSize)
         for (lo, hi) in [(0, Int(L.data)), (Int(L.data) + L.dataSize, Int(L.stackLo))] {
             let same = expectedRAM.withUnsafeBytes { memcmp(ram + lo, $0.baseAddress! + lo, hi - lo) == 0 }

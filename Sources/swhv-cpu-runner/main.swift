@@ -1,6 +1,10 @@
 // swhv-cpu-runner: replays differential fuzz cases (FuzzCase.swift format) on the x86 interpreter.
 //
-//   swhv-cpu-runner [FILE]      reads cases from FILE or standard input
+//   swhv-cpu-runner [--translated] [FILE]   reads cases from FILE or standard input
+//
+// --translated: every block is translated to host code before it runs, so the whole-stream pass of
+// each case checks the binary translator against the oracle (the step-by-step pass stays on the
+// interpreter).
 //
 // Prints one line per case, in input order:
 //   PASS <id> <steps>
@@ -22,7 +26,9 @@ func complain(_ message: String) {
 }
 
 func mainRunner() -> Int32 {
-    let args = CommandLine.arguments.dropFirst()
+    var args = Array(CommandLine.arguments.dropFirst())
+    let translated = args.first == "--translated"
+    if translated { args.removeFirst() }
     let input: UnsafeMutablePointer<FILE>?
     if let path = args.first {
         input = fopen(path, "r")
@@ -31,7 +37,7 @@ func mainRunner() -> Int32 {
         input = fdopen(0, "r")
     }
     let machine: FuzzMachine
-    do { machine = try FuzzMachine() } catch {
+    do { machine = try FuzzMachine(translated: translated) } catch {
         complain("\(error)")
         return 2
     }

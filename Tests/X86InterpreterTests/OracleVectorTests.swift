@@ -21,16 +21,23 @@ final class OracleVectorTests: XCTestCase {
 
     struct Outcome { var passed = 0; var failures: [String] = [] }
 
-    func runCategory(_ name: String, file: StaticString = #filePath, line: UInt = #line) throws {
-        try runFile(OracleVectorTests.vectorDirectory.appendingPathComponent(name + ".json"), name: name, file: file, line: line)
+    static func runCategory(_ name: String, translated: Bool = false, file: StaticString = #filePath, line: UInt = #line) throws {
+        try OracleVectorTests.runFile(OracleVectorTests.vectorDirectory.appendingPathComponent(name + ".json"), name: name,
+                    translated: translated, file: file, line: line)
     }
 
-    func runFile(_ url: URL, name: String, file: StaticString = #filePath, line: UInt = #line) throws {
+    /// Runs every vector of a file on the interpreter alone, or (`translated`) with every block
+    /// translated to host code before it runs. Translated runs put a stopper after the code: one-byte
+    /// INTO opcodes (#UD in 64-bit mode), so that a branch lands on one too, and the block holding
+    /// the code is exactly what the vector runs; the stopper's #UD at the expected RIP is the normal end.
+    static func runFile(_ url: URL, name: String, translated: Bool = false, file: StaticString = #filePath, line: UInt = #line) throws {
         let json = try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as? [[String: Any]] ?? []
         XCTAssertFalse(json.isEmpty, "no vectors in \(name).json", file: file, line: line)
         let mem = try LongModeGuest.makeMemory()
-        let cpu = X86Interpreter(memory: mem, clock: VirtualClock())
+        let cpu = X86Interpreter(memory: mem, clock: VirtualClock(), translation: translated ? .always : .off)
+        if translated { XCTAssertNil(cpu.translatorUnavailable, file: file, line: line) }
         cpu.interceptExceptions = true
+        let filler: UInt8 = translated ? 0xCE : 0x90
         let io = RecordingIO()
         let dataPattern = (0..<UInt64(OracleVectorTests.dataSize)).map { OracleVectorTests.fillByte(OracleVectorTests.data + $0) }
         let stackSize = Int(OracleVectorTests.stackTop - OracleVectorTests.stackLo)
@@ -54,7 +61,8 @@ final class OracleVectorTests: XCTestCase {
             }
             // The generator's code page holds the code, 16 NOPs, then zeros.
             try mem.fill(0, at: OracleVectorTests.code, length: 0x1000)
-            try mem.write(bytes: code + [UInt8](repeating: 0x90, count: 16), at: OracleVectorTests.code)
+            try mem.write(bytes: code + [UInt8](repeating: filler, count: translated ? 0x1000 - code.count : 16),
+                          at: OracleVectorTests.code)
             cpu.invalidateCode(physicalAddress: OracleVectorTests.code, length: 0x1000)
             try mem.write(bytes: dataPattern, at: OracleVectorTests.data)
             try mem.write(bytes: stackPattern, at: OracleVectorTests.stackLo)
@@ -83,13 +91,21 @@ final class OracleVectorTests: XCTestCase {
                 for i in 0..<8 { cpu.setX87Register(i, parse80(x87[3 + i])) }
             }
             cpu.interceptedException = nil
-            if let count = v["count"] as? Int {
+            if translated {
+                _ = cpu.run(io: io, control: VMControl(), maxInstructions: UInt64((v["count"] as? Int ?? 1) + 1))
+            } else if let count = v["count"] as? Int {
                 _ = cpu.run(io: io, control: VMControl(), maxInstructions: UInt64(count))
             } else {
                 cpu.step(io: io)
             }
 
             var problems: [String] = []
+            if translated && v["exception"] == nil {
+                // The stopper's #UD is the expected end; anything else is reported below.
+                if cpu.interceptedException?.vector == 6 && cpu.instructionPointer == parse(v["out_rip"]) {
+                    cpu.interceptedException = nil
+                }
+            }
             if let expectedVector = v["exception"] as? Int {
                 if cpu.interceptedException?.vector != expectedVector {
                     problems.append("expected exception \(expectedVector), got \(cpu.interceptedException.map { "\($0.vector)" } ?? "none")")
@@ -145,32 +161,38 @@ final class OracleVectorTests: XCTestCase {
             else { outcome.failures.append("\(asm) [\(codeHex)]: " + problems.joined(separator: "; ")) }
         }
         let total = outcome.passed + outcome.failures.count
+        if translated {
+            // The point of the run: blocks were translated and run as host code.
+            let t = cpu.translationStatistics
+            XCTAssertGreaterThan(t?.instructionsTranslated ?? 0, 0, "\(name): nothing ran translated", file: file, line: line)
+            print("oracle vectors \(name): \(t?.blocksTranslated ?? 0) blocks translated, \(t?.instructionsTranslated ?? 0) instructions ran translated")
+        }
         print("oracle vectors \(name): \(outcome.passed)/\(total) pass")
         for f in outcome.failures.prefix(80) { print("  MISMATCH \(f)") }
         XCTAssertEqual(outcome.failures.count, 0, "\(outcome.failures.count) of \(total) \(name) vectors mismatch; first: \(outcome.failures.first ?? "")",
                        file: file, line: line)
     }
 
-    func testALU() throws { try runCategory("alu") }
-    func testUnary() throws { try runCategory("unary") }
-    func testShifts() throws { try runCategory("shift") }
-    func testMulDiv() throws { try runCategory("muldiv") }
-    func testBits() throws { try runCategory("bits") }
-    func testConditions() throws { try runCategory("cond") }
-    func testMoves() throws { try runCategory("move") }
-    func testStack() throws { try runCategory("stack") }
-    func testStrings() throws { try runCategory("string") }
-    func testSSE() throws { try runCategory("sse") }
-    func testMMX() throws { try runCategory("mmx") }
+    func testALU() throws { try OracleVectorTests.runCategory("alu") }
+    func testUnary() throws { try OracleVectorTests.runCategory("unary") }
+    func testShifts() throws { try OracleVectorTests.runCategory("shift") }
+    func testMulDiv() throws { try OracleVectorTests.runCategory("muldiv") }
+    func testBits() throws { try OracleVectorTests.runCategory("bits") }
+    func testConditions() throws { try OracleVectorTests.runCategory("cond") }
+    func testMoves() throws { try OracleVectorTests.runCategory("move") }
+    func testStack() throws { try OracleVectorTests.runCategory("stack") }
+    func testStrings() throws { try OracleVectorTests.runCategory("string") }
+    func testSSE() throws { try OracleVectorTests.runCategory("sse") }
+    func testMMX() throws { try OracleVectorTests.runCategory("mmx") }
     /// RCPPS/RSQRTPS and scalar forms (gcc -ffast-math vectorised division and sqrtf use them).
-    func testReciprocalEstimates() throws { try runCategory("estimate") }
+    func testReciprocalEstimates() throws { try OracleVectorTests.runCategory("estimate") }
     /// x87 arithmetic, FSQRT and FST m32/m64 under each FCW rounding control.
-    func testX87RoundingControl() throws { try runCategory("x87round") }
+    func testX87RoundingControl() throws { try OracleVectorTests.runCategory("x87round") }
     /// F2XM1, FYL2X, FYL2XP1, FPATAN: correctly rounded extended results (expected values from mpmath).
-    func testX87Transcendental() throws { try runCategory("x87transcendental") }
+    func testX87Transcendental() throws { try OracleVectorTests.runCategory("x87transcendental") }
     /// RDMSR IA32_PLATFORM_ID reads 0 (no #GP: the generic Debian kernel warned with a call trace).
-    func testPlatformIDMSR() throws { try runCategory("msr") }
-    func testSequences() throws { try runCategory("sequence") }
+    func testPlatformIDMSR() throws { try OracleVectorTests.runCategory("msr") }
+    func testSequences() throws { try OracleVectorTests.runCategory("sequence") }
 
     /// Fuzzing entry point: scripts/oracle/fuzz.py writes sequences to a file named by
     /// SWHV_ORACLE_VECTORS and runs this test.
@@ -178,6 +200,24 @@ final class OracleVectorTests: XCTestCase {
         guard let path = ProcessInfo.processInfo.environment["SWHV_ORACLE_VECTORS"] else {
             throw XCTSkip("SWHV_ORACLE_VECTORS not set (used by scripts/oracle/fuzz.py)")
         }
-        try runFile(URL(fileURLWithPath: path), name: "external")
+        try OracleVectorTests.runFile(URL(fileURLWithPath: path), name: "external",
+                    translated: ProcessInfo.processInfo.environment["SWHV_ORACLE_TRANSLATED"] == "1")
     }
+}
+
+/// The same vectors with every block translated to host code first: the translator must give the
+/// interpreter's answers (registers, flags, memory, RIP, exceptions).
+final class TranslatedOracleVectorTests: XCTestCase {
+    func testALU() throws { try OracleVectorTests.runCategory("alu", translated: true) }
+    func testUnary() throws { try OracleVectorTests.runCategory("unary", translated: true) }
+    func testShifts() throws { try OracleVectorTests.runCategory("shift", translated: true) }
+    func testMulDiv() throws { try OracleVectorTests.runCategory("muldiv", translated: true) }
+    func testBits() throws { try OracleVectorTests.runCategory("bits", translated: true) }
+    func testConditions() throws { try OracleVectorTests.runCategory("cond", translated: true) }
+    func testMoves() throws { try OracleVectorTests.runCategory("move", translated: true) }
+    func testStack() throws { try OracleVectorTests.runCategory("stack", translated: true) }
+    func testStrings() throws { try OracleVectorTests.runCategory("string", translated: true) }
+    func testSSE() throws { try OracleVectorTests.runCategory("sse", translated: true) }
+    func testMMX() throws { try OracleVectorTests.runCategory("mmx", translated: true) }
+    func testSequences() throws { try OracleVectorTests.runCategory("sequence", translated: true) }
 }

@@ -235,6 +235,8 @@ def main():
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--runner", default=os.path.join(ROOT, ".build", "release", "swhv-cpu-runner"))
     ap.add_argument("--no-native", action="store_true", help="skip the host-CPU cross-check")
+    ap.add_argument("--translated", action="store_true",
+                    help="the runner translates every block to host code (checks the binary translator)")
     ap.add_argument("--native-bin", default=os.path.join(ROOT, ".build", "fuzz_native"))
     ap.add_argument("--failures", default="fuzz-failures.txt", help="diverging cases are written here")
     ap.add_argument("--report", type=int, default=20, help="divergences printed in detail")
@@ -286,7 +288,7 @@ def main():
                                     case_length(args.seed, i, args.min_length, args.max_length), weights)
                 batch.append((f"{args.seed}:{i}", F.serialize(c, f"{args.seed}:{i}", disasm=True), len(c.steps)))
                 i += 1
-            out = subprocess.run([args.runner], input="".join(t for _, t, _ in batch), capture_output=True,
+            out = subprocess.run([args.runner] + (["--translated"] if args.translated else []), input="".join(t for _, t, _ in batch), capture_output=True,
                                  text=True).stdout
             passed = {line.split()[1] for line in out.splitlines() if line.startswith("PASS ")}
             for cid, text, n in batch:
@@ -306,7 +308,7 @@ def main():
     if not os.path.exists(args.runner):
         sys.exit(f"no runner at {args.runner}: swift build -c release --product swhv-cpu-runner")
 
-    runner = subprocess.Popen([args.runner], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    runner = subprocess.Popen([args.runner] + (["--translated"] if args.translated else []), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                               bufsize=1 << 20)
     native = None
     if not args.no_native:

@@ -1,0 +1,498 @@
+// The binary translator: turns a decoded block of 64-bit guest code (the interpreter's trace of
+// `DecodedInsn`s) into host x86-64 code.
+//
+// Design (docs/architecture.md, "The translator"):
+// - Guest registers stay in the interpreter's register file (r15 points at it); every translated
+//   instruction reads and writes them there, so guest state is exact at every instruction boundary
+//   and slow paths need no write-back. The block's entry RIP is in rbx; every RIP-dependent value is
+//   rbx + a constant, so a translation serves any linear address its physical page is mapped at.
+// - Flags: the interpreter's lazy representation (ccOp/ccDst/ccSrc/ccSrc2 in CPUState, r14) is the
+//   truth at every exit, slow path and helper call. A producer stores it only when something after
+//   it may look before the next full producer (backward liveness). Within a block the host's own
+//   RFLAGS, left by the same operation run natively, serve Jcc/SETcc/CMOVcc/ADC directly; when a
+//   TLB check would clobber them while they are still needed, they are saved in AH/AL and restored.
+// - Memory: an inline lookup in the interpreter's software TLB (r13); a miss, a page crossing, MMIO
+//   or a write to a page holding decoded code goes to the slow path, which runs the whole instruction
+//   in the interpreter (nothing was changed before the check, so this is exact, faults included).
+// - Anything not translated natively is run by the interpreter through a helper call, one
+//   instruction at a time, with RIP and flags exactly as the interpreter expects them.
+// - Budget: each entry of the block subtracts its length from an instruction budget (r12+0) and
+//   leaves if it would go negative; every early exit gives back what it did not retire. A loop back
+//   to the block start goes through that check, so no translated loop runs unbounded.
+
+/// What the translator needs to know about the interpreter's memory layout.
+struct JITLayout {
+    static let regsRip: Int32 = Int32(Reg.rip * 8)
+    static let ccOp = Int32(MemoryLayout<CPUState>.offset(of: \CPUState.ccOp)!)
+    static let ccDst = Int32(MemoryLayout<CPUState>.offset(of: \CPUState.ccDst)!)
+    static let ccSrc = Int32(MemoryLayout<CPUState>.offset(of: \CPUState.ccSrc)!)
+    static let ccSrc2 = Int32(MemoryLayout<CPUState>.offset(of: \CPUState.ccSrc2)!)
+    static let eventCheck = Int32(MemoryLayout<CPUState>.offset(of: \CPUState.eventCheck)!)
+    static let tlbStride = Int32(MemoryLayout<TLBEntry>.stride)
+    static let tlbRtag = Int32(MemoryLayout<TLBEntry>.offset(of: \TLBEntry.rtag)!)
+    static let tlbWtag = Int32(MemoryLayout<TLBEntry>.offset(of: \TLBEntry.wtag)!)
+    static let tlbAddend = Int32(MemoryLayout<TLBEntry>.offset(of: \TLBEntry.addend)!)
+
+    // The JIT context (r12): see JITRuntime.swift.
+    static let ctxBudget: Int32 = 0
+    static let ctxSelf: Int32 = 8
+    static let ctxHelperExec: Int32 = 16
+    static let ctxHelperFlags: Int32 = 24
+    static let ctxRegs: Int32 = 32
+    static let ctxState: Int32 = 40
+    static let ctxTLB: Int32 = 48
+    static let ctxSegBase: Int32 = 64   // 8 x UInt64: the interpreter's segBase array lives here
+    static let ctxSize = 128
+}
+
+/// Guest arithmetic flag bits, as in RFLAGS.
+enum GF {
+    static let cf: UInt16 = 0x1, pf: UInt16 = 0x4, af: UInt16 = 0x10, zf: UInt16 = 0x40, sf: UInt16 = 0x80
+    static let of: UInt16 = 0x800
+    static let all: UInt16 = cf | pf | af | zf | sf | of
+
+    /// Flags a condition code reads.
+    static func read(_ cc: UInt8) -> UInt16 {
+        switch cc >> 1 {
+        case 0: return of
+        case 1: return cf
+        case 2: return zf
+        case 3: return cf | zf
+        case 4: return sf
+        case 5: return pf
+        case 6: return sf | of
+        default: return zf | sf | of
+        }
+    }
+}
+
+/// Helper status codes returned by the interpreter helper and by translated code.
+enum JITStatus {
+    /// Continue with the next instruction.
+    static let next: UInt32 = 0
+    /// Leave the block; the instruction retired and RIP is set.
+    static let exitRetired: UInt32 = 1
+    /// Leave the block; the instruction faulted (nothing retired, fault pending, RIP at it).
+    static let exitFault: UInt32 = 2
+}
+
+struct TranslatedBlock {
+    var code: [UInt8]
+}
+
+/// Translates one block. Not reusable: create one per block.
+struct BlockTranslator {
+    let insns: UnsafeMutablePointer<DecodedInsn>
+    let count: Int
+    /// Page offset of each instruction, and of the instruction after the last one.
+    var offsets: [Int] = []
+    let entryOffset: Int
+    /// Displacement of this CPL's half of the TLB.
+    let tlbHalf: Int32
+
+    var a = Assembler()
+    /// Flags the host RFLAGS currently holds exactly as the guest sees them.
+    var hostValid: UInt16 = 0
+    /// Per instruction: flags that must be exact in the lazy state after it (a producer stores its
+    /// lazy form only when some of these are its own).
+    var memLiveAfter: [UInt16] = []
+    /// Per instruction: translated natively (after analysis).
+    var nativeAllowed: [Bool] = []
+    /// Per instruction: flags some later native consumer wants from the host before the next full
+    /// producer (decides whether host flags are saved around clobbering code).
+    var hostLiveAfter: [UInt16] = []
+
+    /// Out-of-line code emitted after the block body.
+    var stubs: [(Label, Stub)] = []
+    let head: Label
+    var usesHelpers = false
+
+    enum Stub {
+        /// Run instruction `index` in the interpreter, then continue at `resume`.
+        case slowPath(index: Int, resume: Label, reloadFlags: Bool)
+        /// Leave the block with RIP = entry + `ripDelta` after `retired` instructions.
+        case exit(ripDelta: Int, retired: Int)
+        /// Leave after a helper said so (status in eax), `index` being the instruction it ran.
+        case helperExit(index: Int)
+        /// Not enough budget at the head.
+        case budget
+        /// Back to the head after `retired` instructions (a loop to the block's own start).
+        case backEdge(retired: Int)
+    }
+
+    init(insns: UnsafeMutablePointer<DecodedInsn>, count: Int, entryOffset: Int, cpl: Int) {
+        self.insns = insns
+        self.count = count
+        self.entryOffset = entryOffset
+        self.tlbHalf = cpl == 3 ? Int32(TLBSize.entries) * JITLayout.tlbStride : 0
+        var o = entryOffset
+        offsets.reserveCapacity(count + 1)
+        for i in 0..<count {
+            offsets.append(o)
+            let d = insns[i]
+            o = d.pfx & Pfx.trace != 0 ? Int(UInt32(bitPattern: d.disp)) : o + Int(d.len)
+        }
+        offsets.append(o)
+        head = a.newLabel()
+    }
+
+    // MARK: Instruction classes
+
+    /// How the translator handles an instruction, and what it does to flags.
+    struct Shape {
+        var native = false
+        /// Flags it reads (natively from the host, or from the lazy state).
+        var reads: UInt16 = 0
+        /// Flags it sets.
+        var writes: UInt16 = 0
+        /// May leave the block or run the interpreter (slow path, helper, branch out); every flag
+        /// must then be exact in the lazy state.
+        var mayExit = true
+        /// Has a TLB lookup, which clobbers the host flags unless they are saved around it.
+        var lookup = false
+        /// Host flags valid afterwards: (hostIn & keep) | set.
+        var keep: UInt16 = 0
+        var set: UInt16 = 0
+    }
+
+    func shape(_ d: DecodedInsn) -> Shape {
+        var s = Shape()
+        let all = GF.all
+        switch d.op {
+        case .mov64RR, .mov32RR, .lea64, .lea32, .movsxd64RR, .movImm64R, .movImm32R, .nopFast,
+             .movzx8R, .movzx16R:
+            s.native = true; s.mayExit = false; s.keep = all
+        case .load64, .load32, .store64, .store32, .store8, .storeImm64, .storeImm32, .movzx8M, .movzx16M,
+             .push64R, .pop64R:
+            s.native = true; s.lookup = true; s.keep = all
+        case .add64RR, .sub64RR, .cmp64RR, .add32RR, .sub32RR, .cmp32RR, .add64RI, .sub64RI, .cmp64RI,
+             .add32RI, .sub32RI, .cmp32RI, .cmp8RI:
+            s.native = true; s.writes = all; s.mayExit = false; s.set = all
+        case .and64RR, .or64RR, .xor64RR, .test64RR, .and32RR, .or32RR, .xor32RR, .test32RR,
+             .and64RI, .or64RI, .xor64RI, .and32RI, .or32RI, .xor32RI, .test8RR:
+            s.native = true; s.writes = all; s.mayExit = false; s.set = all & ~GF.af
+        case .shl64RI, .shr64RI, .sar64RI, .shl32RI, .shr32RI, .sar32RI:
+            s.native = true; s.writes = all; s.mayExit = false
+            s.set = GF.cf | GF.zf | GF.sf | GF.pf | (d.imm == 1 ? GF.of : 0)
+        case .rol64RI, .ror64RI, .rol32RI, .ror32RI:
+            s.native = true; s.writes = GF.cf | GF.of; s.mayExit = false
+            s.keep = all & ~(GF.cf | GF.of); s.set = GF.cf | (d.imm == 1 ? GF.of : 0)
+        case .imul64RR, .imul64RRI:
+            s.native = true; s.writes = all; s.mayExit = false
+        case .adc64RR, .sbb64RR, .adc64RI:
+            s.native = true; s.reads = GF.cf; s.writes = all; s.mayExit = false; s.set = all
+        case .add64RM, .cmp64RM, .cmp64MI, .cmp32MI, .cmp64MR, .cmp32MR, .cmp8MI:
+            s.native = true; s.writes = all; s.lookup = true; s.set = all
+        case .test8MI:
+            s.native = true; s.writes = all; s.lookup = true; s.set = all & ~GF.af
+        case .alu64MR, .alu32MR, .alu64MI, .alu32MI:
+            s.native = true; s.writes = all; s.lookup = true
+            let k = d.sub & 7
+            if k == AluKind.adc || k == AluKind.sbb { s.reads = GF.cf }
+            s.set = k == AluKind.and || k == AluKind.or || k == AluKind.xor ? all & ~GF.af : all
+        case .inc64R, .dec64R, .inc32R, .dec32R:
+            s.native = true; s.reads = GF.cf; s.writes = all & ~GF.cf; s.mayExit = false
+            s.keep = GF.cf; s.set = all & ~GF.cf
+        case .setccR, .cmov64RR, .cmov32RR:
+            s.native = true; s.reads = GF.read(d.sub); s.mayExit = false; s.keep = all
+        case .jz64, .jnz64, .jcc64:
+            s.native = true; s.reads = d.op == .jcc64 ? GF.read(d.sub) : GF.zf; s.keep = all
+        case .jmp64:
+            s.native = true; s.mayExit = d.pfx & Pfx.trace == 0; s.keep = all
+        case .call64, .ret64:
+            s.native = true; s.lookup = true; s.keep = all
+        default:
+            s.reads = all   // the interpreter may read any flag
+            s.writes = all
+        }
+        return s
+    }
+
+    // MARK: Analysis
+
+    /// Per instruction, what the emitter needs to know about flags (see the file comment).
+    mutating func analyse() {
+        var shapes = (0..<count).map { shape(insns[$0]) }
+        while true {
+            // 1. Which flags some later native consumer wants from the host (syntactic: up to the
+            //    next writer of those flags; a helper call ends it).
+            hostLiveAfter = Array(repeating: 0, count: count)
+            var hostLive: UInt16 = 0
+            for i in stride(from: count - 1, through: 0, by: -1) {
+                hostLiveAfter[i] = hostLive
+                let s = shapes[i]
+                if !s.native { hostLive = 0; continue }
+                hostLive = (hostLive & ~s.writes) | s.reads
+            }
+            // 2. Forward: which flags the host holds before each instruction, and which consumers
+            //    will have to load them from the lazy state.
+            var fromMemory = Array(repeating: false, count: count)
+            var host: UInt16 = 0
+            for i in 0..<count {
+                let s = shapes[i]
+                if !s.native { host = 0; continue }
+                if s.reads & host != s.reads { fromMemory[i] = true; host = GF.all }
+                if s.lookup {
+                    let liveAcross = s.reads | (hostLiveAfter[i] & ~s.writes)
+                    if !(host != 0 && liveAcross != 0) { host = 0 }
+                }
+                host = (host & s.keep) | s.set
+                if s.lookup && !(host != 0 && hostLiveAfter[i] != 0) { host = 0 }
+            }
+            // 3. Backward: which flags must be exact in the lazy state after each instruction.
+            memLiveAfter = Array(repeating: 0, count: count)
+            var live = GF.all   // the block's exit
+            for i in stride(from: count - 1, through: 0, by: -1) {
+                memLiveAfter[i] = live
+                let s = shapes[i]
+                // INC/DEC store CF too (taken from the host), and a rotate's lazy form replaces the
+                // whole lazy state: for the lazy state they define every flag.
+                live &= s.native && (s.keep == GF.cf || s.writes == GF.cf | GF.of) ? 0 : ~s.writes
+                if s.mayExit || !s.native { live = GF.all }
+                if fromMemory[i] { live |= s.reads }
+            }
+            // A rotate keeps SF/ZF/AF/PF from before it; when those must be exact in the lazy state
+            // the interpreter runs it (rare: a fault or exit right after).
+            var changed = false
+            for i in 0..<count where shapes[i].native && shapes[i].writes == GF.cf | GF.of
+                && memLiveAfter[i] & ~(GF.cf | GF.of) != 0 {
+                shapes[i].native = false
+                shapes[i].reads = GF.all; shapes[i].writes = GF.all
+                changed = true
+            }
+            if !changed {
+                nativeAllowed = shapes.map { $0.native }
+                return
+            }
+        }
+    }
+
+    // MARK: Emission helpers
+
+    func greg(_ off: UInt8) -> HRM { .m(HMem(.r15, Int32(off))) }
+    static let ccOpM = HRM.m(HMem(.r14, JITLayout.ccOp))
+    static let ccDstM = HRM.m(HMem(.r14, JITLayout.ccDst))
+    static let ccSrcM = HRM.m(HMem(.r14, JITLayout.ccSrc))
+    static let ccSrc2M = HRM.m(HMem(.r14, JITLayout.ccSrc2))
+
+    /// Stores the lazy flags of a producer (only when they can be looked at).
+    mutating func lazy(_ i: Int, kind: UInt32, size: Int, dst: HReg, src: HReg?) {
+        guard memLiveAfter[i] != 0 else { return }
+        a.storeImm(4, BlockTranslator.ccOpM, Int32(kind << 2 | UInt32(sizeIndexOf(size))))
+        a.store(8, BlockTranslator.ccDstM, dst)
+        if let src { a.store(8, BlockTranslator.ccSrcM, src) }
+    }
+
+    func sizeIndexOf(_ size: Int) -> Int { size == 1 ? 0 : size == 2 ? 1 : size == 4 ? 2 : 3 }
+
+    /// Saves host flags into AH/AL if they must survive clobbering code at instruction `i`.
+    mutating func saveFlagsIfLive(_ live: UInt16) -> Bool {
+        guard hostValid & live != 0 else { return false }
+        a.lahf()
+        a.setcc(0, .r(.rax))   // SETO AL
+        return true
+    }
+
+    mutating func restoreFlags() {
+        a.aluImm(0, 1, .r(.rax), 0x7F)   // ADD AL, 0x7F: OF from AL
+        a.sahf()
+    }
+
+    /// Makes the host flags hold the guest flags, from the lazy state (helper call).
+    mutating func materialiseFlags() {
+        a.mov(.rdi, .r12)
+        a.call(.m(HMem(.r12, JITLayout.ctxHelperFlags)))
+        restoreFlags()
+        hostValid = GF.all
+    }
+
+    /// Ensures the host flags hold `needed`.
+    mutating func need(_ needed: UInt16) {
+        if hostValid & needed != needed { materialiseFlags() }
+    }
+
+    func ripDelta(_ pageOffset: Int) -> Int32 { Int32(pageOffset - entryOffset) }
+
+    /// Computes the linear address of instruction `i`'s memory operand into rdi (no flags touched);
+    /// `segment: false` gives the effective address (LEA).
+    mutating func address(_ i: Int, segment: Bool) {
+        let d = insns[i]
+        let disp = Int64(d.disp)
+        if Int(d.base) == Reg.rip * 8 {
+            let off = Int64(ripDelta(offsets[i + 1])) + disp
+            if let o = Int32(exactly: off) {
+                a.lea(.rdi, HMem(.rbx, o))
+            } else {
+                a.movImm(.rdi, UInt64(bitPattern: off))
+                a.lea(.rdi, HMem(.rdi, index: .rbx, scale: 0))
+            }
+        } else {
+            let hasBase = Int(d.base) != Reg.zero * 8
+            let hasIndex = Int(d.index) != Reg.zero * 8
+            if hasBase { a.load(8, .rdi, greg(d.base)) } else { a.movImm(.rdi, 0) }
+            if hasIndex {
+                a.load(8, .rdx, greg(d.index))
+                a.lea(.rdi, HMem(.rdi, index: .rdx, scale: d.scale, disp: d.disp))
+            } else if d.disp != 0 {
+                a.lea(.rdi, HMem(.rdi, d.disp))
+            }
+        }
+        let seg = Int(d.seg)
+        if segment && (seg == Seg.fs || seg == Seg.gs) {
+            a.load(8, .rdx, .m(HMem(.r12, JITLayout.ctxSegBase + Int32(seg * 8))))
+            a.lea(.rdi, HMem(.rdi, index: .rdx, scale: 0))
+        }
+    }
+
+    /// TLB lookup for an access of `size` bytes at rdi: on a hit rsi = host pointer, otherwise
+    /// jumps to `slow`. Clobbers rdx, rsi and the flags.
+    mutating func tlbLookup(size: Int, write: Bool, slow: Label) {
+        a.mov(.rsi, .rdi)
+        a.shiftImm(5, 8, .r(.rsi), 12)
+        a.aluImm(4, 4, .r(.rsi), Int32(TLBSize.mask))
+        a.lea(.rsi, HMem(.rsi, index: .rsi, scale: 2))   // * 5: entries are 40 bytes, scaled by 8 below
+        if size > 1 { a.lea(.rdx, HMem(.rdi, Int32(size - 1))) } else { a.mov(.rdx, .rdi) }
+        a.aluImm(4, 8, .r(.rdx), -4096)
+        let tag = write ? JITLayout.tlbWtag : JITLayout.tlbRtag
+        a.alu(7, 8, .rdx, .m(HMem(.r13, index: .rsi, scale: 3, disp: tlbHalf + tag)))
+        a.jcc(5, slow)   // JNE
+        a.load(8, .rsi, .m(HMem(.r13, index: .rsi, scale: 3, disp: tlbHalf + JITLayout.tlbAddend)))
+        a.alu(0, 8, .rsi, .r(.rdi))
+    }
+
+    /// Registers the slow path of instruction `i` and binds its resume point here.
+    mutating func slowPath(_ i: Int, _ slow: Label, resume: Label) {
+        // After the interpreter ran the instruction, the host flags hold nothing unless reloaded.
+        let reload = hostValid != 0 && hostLiveAfter[i] != 0
+        stubs.append((slow, .slowPath(index: i, resume: resume, reloadFlags: reload)))
+    }
+
+    mutating func stubs_appendBackEdge(_ l: Label, retired: Int) {
+        stubs.append((l, .backEdge(retired: retired)))
+    }
+
+    mutating func exitStub(ripDelta: Int, retired: Int) -> Label {
+        let l = a.newLabel()
+        stubs.append((l, .exit(ripDelta: ripDelta, retired: retired)))
+        return l
+    }
+
+    // MARK: Translation
+
+    /// Translates the block. Returns nil when it holds nothing worth translating (no instruction
+    /// translated natively) unless `force`.
+    mutating func translate(force: Bool = false) -> [UInt8]? {
+        analyse()
+        // Head: budget check.
+        a.bind(head)
+        let budgetFail = a.newLabel()
+        stubs.append((budgetFail, .budget))
+        a.aluImm(5, 8, .m(HMem(.r12, JITLayout.ctxBudget)), Int32(count))
+        a.jcc(0xC, budgetFail)   // JL
+        hostValid = 0
+        var nativeCount = 0
+        var i = 0
+        var ended = false
+        while i < count {
+            let d = insns[i]
+            if nativeAllowed[i], emitNative(i) {
+                nativeCount += 1
+            } else {
+                emitHelper(i)
+            }
+            if blockEnded { ended = true; break }
+            i += 1
+        }
+        if !ended {
+            // Fell off the end: continue at the next instruction.
+            emitExit(ripDelta: Int(ripDelta(offsets[count])), retired: count)
+        }
+        guard nativeCount > 0 || force else { return nil }
+        emitStubs()
+        guard a.finish() else { return nil }
+        return a.bytes
+    }
+
+    /// Set by a control transfer that ends the block.
+    var blockEnded = false
+
+    /// Leaves with RIP = entry + delta after `retired` instructions.
+    mutating func emitExit(ripDelta: Int, retired: Int) {
+        a.lea(.rcx, HMem(.rbx, Int32(ripDelta)))
+        a.store(8, .m(HMem(.r15, JITLayout.regsRip)), .rcx)
+        emitReturn(retired: retired, status: JITStatus.exitRetired)
+    }
+
+    mutating func emitReturn(retired: Int, status: UInt32) {
+        if retired < count { a.aluImm(0, 8, .m(HMem(.r12, JITLayout.ctxBudget)), Int32(count - retired)) }
+        a.movImm(.rax, UInt64(status))
+        a.ret()
+    }
+
+    /// Runs instruction `i` in the interpreter.
+    mutating func emitHelper(_ i: Int) {
+        usesHelpers = true
+        callInterpreter(i)
+        a.aluImm(7, 4, .r(.rax), 0)   // CMP EAX, 0
+        let out = a.newLabel()
+        stubs.append((out, .helperExit(index: i)))
+        a.jcc(5, out)
+        hostValid = 0
+    }
+
+    mutating func callInterpreter(_ i: Int) {
+        a.mov(.rdi, .r12)
+        a.movImm(.rsi, UInt64(UInt(bitPattern: insns + i)))
+        // RIP after the instruction itself (for a branch inside a trace, not the trace's next).
+        a.lea(.rdx, HMem(.rbx, ripDelta(offsets[i] + Int(insns[i].len))))
+        a.call(.m(HMem(.r12, JITLayout.ctxHelperExec)))
+    }
+
+    mutating func emitStubs() {
+        var k = 0
+        while k < stubs.count {
+            let (label, stub) = stubs[k]
+            k += 1
+            a.bind(label)
+            switch stub {
+            case .budget:
+                a.aluImm(0, 8, .m(HMem(.r12, JITLayout.ctxBudget)), Int32(count))
+                a.store(8, .m(HMem(.r15, JITLayout.regsRip)), .rbx)
+                a.movImm(.rax, UInt64(JITStatus.exitRetired))
+                a.ret()
+            case .exit(let delta, let retired):
+                emitExit(ripDelta: delta, retired: retired)
+            case .slowPath(let index, let resume, let reload):
+                callInterpreter(index)
+                a.aluImm(7, 4, .r(.rax), 0)
+                let out = a.newLabel()
+                stubs.append((out, .helperExit(index: index)))
+                a.jcc(5, out)
+                if reload {
+                    a.mov(.rdi, .r12)
+                    a.call(.m(HMem(.r12, JITLayout.ctxHelperFlags)))
+                    restoreFlags()
+                }
+                a.jmp(resume)
+            case .backEdge(let retired):
+                if retired < count { a.aluImm(0, 8, .m(HMem(.r12, JITLayout.ctxBudget)), Int32(count - retired)) }
+                // Something a helper did may want the run loop (an interrupt to take): leave at the head.
+                a.aluImm(7, 1, .m(HMem(.r14, JITLayout.eventCheck)), 0)
+                let out = a.newLabel()
+                a.jcc(5, out)
+                a.jmp(head)
+                a.bind(out)
+                a.store(8, .m(HMem(.r15, JITLayout.regsRip)), .rbx)
+                a.movImm(.rax, UInt64(JITStatus.exitRetired))
+                a.ret()
+            case .helperExit(let index):
+                // eax: 1 = retired (RIP set by the helper), 2 = faulted (not retired).
+                let unretired = count - index - 1
+                if unretired > 0 { a.aluImm(0, 8, .m(HMem(.r12, JITLayout.ctxBudget)), Int32(unretired)) }
+                a.lea(.rcx, HMem(.rax, -1))
+                a.alu(0, 8, .m(HMem(.r12, JITLayout.ctxBudget)), .rcx)
+                a.ret()
+            }
+        }
+    }
+}
