@@ -70,7 +70,8 @@ let package = Package(
 
         // Fuzz harnesses (docs/security.md): plain library code, replayed by FuzzRegressionTests.
         .target(name: "FuzzHarness", dependencies: ["LinuxLoader", "VMMemory", "CPUBackend", "Devices",
-                                                    "X86Interpreter"], path: "Fuzz/Harness"),
+                                                    "X86Interpreter", "APIServer", "Snapshot", "JSONCoding"],
+                path: "Fuzz/Harness"),
         .testTarget(name: "FuzzRegressionTests", dependencies: ["FuzzHarness"]),
     ]
 )

@@ -10,6 +10,10 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case pci
     /// The interpreter's decoder and executor on arbitrary code in a sandboxed guest.
     case interp
+    /// The API socket's HTTP parser and router (a hostile client's byte stream).
+    case http
+    /// The snapshot reader: state-file container, section decoders, memory-file checks.
+    case snapshot
 }
 
 /// Runs inputs against one target. Stateful targets keep their expensive parts (guest RAM, the
@@ -19,6 +23,7 @@ public final class FuzzHarness {
     private var virtio: VirtioFuzzer?
     private var interp: InterpreterFuzzer?
     private var pci: PciFuzzer?
+    private var snapshot: SnapshotFuzzer?
 
     public init(_ target: FuzzTarget) { self.target = target }
 
@@ -35,6 +40,10 @@ public final class FuzzHarness {
         case .interp:
             if interp == nil { interp = InterpreterFuzzer() }
             interp!.run(data)
+        case .http: APIFuzzer.run(data)
+        case .snapshot:
+            if snapshot == nil { snapshot = SnapshotFuzzer() }
+            snapshot!.run(data)
         }
     }
 }

@@ -67,7 +67,7 @@ public enum APIClient {
     }
 
     /// A complete response in `bytes` (interim 1xx responses skipped), or nil if more is needed.
-    static func parseResponse(_ bytes: [UInt8], atEOF: Bool = false) -> Response? {
+    public static func parseResponse(_ bytes: [UInt8], atEOF: Bool = false) -> Response? {
         var start = 0
         while true {
             guard let end = find([13, 10, 13, 10], in: bytes, from: start) else { return nil }

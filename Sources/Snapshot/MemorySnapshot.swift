@@ -23,6 +23,7 @@ public struct MemorySection: Codable, Equatable, Sendable {
     public struct Region: Codable, Equatable, Sendable {
         public var guestBase: UInt64
         public var bytes: UInt64
+        public init(guestBase: UInt64, bytes: UInt64) { self.guestBase = guestBase; self.bytes = bytes }
         enum CodingKeys: String, CodingKey { case guestBase = "guest_base", bytes }
     }
 

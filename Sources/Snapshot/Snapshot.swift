@@ -104,7 +104,11 @@ public struct LoadedSnapshot: Sendable {
     /// Reads and checks the state file (checksums, versions, section shapes). Nothing about the
     /// memory file or the disks yet: see `checkDisks` and `GuestMemorySnapshot.open`.
     public static func read(statePath: String) throws(SnapshotError) -> LoadedSnapshot {
-        let container = try SnapshotContainer.read(path: statePath)
+        try decode(SnapshotContainer.read(path: statePath), statePath: statePath)
+    }
+
+    /// Decodes and checks the standard sections of a verified container.
+    public static func decode(_ container: SnapshotContainer, statePath: String) throws(SnapshotError) -> LoadedSnapshot {
         let machine = try decode(MachineSection.self, SectionTag.machine, from: container)
         guard machine.version == MachineSection.currentVersion else {
             throw .badSection(SectionTag.machine, detail: "version \(machine.version) is not the one this swhv reads (\(MachineSection.currentVersion))")

@@ -29,4 +29,6 @@ final class CorpusReplayTests: XCTestCase {
     func testUartCorpus() throws { try replay(.uart) }
     func testPciCorpus() throws { try replay(.pci) }
     func testInterpreterCorpus() throws { try replay(.interp) }
+    func testHTTPCorpus() throws { try replay(.http) }
+    func testSnapshotCorpus() throws { try replay(.snapshot) }
 }
