@@ -39,11 +39,25 @@ public enum APIClient {
         head += "\r\n"
         let out = Array(head.utf8) + payload
         var sent = 0
+        var sendError: Int32?
         while sent < out.count {
             let n = out.withUnsafeBytes { send(fd, $0.baseAddress! + sent, $0.count - sent, Int32(MSG_NOSIGNAL)) }
-            if n < 0 { if errno == EINTR { continue }; throw Failure(description: "cannot send to the API socket: \(String(cString: strerror(errno)))") }
+            if n < 0 {
+                if errno == EINTR { continue }
+                // The server may have answered (a 503 to a second client) and closed: read that.
+                sendError = errno
+                break
+            }
             sent += n
         }
+        if let e = sendError {
+            if let r = try? readResponse(fd, timeoutSeconds: 5) { return r }
+            throw Failure(description: "cannot send to the API socket: \(String(cString: strerror(e)))")
+        }
+        return try readResponse(fd, timeoutSeconds: timeoutSeconds)
+    }
+
+    static func readResponse(_ fd: Int32, timeoutSeconds: Int32) throws(Failure) -> Response {
         var received: [UInt8] = []
         var buf = [UInt8](repeating: 0, count: 16 << 10)
         let deadline = APIServer.monotonicSeconds() + UInt64(timeoutSeconds)

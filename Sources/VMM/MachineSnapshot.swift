@@ -67,17 +67,20 @@ public final class PreparedRestore: @unchecked Sendable {
         do throws(SnapshotError) {
             let snapshot = try LoadedSnapshot.read(statePath: statePath)
             try snapshot.checkMemory(limit: memoryLimit, layout: GuestMemory.regionLayout(size: snapshot.memory.bytes))
+            try snapshot.checkDisks()
+            let fd = try GuestMemorySnapshot.open(path: memoryPath, section: snapshot.memory, verifyContents: verifyMemory)
+            // Last, so that every problem with the files is reported first.
             for tag in Machine.requiredSections {
                 guard snapshot.container.payload(tag) != nil else {
+                    close(fd)
                     throw SnapshotError.unsupported("snapshot '\(statePath)' has no '\(tag)' section: the swhv that wrote it "
                         + "could not capture \(tag == SectionTag.cpu ? "vCPU" : "device") state, so it cannot be resumed")
                 }
                 guard parts.contains(where: { $0.tag == tag }) else {
+                    close(fd)
                     throw SnapshotError.unsupported("this swhv cannot restore the snapshot's '\(tag)' section yet")
                 }
             }
-            try snapshot.checkDisks()
-            let fd = try GuestMemorySnapshot.open(path: memoryPath, section: snapshot.memory, verifyContents: verifyMemory)
             return PreparedRestore(snapshot: snapshot, memoryPath: memoryPath, memoryFD: fd)
         } catch {
             throw .snapshot(error)

@@ -43,6 +43,8 @@ public enum Seccomp {
         SYS_accept, SYS_accept4, SYS_fcntl, SYS_sendto, SYS_recvfrom, SYS_setsockopt,
         SYS_open, SYS_openat, SYS_fstat, SYS_newfstatat, SYS_statx, SYS_ftruncate, SYS_fchmod,
         SYS_rename, SYS_renameat, SYS_renameat2, SYS_unlink, SYS_unlinkat,
+        // The vCPU thread stacks its own filter on this one (filters can only ever add limits).
+        SYS_seccomp,
     ].map { Int32($0) }
 
     /// Calls that fail with EACCES instead of ending swhv.
