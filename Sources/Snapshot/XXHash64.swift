@@ -10,7 +10,7 @@ public enum XXHash64 {
     static let p4: UInt64 = 0x85EB_CA77_C2B2_AE63
     static let p5: UInt64 = 0x27D4_EB2F_1656_67C5
 
-    @inline(__always) static func rotl(_ x: UInt64, _ r: UInt64) -> UInt64 { (x << r) | (x >> (64 - r)) }
+    @inline(__always) static func rotl(_ x: UInt64, _ r: UInt64) -> UInt64 { (x &<< r) | (x &>> (64 &- r)) }
 
     @inline(__always) static func round(_ acc: UInt64, _ input: UInt64) -> UInt64 {
         rotl(acc &+ input &* p2, 31) &* p1
@@ -30,15 +30,17 @@ public enum XXHash64 {
     }
 
     public static func hash(base: UnsafeRawPointer?, count: Int, seed: UInt64 = 0) -> UInt64 {
+        guard let p = base, count > 0 else { return finish(seed &+ p5, count: 0) }
         var i = 0
         var h: UInt64
-        @inline(__always) func load64(_ at: Int) -> UInt64 { UInt64(littleEndian: base!.loadUnaligned(fromByteOffset: at, as: UInt64.self)) }
-        @inline(__always) func load32(_ at: Int) -> UInt64 { UInt64(UInt32(littleEndian: base!.loadUnaligned(fromByteOffset: at, as: UInt32.self))) }
         if count >= 32 {
             var v1 = seed &+ p1 &+ p2, v2 = seed &+ p2, v3 = seed, v4 = seed &- p1
-            while i + 32 <= count {
-                v1 = round(v1, load64(i)); v2 = round(v2, load64(i + 8))
-                v3 = round(v3, load64(i + 16)); v4 = round(v4, load64(i + 24))
+            let stripes = count - 32
+            while i <= stripes {
+                v1 = round(v1, UInt64(littleEndian: p.loadUnaligned(fromByteOffset: i, as: UInt64.self)))
+                v2 = round(v2, UInt64(littleEndian: p.loadUnaligned(fromByteOffset: i + 8, as: UInt64.self)))
+                v3 = round(v3, UInt64(littleEndian: p.loadUnaligned(fromByteOffset: i + 16, as: UInt64.self)))
+                v4 = round(v4, UInt64(littleEndian: p.loadUnaligned(fromByteOffset: i + 24, as: UInt64.self)))
                 i += 32
             }
             h = rotl(v1, 1) &+ rotl(v2, 7) &+ rotl(v3, 12) &+ rotl(v4, 18)
@@ -47,26 +49,43 @@ public enum XXHash64 {
             h = seed &+ p5
         }
         h &+= UInt64(count)
+        return tail(h, p + i, count - i)
+    }
+
+    /// The bytes after the last 32-byte stripe, then the avalanche.
+    @inline(__always)
+    static func tail(_ start: UInt64, _ p: UnsafeRawPointer, _ count: Int) -> UInt64 {
+        var h = start
+        var i = 0
         while i + 8 <= count {
-            h ^= round(0, load64(i))
+            h ^= round(0, UInt64(littleEndian: p.loadUnaligned(fromByteOffset: i, as: UInt64.self)))
             h = rotl(h, 27) &* p1 &+ p4
             i += 8
         }
         if i + 4 <= count {
-            h ^= load32(i) &* p1
+            h ^= UInt64(UInt32(littleEndian: p.loadUnaligned(fromByteOffset: i, as: UInt32.self))) &* p1
             h = rotl(h, 23) &* p2 &+ p3
             i += 4
         }
         while i < count {
-            h ^= UInt64(base!.load(fromByteOffset: i, as: UInt8.self)) &* p5
+            h ^= UInt64(p.load(fromByteOffset: i, as: UInt8.self)) &* p5
             h = rotl(h, 11) &* p1
             i += 1
         }
+        return avalanche(h)
+    }
+
+    @inline(__always)
+    static func avalanche(_ x: UInt64) -> UInt64 {
+        var h = x
         h ^= h >> 33; h &*= p2
         h ^= h >> 29; h &*= p3
         h ^= h >> 32
         return h
     }
+
+    /// An empty input's hash: the length added, nothing else.
+    static func finish(_ h: UInt64, count: Int) -> UInt64 { avalanche(h &+ UInt64(count)) }
 }
 
 extension XXHash64 {
@@ -116,29 +135,9 @@ extension XXHash64 {
                 h = seed &+ p5
             }
             h &+= total
-            // The tail is what `hash` processes after its stripes: reuse it with the running state.
-            return pending.withUnsafeBytes { tail in
-                var i = 0
-                let count = tail.count
-                while i + 8 <= count {
-                    h ^= round(0, UInt64(littleEndian: tail.loadUnaligned(fromByteOffset: i, as: UInt64.self)))
-                    h = rotl(h, 27) &* p1 &+ p4
-                    i += 8
-                }
-                if i + 4 <= count {
-                    h ^= UInt64(UInt32(littleEndian: tail.loadUnaligned(fromByteOffset: i, as: UInt32.self))) &* p1
-                    h = rotl(h, 23) &* p2 &+ p3
-                    i += 4
-                }
-                while i < count {
-                    h ^= UInt64(tail[i]) &* p5
-                    h = rotl(h, 11) &* p1
-                    i += 1
-                }
-                h ^= h >> 33; h &*= p2
-                h ^= h >> 29; h &*= p3
-                h ^= h >> 32
-                return h
+            // The tail is what `hash` processes after its stripes.
+            return pending.withUnsafeBytes { t in
+                t.baseAddress.map { XXHash64.tail(h, $0, t.count) } ?? XXHash64.avalanche(h)
             }
         }
     }
