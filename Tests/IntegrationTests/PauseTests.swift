@@ -141,6 +141,15 @@ final class PauseTests: XCTestCase {
         }
     }
 
+    /// Ctrl-A x (a host stop request) on a paused VM ends it: the paused vCPU wakes and leaves.
+    func testAStopRequestEndsAPausedVM() throws {
+        let guest = try ClockGuest(accelerator: .interp)
+        try guest.controller.pause()
+        guest.machine.control.requestStop(.hostRequest)
+        XCTAssertEqual(try guest.quit()?.get(), .hostRequest)
+        XCTAssertEqual(guest.controller.runState, .stopped)
+    }
+
     /// The whole path a user takes: the API socket, a paused snapshot, resume, and a restore that
     /// refuses to start without the state this build cannot capture yet (rather than running a
     /// reset CPU over the guest's RAM).
