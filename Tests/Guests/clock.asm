@@ -11,6 +11,12 @@ bits 16
 org 0x1000
 
 COM1 equ 0x3F8
+; Variables live on their own page: stores to the page holding code would make the interpreter
+; drop and re-decode that code on every iteration (as self-modifying code costs on hardware).
+prev   equ 0x3000
+max    equ 0x3008
+window equ 0x3010
+total  equ 0x3018
 
 start:
     cli
@@ -127,9 +133,3 @@ hex32:                              ; eax as 8 hex digits
     ret
 
 label: db "clock ", 0
-
-align 8
-prev:   dq 0
-max:    dq 0
-window: dq 0
-total:  dq 0
