@@ -21,21 +21,24 @@ let package = Package(
         // The C shim: linux/kvm.h plus the ioctl request numbers Swift cannot import.
         .systemLibrary(name: "CKVM", path: "Modules/CKVM"),
         // Typed Swift over the KVM ioctls.
-        .target(name: "KVM", dependencies: ["CKVM", "CPUBackend", "VMMemory"]),
+        .target(name: "KVM", dependencies: ["CKVM", "VMCore", "CPUBackend", "VMMemory"]),
+        // What devices, the platform and both backends share: interrupt lines and controllers, the VM
+        // clock and timed devices, the PC layout, device-state values, hex and access-size helpers.
+        .target(name: "VMCore", swiftSettings: fastRelease),
         // Guest RAM: one bounds-checked view shared by loader, devices and both CPU backends.
-        .target(name: "VMMemory", swiftSettings: fastRelease),
+        .target(name: "VMMemory", dependencies: ["VMCore"], swiftSettings: fastRelease),
         // Linux x86 boot protocol: bzImage, vmlinux ELF, initrd, boot_params, e820, page tables, GDT.
-        .target(name: "LinuxLoader", dependencies: ["VMMemory", "CPUBackend", "CCompress"]),
+        .target(name: "LinuxLoader", dependencies: ["VMCore", "VMMemory", "CPUBackend", "CCompress"]),
         // zlib + liblzma headers, for decompressing bzImage payloads on the host.
         .systemLibrary(name: "CCompress", path: "Modules/CCompress"),
-        // The CPU backend protocol and the events both backends deliver to the machine.
-        .target(name: "CPUBackend", dependencies: ["VMMemory"]),
-        // Buses and devices: 16550, i8042, virtio, platform pieces. Know nothing of KVM or the interpreter.
-        .target(name: "Devices", dependencies: ["VMMemory", "CPUBackend"], swiftSettings: fastRelease),
+        // What a vCPU backend is: the protocol, its entry state, stop reasons, I/O seam and VM control.
+        .target(name: "CPUBackend", dependencies: ["VMCore"]),
+        // Buses, devices and the platform that wires them. Know nothing of KVM or the interpreter.
+        .target(name: "Devices", dependencies: ["VMCore", "VMMemory"], swiftSettings: fastRelease),
         // Host calls Swift's Glibc module lacks (memfd_create for the code cache).
         .target(name: "CHost"),
         // The x86-64 interpreter backend and its binary translator.
-        .target(name: "X86Interpreter", dependencies: ["VMMemory", "CPUBackend", "CHost"],
+        .target(name: "X86Interpreter", dependencies: ["VMCore", "VMMemory", "CPUBackend", "CHost"],
                 swiftSettings: fastRelease),
         // JSON without Foundation: values, a strict bounded parser, Codable encoder/decoder.
         .target(name: "JSONCoding"),
@@ -59,12 +62,14 @@ let package = Package(
 
         .testTarget(name: "VMMemoryTests", dependencies: ["VMMemory"]),
         .testTarget(name: "LinuxLoaderTests", dependencies: ["LinuxLoader", "VMMemory", "CPUBackend"]),
-        .testTarget(name: "DevicesTests", dependencies: ["Devices", "VMMemory", "CPUBackend"]),
+        .testTarget(name: "DevicesTests", dependencies: ["Devices", "VMCore", "VMMemory", "CPUBackend"]),
         .testTarget(name: "X86InterpreterTests", dependencies: ["X86Interpreter", "VMMemory", "CPUBackend"],
                     exclude: ["Vectors", "FuzzCorpus"]),   // oracle vectors and fuzz corpus: read at run time from the source tree
         .testTarget(name: "IntegrationTests", dependencies: ["KVM", "VMM", "VMMemory", "LinuxLoader", "CPUBackend", "Devices",
                                                            "APIServer", "Snapshot", "JSONCoding"]),
         .testTarget(name: "CLITests", dependencies: []),
+        .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM", "CPUBackend"]),
+        .testTarget(name: "CPUBackendTests", dependencies: ["CPUBackend"]),
         .testTarget(name: "SnapshotTests", dependencies: ["Snapshot", "JSONCoding", "VMMemory"]),
         .testTarget(name: "APIServerTests", dependencies: ["APIServer", "JSONCoding"]),
 

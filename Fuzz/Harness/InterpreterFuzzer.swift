@@ -63,7 +63,7 @@ public final class InterpreterFuzzer {
         cpu.interceptedException = nil
         let mode = flags & 3
         cpu.interceptExceptions = flags & 4 != 0 || mode == 2
-        do { try cpu.setEntryState(entryState(mode: mode, flags: flags)) } catch { return }
+        cpu.setEntryState(entryState(mode: mode, flags: flags))
 
         let start = cpu.instructionsRetired
         var lastRIP = UInt64.max, sameRIP = 0

@@ -22,12 +22,13 @@ public final class PciFuzzer {
             let blk = try VirtioBlock(path: disk.path, readOnly: input.u8() & 1 == 1)
             _ = try root.add(try VirtioPciDevice(device: blk, memory: memory, interrupts: irq,
                                                  intx: IRQLine(controller: irq, gsi: 11)))
-            try root.register(ports: ports, mmio: mmio)
+            try ports.register(root, name: "pci-config", at: PCLayout.Port.pciConfig)
+            try mmio.register(root.mmioWindow, name: "pci-mmio", at: root.window)
         } catch {
             fuzzCheck(false, "cannot build the PCI topology: \(error)")
             return
         }
-        let bar = PciRoot.defaultMmioBase
+        let bar = root.mmioBase
         while !input.isAtEnd {
             switch input.u8() % 8 {
             case 0:  // CONFIG_ADDRESS with the enable bit, a device and a register
@@ -55,7 +56,7 @@ public final class PciFuzzer {
                 let off = UInt64(input.u16()) & 0x7FFF
                 mmio.write(bar + off, size: input.accessSize(), value: input.u64())
             case 6:  // anywhere in the 256 MiB window (BARs may have moved)
-                let off = UInt64(input.u32()) % PciRoot.defaultMmioSize
+                let off = UInt64(input.u32()) % root.mmioSize
                 if input.u8() & 1 == 0 {
                     mmio.write(bar + off, size: input.accessSize(), value: input.u64())
                 } else {

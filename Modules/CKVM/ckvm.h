@@ -1,10 +1,13 @@
-// CKVM: linux/kvm.h for Swift, plus the ioctl request numbers.
+// CKVM: linux/kvm.h for Swift, plus what its macros and anonymous unions hide from Swift.
 // The KVM_* request numbers are built by function-like _IO*/_IOR/_IOW macros, which Swift cannot
-// import; each one swhv uses is re-exported here as a constant-returning inline function. Nothing else.
+// import; each one swhv uses is re-exported here as a constant-returning inline function. The exit
+// data of struct kvm_run sits in an anonymous union that Swift reaches only through copies, so the
+// offsets of the fields swhv decodes are exported the same way (offsetof). Nothing else.
 #ifndef CKVM_H
 #define CKVM_H
 
 #include <linux/kvm.h>
+#include <stddef.h>
 #include <sys/ioctl.h>
 
 #define CKVM_REQ(name) static inline unsigned long CKVM_##name(void) { return (unsigned long)(name); }
@@ -55,4 +58,29 @@ CKVM_REQ(KVM_GET_DEVICE_ATTR)
 CKVM_REQ(KVM_SET_DEVICE_ATTR)
 
 #undef CKVM_REQ
+
+#define CKVM_RUN_OFFSET(name, member) \
+    static inline size_t CKVM_RUN_##name(void) { return offsetof(struct kvm_run, member); }
+
+CKVM_RUN_OFFSET(EXIT_REASON, exit_reason)
+CKVM_RUN_OFFSET(IO_DIRECTION, io.direction)
+CKVM_RUN_OFFSET(IO_SIZE, io.size)
+CKVM_RUN_OFFSET(IO_PORT, io.port)
+CKVM_RUN_OFFSET(IO_COUNT, io.count)
+CKVM_RUN_OFFSET(IO_DATA_OFFSET, io.data_offset)
+CKVM_RUN_OFFSET(MMIO_PHYS_ADDR, mmio.phys_addr)
+CKVM_RUN_OFFSET(MMIO_DATA, mmio.data)
+CKVM_RUN_OFFSET(MMIO_LEN, mmio.len)
+CKVM_RUN_OFFSET(MMIO_IS_WRITE, mmio.is_write)
+CKVM_RUN_OFFSET(FAIL_ENTRY_REASON, fail_entry.hardware_entry_failure_reason)
+CKVM_RUN_OFFSET(FAIL_ENTRY_CPU, fail_entry.cpu)
+CKVM_RUN_OFFSET(INTERNAL_SUBERROR, internal.suberror)
+CKVM_RUN_OFFSET(INTERNAL_NDATA, internal.ndata)
+CKVM_RUN_OFFSET(INTERNAL_DATA, internal.data)
+CKVM_RUN_OFFSET(EMULATION_FLAGS, emulation_failure.flags)
+CKVM_RUN_OFFSET(EMULATION_INSN_SIZE, emulation_failure.insn_size)
+CKVM_RUN_OFFSET(EMULATION_INSN_BYTES, emulation_failure.insn_bytes)
+CKVM_RUN_OFFSET(SYSTEM_EVENT_TYPE, system_event.type)
+
+#undef CKVM_RUN_OFFSET
 #endif

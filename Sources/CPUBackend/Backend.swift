@@ -1,8 +1,7 @@
-import VMMemory
+// A backend's interface is stated in VMCore's terms (interrupt controllers, the VM clock, timed
+// devices): whoever imports CPUBackend gets them too.
+@_exported import VMCore
 import Synchronization
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// Where a vCPU's port I/O and MMIO accesses go. The machine implements it over its buses; both CPU
 /// backends call it synchronously from the vCPU thread, in guest program order.
@@ -39,32 +38,13 @@ public enum VcpuStop: Equatable, Sendable, CustomStringConvertible {
     }
 }
 
-/// A vCPU failure that is not a guest-visible event: a broken entry state, an emulation error.
-public enum VcpuError: Error, Equatable, CustomStringConvertible {
-    /// KVM_EXIT_FAIL_ENTRY: the hardware refused the vCPU state.
-    case failEntry(reason: UInt64)
-    /// KVM_EXIT_INTERNAL_ERROR, with what KVM reported about it (guest RIP, instruction bytes).
-    case internalError(suberror: UInt32, detail: String)
-    /// An exit or instruction swhv does not handle.
-    case unhandled(String)
-
-    public var description: String {
-        switch self {
-        case .failEntry(let r): return "vCPU entry failed (hardware reason 0x\(String(r, radix: 16)))"
-        case .internalError(let s, let d):
-            let kind = s == 1 ? "the host could not emulate a guest instruction" : "suberror \(s)"
-            return "KVM internal error: \(kind)" + (d.isEmpty ? "" : " (\(d))")
-        case .unhandled(let s): return s
-        }
-    }
-}
-
 /// Stop requests shared by devices, the console thread and the vCPU. Thread-safe.
 public final class VMControl: Sendable {
     // 0 = running; otherwise 1 + index into `reasons`.
     private let state = Atomic<Int>(0)
     private static let reasons: [VcpuStop] = [.reset, .poweroff, .shutdown, .haltedForever, .hostRequest]
-    private let kickers = Mutex<[@Sendable () -> Void]>([])
+    private let kickers = Mutex<[(id: Int, kick: @Sendable () -> Void)]>([])
+    private let nextKickerID = Atomic<Int>(0)
 
     public init() {}
 
@@ -72,8 +52,7 @@ public final class VMControl: Sendable {
     public func requestStop(_ reason: VcpuStop) {
         let code = VMControl.reasons.firstIndex(of: reason)! + 1
         _ = state.compareExchange(expected: 0, desired: code, ordering: .sequentiallyConsistent)
-        let ks = kickers.withLock { $0 }
-        for k in ks { k() }
+        kick()
     }
 
     /// The pending stop request, if any. Cheap enough to poll between instruction blocks.
@@ -83,9 +62,26 @@ public final class VMControl: Sendable {
         return s == 0 ? nil : VMControl.reasons[s - 1]
     }
 
-    /// Registers a way to interrupt a vCPU blocked in the hypervisor or asleep in HLT.
-    public func addKicker(_ kick: @escaping @Sendable () -> Void) {
-        kickers.withLock { $0.append(kick) }
+    /// Registers a way to interrupt a vCPU blocked in the hypervisor or asleep in HLT. A backend that
+    /// registers one for a `run` removes it with the returned id when the run ends.
+    @discardableResult
+    public func addKicker(_ kick: @escaping @Sendable () -> Void) -> Int {
+        let id = nextKickerID.wrappingAdd(1, ordering: .relaxed).oldValue
+        kickers.withLock { $0.append((id, kick)) }
+        return id
+    }
+
+    public func removeKicker(_ id: Int) {
+        kickers.withLock { $0.removeAll { $0.id == id } }
+    }
+
+    /// Kickers registered now (a vCPU in `run` has one).
+    public var kickerCount: Int { kickers.withLock { $0.count } }
+
+    /// Interrupts the vCPU (it then polls stop requests, posted work and timers). Thread-safe.
+    public func kick() {
+        let ks = kickers.withLock { $0 }
+        for k in ks { k.kick() }
     }
 
     // Work posted by other threads (console input, timers) to run on the vCPU thread, so devices are
@@ -97,8 +93,7 @@ public final class VMControl: Sendable {
     public func post(_ work: @escaping @Sendable () -> Void) {
         posted.withLock { $0.append(work) }
         hasPostedFlag.store(true, ordering: .sequentiallyConsistent)
-        let ks = kickers.withLock { $0 }
-        for k in ks { k() }
+        kick()
     }
 
     /// True when posted work is waiting. Cheap enough to poll between instruction blocks.
@@ -112,94 +107,6 @@ public final class VMControl: Sendable {
         let work = posted.withLock { w -> [@Sendable () -> Void] in let x = w; w.removeAll(); return x }
         for w in work { w() }
     }
-}
-
-/// A monotonic VM clock in nanoseconds since the VM was created. TSC, PIT, APIC timer and RTC all
-/// derive from this one clock so the guest sees consistent time. It stops while the VM is paused
-/// (`freeze`/`thaw`), so after a resume the guest's time has not jumped by the pause; a restored
-/// VM's clock starts where the snapshot's stopped.
-public final class VirtualClock: Sendable {
-    /// Host monotonic ns at which this clock read 0; moved forward by each pause's length.
-    private let origin: Atomic<UInt64>
-    /// While frozen: 1 + the reading it is frozen at; 0 while running.
-    private let frozen = Atomic<UInt64>(0)
-
-    public init(startingAt ns: UInt64 = 0) { origin = Atomic(VirtualClock.hostMonotonicNs() &- ns) }
-
-    /// Nanoseconds of VM time (since the clock was created, pauses excluded).
-    @inline(__always)
-    public var nowNs: UInt64 {
-        let f = frozen.load(ordering: .acquiring)
-        if f != 0 { return f &- 1 }
-        return VirtualClock.hostMonotonicNs() &- origin.load(ordering: .relaxed)
-    }
-
-    public var isFrozen: Bool { frozen.load(ordering: .acquiring) != 0 }
-
-    /// Stops the clock at its current reading (the VM is being paused).
-    public func freeze() {
-        guard !isFrozen else { return }
-        frozen.store(nowNs &+ 1, ordering: .releasing)
-    }
-
-    /// Sets the reading (a restored VM continues from its snapshot's time). Before the VM runs.
-    public func reset(to ns: UInt64) {
-        origin.store(VirtualClock.hostMonotonicNs() &- ns, ordering: .relaxed)
-        if isFrozen { frozen.store(ns &+ 1, ordering: .releasing) }
-    }
-
-    /// Lets the clock run on from where it stopped.
-    public func thaw() {
-        let f = frozen.load(ordering: .acquiring)
-        guard f != 0 else { return }
-        origin.store(VirtualClock.hostMonotonicNs() &- (f &- 1), ordering: .relaxed)
-        frozen.store(0, ordering: .releasing)
-    }
-
-    @inline(__always)
-    public static func hostMonotonicNs() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
-    }
-}
-
-/// The interrupt request line of the 8259 pair (INTR), as the interpreter's local APIC sees it on LINT0.
-public protocol ExternalInterrupts: AnyObject {
-    /// True when the PIC asserts INTR (an unmasked request with higher priority than any in service).
-    var interruptPending: Bool { get }
-    /// The INTA cycle: returns the vector and moves the request from IRR to ISR.
-    func acknowledge() -> UInt8
-}
-
-/// A device with timers the interpreter must advance (PIT, RTC). KVM models these in the kernel.
-public protocol TimedDevice: AnyObject {
-    /// Advances the device to `now` (VirtualClock ns), raising interrupts that fell due.
-    /// Returns the next time it needs to be advanced, or nil if no timer is armed.
-    func advance(to now: UInt64) -> UInt64?
-}
-
-/// How devices raise interrupts. KVM implements it with its in-kernel irqchip; the interpreter with
-/// its own PIC/IOAPIC/LAPIC models. Devices only ever see this protocol.
-public protocol InterruptController: AnyObject, Sendable {
-    /// Sets the level of an interrupt line (GSI). Edge-triggered users call it with true then false.
-    func setIRQ(_ gsi: UInt32, level: Bool)
-    /// Delivers a message-signalled interrupt.
-    func signalMSI(address: UInt64, data: UInt32)
-}
-
-/// One interrupt line of a device: a controller and a GSI number.
-public struct IRQLine: Sendable {
-    public let controller: any InterruptController
-    public let gsi: UInt32
-    public init(controller: any InterruptController, gsi: UInt32) {
-        self.controller = controller
-        self.gsi = gsi
-    }
-    public func raise() { controller.setIRQ(gsi, level: true) }
-    public func lower() { controller.setIRQ(gsi, level: false) }
-    /// An edge: raise then lower.
-    public func pulse() { raise(); lower() }
 }
 
 /// A segment register as both backends understand it (the fields of KVM's `kvm_segment`).
@@ -272,18 +179,23 @@ public struct CPUEntryState: Equatable, Sendable {
 /// A CPU backend: something that runs guest code on guest memory and reports port/MMIO accesses.
 /// Two implementations: the KVM vCPU and the x86-64 interpreter.
 public protocol VcpuBackend: AnyObject {
+    /// What goes wrong running this backend, kept whole for the machine (the interpreter: `Never`).
+    associatedtype Failure: Error
     /// A one-line name for messages, e.g. "kvm" or "interpreter".
     var name: String { get }
     /// Loads the architectural state the vCPU starts from.
-    func setEntryState(_ state: CPUEntryState) throws
+    func setEntryState(_ state: CPUEntryState) throws(Failure)
     /// Runs guest code until it stops. Port/MMIO accesses are delivered to `io` synchronously.
-    /// Returns when the guest stops (or `control` asks it to); throws `VcpuError` on failures.
-    func run(io: IOHandler, control: VMControl) throws -> VcpuStop
+    /// Returns when the guest stops (or `control` asks it to).
+    func run(io: IOHandler, control: VMControl) throws(Failure) -> VcpuStop
     /// Guest instructions executed so far, where the backend counts them (the interpreter does;
     /// hardware virtualization does not).
     var guestInstructionCount: UInt64? { get }
+    /// A line about how the backend ran the guest (the translator's share), for `--boot-timer`.
+    var statisticsReport: String? { get }
 }
 
 extension VcpuBackend {
     public var guestInstructionCount: UInt64? { nil }
+    public var statisticsReport: String? { nil }
 }

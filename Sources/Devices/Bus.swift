@@ -1,3 +1,5 @@
+import VMCore
+
 /// A device register window on a bus. `offset` is relative to the start of the range the device was
 /// registered at. Sizes are 1, 2, 4 or 8 bytes; values are little-endian, zero-extended.
 /// Devices are only ever called on the vCPU thread (other threads post work through `VMControl`),
@@ -15,7 +17,7 @@ public enum BusError: Error, Equatable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .overlap(let n, let b, let l, let e):
-            return "device \(n) at 0x\(String(b, radix: 16))+0x\(String(l, radix: 16)) overlaps \(e)"
+            return "device \(n) at \(hex(b))+\(hex(l)) overlaps \(e)"
         case .emptyRange(let n): return "device \(n) has an empty address range"
         }
     }
@@ -43,8 +45,13 @@ public final class Bus {
 
     public init(name: String) { self.name = name }
 
+    /// Registers `device` on `range` (from `PCLayout`).
+    public func register(_ device: BusDevice, name: String, at range: BusRange) throws(BusError) {
+        try register(device, name: name, base: range.base, length: range.length)
+    }
+
     /// Registers `device` at `[base, base+length)`. Refuses empty ranges, wrap-around and overlaps.
-    public func register(_ device: BusDevice, name: String, base: UInt64, length: UInt64) throws {
+    public func register(_ device: BusDevice, name: String, base: UInt64, length: UInt64) throws(BusError) {
         guard length > 0, base.addingReportingOverflow(length - 1).overflow == false else {
             throw BusError.emptyRange(name: name)
         }
@@ -74,7 +81,7 @@ public final class Bus {
         if let e = find(address) { return e.device.read(offset: address - e.base, size: size) }
         unhandledReads += 1
         onUnhandled?(address, size, false)
-        return size >= 8 ? UInt64.max : (UInt64(1) << (UInt64(size) * 8)) - 1
+        return allOnes(size: size)
     }
 
     public func write(_ address: UInt64, size: Int, value: UInt64) {

@@ -1,10 +1,10 @@
-import CPUBackend
+import VMCore
 #if canImport(Glibc)
 import Glibc
 #endif
 
 /// A calendar time as the MC146818 counts it (UTC, like a PC RTC under Linux).
-public struct RtcDateTime: Equatable, Sendable {
+public struct RtcDateTime: Codable, Equatable, Sendable {
     public var year: Int       // full year, e.g. 2024
     public var month: Int      // 1-12
     public var day: Int        // 1-31
@@ -116,11 +116,6 @@ public final class CmosRtc: BusDevice, TimedDevice {
         periodicStartNs = t
     }
 
-    /// Registers the index and data ports (0x70-0x71) on a port I/O bus.
-    public func register(on bus: Bus) throws {
-        try bus.register(self, name: "cmos-rtc", base: 0x70, length: 2)
-    }
-
     /// Fills the CMOS memory-size bytes a PC BIOS leaves for the OS (the layout QEMU uses):
     /// base and extended memory in KiB, memory between 16 MiB and 4 GiB and above 4 GiB in 64 KiB units.
     public func setMemorySize(belowFourGiB low: UInt64, aboveFourGiB high: UInt64) {
@@ -146,14 +141,14 @@ public final class CmosRtc: BusDevice, TimedDevice {
     // MARK: Ports
 
     public func read(offset: UInt64, size: Int) -> UInt64 {
-        PlatformPortIO.read(offset: offset, size: size, length: 2) { port in
+        ByteWidePorts.read(offset: offset, size: size, length: 2) { port in
             // The index register is write-only.
             port == 0 ? 0xFF : readRegister(index)
         }
     }
 
     public func write(offset: UInt64, size: Int, value: UInt64) {
-        PlatformPortIO.write(offset: offset, size: size, value: value, length: 2) { port, byte in
+        ByteWidePorts.write(offset: offset, size: size, value: value, length: 2) { port, byte in
             // Bit 7 of the index port masks NMI on a PC; there are no NMI sources here to mask.
             if port == 0 { index = Int(byte & 0x7F) } else { writeRegister(index, byte) }
         }
@@ -381,4 +376,47 @@ public final class CmosRtc: BusDevice, TimedDevice {
     }
 
     static func floorMod(_ a: Int64, _ b: Int64) -> Int64 { a - floorDiv(a, b) * b }
+}
+
+// MARK: State
+
+extension CmosRtc: StatefulDevice {
+    /// CMOS RAM and registers, the clock (wall time = `wallBaseNs` + VM clock ns), a clock held by
+    /// register B's SET bit, register C's flags and the periodic-interrupt phase.
+    public struct State: DeviceState {
+        public static let currentVersion: UInt32 = 1
+        public var version = State.currentVersion
+        public var cmos: [UInt8]
+        public var index: UInt8
+        public var wallBaseNs: Int64
+        public var heldTime: RtcDateTime?
+        public var flagsC: UInt8
+        public var lastSecond: Int64
+        public var periodicStartNs: UInt64
+        public var periodicIndex: UInt64
+        public var interruptLine: Bool
+    }
+
+    public func captureState() -> State {
+        State(cmos: cmos, index: UInt8(truncatingIfNeeded: index), wallBaseNs: wallBaseNs, heldTime: heldTime,
+              flagsC: flagsC, lastSecond: lastSecond, periodicStartNs: periodicStartNs, periodicIndex: periodicIndex,
+              interruptLine: irqRaised)
+    }
+
+    public func restoreState(_ s: State) throws(DeviceStateError) {
+        try s.checkVersion(device: "CMOS RTC")
+        guard s.cmos.count == 128, s.index < 128, s.periodicIndex < .max else {
+            throw .invalid(device: "CMOS RTC", reason: "CMOS size, index or periodic phase out of range")
+        }
+        // Date arithmetic assumes a calendar date (and years that fit it).
+        if let t = s.heldTime {
+            guard (0...9999).contains(t.year), (1...12).contains(t.month), (1...31).contains(t.day),
+                  (0...23).contains(t.hour), (0...59).contains(t.minute), (0...59).contains(t.second) else {
+                throw .invalid(device: "CMOS RTC", reason: "held time \(t) is not a date")
+            }
+        }
+        (cmos, index, wallBaseNs, heldTime) = (s.cmos, Int(s.index), s.wallBaseNs, s.heldTime)
+        (flagsC, lastSecond, periodicStartNs, periodicIndex) = (s.flagsC, s.lastSecond, s.periodicStartNs, s.periodicIndex)
+        irqRaised = s.interruptLine
+    }
 }

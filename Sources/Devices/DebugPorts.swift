@@ -1,11 +1,10 @@
+import VMCore
+
 /// A port range that accepts writes and reads a constant: for ports the guest pokes without needing
 /// an answer, such as the POST code port 0x80 (Linux's `outb_p` delay writes there).
 /// Claiming them keeps them out of the bus's unhandled-access log.
 public final class PortSink: BusDevice {
     public enum ReadValue: Sendable { case zero, allOnes }
-
-    /// The POST diagnostic port.
-    public static let postCodePort: UInt16 = 0x80
 
     private let readValue: ReadValue
     /// Writes seen, and the last value written (for POST codes).
@@ -18,7 +17,7 @@ public final class PortSink: BusDevice {
     public func read(offset: UInt64, size: Int) -> UInt64 {
         switch readValue {
         case .zero: return 0
-        case .allOnes: return size >= 8 ? UInt64.max : (UInt64(1) << (UInt64(max(size, 0)) * 8)) - 1
+        case .allOnes: return VMCore.allOnes(size: size)
         }
     }
 
@@ -47,7 +46,7 @@ public enum BootMilestone: Equatable, Sendable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .userspaceUp: return "userspace up"
-        case .other(let v): return "boot marker 0x\(String(v, radix: 16))"
+        case .other(let v): return "boot marker \(hex(v))"
         }
     }
 }
@@ -63,11 +62,9 @@ public struct BootTimerEvent: Equatable, Sendable {
     }
 }
 
-/// A one-byte port (0x440) the guest writes to mark boot progress, so the host can measure boot time
+/// A one-byte register (port 0x440, also MMIO) the guest writes to mark boot progress, so the host can measure boot time
 /// without parsing the console: a test initrd writes 0x01 as soon as its init runs.
 public final class BootTimerPort: BusDevice {
-    public static let port: UInt16 = 0x440
-    public static let length: UInt64 = 1
     /// Events kept in `events`; later ones are only counted and passed to `onSignal`, so a guest
     /// writing in a loop cannot grow host memory.
     public static let maxRecordedEvents = 64

@@ -1,4 +1,4 @@
-import CPUBackend
+import VMCore
 
 /// The PS/2 controller (i8042) with a keyboard that never types: enough for Linux to probe it
 /// quickly, find no mouse, and reboot through it (`reboot=k`).
@@ -9,14 +9,9 @@ import CPUBackend
 /// kernel's probe does not sit through timeouts, and it makes the AUX (mouse) probe fail at once.
 ///
 /// Two byte-wide ports: data at 0x60 and status/command at 0x64. Port 0x61 (PC speaker / NMI
-/// status) sits between them and belongs to the PIT, so the ports are registered separately
-/// (`register(on:)`).
+/// status) sits between them and belongs to the PIT, so the ports are two bus devices,
+/// `dataPortDevice` and `commandPortDevice`.
 public final class I8042 {
-    public static let dataPort: UInt16 = 0x60
-    public static let commandPort: UInt16 = 0x64
-    public static let keyboardIRQ: UInt32 = 1
-    /// The bus ranges `register(on:)` claims: (base, length).
-    public static let busRanges: [(base: UInt64, length: UInt64)] = [(0x60, 1), (0x64, 1)]
     /// Output buffer depth. Real controllers hold one byte and the keyboard holds the rest; the
     /// longest sequence we produce (Ctrl+Alt+Del press and release in set 2) is 11 bytes.
     public static let outputCapacity = 16
@@ -34,7 +29,7 @@ public final class I8042 {
     private static let ctrTranslate: UInt8 = 0x40
 
     /// Controller commands that take a parameter byte through port 0x60.
-    private enum PendingParameter {
+    public enum PendingParameter: Codable, Equatable, Sendable {
         case none
         case writeConfiguration             // 0x60
         case writeOutputPort                // 0xD1
@@ -77,17 +72,9 @@ public final class I8042 {
         self.irq = keyboardIRQ
     }
 
-    /// Registers the data port (0x60) and the status/command port (0x64) on `bus`.
-    public func register(on bus: Bus) throws {
-        try bus.register(PortView(self, isData: true), name: "i8042-data",
-                         base: UInt64(Self.dataPort), length: 1)
-        try bus.register(PortView(self, isData: false), name: "i8042-command",
-                         base: UInt64(Self.commandPort), length: 1)
-    }
-
-    /// The data port as a one-byte bus device (what `register(on:)` puts at 0x60).
+    /// The data port (0x60) as a one-byte bus device.
     public var dataPortDevice: BusDevice { PortView(self, isData: true) }
-    /// The status/command port as a one-byte bus device (what `register(on:)` puts at 0x64).
+    /// The status/command port (0x64) as a one-byte bus device.
     public var commandPortDevice: BusDevice { PortView(self, isData: false) }
 
     /// True while the keyboard interrupt line is high.
@@ -262,7 +249,7 @@ public final class I8042 {
     fileprivate func busRead(isData: Bool, size: Int) -> UInt64 {
         guard size == 1 else {
             wideAccesses += 1
-            return size >= 8 ? UInt64.max : (UInt64(1) << (UInt64(max(size, 0)) * 8)) - 1
+            return allOnes(size: size)
         }
         return UInt64(isData ? readData() : readStatus())
     }
@@ -271,6 +258,44 @@ public final class I8042 {
         guard size == 1 else { wideAccesses += 1; return }
         let byte = UInt8(truncatingIfNeeded: value)
         if isData { writeData(byte) } else { writeCommand(byte) }
+    }
+}
+
+// MARK: State
+
+extension I8042: StatefulDevice {
+    /// The configuration byte, output port, the parameter a command waits for, the bytes waiting at
+    /// port 0x60 and the keyboard interrupt line level.
+    public struct State: DeviceState {
+        public static let currentVersion: UInt32 = 1
+        public var version = State.currentVersion
+        public var configuration: UInt8
+        public var outputPort: UInt8
+        public var lastWasCommand: Bool
+        public var pending: PendingParameter
+        public var output: [OutputByte]
+        public var interruptLine: Bool
+    }
+
+    public struct OutputByte: Codable, Equatable, Sendable {
+        public var byte: UInt8
+        /// Keyboard bytes raise IRQ 1; controller answers do not.
+        public var fromKeyboard: Bool
+    }
+
+    public func captureState() -> State {
+        State(configuration: configuration, outputPort: outputPort, lastWasCommand: lastWasCommand, pending: pending,
+              output: output.map { OutputByte(byte: $0.byte, fromKeyboard: $0.fromKeyboard) }, interruptLine: lineLevel)
+    }
+
+    public func restoreState(_ s: State) throws(DeviceStateError) {
+        try s.checkVersion(device: "i8042")
+        guard s.output.count <= Self.outputCapacity else {
+            throw .invalid(device: "i8042", reason: "\(s.output.count) output bytes (at most \(Self.outputCapacity))")
+        }
+        (configuration, outputPort, lastWasCommand, pending) = (s.configuration, s.outputPort, s.lastWasCommand, s.pending)
+        output = s.output.map { ($0.byte, $0.fromKeyboard) }
+        lineLevel = s.interruptLine
     }
 }
 

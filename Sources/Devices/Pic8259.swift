@@ -1,7 +1,8 @@
-import CPUBackend
+import VMCore
 
 /// One 8259A: the register state of a single chip. The pair wires two of them in the PC cascade.
-struct Pic8259Chip {
+/// As a value it is also the chip's saved state (`Pic8259Pair.State`).
+public struct Pic8259Chip: Codable, Equatable, Sendable {
     /// Interrupt request register: latched requests waiting for INTA.
     var irr: UInt8 = 0
     /// Interrupt mask register (OCW1).
@@ -272,15 +273,8 @@ public final class Pic8259Pair: ExternalInterrupts {
     }
 
     /// A `BusDevice` for one window: register `ports(.master)` at 0x20, `ports(.slave)` at 0xA0 and
-    /// `ports(.elcr)` at 0x4D0, each 2 ports long. Or call `register(on:)`.
+    /// `ports(.elcr)` at 0x4D0, each 2 ports long.
     public func ports(_ window: Window) -> Pic8259Port { Pic8259Port(pair: self, window: window) }
-
-    /// Registers the master (0x20-0x21), slave (0xA0-0xA1) and ELCR (0x4D0-0x4D1) on a port I/O bus.
-    public func register(on bus: Bus) throws {
-        try bus.register(ports(.master), name: "pic-master", base: 0x20, length: 2)
-        try bus.register(ports(.slave), name: "pic-slave", base: 0xA0, length: 2)
-        try bus.register(ports(.elcr), name: "pic-elcr", base: 0x4D0, length: 2)
-    }
 
     // MARK: Inspection (debugging, tests)
 
@@ -303,35 +297,39 @@ public final class Pic8259Port: BusDevice {
     }
 
     public func read(offset: UInt64, size: Int) -> UInt64 {
-        PlatformPortIO.read(offset: offset, size: size, length: 2) { pair.readByte(window, index: Int($0)) }
+        ByteWidePorts.read(offset: offset, size: size, length: 2) { pair.readByte(window, index: Int($0)) }
     }
 
     public func write(offset: UInt64, size: Int, value: UInt64) {
-        PlatformPortIO.write(offset: offset, size: size, value: value, length: 2) {
+        ByteWidePorts.write(offset: offset, size: size, value: value, length: 2) {
             pair.writeByte(window, index: Int($0), value: $1)
         }
     }
 }
 
-/// Splits a wide port access into byte cycles on consecutive ports, as the ISA bus does for byte-wide
-/// devices. Bytes that fall outside the device's `length` ports read as 0xFF and are dropped on write.
-enum PlatformPortIO {
-    static func read(offset: UInt64, size: Int, length: UInt64, byte: (UInt64) -> UInt8) -> UInt64 {
-        var result: UInt64 = 0
-        for i in 0..<min(max(size, 1), 8) {
-            let port = offset.addingReportingOverflow(UInt64(i))
-            let b: UInt8 = !port.overflow && port.partialValue < length ? byte(port.partialValue) : 0xFF
-            result |= UInt64(b) << (UInt64(i) * 8)
-        }
-        return result
+// MARK: State
+
+extension Pic8259Pair: StatefulDevice {
+    /// Both chips' registers, initialization progress and input line levels.
+    public struct State: DeviceState {
+        public static let currentVersion: UInt32 = 1
+        public var version = State.currentVersion
+        public var master: Pic8259Chip
+        public var slave: Pic8259Chip
     }
 
-    static func write(offset: UInt64, size: Int, value: UInt64, length: UInt64, byte: (UInt64, UInt8) -> Void) {
-        for i in 0..<min(max(size, 1), 8) {
-            let port = offset.addingReportingOverflow(UInt64(i))
-            if !port.overflow && port.partialValue < length {
-                byte(port.partialValue, UInt8(truncatingIfNeeded: value >> (UInt64(i) * 8)))
+    public func captureState() -> State { State(master: master, slave: slave) }
+
+    public func restoreState(_ s: State) throws(DeviceStateError) {
+        try s.checkVersion(device: "8259 PIC")
+        for (chip, isMaster) in [(s.master, true), (s.slave, false)] {
+            let wired = Pic8259Chip(isMaster: isMaster)
+            guard chip.isMaster == isMaster, chip.elcrMask == wired.elcrMask, chip.elcr & ~wired.elcrMask == 0,
+                  (0...3).contains(chip.initState), chip.priorityAdd < 8 else {
+                throw .invalid(device: "8259 PIC", reason: "\(isMaster ? "master" : "slave") registers out of range")
             }
         }
+        (master, slave) = (s.master, s.slave)
+        update()
     }
 }

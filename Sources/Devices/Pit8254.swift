@@ -1,8 +1,9 @@
-import CPUBackend
+import VMCore
 
 /// One counter of the 8254. Time is kept as input-clock ticks elapsed since counting (re)started, so
-/// reading a counter or OUT is arithmetic on the clock, never a per-tick simulation.
-struct PitChannel {
+/// reading a counter or OUT is arithmetic on the clock, never a per-tick simulation. As a value it is
+/// also the counter's saved state (`Pit8254.State`; times are VM clock nanoseconds).
+public struct PitChannel: Codable, Equatable, Sendable {
     /// Counting mode 0-5 (control-word modes 6 and 7 are aliases of 2 and 3).
     var mode: UInt8 = 0
     /// Read/write access: 1 = LSB only, 2 = MSB only, 3 = LSB then MSB.
@@ -88,9 +89,9 @@ struct PitChannel {
 /// The 8254 programmable interval timer at ports 0x40-0x43 (channel 0 drives IRQ 0, channel 2 the
 /// speaker and port 0x61 bit 5). Counts at 1.193182 MHz of virtual time. Called only on the vCPU thread.
 ///
-/// Register it with `register(on:)` (0x40-0x43 and, through `speakerPort`, 0x61), and advance it
-/// through `TimedDevice`: call `advance(to:)` when the returned deadline passes and after the guest
-/// writes to the PIT (a new count changes the deadline; `onReprogram` reports that too).
+/// The counters are four ports; port 0x61 is a separate device, `speakerPort`. Advance it through
+/// `TimedDevice`: call `advance(to:)` when the returned deadline passes and after the guest writes
+/// to the PIT (a new count changes the deadline; `onReprogram` reports that too).
 public final class Pit8254: BusDevice, TimedDevice {
     /// The input clock: 1.193182 MHz.
     public static let frequency: UInt64 = 1_193_182
@@ -120,12 +121,6 @@ public final class Pit8254: BusDevice, TimedDevice {
         self.now = now
     }
 
-    /// Registers the counters (0x40-0x43) and system control port B (0x61) on a port I/O bus.
-    public func register(on bus: Bus) throws {
-        try bus.register(self, name: "pit", base: 0x40, length: 4)
-        try bus.register(speakerPort, name: "pit-port61", base: 0x61, length: 1)
-    }
-
     /// The device for port 0x61 (system control port B): bit 0 gate of channel 2, bit 1 speaker enable,
     /// bit 4 refresh toggle, bit 5 OUT of channel 2.
     public var speakerPort: SpeakerPort { SpeakerPort(pit: self) }
@@ -133,11 +128,11 @@ public final class Pit8254: BusDevice, TimedDevice {
     // MARK: Counter ports
 
     public func read(offset: UInt64, size: Int) -> UInt64 {
-        PlatformPortIO.read(offset: offset, size: size, length: 4) { readByte($0) }
+        ByteWidePorts.read(offset: offset, size: size, length: 4) { readByte($0) }
     }
 
     public func write(offset: UInt64, size: Int, value: UInt64) {
-        PlatformPortIO.write(offset: offset, size: size, value: value, length: 4) { writeByte($0, $1) }
+        ByteWidePorts.write(offset: offset, size: size, value: value, length: 4) { writeByte($0, $1) }
     }
 
     private func readByte(_ offset: UInt64) -> UInt8 {
@@ -408,17 +403,49 @@ public final class Pit8254: BusDevice, TimedDevice {
     }
 }
 
+// MARK: State
+
+extension Pit8254: StatefulDevice {
+    /// The three counters, port 0x61's latch and when IRQ 0 last fired (VM clock ns).
+    public struct State: DeviceState {
+        public static let currentVersion: UInt32 = 1
+        public var version = State.currentVersion
+        public var channels: [PitChannel]
+        public var portB: UInt8
+        public var lastIRQNs: UInt64?
+    }
+
+    public func captureState() -> State { State(channels: channels, portB: portBLatch, lastIRQNs: lastIRQNs) }
+
+    public func restoreState(_ s: State) throws(DeviceStateError) {
+        try s.checkVersion(device: "8254 PIT")
+        // Channels 0 and 1 have their gates tied high; port 0x61 keeps only bits 1-3 (bit 0 is
+        // channel 2's gate, held in the channel).
+        guard s.channels.count == 3, s.channels[0].gate, s.channels[1].gate, s.portB & ~0x0E == 0 else {
+            throw .invalid(device: "8254 PIT", reason: "channel count, gates or port 0x61 out of range")
+        }
+        for c in s.channels {
+            // The arithmetic divides by the reload value and assumes the modes and access kinds exist.
+            guard c.mode <= 5, (1...3).contains(c.access), (1...0x10000).contains(c.reload),
+                  !c.isPeriodic || c.reload >= 2 else {
+                throw .invalid(device: "8254 PIT", reason: "counter mode \(c.mode), access \(c.access), reload \(c.reload)")
+            }
+        }
+        (channels, portBLatch, lastIRQNs) = (s.channels, s.portB, s.lastIRQNs)
+    }
+}
+
 /// System control port B (0x61), the part of it the PIT drives.
 public final class SpeakerPort: BusDevice {
     public let pit: Pit8254
     public init(pit: Pit8254) { self.pit = pit }
 
     public func read(offset: UInt64, size: Int) -> UInt64 {
-        PlatformPortIO.read(offset: offset, size: size, length: 1) { _ in pit.readPortB() }
+        ByteWidePorts.read(offset: offset, size: size, length: 1) { _ in pit.readPortB() }
     }
 
     public func write(offset: UInt64, size: Int, value: UInt64) {
-        PlatformPortIO.write(offset: offset, size: size, value: value, length: 1) { pit.writePortB($1) }
+        ByteWidePorts.write(offset: offset, size: size, value: value, length: 1) { pit.writePortB($1) }
     }
 }
 

@@ -1,4 +1,4 @@
-import CPUBackend
+import VMCore
 
 /// Where the UART's transmitted bytes go. The machine forwards them to the terminal; tests collect them.
 /// `write` is called on the vCPU thread for every byte and must never block indefinitely: an
@@ -31,9 +31,6 @@ public final class SerialOutputCollector: SerialOutput {
 /// - Host input never overruns: `enqueue` accepts what fits and the caller retries with the rest.
 ///   Only loopback transmissions can overrun (LSR.OE).
 public final class Uart16550: BusDevice {
-    /// Where PCs put the first serial port, and how the machine should register this device.
-    public static let com1Base: UInt16 = 0x3F8
-    public static let com1IRQ: UInt32 = 4
     /// Number of consecutive I/O ports the UART decodes.
     public static let portCount: UInt64 = 8
     /// Receive FIFO size in bytes.
@@ -132,20 +129,12 @@ public final class Uart16550: BusDevice {
     /// Accesses wider than a byte are split into byte accesses at consecutive ports, as the ISA bus
     /// does; bytes past the UART's eight ports read as all-ones.
     public func read(offset: UInt64, size: Int) -> UInt64 {
-        var value: UInt64 = 0
-        for i in 0..<max(1, min(size, 8)) {
-            let o = offset.addingReportingOverflow(UInt64(i))
-            let byte = (!o.overflow && o.partialValue < Self.portCount) ? readRegister(o.partialValue) : 0xFF
-            value |= UInt64(byte) << (UInt64(i) * 8)
-        }
-        return value
+        ByteWidePorts.read(offset: offset, size: size, length: Self.portCount) { readRegister($0) }
     }
 
     public func write(offset: UInt64, size: Int, value: UInt64) {
-        for i in 0..<max(1, min(size, 8)) {
-            let o = offset.addingReportingOverflow(UInt64(i))
-            guard !o.overflow, o.partialValue < Self.portCount else { continue }
-            writeRegister(o.partialValue, UInt8(truncatingIfNeeded: value >> (UInt64(i) * 8)))
+        ByteWidePorts.write(offset: offset, size: size, value: value, length: Self.portCount) {
+            writeRegister($0, $1)
         }
     }
 
@@ -341,4 +330,47 @@ private struct ByteRing {
     }
 
     mutating func removeAll() { head = 0; count = 0 }
+}
+
+// MARK: State
+
+extension Uart16550: StatefulDevice {
+    /// The registers, the receive FIFO's bytes (oldest first) and the interrupt line level.
+    public struct State: DeviceState {
+        public static let currentVersion: UInt32 = 1
+        public var version = State.currentVersion
+        public var ier: UInt8, lcr: UInt8, mcr: UInt8, fcr: UInt8, scr: UInt8
+        public var divisorLow: UInt8, divisorHigh: UInt8
+        public var lineErrors: UInt8, modemDeltas: UInt8
+        public var thrEmptyPending: Bool
+        public var receiveFIFO: [UInt8]
+        public var interruptLine: Bool
+    }
+
+    public func captureState() -> State {
+        State(ier: ierValue, lcr: lcrValue, mcr: mcrValue, fcr: fcrValue, scr: scrValue,
+              divisorLow: divisorLow, divisorHigh: divisorHigh, lineErrors: lineErrors, modemDeltas: modemDeltas,
+              thrEmptyPending: thrEmptyPending, receiveFIFO: rx.contents, interruptLine: lineLevel)
+    }
+
+    public func restoreState(_ s: State) throws(DeviceStateError) {
+        try s.checkVersion(device: "16550 UART")
+        guard s.receiveFIFO.count <= Self.receiveCapacity, s.ier & 0xF0 == 0, s.mcr & 0xE0 == 0,
+              s.fcr & ~Self.fcrSticky == 0, s.lineErrors & ~0x1E == 0, s.modemDeltas & 0xF0 == 0 else {
+            throw .invalid(device: "16550 UART", reason: "register values or FIFO length out of range")
+        }
+        (ierValue, lcrValue, mcrValue, fcrValue, scrValue) = (s.ier, s.lcr, s.mcr, s.fcr, s.scr)
+        (divisorLow, divisorHigh, lineErrors, modemDeltas) = (s.divisorLow, s.divisorHigh, s.lineErrors, s.modemDeltas)
+        thrEmptyPending = s.thrEmptyPending
+        rx.removeAll()
+        for b in s.receiveFIFO { _ = rx.push(b) }
+        lineLevel = s.interruptLine
+    }
+}
+
+extension ByteRing {
+    /// The queued bytes, oldest first.
+    fileprivate var contents: [UInt8] {
+        (0..<count).map { storage[(head + $0) % storage.count] }
+    }
 }

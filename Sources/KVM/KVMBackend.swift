@@ -3,100 +3,32 @@ import CPUBackend
 import Glibc
 import VMMemory
 
-/// What the guest is told about the CPU. KVM offers the host's features; some of them hurt here.
-public struct CPUIDPolicy: Sendable {
-    /// Hide XSAVE/AVX/AVX-512 so the guest uses FXSAVE: XSAVE in the guest can wedge kvm-pvm and
-    /// big vector state slows every context switch. On by default.
-    public var hideXSAVE = true
-    /// Offer only the baseline x86-64 features Linux needs (fpu pse tsc msr pae cx8 apic pge cmov
-    /// pat mmx fxsr sse sse2; syscall nx lm). kvm-pvm emulates guest kernel code with KVM's
-    /// instruction emulator, which cannot run e.g. `lock cmpxchg16b` or `xrstor`: a kernel that sees
-    /// CX16 or XSAVE dies with KVM_EXIT_INTERNAL_ERROR there.
-    public var minimal = false
-    public init(hideXSAVE: Bool = true, minimal: Bool = false) {
-        self.hideXSAVE = hideXSAVE
-        self.minimal = minimal
-    }
-
-    /// The policy for this host: minimal on kvm-pvm, host features less XSAVE elsewhere.
-    public static var forThisHost: CPUIDPolicy { CPUIDPolicy(minimal: KVMSystem.emulatesSupervisorCode) }
-
-    static let minimalLeaf1EDX: UInt32 = [0, 3, 4, 5, 6, 8, 9, 13, 15, 16, 23, 24, 25, 26].reduce(0) { $0 | (1 << $1) }
-    static let minimalExtEDX: UInt32 = (1 << 11) | (1 << 20) | (1 << 29)  // syscall, nx, lm
-
-    /// Applies the policy to KVM's supported CPUID for vCPU `id`.
-    public func filter(_ entries: [kvm_cpuid_entry2], vcpuID: UInt32) -> [kvm_cpuid_entry2] {
-        var out: [kvm_cpuid_entry2] = []
-        for var e in entries {
-            if minimal {
-                switch e.function {
-                case 1:
-                    e.edx &= CPUIDPolicy.minimalLeaf1EDX
-                    e.ecx = 1 << 31  // only "running under a hypervisor"
-                    e.ebx = (e.ebx & 0x00FF_FFFF) | (vcpuID << 24)
-                case 7:
-                    e.eax = 0; e.ebx = 0; e.ecx = 0; e.edx = 0
-                case 0xD:
-                    continue
-                case 0x8000_0001:
-                    e.edx &= CPUIDPolicy.minimalExtEDX
-                    e.ecx &= 1  // LAHF/SAHF in long mode
-                default:
-                    break
-                }
-                out.append(e)
-                continue
-            }
-            switch e.function {
-            case 1:
-                // Initial APIC ID in EBX[31:24]; the hypervisor-present bit in ECX[31].
-                e.ebx = (e.ebx & 0x00FF_FFFF) | (vcpuID << 24)
-                e.ecx |= 1 << 31
-                if hideXSAVE {
-                    // FMA(12), XSAVE(26), OSXSAVE(27), AVX(28), F16C(29) all depend on XSAVE.
-                    e.ecx &= ~((1 << 12) | (1 << 26) | (1 << 27) | (1 << 28) | (1 << 29))
-                }
-            case 7 where hideXSAVE:
-                if e.index == 0 {
-                    // AVX2, AVX-512 family, and AVX-only extensions (VAES, VPCLMULQDQ) need XSAVE state.
-                    let ebxMask: UInt32 = (1 << 5) | (1 << 16) | (1 << 17) | (1 << 21) | (1 << 26)
-                        | (1 << 27) | (1 << 28) | (1 << 30) | (1 << 31)
-                    let ecxMask: UInt32 = (1 << 1) | (1 << 6) | (1 << 9) | (1 << 10) | (1 << 11)
-                        | (1 << 12) | (1 << 14)
-                    let edxMask: UInt32 = (1 << 2) | (1 << 3) | (1 << 8) | (1 << 22) | (1 << 23)
-                        | (1 << 24) | (1 << 25)
-                    e.ebx &= ~ebxMask
-                    e.ecx &= ~ecxMask
-                    e.edx &= ~edxMask
-                } else if e.index == 1 {
-                    e.eax &= ~((1 << 4) | (1 << 5))  // AVX-VNNI, AVX512_BF16
-                }
-            case 0xD where hideXSAVE:
-                continue  // XSAVE state enumeration: gone with XSAVE.
-            default:
-                break
-            }
-            out.append(e)
-        }
-        return out
-    }
-}
-
 /// The KVM CPU backend: a VM with one vCPU running on the hardware (or on kvm-pvm).
 public final class KVMBackend: VcpuBackend {
     public let name = "kvm"
     public let system: KVMSystem
     public let vm: KVMVirtualMachine
     public let vcpu: KVMVcpu
+    /// The guest RAM mapped into the VM's memory slots: held so the mapping outlives the VM.
+    public let memory: GuestMemory
     /// How devices raise interrupts on this VM; nil when created without an in-kernel irqchip.
     public let interrupts: KVMInterruptController?
     public private(set) var exitCount: UInt64 = 0
+    /// Devices whose timers run in userspace (the RTC; KVM models the PIT in the kernel), advanced
+    /// on the vCPU thread between exits. The machine sets them from its platform before `run`.
+    public var timedDevices: [TimedDevice] = []
+    private let clock: VirtualClock
+    /// Interrupts KVM_RUN, from any thread, for as long as a `run` is in progress.
+    private let kickTarget: KickTarget
+    /// Wakes the vCPU out of the kernel's HLT when a device timer falls due.
+    private let timerKicker: DeadlineKicker
+    private var nextTimerDeadline: UInt64 = 0
 
     /// Builds a VM over `memory` with one vCPU. With `irqchip` (needed by Linux) KVM models the PIC,
     /// IOAPIC, LAPIC and PIT in the kernel and HLT never reaches userspace; small test guests run
     /// without it so that `hlt` ends the run.
     public init(memory: GuestMemory, irqchip: Bool = true, cpuid: CPUIDPolicy = .forThisHost,
-                using existing: KVMSystem? = nil) throws(KVMError) {
+                clock: VirtualClock = VirtualClock(), using existing: KVMSystem? = nil) throws(KVMError) {
         let system: KVMSystem
         if let existing { system = existing } else { system = try KVMSystem() }
         try system.require([(KVM_CAP_USER_MEMORY, "KVM_CAP_USER_MEMORY"),
@@ -119,7 +51,12 @@ public final class KVMBackend: VcpuBackend {
             interrupts = nil
         }
         try vm.mapMemory(memory)
+        self.memory = memory
         vcpu = try vm.createVcpu(id: 0)
+        self.clock = clock
+        let kickTarget = KickTarget(run: vcpu.run)
+        self.kickTarget = kickTarget
+        timerKicker = DeadlineKicker(clock: clock) { kickTarget.kick() }
         try vcpu.setCPUID(cpuid.filter(try system.supportedCPUID(), vcpuID: 0))
         try configureMSRs()
         try configureFPU()
@@ -128,7 +65,9 @@ public final class KVMBackend: VcpuBackend {
     }
 
     private func configureMSRs() throws(KVMError) {
-        // As Firecracker: a clean syscall/sysenter state and fast string operations enabled.
+        // As Firecracker: a clean syscall/sysenter state, fast string operations enabled, and MTRRs
+        // on with write-back as the default type (Linux disables PAT when MTRRs are off, and every
+        // mapping, RAM included, would then be uncached as far as the guest's page attributes go).
         try vcpu.setMSRs([
             (0x174, 0), (0x175, 0), (0x176, 0),            // IA32_SYSENTER_CS/ESP/EIP
             (0xC000_0081, 0), (0xC000_0082, 0),            // STAR, LSTAR
@@ -136,6 +75,7 @@ public final class KVMBackend: VcpuBackend {
             (0xC000_0102, 0),                              // KERNEL_GS_BASE
             (0x10, 0),                                     // IA32_TSC
             (0x1A0, 1),                                    // IA32_MISC_ENABLE: fast strings
+            (KVMBackend.mtrrDefTypeMSR, KVMBackend.mtrrDefTypeWriteBack),
         ])
     }
 
@@ -145,6 +85,10 @@ public final class KVMBackend: VcpuBackend {
         fpu.mxcsr = 0x1F80 // SSE exceptions masked
         try vcpu.setFPU(fpu)
     }
+
+    /// IA32_MTRR_DEF_TYPE: E (bit 11, MTRRs enabled) and default memory type 6 (write-back).
+    static let mtrrDefTypeMSR: UInt32 = 0x2FF
+    static let mtrrDefTypeWriteBack: UInt64 = 0x800 | 0x6
 
     /// LINT0 as ExtINT (the 8259 reaches the CPU through the LAPIC's virtual wire) and LINT1 as NMI,
     /// as a BIOS would leave them: Linux without an MP table or ACPI relies on this.
@@ -162,7 +106,11 @@ public final class KVMBackend: VcpuBackend {
         try vcpu.setLAPIC(lapic)
     }
 
-    public func setEntryState(_ state: CPUEntryState) throws {
+    public func setEntryState(_ state: CPUEntryState) throws(KVMRunError) {
+        do { try applyEntryState(state) } catch { throw .ioctl(error) }
+    }
+
+    private func applyEntryState(_ state: CPUEntryState) throws(KVMError) {
         var sregs = try vcpu.getSregs()
         func seg(_ s: Segment) -> kvm_segment {
             var k = kvm_segment()
@@ -194,48 +142,62 @@ public final class KVMBackend: VcpuBackend {
         sigaction(SIGUSR1, &sa, nil)
     }
 
-    public func run(io: IOHandler, control: VMControl) throws -> VcpuStop {
-        let run = vcpu.run
-        let thread = pthread_self()
-        let box = KickTarget(run: run, thread: thread)
-        control.addKicker { box.kick() }
-        defer { box.disarm() }
-
+    public func run(io: IOHandler, control: VMControl) throws(KVMRunError) -> VcpuStop {
+        kickTarget.arm(thread: pthread_self())
+        let kickTarget = self.kickTarget
+        let kicker = control.addKicker { kickTarget.kick() }
+        defer {
+            control.removeKicker(kicker)
+            kickTarget.disarm()
+            timerKicker.arm(nil)
+        }
+        nextTimerDeadline = 0
         while true {
             if let stop = control.stopRequest { return stop }
             if control.hasPostedWork { control.runPostedWork() }
-            guard try vcpu.runOnce() else {
-                run.pointee.immediate_exit = 0
+            serviceTimers()
+            try checkInterruptDelivery()
+            let entered: Bool
+            do { entered = try vcpu.runOnce() } catch { throw .ioctl(error) }
+            guard entered else {
+                vcpu.run.pointee.immediate_exit = 0
                 continue
             }
             exitCount &+= 1
-            switch Int32(run.pointee.exit_reason) {
-            case KVM_EXIT_IO:
-                handlePortIO(run, io: io)
-            case KVM_EXIT_MMIO:
-                handleMMIO(run, io: io)
-            case KVM_EXIT_INTR:
-                run.pointee.immediate_exit = 0
-            case KVM_EXIT_HLT:
-                // Only without an in-kernel irqchip: nothing can ever wake the vCPU.
-                return .haltedForever
-            case KVM_EXIT_SHUTDOWN:
-                return .shutdown
-            case KVM_EXIT_SYSTEM_EVENT:
-                switch run.pointee.system_event.type {
-                case UInt32(KVM_SYSTEM_EVENT_RESET): return .reset
-                case UInt32(KVM_SYSTEM_EVENT_SHUTDOWN): return .poweroff
-                default: return .shutdown
-                }
-            case KVM_EXIT_FAIL_ENTRY:
-                throw VcpuError.failEntry(reason: run.pointee.fail_entry.hardware_entry_failure_reason)
-            case KVM_EXIT_INTERNAL_ERROR:
-                if softInterruptWorkaround, try injectFailedSoftInterrupt(run) { continue }
-                throw VcpuError.internalError(suberror: run.pointee.internal.suberror, detail: internalErrorDetail(run))
-            default:
-                throw VcpuError.unhandled("unhandled KVM exit reason \(run.pointee.exit_reason)")
+            let exit = KVMExit(run: vcpu.runPage, pageSize: vcpu.runSize)
+            // A port write may have re-armed a device timer: ask the devices again.
+            if case .portIO = exit { nextTimerDeadline = 0 }
+            if case .internalError(let e) = exit, softInterruptWorkaround, let bytes = e.instructionBytes {
+                let stepped: Bool
+                do { stepped = try injectFailedSoftInterrupt(bytes) } catch { throw .ioctl(error) }
+                if stepped { continue }
+            }
+            do {
+                if case .stop(let stop) = try KVMExitHandler.handle(exit, io: io) { return stop }
+            } catch .internalError(var e) {
+                e.rip = try? vcpu.getRegs().rip
+                throw .internalError(e)
             }
         }
+    }
+
+    /// Advances the timed devices when their deadline has passed (or a port access may have moved it)
+    /// and has the kicker wake the vCPU at the next one.
+    private func serviceTimers() {
+        guard !timedDevices.isEmpty else { return }
+        let now = clock.nowNs
+        guard now >= nextTimerDeadline else { return }
+        var next = UInt64.max
+        for device in timedDevices {
+            if let d = device.advance(to: now) { next = min(next, d) }
+        }
+        nextTimerDeadline = next
+        timerKicker.arm(next == .max ? nil : next)
+    }
+
+    /// Ends the run when KVM refused an interrupt a device raised (see `KVMInterruptController`).
+    private func checkInterruptDelivery() throws(KVMRunError) {
+        if let interrupts, let failure = interrupts.firstFailure { throw .interruptDelivery(failure) }
     }
 
     /// CPU features (by /proc/cpuinfo name) whose instructions kvm-pvm's emulator cannot execute in
@@ -252,8 +214,8 @@ public final class KVMBackend: VcpuBackend {
     /// inject the vector. Returns false for any other failure.
     public var softInterruptWorkaround = KVMSystem.emulatesSupervisorCode
 
-    private func injectFailedSoftInterrupt(_ run: UnsafeMutablePointer<kvm_run>) throws -> Bool {
-        guard let insn = emulationFailureBytes(run), let op = insn.first else { return false }
+    private func injectFailedSoftInterrupt(_ insn: [UInt8]) throws(KVMError) -> Bool {
+        guard let op = insn.first else { return false }
         // CLAC/STAC (the guest believes it has SMAP): only RFLAGS.AC changes.
         if insn.count >= 3 && insn[0] == 0x0F && insn[1] == 0x01 && (insn[2] == 0xCA || insn[2] == 0xCB) {
             var regs = try vcpu.getRegs()
@@ -288,95 +250,17 @@ public final class KVMBackend: VcpuBackend {
         try vcpu.setVcpuEvents(events)
         return true
     }
-
-    /// The instruction KVM's emulator failed on, when the exit carries its bytes
-    /// (kvm_run.emulation_failure: flags (u64), then insn_size (u8) and up to 15 bytes).
-    private func emulationFailureBytes(_ run: UnsafeMutablePointer<kvm_run>) -> [UInt8]? {
-        guard run.pointee.internal.suberror == UInt32(KVM_INTERNAL_ERROR_EMULATION),
-              run.pointee.internal.ndata >= 3 else { return nil }
-        return withUnsafeBytes(of: run.pointee.internal.data) { raw -> [UInt8]? in
-            let flags = raw.load(fromByteOffset: 0, as: UInt64.self)
-            guard flags & UInt64(KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES) != 0 else { return nil }
-            let size = min(Int(raw[8]), 15)
-            return (0..<size).map { raw[9 + $0] }
-        }
-    }
-
-    /// Guest RIP and the words KVM attached to an internal error (for emulation failures they
-    /// include the instruction bytes), so a user can report something actionable.
-    private func internalErrorDetail(_ run: UnsafeMutablePointer<kvm_run>) -> String {
-        var parts: [String] = []
-        if let regs = try? vcpu.getRegs() { parts.append("rip 0x\(String(regs.rip, radix: 16))") }
-        if let bytes = emulationFailureBytes(run), !bytes.isEmpty {
-            parts.append("instruction bytes " + bytes.map { String(format2: $0) }.joined(separator: " "))
-            return parts.joined(separator: ", ")
-        }
-        let n = min(Int(run.pointee.internal.ndata), 16)
-        if n > 0 {
-            let words = withUnsafeBytes(of: run.pointee.internal.data) { raw in
-                (0..<n).map { "0x" + String(raw.load(fromByteOffset: $0 * 8, as: UInt64.self), radix: 16) }
-            }
-            parts.append("data " + words.joined(separator: " "))
-        }
-        return parts.joined(separator: ", ")
-    }
-
-    @inline(__always)
-    private func handlePortIO(_ run: UnsafeMutablePointer<kvm_run>, io: IOHandler) {
-        let port = run.pointee.io.port
-        let size = Int(run.pointee.io.size)
-        let count = Int(run.pointee.io.count)
-        let data = UnsafeMutableRawPointer(run) + Int(run.pointee.io.data_offset)
-        let out = run.pointee.io.direction == UInt8(KVM_EXIT_IO_OUT)
-        for i in 0..<count {
-            let p = data + i * size
-            if out {
-                let v: UInt32
-                switch size {
-                case 1: v = UInt32(p.load(as: UInt8.self))
-                case 2: v = UInt32(p.loadUnaligned(as: UInt16.self))
-                default: v = p.loadUnaligned(as: UInt32.self)
-                }
-                io.portWrite(port, size: size, value: v)
-            } else {
-                let v = io.portRead(port, size: size)
-                switch size {
-                case 1: p.storeBytes(of: UInt8(truncatingIfNeeded: v), as: UInt8.self)
-                case 2: p.storeBytes(of: UInt16(truncatingIfNeeded: v), as: UInt16.self)
-                default: p.storeBytes(of: v, as: UInt32.self)
-                }
-            }
-        }
-    }
-
-    @inline(__always)
-    private func handleMMIO(_ run: UnsafeMutablePointer<kvm_run>, io: IOHandler) {
-        let addr = run.pointee.mmio.phys_addr
-        let len = min(Int(run.pointee.mmio.len), 8)
-        withUnsafeMutableBytes(of: &run.pointee.mmio.data) { data in
-            if run.pointee.mmio.is_write != 0 {
-                var v: UInt64 = 0
-                for i in 0..<len { v |= UInt64(data[i]) << (8 * UInt64(i)) }
-                io.mmioWrite(addr, size: len, value: v)
-            } else {
-                let v = io.mmioRead(addr, size: len)
-                for i in 0..<len { data[i] = UInt8(truncatingIfNeeded: v >> (8 * UInt64(i))) }
-            }
-        }
-    }
 }
 
 /// Lets another thread interrupt KVM_RUN: `immediate_exit` covers the race where the signal lands
-/// just before the vCPU enters the guest.
+/// just before the vCPU enters the guest. Armed with the vCPU thread for the length of a `run`.
 private final class KickTarget: @unchecked Sendable {
     private let run: UnsafeMutablePointer<kvm_run>
-    private let thread: pthread_t
-    private var armed = true
+    private var thread: pthread_t?
     private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
 
-    init(run: UnsafeMutablePointer<kvm_run>, thread: pthread_t) {
+    init(run: UnsafeMutablePointer<kvm_run>) {
         self.run = run
-        self.thread = thread
         pthread_mutex_init(lock, nil)
     }
 
@@ -385,25 +269,23 @@ private final class KickTarget: @unchecked Sendable {
         lock.deallocate()
     }
 
-    func kick() {
+    func arm(thread: pthread_t) {
         pthread_mutex_lock(lock)
-        defer { pthread_mutex_unlock(lock) }
-        guard armed else { return }
-        run.pointee.immediate_exit = 1
-        pthread_kill(thread, SIGUSR1)
+        self.thread = thread
+        pthread_mutex_unlock(lock)
     }
 
     func disarm() {
         pthread_mutex_lock(lock)
-        armed = false
+        thread = nil
         pthread_mutex_unlock(lock)
     }
-}
 
-extension String {
-    /// Two lowercase hex digits.
-    init(format2 b: UInt8) {
-        let h = String(b, radix: 16)
-        self = h.count == 1 ? "0" + h : h
+    func kick() {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        guard let thread else { return }
+        run.pointee.immediate_exit = 1
+        pthread_kill(thread, SIGUSR1)
     }
 }

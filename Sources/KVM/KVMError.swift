@@ -45,3 +45,17 @@ func kvmIoctl(_ fd: Int32, _ request: UInt, _ name: String, value: UInt) throws(
         throw KVMError(name, errno: e)
     }
 }
+
+/// Runs `body` with a zeroed KVM argument made of a `Header` struct followed by `count` `Entry`s (the
+/// flexible-array layout of kvm_cpuid2, kvm_msrs, ...): the whole buffer, the header and the first entry.
+func withFlexibleArray<Header, Entry, T>(
+    _: Header.Type, _: Entry.Type, count: Int,
+    _ body: (UnsafeMutableRawPointer, UnsafeMutablePointer<Header>, UnsafeMutablePointer<Entry>) throws(KVMError) -> T
+) throws(KVMError) -> T {
+    let bytes = MemoryLayout<Header>.size + count * MemoryLayout<Entry>.stride
+    let buf = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 8)
+    defer { buf.deallocate() }
+    memset(buf, 0, bytes)
+    return try body(buf, buf.assumingMemoryBound(to: Header.self),
+                    (buf + MemoryLayout<Header>.size).assumingMemoryBound(to: Entry.self))
+}

@@ -43,19 +43,17 @@ public final class KVMSystem {
     public func supportedCPUID() throws(KVMError) -> [kvm_cpuid_entry2] {
         var count = 128
         while true {
-            let bytes = MemoryLayout<kvm_cpuid2>.size + count * MemoryLayout<kvm_cpuid_entry2>.stride
-            let buf = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 8)
-            defer { buf.deallocate() }
-            memset(buf, 0, bytes)
-            buf.assumingMemoryBound(to: kvm_cpuid2.self).pointee.nent = UInt32(count)
-            let r = ioctl(fd, CKVM_KVM_GET_SUPPORTED_CPUID(), buf)
-            if r < 0 {
-                if errno == E2BIG && count < 4096 { count *= 2; continue }
-                throw KVMError("KVM_GET_SUPPORTED_CPUID", errno: errno)
+            let leaves = try withFlexibleArray(kvm_cpuid2.self, kvm_cpuid_entry2.self, count: count) {
+                (buf, header, entries) throws(KVMError) -> [kvm_cpuid_entry2]? in
+                header.pointee.nent = UInt32(count)
+                if ioctl(fd, CKVM_KVM_GET_SUPPORTED_CPUID(), buf) < 0 {
+                    if errno == E2BIG && count < 4096 { return nil }
+                    throw KVMError("KVM_GET_SUPPORTED_CPUID", errno: errno)
+                }
+                return Array(UnsafeBufferPointer(start: entries, count: min(Int(header.pointee.nent), count)))
             }
-            let n = Int(buf.assumingMemoryBound(to: kvm_cpuid2.self).pointee.nent)
-            let entries = (buf + MemoryLayout<kvm_cpuid2>.size).assumingMemoryBound(to: kvm_cpuid_entry2.self)
-            return Array(UnsafeBufferPointer(start: entries, count: n))
+            if let leaves { return leaves }
+            count *= 2
         }
     }
 
@@ -65,10 +63,7 @@ public final class KVMSystem {
         return KVMVirtualMachine(fd: vmfd, system: self)
     }
 
-    /// True when this host's KVM is kvm-pvm (nested, no VMX/SVM): guest user code runs natively but
-    /// guest kernel code is emulated by the host, orders of magnitude slower than hardware.
-    public static var emulatesSupervisorCode: Bool {
-        if access("/sys/module/kvm_pvm", F_OK) == 0 { return true }
-        return false
-    }
+    /// True when this host's KVM cannot run guest kernel code on hardware (kvm-pvm: guest user code
+    /// runs natively, guest kernel code in the host's emulator, orders of magnitude slower).
+    public static var emulatesSupervisorCode: Bool { !KVMHostKind.thisHost.runsGuestKernelsNatively }
 }

@@ -1,4 +1,5 @@
 import CKVM
+import VMCore
 import Glibc
 
 /// One KVM vCPU: its fd, the shared `kvm_run` page, and typed register access.
@@ -7,19 +8,20 @@ public final class KVMVcpu: @unchecked Sendable {
     public let id: UInt32
     /// The `kvm_run` structure shared with the kernel; valid until deinit.
     public let run: UnsafeMutablePointer<kvm_run>
-    let runRaw: UnsafeMutableRawPointer
-    let runSize: Int
+    /// The same page as raw bytes, and its size (KVM_GET_VCPU_MMAP_SIZE), for `KVMExit` to decode.
+    public let runPage: UnsafeMutableRawPointer
+    public let runSize: Int
 
     init(fd: Int32, id: UInt32, run: UnsafeMutableRawPointer, runSize: Int) {
         self.fd = fd
         self.id = id
-        self.runRaw = run
+        self.runPage = run
         self.run = run.assumingMemoryBound(to: kvm_run.self)
         self.runSize = runSize
     }
 
     deinit {
-        munmap(runRaw, runSize)
+        munmap(runPage, runSize)
         close(fd)
     }
 
@@ -57,32 +59,35 @@ public final class KVMVcpu: @unchecked Sendable {
     }
 
     public func setCPUID(_ entries: [kvm_cpuid_entry2]) throws(KVMError) {
-        let bytes = MemoryLayout<kvm_cpuid2>.size + entries.count * MemoryLayout<kvm_cpuid_entry2>.stride
-        let buf = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 8)
-        defer { buf.deallocate() }
-        memset(buf, 0, bytes)
-        buf.assumingMemoryBound(to: kvm_cpuid2.self).pointee.nent = UInt32(entries.count)
-        let dst = (buf + MemoryLayout<kvm_cpuid2>.size).assumingMemoryBound(to: kvm_cpuid_entry2.self)
-        for (i, e) in entries.enumerated() { dst[i] = e }
-        _ = try kvmIoctl(fd, CKVM_KVM_SET_CPUID2(), "KVM_SET_CPUID2", buf)
+        try withFlexibleArray(kvm_cpuid2.self, kvm_cpuid_entry2.self, count: entries.count) { (buf, header, dst) throws(KVMError) in
+            header.pointee.nent = UInt32(entries.count)
+            for (i, e) in entries.enumerated() { dst[i] = e }
+            _ = try kvmIoctl(fd, CKVM_KVM_SET_CPUID2(), "KVM_SET_CPUID2", buf)
+        }
     }
 
     /// Sets model-specific registers; throws if KVM accepted fewer than all of them.
     public func setMSRs(_ msrs: [(index: UInt32, value: UInt64)]) throws(KVMError) {
-        let bytes = MemoryLayout<kvm_msrs>.size + msrs.count * MemoryLayout<kvm_msr_entry>.stride
-        let buf = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 8)
-        defer { buf.deallocate() }
-        memset(buf, 0, bytes)
-        buf.assumingMemoryBound(to: kvm_msrs.self).pointee.nmsrs = UInt32(msrs.count)
-        let dst = (buf + MemoryLayout<kvm_msrs>.size).assumingMemoryBound(to: kvm_msr_entry.self)
-        for (i, m) in msrs.enumerated() {
-            dst[i].index = m.index
-            dst[i].data = m.value
+        let n = try withFlexibleArray(kvm_msrs.self, kvm_msr_entry.self, count: msrs.count) { (buf, header, dst) throws(KVMError) in
+            header.pointee.nmsrs = UInt32(msrs.count)
+            for (i, m) in msrs.enumerated() {
+                dst[i].index = m.index
+                dst[i].data = m.value
+            }
+            return Int(try kvmIoctl(fd, CKVM_KVM_SET_MSRS(), "KVM_SET_MSRS", buf))
         }
-        let n = try kvmIoctl(fd, CKVM_KVM_SET_MSRS(), "KVM_SET_MSRS", buf)
-        if Int(n) != msrs.count {
-            throw KVMError("KVM_SET_MSRS", errno: EINVAL,
-                           detail: "MSR 0x\(String(msrs[Int(n)].index, radix: 16)) was refused")
+        if n != msrs.count {
+            throw KVMError("KVM_SET_MSRS", errno: EINVAL, detail: "MSR \(hex(msrs[n].index)) was refused")
+        }
+    }
+
+    /// Reads model-specific registers; nil for one KVM does not return.
+    public func getMSRs(_ indices: [UInt32]) throws(KVMError) -> [UInt64?] {
+        try withFlexibleArray(kvm_msrs.self, kvm_msr_entry.self, count: indices.count) { (buf, header, entries) throws(KVMError) in
+            header.pointee.nmsrs = UInt32(indices.count)
+            for (i, index) in indices.enumerated() { entries[i].index = index }
+            let n = Int(try kvmIoctl(fd, CKVM_KVM_GET_MSRS(), "KVM_GET_MSRS", buf))
+            return indices.indices.map { $0 < n ? entries[$0].data : nil }
         }
     }
 

@@ -1,6 +1,7 @@
 import CKVM
 import CPUBackend
 import Glibc
+import Synchronization
 import VMMemory
 
 /// A KVM virtual machine: memory slots, in-kernel irqchip and PIT, interrupt injection, vCPUs.
@@ -8,10 +9,10 @@ public final class KVMVirtualMachine: @unchecked Sendable {
     public let fd: Int32
     let system: KVMSystem
 
-    /// Where KVM may place its TSS (3 pages) and identity-map page: inside the 32-bit MMIO hole,
-    /// below the IOAPIC/LAPIC, never overlapping guest RAM (as Firecracker and QEMU do).
-    public static let tssAddress: UInt64 = 0xFFFB_D000
-    public static let identityMapAddress: UInt64 = 0xFFFB_C000
+    /// Where KVM may place its TSS (3 pages) and identity-map page: the pages `PCLayout` keeps free
+    /// for them inside the 32-bit MMIO hole.
+    public static let tssAddress: UInt64 = PCLayout.MMIO.kvmTSS.base
+    public static let identityMapAddress: UInt64 = PCLayout.MMIO.kvmIdentityMap.base
 
     init(fd: Int32, system: KVMSystem) {
         self.fd = fd
@@ -82,16 +83,35 @@ public final class KVMVirtualMachine: @unchecked Sendable {
 }
 
 /// Devices' interrupts through KVM's in-kernel irqchip.
+///
+/// Devices cannot act on a refused interrupt, but the guest would wait for it forever (a disk
+/// request that never completes). So the first failure is kept, and the vCPU run loop ends the VM
+/// with it (`KVMRunError.interruptDelivery`) before entering the guest again.
 public final class KVMInterruptController: InterruptController {
     let vm: KVMVirtualMachine
+    private let failed = Atomic<Bool>(false)
+    private let failure = Mutex<KVMError?>(nil)
+
     public init(vm: KVMVirtualMachine) { self.vm = vm }
 
-    public func setIRQ(_ gsi: UInt32, level: Bool) {
-        // Failure here means the irqchip is gone (VM torn down); nothing useful to do but drop it.
-        try? vm.setIRQLine(gsi, level: level)
+    /// The first KVM_IRQ_LINE or KVM_SIGNAL_MSI that failed, if any.
+    public var firstFailure: KVMError? {
+        guard failed.load(ordering: .relaxed) else { return nil }
+        return failure.withLock { $0 }
     }
 
+    public func setIRQ(_ gsi: UInt32, level: Bool) {
+        do { try vm.setIRQLine(gsi, level: level) } catch { record(error) }
+    }
+
+    /// KVM_SIGNAL_MSI returns 0 when the guest blocked the message (a masked or absent destination):
+    /// that is the guest's choice, not a failure.
     public func signalMSI(address: UInt64, data: UInt32) {
-        try? vm.signalMSI(address: address, data: data)
+        do { try vm.signalMSI(address: address, data: data) } catch { record(error) }
+    }
+
+    private func record(_ error: KVMError) {
+        failure.withLock { if $0 == nil { $0 = error } }
+        failed.store(true, ordering: .releasing)
     }
 }

@@ -1,3 +1,4 @@
+import VMCore
 /// One entry of the BIOS e820 memory map as the zero page holds it (`struct boot_e820_entry`, packed, 20 bytes).
 public struct E820Entry: Equatable, Hashable, Sendable, CustomStringConvertible {
     public var addr: UInt64

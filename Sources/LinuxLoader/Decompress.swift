@@ -1,4 +1,5 @@
 import CCompress
+import VMCore
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -48,7 +49,7 @@ extension LinuxLoader {
         }
         let range = pmStart + Int(h.payloadOffset)..<pmStart + Int(end)
         guard let c = PayloadCompression.detect(bytes[range]) else {
-            let magic = bytes[range].prefix(4).map { String($0, radix: 16) }.joined(separator: " ")
+            let magic = bytes[range].prefix(4).map { hexDigits($0, width: 2) }.joined(separator: " ")
             throw .decompression("unknown payload compression (first bytes \(magic))")
         }
         // Every kernel build appends the uncompressed size as le32 (for gzip it is the trailer's ISIZE).

@@ -1,3 +1,5 @@
+import VMCore
+
 /// Why a kernel, initrd or command line cannot be loaded. Each case prints as one line a user can act on.
 public enum LoaderError: Error, Equatable, Sendable, CustomStringConvertible {
     /// The file is neither a bzImage (no "HdrS" setup header) nor an ELF file.
@@ -77,8 +79,6 @@ public enum LoaderError: Error, Equatable, Sendable, CustomStringConvertible {
         }
     }
 }
-
-@inline(__always) func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
 
 /// Mebibytes with one decimal when it matters, for messages.
 func mib(_ bytes: UInt64) -> String {

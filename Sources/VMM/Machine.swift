@@ -59,37 +59,41 @@ public struct DiskConfig: Sendable, Equatable {
     }
 }
 
-/// The standard PC addresses swhv's legacy devices live at.
-public enum PCLayout {
-    public static let com1: UInt64 = 0x3F8
-    public static let com1IRQ: UInt32 = 4
-    public static let postCodePort: UInt64 = 0x80
-    public static let bootTimerPort: UInt64 = 0x440
-    public static let bootTimerMMIO: UInt64 = 0xD100_0000
-}
-
-/// A virtual machine: guest memory, buses with devices, and one CPU backend. Owns the run loop.
-/// Sendable because other threads only reach it through `sendInput`, which posts to the vCPU thread.
+/// A virtual machine: guest memory, the platform (buses, devices, interrupt routing) and one CPU
+/// backend. Owns the run loop. Sendable because other threads only reach it through `sendInput`,
+/// which posts to the vCPU thread.
 public final class Machine: IOHandler, @unchecked Sendable {
     public let config: MachineConfig
     public let memory: GuestMemory
-    public let ports = Bus(name: "port I/O")
-    public let mmio = Bus(name: "MMIO")
+    public let platform: Platform
     public let control = VMControl()
-    public let backend: VcpuBackend
     /// Why this backend was chosen, for the one-line message on stderr.
     public let backendReason: String
     /// Kernel arguments the backend needs on this host, appended to the command line.
     public let backendKernelArguments: [String]
-    public let interrupts: any InterruptController
     public let timer = BootTimer()
     /// The one VM clock: the RTC here, and the interpreter's TSC, PIT and APIC timer, all read it.
     public let clock = VirtualClock()
     public let log: Log
+    private let vcpu: Vcpu
 
-    public private(set) var uart: Uart16550!
-    /// The keyboard controller (the API's SendCtrlAltDel types into it).
-    public private(set) var i8042: I8042?
+    /// The backend running the guest, by kind, so that each one's failures keep their type.
+    enum Vcpu {
+        case kvm(KVMBackend)
+        case interpreter(X86Interpreter)
+    }
+
+    public var backend: any VcpuBackend {
+        switch vcpu {
+        case .kvm(let b): return b
+        case .interpreter(let b): return b
+        }
+    }
+    public var ports: Bus { platform.ports }
+    public var mmio: Bus { platform.mmio }
+    public var interrupts: any InterruptController { platform.interrupts }
+    public var uart: Uart16550 { platform.uart }
+
     /// Host input waiting for room in the UART's receive FIFO (bounded).
     private var pendingInput: [UInt8] = []
     public static let maxPendingInput = 1 << 16
@@ -102,57 +106,73 @@ public final class Machine: IOHandler, @unchecked Sendable {
     public init(config: MachineConfig, consoleOutput: SerialOutput) throws(MachineError) {
         self.config = config
         log = Log(level: config.verbose ? .debug : (config.quiet ? .error : .info))
-        do { memory = try GuestMemory(size: config.memorySize) } catch { throw .memory(error as! MemoryError) }
-        let setup = try Machine.makeBackend(config: config, memory: memory, clock: clock)
-        (backend, interrupts, backendReason) = (setup.backend, setup.interrupts, setup.reason)
-        backendKernelArguments = setup.kernelArguments
-        do { try setup.registerPlatform(ports) } catch { throw .device("\(error)") }
-        try attachLegacyDevices(consoleOutput: consoleOutput)
-        try attachPCI(disks: config.disks)
+        do { memory = try GuestMemory(size: config.memorySize) } catch { throw .memory(error) }
+        let choice = try Machine.chooseBackend(config: config, memory: memory, clock: clock)
+        (backendReason, backendKernelArguments) = (choice.reason, choice.kernelArguments)
+        let control = self.control, timer = self.timer
+        let platformConfig = PlatformConfig(
+            memory: memory, clock: clock, interruptChip: choice.interruptChip, console: consoleOutput,
+            onReset: { control.requestStop(.reset) },
+            onBootMilestone: { timer.guestSignal($0.milestone.value) })
+        do { platform = try Platform(platformConfig) } catch { throw .platform(error) }
+        switch choice.kvm {
+        case let kvm?:
+            kvm.timedDevices = platform.timedDevices
+            vcpu = .kvm(kvm)
+        case nil:
+            vcpu = .interpreter(Machine.makeInterpreter(platform: platform))
+        }
+        try attachDisks(config.disks)
+        platform.uart.onReceiveReady = { [unowned self] in self.feedUART() }
         let log = self.log
         ports.onUnhandled = { addr, size, write in
-            log.debug("unhandled port \(write ? "write" : "read") 0x\(String(addr, radix: 16)) size \(size)")
+            log.debug("unhandled port \(write ? "write" : "read") \(hex(addr)) size \(size)")
         }
         mmio.onUnhandled = { addr, size, write in
-            log.debug("unhandled MMIO \(write ? "write" : "read") 0x\(String(addr, radix: 16)) size \(size)")
+            log.debug("unhandled MMIO \(write ? "write" : "read") \(hex(addr)) size \(size)")
         }
     }
 
-    /// A backend and what the machine must add for it.
-    struct BackendSetup {
-        let backend: VcpuBackend
-        let interrupts: any InterruptController
+    /// The backend picked for a config, before the platform exists: KVM's VM (its irqchip is the
+    /// platform's interrupt controller), or nil for the interpreter (the platform models the chips).
+    struct BackendChoice {
+        let kvm: KVMBackend?
         let reason: String
-        /// Platform devices KVM models in the kernel but the interpreter needs on the bus.
-        let registerPlatform: (Bus) throws -> Void
         /// Kernel arguments this backend needs to work at all on this host.
         var kernelArguments: [String] = []
+
+        var interruptChip: InterruptChip {
+            guard let kvm else { return .emulated }
+            return .hypervisor(kvm.interrupts ?? NoInterruptController())
+        }
     }
 
     /// Picks the backend. `auto`: KVM when a VM can be created and the host runs guest kernel code
     /// on hardware; the interpreter when /dev/kvm is missing, unusable, or kvm-pvm (which emulates
     /// guest supervisor code far slower than the interpreter runs it).
-    static func makeBackend(config: MachineConfig, memory: GuestMemory, clock: VirtualClock) throws(MachineError)
-        -> BackendSetup
+    static func chooseBackend(config: MachineConfig, memory: GuestMemory, clock: VirtualClock) throws(MachineError)
+        -> BackendChoice
     {
         switch config.accelerator {
         case .interp:
-            return makeInterpreter(memory: memory, clock: clock, reason: "requested with --accel interp")
+            return BackendChoice(kvm: nil, reason: "requested with --accel interp")
         case .kvm:
-            do { return try makeKVM(config: config, memory: memory, reason: "requested with --accel kvm") }
+            do { return try makeKVM(config: config, memory: memory, clock: clock, reason: "requested with --accel kvm") }
             catch { throw .kvm(error) }
         case .auto:
             if KVMSystem.emulatesSupervisorCode {
-                return makeInterpreter(memory: memory, clock: clock,
+                return BackendChoice(kvm: nil,
                     reason: "this host's /dev/kvm is kvm-pvm, which emulates guest kernel code slowly")
             }
-            do { return try makeKVM(config: config, memory: memory, reason: "/dev/kvm works") }
-            catch { return makeInterpreter(memory: memory, clock: clock, reason: "KVM is unusable (\(error))") }
+            do { return try makeKVM(config: config, memory: memory, clock: clock, reason: "/dev/kvm works") }
+            catch { return BackendChoice(kvm: nil, reason: "KVM is unusable (\(error))") }
         }
     }
 
-    static func makeKVM(config: MachineConfig, memory: GuestMemory, reason: String) throws(KVMError) -> BackendSetup {
-        let kvm = try KVMBackend(memory: memory, irqchip: config.irqchip)
+    static func makeKVM(config: MachineConfig, memory: GuestMemory, clock: VirtualClock, reason: String)
+        throws(KVMError) -> BackendChoice
+    {
+        let kvm = try KVMBackend(memory: memory, irqchip: config.irqchip, clock: clock)
         var reason = reason
         var args: [String] = []
         if KVMSystem.emulatesSupervisorCode {
@@ -164,81 +184,35 @@ public final class Machine: IOHandler, @unchecked Sendable {
             args.append("clearcpuid=" + KVMBackend.pvmUnemulatedFeatures.joined(separator: ","))
             reason += " (kvm-pvm: guest kernel code is emulated by the host, slowly; adding 'noxsave clearcpuid=...')"
         }
-        return BackendSetup(backend: kvm, interrupts: kvm.interrupts ?? NoInterruptController(), reason: reason,
-                            registerPlatform: { _ in }, kernelArguments: args)
+        return BackendChoice(kvm: kvm, reason: reason, kernelArguments: args)
     }
 
-    static func makeInterpreter(memory: GuestMemory, clock: VirtualClock, reason: String) -> BackendSetup {
-        let platform = PlatformInterrupts()
-        let pit = Pit8254(clock: clock, irq: platform.line(0))
-        let cpu = X86Interpreter(memory: memory, clock: clock, externalInterrupts: platform.pic,
-                                 timedDevices: [pit])
-        platform.onMSI = { [unowned cpu] address, data in cpu.deliverMSI(address: address, data: data) }
+    /// The interpreter on a platform that models the PIC and PIT: it reads INTR from the 8259 pair,
+    /// advances the platform's timed devices and takes MSIs into its local APIC.
+    static func makeInterpreter(platform: Platform) -> X86Interpreter {
+        let cpu = X86Interpreter(memory: platform.memory, clock: platform.clock,
+                                 externalInterrupts: platform.externalInterrupts,
+                                 timedDevices: platform.timedDevices)
+        platform.setMSITarget { [unowned cpu] address, data in cpu.deliverMSI(address: address, data: data) }
         // Disk reads land in guest RAM without passing the CPU: drop code decoded from those pages.
-        memory.dmaWriteObserver = { [unowned cpu] address, length in
+        platform.memory.dmaWriteObserver = { [unowned cpu] address, length in
             cpu.invalidateCode(physicalAddress: address, length: length)
         }
-        return BackendSetup(backend: cpu, interrupts: platform, reason: reason, registerPlatform: { bus in
-            try platform.pic.register(on: bus)
-            try pit.register(on: bus)
-        })
+        return cpu
     }
 
-    private func attachLegacyDevices(consoleOutput: SerialOutput) throws(MachineError) {
-        do {
-            let uart = Uart16550(irq: IRQLine(controller: interrupts, gsi: Uart16550.com1IRQ), output: consoleOutput)
-            self.uart = uart
-            uart.onReceiveReady = { [unowned self] in self.feedUART() }
-            try ports.register(uart, name: "ttyS0", base: UInt64(Uart16550.com1Base), length: Uart16550.portCount)
-            let control = self.control
-            let i8042 = I8042(onReset: { control.requestStop(.reset) },
-                              keyboardIRQ: IRQLine(controller: interrupts, gsi: I8042.keyboardIRQ))
-            try i8042.register(on: ports)
-            self.i8042 = i8042
-            try ports.register(PortSink(), name: "post-code", base: UInt64(PortSink.postCodePort), length: 1)
-            // KVM does not model the CMOS RTC in the kernel: Linux reads the wall clock from it.
-            let rtc = CmosRtc(clock: clock, irq: IRQLine(controller: interrupts, gsi: 8))
-            rtc.setMemorySize(belowFourGiB: min(memory.size, GuestMemory.mmioHoleStart),
-                              aboveFourGiB: memory.size > GuestMemory.mmioHoleStart ? memory.size - GuestMemory.mmioHoleStart : 0)
-            try rtc.register(on: ports)
-            let timer = self.timer
-            let bootTimer = BootTimerPort(now: { VirtualClock.hostMonotonicNs() },
-                                          onSignal: { ev in timer.guestSignal(ev.milestone.value) })
-            try ports.register(bootTimer, name: "boot-timer", base: UInt64(BootTimerPort.port), length: BootTimerPort.length)
-            // The same register as MMIO, for guests whose kernel has no /dev/port (Debian's cloud kernel).
-            try mmio.register(bootTimer, name: "boot-timer", base: PCLayout.bootTimerMMIO, length: 1)
-        } catch let e as BusError {
-            throw .device(e.description)
-        } catch {
-            throw .device("\(error)")
-        }
-    }
-
-    /// The PCI host bridge and one virtio-blk PCI device per disk (00:01.0, 00:02.0, ...). A stock
-    /// kernel finds them by probing config space at 0xCF8 — no ACPI needed — and uses MSI-X.
-    private func attachPCI(disks: [DiskConfig]) throws(MachineError) {
-        let root = PciRoot()
-        let control = self.control
-        root.onResetRequest = { control.requestStop(.reset) }
-        do {
-            for (i, d) in disks.enumerated() {
-                // Our own lock would refuse it with "in use by another process": say what is wrong.
-                if disks[..<i].contains(where: { !($0.readOnly && d.readOnly) && Machine.sameFile($0.path, d.path) }) {
-                    throw MachineError.device("disk \(d.path) is given twice; a writable disk can be attached only once")
-                }
-                let blk = try VirtioBlock(path: d.path, readOnly: d.readOnly,
-                                          serial: d.serial.isEmpty ? "swhv-disk\(i)" : d.serial)
-                let dev = try VirtioPciDevice(device: blk, memory: memory, interrupts: interrupts,
-                                              intx: IRQLine(controller: interrupts, gsi: 11))
-                _ = try root.add(dev)
+    /// One virtio-blk PCI function per disk (00:01.0, 00:02.0, ...). A stock kernel finds them by
+    /// probing config space at 0xCF8 — no ACPI needed — and uses MSI-X.
+    private func attachDisks(_ disks: [DiskConfig]) throws(MachineError) {
+        for (i, d) in disks.enumerated() {
+            // Our own lock would refuse it with "in use by another process": say what is wrong.
+            if disks[..<i].contains(where: { !($0.readOnly && d.readOnly) && Machine.sameFile($0.path, d.path) }) {
+                throw .platform(.diskGivenTwice(path: d.path))
             }
-            try root.register(ports: ports, mmio: mmio)
-        } catch let e as MachineError {
-            throw e
-        } catch let e as BlockError {
-            throw .device(e.description)
-        } catch {
-            throw .device("\(error)")
+            let blk: VirtioBlock
+            do { blk = try VirtioBlock(path: d.path, readOnly: d.readOnly, serial: d.serial.isEmpty ? "swhv-disk\(i)" : d.serial) }
+            catch { throw .platform(.disk(error)) }
+            do { try platform.addVirtio(blk) } catch { throw .platform(error) }
         }
     }
 
@@ -286,14 +260,15 @@ public final class Machine: IOHandler, @unchecked Sendable {
 
     /// Copies a flat binary into guest RAM and sets the entry state (small test guests).
     public func loadFlat(_ binary: [UInt8], at address: UInt64, entry: CPUEntryState) throws(MachineError) {
-        do { try memory.write(bytes: binary, at: address) } catch { throw .memory(error as! MemoryError) }
+        do { try memory.write(bytes: binary, at: address) } catch { throw .memory(error) }
         try setEntry(entry)
         timer.mark(.kernelLoaded)
     }
 
     private func setEntry(_ entry: CPUEntryState) throws(MachineError) {
-        do { try backend.setEntryState(entry) } catch let e as KVMError { throw .kvm(e) } catch {
-            throw .vcpu(error as? VcpuError ?? .unhandled("\(error)"))
+        switch vcpu {
+        case .kvm(let kvm): do { try kvm.setEntryState(entry) } catch { throw .kvmRun(error) }
+        case .interpreter(let cpu): cpu.setEntryState(entry)
         }
     }
 
@@ -335,14 +310,9 @@ public final class Machine: IOHandler, @unchecked Sendable {
     /// Runs the guest until it stops. Returns the stop reason; throws on vCPU failures.
     public func run() throws(MachineError) -> VcpuStop {
         timer.mark(.firstInstruction)
-        do {
-            return try backend.run(io: self, control: control)
-        } catch let e as VcpuError {
-            throw .vcpu(e)
-        } catch let e as KVMError {
-            throw .kvm(e)
-        } catch {
-            throw .vcpu(.unhandled("\(error)"))
+        switch vcpu {
+        case .kvm(let kvm): do { return try kvm.run(io: self, control: control) } catch { throw .kvmRun(error) }
+        case .interpreter(let cpu): return cpu.run(io: self, control: control)
         }
     }
 

@@ -1,4 +1,5 @@
 import CPUBackend
+import Devices
 import KVM
 import LinuxLoader
 import Snapshot
@@ -10,10 +11,12 @@ public enum MachineError: Error, CustomStringConvertible {
     case invalidArgument(String)
     case memory(MemoryError)
     case loader(LoaderError)
+    /// Creating or configuring the KVM VM failed.
     case kvm(KVMError)
+    /// The KVM vCPU failed while running the guest.
+    case kvmRun(KVMRunError)
     case backendUnavailable(String)
-    case vcpu(VcpuError)
-    case device(String)
+    case platform(PlatformError)
     /// The guest stopped in a way that is a failure (triple fault).
     case guestFailure(String)
     /// A snapshot could not be written, read or restored.
@@ -26,9 +29,10 @@ public enum MachineError: Error, CustomStringConvertible {
         case .memory(let e): return e.description
         case .loader(let e): return e.description
         case .kvm(let e): return "KVM: \(e.description)"
+        case .kvmRun(.ioctl(let e)): return "KVM: \(e.description)"
+        case .kvmRun(let e): return e.description
         case .backendUnavailable(let s): return s
-        case .vcpu(let e): return e.description
-        case .device(let s): return s
+        case .platform(let e): return e.description
         case .guestFailure(let s): return s
         case .snapshot(let e): return e.description
         }

@@ -48,8 +48,12 @@ public final class VMController: VMOperations, @unchecked Sendable {
         }
         let monitor = self.monitor
         // A stop request (Ctrl-A x, a guest reset) must wake a paused vCPU so it can leave.
-        machine.control.addKicker { monitor.broadcast() }
+        kickerID = machine.control.addKicker { monitor.broadcast() }
     }
+
+    deinit { machine.control.removeKicker(kickerID) }
+
+    private var kickerID = 0
 
     public var runState: RunState { monitor.locked { state } }
 
@@ -228,7 +232,7 @@ public final class VMController: VMOperations, @unchecked Sendable {
 
     public func sendCtrlAltDel() throws(APIFault) {
         try onVcpu { [unowned self] () throws(APIFault) -> JSONValue? in
-            guard let kbd = self.machine.i8042 else { throw APIFault("this machine has no i8042 keyboard controller") }
+            let kbd = self.machine.platform.i8042
             guard kbd.injectCtrlAltDel() else {
                 throw APIFault("the guest's keyboard is disabled or has not read earlier keys; nothing was sent")
             }

@@ -1,3 +1,4 @@
+import VMCore
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -17,7 +18,7 @@ public enum MemoryError: Error, Equatable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .outOfBounds(let a, let l):
-            return "guest address range 0x\(String(a, radix: 16))+0x\(String(l, radix: 16)) is outside guest RAM"
+            return "guest address range \(hex(a))+\(hex(l)) is outside guest RAM"
         case .invalidSize(let s): return s
         case .mapFailed(let size, let e):
             return "cannot map \(size >> 20) MiB of guest RAM: \(String(cString: strerror(e)))"
@@ -48,6 +49,9 @@ public final class GuestMemory: @unchecked Sendable {
     public static let minimumSize: UInt64 = 1 << 20
     public static let maximumSize: UInt64 = 1 << 40
     static let guardSize = 4096
+    /// Host alignment of each region's start: a 2 MiB-aligned mapping lets KVM back guest RAM with
+    /// the host's transparent huge pages (its memory slots need huge-page-aligned host addresses).
+    public static let hostAlignment = 2 << 20
 
     public let regions: [MemoryRegion]
     /// Total bytes of guest RAM.
@@ -55,7 +59,7 @@ public final class GuestMemory: @unchecked Sendable {
     private let ownsMappings: Bool
 
     /// Maps `size` bytes of zeroed guest RAM, split around the MMIO hole.
-    public init(size: UInt64) throws {
+    public init(size: UInt64) throws(MemoryError) {
         guard size >= GuestMemory.minimumSize else {
             throw MemoryError.invalidSize("memory size \(size) bytes is too small (minimum 1 MiB)")
         }
@@ -67,20 +71,12 @@ public final class GuestMemory: @unchecked Sendable {
         }
         var regions: [MemoryRegion] = []
         for (base, len) in GuestMemory.regionLayout(size: size) {
-            // MAP_NORESERVE: guest RAM is committed lazily, as the guest touches it. An inaccessible
-            // guard page on each side catches any host-side overrun and keeps the kernel from merging
-            // guest RAM with neighbouring anonymous mappings (so /proc/PID/smaps shows it alone).
-            let guardLen = UInt64(GuestMemory.guardSize)
-            let p = mmap(nil, Int(len + 2 * guardLen), PROT_READ | PROT_WRITE,
-                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
-            guard let p, p != MAP_FAILED else {
+            guard let host = GuestMemory.mapRegion(length: Int(len)) else {
                 let e = errno
-                for r in regions { munmap(r.host - GuestMemory.guardSize, Int(r.size + 2 * guardLen)) }
+                for r in regions { GuestMemory.unmapRegion(r) }
                 throw MemoryError.mapFailed(size: len, errno: e)
             }
-            mprotect(p, Int(guardLen), PROT_NONE)
-            mprotect(p + Int(guardLen + len), Int(guardLen), PROT_NONE)
-            regions.append(MemoryRegion(guestBase: base, size: len, host: p + Int(guardLen)))
+            regions.append(MemoryRegion(guestBase: base, size: len, host: host))
         }
         self.regions = regions
         self.size = size
@@ -95,8 +91,38 @@ public final class GuestMemory: @unchecked Sendable {
 
     deinit {
         if ownsMappings {
-            for r in regions { munmap(r.host - GuestMemory.guardSize, Int(r.size) + 2 * GuestMemory.guardSize) }
+            for r in regions { GuestMemory.unmapRegion(r) }
         }
+    }
+
+    /// Maps `length` bytes of RAM at a `hostAlignment`-aligned host address with an inaccessible guard
+    /// page on each side: it reserves room for the alignment, then returns the slack before and after
+    /// to the kernel. MAP_NORESERVE: guest RAM is committed lazily, as the guest touches it. The
+    /// guards catch host-side overruns and keep the kernel from merging guest RAM with neighbouring
+    /// anonymous mappings (so /proc/PID/smaps shows it alone).
+    static func mapRegion(length: Int) -> UnsafeMutableRawPointer? {
+        let reserve = length + 2 * guardSize + hostAlignment
+        guard let p = mmap(nil, reserve, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
+              p != MAP_FAILED else { return nil }
+        let first = UInt(bitPattern: p) + UInt(guardSize)
+        let aligned = (first + UInt(hostAlignment - 1)) & ~UInt(hostAlignment - 1)
+        let ram = p + Int(aligned - UInt(bitPattern: p))
+        guard mprotect(ram, length, PROT_READ | PROT_WRITE) == 0 else {
+            let e = errno
+            munmap(p, reserve)
+            errno = e
+            return nil
+        }
+        let lowSlack = ram - guardSize - p
+        if lowSlack > 0 { munmap(p, lowSlack) }
+        let end = ram + length + guardSize
+        let highSlack = p + reserve - end
+        if highSlack > 0 { munmap(end, highSlack) }
+        return ram
+    }
+
+    static func unmapRegion(_ r: MemoryRegion) {
+        munmap(r.host - guardSize, Int(r.size) + 2 * guardSize)
     }
 
     /// Called after a device writes guest RAM behind the CPU's back (DMA: a virtio-blk read). The
@@ -141,7 +167,7 @@ public final class GuestMemory: @unchecked Sendable {
 
     /// Like `hostPointer`, but throws `MemoryError.outOfBounds`.
     @inline(__always)
-    public func checkedPointer(_ address: UInt64, length: UInt64) throws -> UnsafeMutableRawPointer {
+    public func checkedPointer(_ address: UInt64, length: UInt64) throws(MemoryError) -> UnsafeMutableRawPointer {
         guard let p = hostPointer(address, length: length) else {
             throw MemoryError.outOfBounds(address: address, length: length)
         }
@@ -151,39 +177,39 @@ public final class GuestMemory: @unchecked Sendable {
     // MARK: Typed little-endian accessors
 
     @inline(__always)
-    public func read<T: FixedWidthInteger>(_ type: T.Type = T.self, at address: UInt64) throws -> T {
+    public func read<T: FixedWidthInteger>(_ type: T.Type = T.self, at address: UInt64) throws(MemoryError) -> T {
         let p = try checkedPointer(address, length: UInt64(MemoryLayout<T>.size))
         return T(littleEndian: p.loadUnaligned(as: T.self))
     }
 
     @inline(__always)
-    public func write<T: FixedWidthInteger>(_ value: T, at address: UInt64) throws {
+    public func write<T: FixedWidthInteger>(_ value: T, at address: UInt64) throws(MemoryError) {
         let p = try checkedPointer(address, length: UInt64(MemoryLayout<T>.size))
         p.storeBytes(of: value.littleEndian, as: T.self)
     }
 
     /// Copies `bytes` into guest memory at `address`.
-    public func write<C: Collection>(bytes: C, at address: UInt64) throws where C.Element == UInt8 {
+    public func write<C: Collection>(bytes: C, at address: UInt64) throws(MemoryError) where C.Element == UInt8 {
         let p = try checkedPointer(address, length: UInt64(bytes.count))
         var i = 0
         for b in bytes { p.storeBytes(of: b, toByteOffset: i, as: UInt8.self); i += 1 }
     }
 
     /// Copies from a raw buffer into guest memory.
-    public func write(buffer: UnsafeRawBufferPointer, at address: UInt64) throws {
+    public func write(buffer: UnsafeRawBufferPointer, at address: UInt64) throws(MemoryError) {
         let p = try checkedPointer(address, length: UInt64(buffer.count))
         if let base = buffer.baseAddress, buffer.count > 0 { p.copyMemory(from: base, byteCount: buffer.count) }
     }
 
     /// Reads `count` bytes starting at `address`.
-    public func readBytes(at address: UInt64, count: Int) throws -> [UInt8] {
+    public func readBytes(at address: UInt64, count: Int) throws(MemoryError) -> [UInt8] {
         guard count >= 0 else { throw MemoryError.outOfBounds(address: address, length: UInt64.max) }
         let p = try checkedPointer(address, length: UInt64(count))
         return Array(UnsafeRawBufferPointer(start: p, count: count))
     }
 
     /// Fills `[address, address+length)` with `value`.
-    public func fill(_ value: UInt8, at address: UInt64, length: UInt64) throws {
+    public func fill(_ value: UInt8, at address: UInt64, length: UInt64) throws(MemoryError) {
         let p = try checkedPointer(address, length: length)
         memset(p, Int32(value), Int(length))
     }

@@ -97,6 +97,9 @@ enum CC {
     /// count. CF is the last bit shifted out; OF as for a 1-bit shift (hardware leaves it undefined
     /// for larger counts); AF 0.
     static let shl: UInt32 = 9, shr: UInt32 = 10, sar: UInt32 = 11
+    /// ROL/ROR by a non-zero count: `ccDst` the result (CF and OF follow from it, OF as for a
+    /// 1-bit rotate); SF ZF AF PF are those of the lazy state saved in the `...Prev` fields.
+    static let rol: UInt32 = 12, ror: UInt32 = 13
 }
 
 /// Everything the interpreter keeps per CPU except the general registers (in their own buffer).
@@ -106,6 +109,11 @@ struct CPUState {
     var ccDst: UInt64 = 0
     var ccSrc: UInt64 = 0
     var ccSrc2: UInt64 = 0
+    /// The lazy state a rotate keeps SF ZF AF PF from (CC.rol/ror); never itself a rotate's.
+    var ccOpPrev: UInt32 = CC.eflags
+    var ccDstPrev: UInt64 = 0
+    var ccSrcPrev: UInt64 = 0
+    var ccSrc2Prev: UInt64 = 0
     /// RFLAGS bits other than OSZAPC (bit 1 always set).
     var flagsRest: UInt64 = Flag.fixed1
 
@@ -165,5 +173,7 @@ struct CPUState {
     var testStop = false
     /// Nested exception bookkeeping during delivery (for #DF / triple fault).
     var deliveringVector: Int = -1
+    /// Validity of block chain links (BlockCache.swift); here so translated code can check it.
+    var chainEpoch: UInt32 = 1
 }
 

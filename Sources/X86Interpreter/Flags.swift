@@ -28,11 +28,25 @@ extension X86Interpreter {
     /// OSZAPC as RFLAGS bits.
     func arithFlags() -> UInt64 {
         let op = st.pointee.ccOp
-        let src = st.pointee.ccSrc
+        if op >> 2 == CC.rol || op >> 2 == CC.ror {
+            // A rotate keeps SF ZF AF PF of the state it saved and sets CF and OF from its result.
+            let base = X86Interpreter.flags(st.pointee.ccOpPrev, st.pointee.ccDstPrev, st.pointee.ccSrcPrev, st.pointee.ccSrc2Prev)
+            let s = Int(op & 3)
+            let r = st.pointee.ccDst & sizeMask(s)
+            let msb = (r >> UInt64((8 << s) - 1)) & 1
+            let cf: UInt64, of: UInt64
+            if op >> 2 == CC.rol { cf = r & 1; of = msb ^ cf } else { cf = msb; of = msb ^ ((r >> UInt64((8 << s) - 2)) & 1) }
+            return base & ~(Flag.cf | Flag.of) | cf | (of != 0 ? Flag.of : 0)
+        }
+        return X86Interpreter.flags(op, st.pointee.ccDst, st.pointee.ccSrc, st.pointee.ccSrc2)
+    }
+
+    /// OSZAPC of a lazy state other than a rotate's.
+    static func flags(_ op: UInt32, _ dst: UInt64, _ src: UInt64, _ src2: UInt64) -> UInt64 {
         if op == CC.eflags { return src & Flag.arith }
         let s = Int(op & 3)
         let mask = sizeMask(s), sign = signBit(s)
-        let r = st.pointee.ccDst & mask
+        let r = dst & mask
         var f: UInt64 = (r == 0 ? Flag.zf : 0) | (r & sign != 0 ? Flag.sf : 0) | parityFlag(r)
         switch op >> 2 {
         case CC.add:
@@ -41,7 +55,7 @@ extension X86Interpreter {
             if (a ^ r) & (b ^ r) & sign != 0 { f |= Flag.of }
             f |= (a ^ b ^ r) & Flag.af
         case CC.adc:
-            let b = src & mask, cin = st.pointee.ccSrc2 & 1, a = (r &- b &- cin) & mask
+            let b = src & mask, cin = src2 & 1, a = (r &- b &- cin) & mask
             if cin != 0 ? r <= b : r < b { f |= Flag.cf }
             if (a ^ r) & (b ^ r) & sign != 0 { f |= Flag.of }
             f |= (a ^ b ^ r) & Flag.af
@@ -51,29 +65,29 @@ extension X86Interpreter {
             if (a ^ b) & (a ^ r) & sign != 0 { f |= Flag.of }
             f |= (a ^ b ^ r) & Flag.af
         case CC.sbb:
-            let b = src & mask, cin = st.pointee.ccSrc2 & 1, a = (r &+ b &+ cin) & mask
+            let b = src & mask, cin = src2 & 1, a = (r &+ b &+ cin) & mask
             if cin != 0 ? a <= b : a < b { f |= Flag.cf }
             if (a ^ b) & (a ^ r) & sign != 0 { f |= Flag.of }
             f |= (a ^ b ^ r) & Flag.af
         case CC.logic:
             break
         case CC.inc:
-            f |= st.pointee.ccSrc2 & Flag.cf
+            f |= src2 & Flag.cf
             if r == sign { f |= Flag.of }
             if r & 0xF == 0 { f |= Flag.af }
         case CC.dec:
-            f |= st.pointee.ccSrc2 & Flag.cf
+            f |= src2 & Flag.cf
             if r == sign &- 1 { f |= Flag.of }
             if r & 0xF == 0xF { f |= Flag.af }
         case CC.shl:
-            let c = st.pointee.ccSrc2, w = UInt64(8 << s)
+            let c = src2, w = UInt64(8 << s)
             let cf = (src >> (w &- c)) & 1
             f |= cf | ((r >> (w - 1)) ^ cf != 0 ? Flag.of : 0)
         case CC.shr:
-            let c = st.pointee.ccSrc2
+            let c = src2
             f |= (src >> (c &- 1)) & 1 | (src & sign != 0 ? Flag.of : 0)
         case CC.sar:
-            let c = st.pointee.ccSrc2
+            let c = src2
             f |= UInt64(bitPattern: signExtend(src, s) >> Int64(c &- 1)) & 1
         default: // CC.szp
             f |= src & (Flag.cf | Flag.of | Flag.af)
@@ -137,8 +151,8 @@ extension X86Interpreter {
             }
             return v != (cc & 1 != 0)
         }
-        if kind != CC.eflags && cc >> 1 == 2 {
-            // ZF comes straight from the result for every lazy kind.
+        if kind != CC.eflags && kind < CC.rol && cc >> 1 == 2 {
+            // ZF comes straight from the result for every lazy kind but a rotate's.
             let r = st.pointee.ccDst & sizeMask(Int(op & 3))
             return (r == 0) != (cc & 1 != 0)
         }

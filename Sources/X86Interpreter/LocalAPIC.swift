@@ -2,6 +2,8 @@
 // timer (one-shot and periodic) counting from the VM clock at 1 tick per ns before the divider,
 // and LINT0 as the ExtINT virtual wire from the 8259.
 
+import VMCore
+
 final class LocalAPIC {
     static let defaultBase: UInt64 = 0xFEE0_0000
     /// APIC_BASE MSR: base | enable (bit 11) | BSP (bit 8).
@@ -157,7 +159,7 @@ final class LocalAPIC {
         default: v = 0
         }
         let shifted = UInt64(v) >> UInt64((offset & 3) * 8)
-        return size >= 4 ? shifted : shifted & ((UInt64(1) << UInt64(size * 8)) - 1)
+        return shifted & allOnes(size: size)
     }
 
     /// Returns true when the write may have made an interrupt deliverable.

@@ -366,6 +366,7 @@ extension X86Interpreter {
     var zeroFlag: Bool {
         let op = st.pointee.ccOp
         if op >> 2 == CC.eflags { return st.pointee.ccSrc & Flag.zf != 0 }
+        if op >> 2 >= CC.rol { return arithFlags() & Flag.zf != 0 }
         return st.pointee.ccDst & sizeMask(Int(op & 3)) == 0
     }
 

@@ -38,7 +38,10 @@ public final class X86Interpreter: VcpuBackend {
     /// Chain links, two per decoded block (by block id); see BlockCache.swift.
     let links: UnsafeMutablePointer<BlockLink>
     var blocksDecoded: Int32 = 0
-    var chainEpoch: UInt32 = 1
+    var chainEpoch: UInt32 {
+        @inline(__always) get { st.pointee.chainEpoch }
+        @inline(__always) set { st.pointee.chainEpoch = newValue }
+    }
     /// Per physical page: generation (bumped when decoded code there is invalidated) and whether
     /// decoded code exists (writes to such pages take the slow path).
     let pageGen: UnsafeMutablePointer<UInt32>
@@ -128,6 +131,7 @@ public final class X86Interpreter: VcpuBackend {
             jit.ctx.storeBytes(of: regs, toByteOffset: Int(JITLayout.ctxRegs), as: UnsafeMutableRawPointer.self)
             jit.ctx.storeBytes(of: UnsafeMutableRawPointer(st), toByteOffset: Int(JITLayout.ctxState), as: UnsafeMutableRawPointer.self)
             jit.ctx.storeBytes(of: UnsafeMutableRawPointer(tlb), toByteOffset: Int(JITLayout.ctxTLB), as: UnsafeMutableRawPointer.self)
+            jit.ctx.storeBytes(of: UnsafeMutableRawPointer(pageGen), toByteOffset: Int(JITLayout.ctxPageGen), as: UnsafeMutableRawPointer.self)
         }
         reset()
     }
@@ -155,7 +159,7 @@ public final class X86Interpreter: VcpuBackend {
 
     // MARK: VcpuBackend
 
-    public func setEntryState(_ s: CPUEntryState) throws {
+    public func setEntryState(_ s: CPUEntryState) {
         let values = [s.rax, s.rcx, s.rdx, s.rbx, s.rsp, s.rbp, s.rsi, s.rdi]
         for (i, v) in values.enumerated() { setGPR(i, v) }
         for i in 8..<16 { setGPR(i, 0) }
@@ -178,7 +182,7 @@ public final class X86Interpreter: VcpuBackend {
         flushTLB(keepGlobal: false)
     }
 
-    public func run(io: IOHandler, control: VMControl) throws -> VcpuStop {
+    public func run(io: IOHandler, control: VMControl) -> VcpuStop {
         while true {
             if let stop = runLoop(io: io, control: control, limit: UInt64.max) { return stop }
         }
@@ -437,6 +441,9 @@ public final class X86Interpreter: VcpuBackend {
         let shadow = st.pointee.interruptShadow
         var total = 0
         var previous: Int32 = -1
+        /// The exit of translated code that led here, to be linked to this block's translation.
+        var chainSite: UnsafeRawPointer? = nil
+        let jit = self.jit
         while true {
             let la = (segBase[Seg.cs] &+ rip) & st.pointee.linearMask
             let block: BlockRef
@@ -457,9 +464,10 @@ public final class X86Interpreter: VcpuBackend {
             let untilPoll = max(pollCountdown - total, 1)
             let limit = remaining < UInt64(untilPoll) ? Int(remaining) : untilPoll
             let done: Int
-            if let translated = runTranslated(block, limit: limit) {
+            if let jit, let translated = runTranslated(jit, block, limit: limit, chainFrom: &chainSite) {
                 done = translated
             } else {
+                chainSite = nil
                 done = executeBlock(block.insns, block.count, limit, rip)
                 jit?.stats.instructionsInterpreted &+= UInt64(done)
             }

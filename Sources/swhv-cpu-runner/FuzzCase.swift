@@ -407,7 +407,7 @@ final class FuzzMachine {
         entry.rsp = c.regs[4]
         entry.fs.base = c.fsBase
         entry.gs.base = c.gsBase
-        try cpu.setEntryState(entry)
+        cpu.setEntryState(entry)
         for (i, r) in X86Interpreter.Register.allCases.enumerated() { cpu[r] = c.regs[i] }
         cpu.flags = c.rflags
         for i in 0..<16 { cpu.setXMM(i, c.xmm[i]) }

@@ -168,6 +168,7 @@ struct Boot: ParsableCommand {
                 let runMs = Double(VirtualClock.hostMonotonicNs() &- processStart) / 1e6 - up
                 machine.log.error("boot timer: \(n) guest instructions, \(Int(Double(n) / max(runMs, 1) / 1000)) MIPS")
             }
+            if let r = machine.backend.statisticsReport { machine.log.error("boot timer: " + r) }
         }
         switch result {
         case .failure(let e): throw e
@@ -263,6 +264,7 @@ struct RunImage: ParsableCommand {
             line += ", \(n) guest instructions (\(Int(Double(n) / max(ms, 0.001) / 1000)) MIPS)"
         }
         machine.log.error(line)
+        if let r = machine.backend.statisticsReport { machine.log.error(r) }
         if stop == .shutdown { Glibc.exit(2) }
     }
 }

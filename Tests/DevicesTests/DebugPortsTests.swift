@@ -1,3 +1,4 @@
+import VMCore
 import XCTest
 @testable import Devices
 
@@ -7,7 +8,7 @@ final class DebugPortsTests: XCTestCase {
         let bus = Bus(name: "pio")
         let post = PortSink()
         let zero = PortSink(reads: .zero)
-        try bus.register(post, name: "post", base: UInt64(PortSink.postCodePort), length: 1)
+        try bus.register(post, name: "post", at: PCLayout.Port.postCode)
         try bus.register(zero, name: "zero", base: 0xED, length: 1)
         bus.write(0x80, size: 1, value: 0x34)
         bus.write(0x80, size: 1, value: 0x35)
@@ -27,7 +28,7 @@ final class DebugPortsTests: XCTestCase {
         var signalled: [BootTimerEvent] = []
         let timer = BootTimerPort(now: { clock }, onSignal: { signalled.append($0) })
         let bus = Bus(name: "pio")
-        try bus.register(timer, name: "boot-timer", base: UInt64(BootTimerPort.port), length: BootTimerPort.length)
+        try bus.register(timer, name: "boot-timer", at: PCLayout.Port.bootTimer)
         XCTAssertNil(timer.userspaceUpNs)
 
         clock = 5_000

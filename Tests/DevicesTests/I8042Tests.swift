@@ -16,7 +16,8 @@ private final class Harness {
     init(wireIRQ: Bool = true) throws {
         i8042 = I8042(onReset: { [unowned self] in self.resets += 1 },
                       keyboardIRQ: wireIRQ ? IRQLine(controller: irqc, gsi: 1) : nil)
-        try i8042.register(on: bus)
+        try bus.register(i8042.dataPortDevice, name: "i8042-data", at: PCLayout.Port.i8042Data)
+        try bus.register(i8042.commandPortDevice, name: "i8042-command", at: PCLayout.Port.i8042Command)
     }
 
     func status() -> UInt8 { UInt8(truncatingIfNeeded: bus.read(0x64, size: 1)) }
@@ -77,7 +78,6 @@ final class I8042Tests: XCTestCase {
         let h = try Harness()
         XCTAssertEqual(h.bus.entries.map(\.base), [0x60, 0x64])
         XCTAssertEqual(h.bus.entries.map(\.length), [1, 1])
-        XCTAssertEqual(I8042.busRanges.map(\.base), [0x60, 0x64])
         // Port 0x61 (speaker / NMI status) stays free for the PIT.
         XCTAssertNoThrow(try h.bus.register(PortSink(), name: "port61", base: 0x61, length: 1))
     }

@@ -1,3 +1,4 @@
+import VMCore
 import XCTest
 import VMMemory
 @testable import Devices
@@ -9,7 +10,7 @@ final class PciRootTests: XCTestCase {
         let dev = try VirtioPciDevice(device: VirtioNullDevice(), memory: mem, interrupts: VirtioFakeInterrupts())
         let placement = try root.add(dev)
         let ports = Bus(name: "pio")
-        try ports.register(root, name: "pci", base: UInt64(PciRoot.configPortBase), length: PciRoot.configPortCount)
+        try ports.register(root, name: "pci", at: PCLayout.Port.pciConfig)
         return (root, ports, dev, placement)
     }
 

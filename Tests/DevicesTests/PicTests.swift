@@ -7,7 +7,11 @@ final class PlatformPicRig {
     let pic = Pic8259Pair()
     let bus = Bus(name: "pio")
 
-    init() throws { try pic.register(on: bus) }
+    init() throws {
+        try bus.register(pic.ports(.master), name: "pic-master", at: PCLayout.Port.picMaster)
+        try bus.register(pic.ports(.slave), name: "pic-slave", at: PCLayout.Port.picSlave)
+        try bus.register(pic.ports(.elcr), name: "pic-elcr", at: PCLayout.Port.elcr)
+    }
 
     func outb(_ port: UInt64, _ value: UInt8) { bus.write(port, size: 1, value: UInt64(value)) }
     func inb(_ port: UInt64) -> UInt8 { UInt8(truncatingIfNeeded: bus.read(port, size: 1)) }

@@ -29,7 +29,8 @@ final class PlatformPitRig {
     init() throws {
         let clock = self.clock
         pit = Pit8254(irq: IRQLine(controller: irqs, gsi: 0), now: { clock.ns })
-        try pit.register(on: bus)
+        try bus.register(pit, name: "pit", at: PCLayout.Port.pit)
+        try bus.register(pit.speakerPort, name: "pit-port61", at: PCLayout.Port.systemControlB)
     }
 
     var irq0Count: Int { irqs.risingEdges[0] ?? 0 }

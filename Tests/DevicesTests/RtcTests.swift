@@ -14,7 +14,7 @@ final class PlatformRtcRig {
     init(start: Int64 = PlatformRtcRig.start) throws {
         let clock = self.clock
         rtc = CmosRtc(startTimeNs: start, irq: IRQLine(controller: irqs, gsi: 8), now: { clock.ns })
-        try rtc.register(on: bus)
+        try bus.register(rtc, name: "cmos-rtc", at: PCLayout.Port.rtc)
     }
 
     func read(_ reg: UInt8) -> UInt8 {

@@ -149,9 +149,8 @@ final class VirtioPciHarness {
         transport = try VirtioPciDevice(device: device, memory: memory, interrupts: interrupts, intx: intx)
         let placement = try root.add(transport)
         slot = placement.address.device
-        try ports.register(root, name: "pci-config", base: UInt64(PciRoot.configPortBase),
-                           length: PciRoot.configPortCount)
-        try mmio.register(root.mmioWindow, name: "pci-mmio", base: root.mmioBase, length: root.mmioSize)
+        try ports.register(root, name: "pci-config", at: PCLayout.Port.pciConfig)
+        try mmio.register(root.mmioWindow, name: "pci-mmio", at: root.window)
     }
 
     // MARK: Config space via ports

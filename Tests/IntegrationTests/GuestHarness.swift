@@ -80,14 +80,15 @@ enum GuestHarness {
     }
 
     /// Runs a guest on `accelerator` with a watchdog: a guest that does not stop within `timeout`
-    /// seconds is stopped and reported as a host request.
-    static func run(_ name: String, accelerator: Accelerator, timeout: Double = 30,
-                    memory: UInt64 = 16 << 20, prepare: ((Machine) throws -> Void)? = nil) throws -> Run {
+    /// seconds is stopped and reported as a host request. `irqchip`: KVM's in-kernel interrupt
+    /// controllers (then HLT with interrupts on waits in the kernel instead of ending the run).
+    static func run(_ name: String, accelerator: Accelerator, timeout: Double = 30, memory: UInt64 = 16 << 20,
+                    irqchip: Bool = false, prepare: ((Machine) throws -> Void)? = nil) throws -> Run {
         let binary = try assemble(name)
         var config = MachineConfig()
         config.memorySize = memory
         config.accelerator = accelerator
-        config.irqchip = false
+        config.irqchip = irqchip
         config.quiet = true
         let output = SerialOutputCollector()
         let machine = try Machine(config: config, consoleOutput: output)

@@ -12,7 +12,7 @@ final class BenchmarkTests: XCTestCase {
         let mem = try LongModeGuest.makeMemory()
         try mem.write(bytes: GuestPrograms.benchmarkLoop.code, at: GuestPrograms.benchmarkLoop.address)
         let cpu = X86Interpreter(memory: mem, clock: VirtualClock())
-        try cpu.setEntryState(LongModeGuest.entryState(rip: GuestPrograms.benchmarkLoop.address, rsp: 0x7F000))
+        cpu.setEntryState(LongModeGuest.entryState(rip: GuestPrograms.benchmarkLoop.address, rsp: 0x7F000))
         let n = UInt64(ProcessInfo.processInfo.environment["SWHV_BENCH_INSTRUCTIONS"] ?? "") ?? 2_000_000
         let start = VirtualClock.hostMonotonicNs()
         let stop = cpu.run(io: RecordingIO(), control: VMControl(), maxInstructions: n)

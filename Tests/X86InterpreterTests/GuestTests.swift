@@ -26,7 +26,7 @@ final class GuestTests: XCTestCase {
         try LongModeGuest.setGate(mem, vector: 0x80, handler: GuestPrograms.syscallHandler.address)
         try LongModeGuest.setGate(mem, vector: 0x40, handler: GuestPrograms.apicTimerHandler.address)
         let cpu = X86Interpreter(memory: mem, clock: VirtualClock())
-        try cpu.setEntryState(LongModeGuest.entryState(rip: entry.address, rsp: 0x7F000))
+        cpu.setEntryState(LongModeGuest.entryState(rip: entry.address, rsp: 0x7F000))
         return (mem, cpu)
     }
 
@@ -44,7 +44,7 @@ final class GuestTests: XCTestCase {
             try load(mem, p)
         }
         let cpu = X86Interpreter(memory: mem, clock: VirtualClock())
-        try cpu.setEntryState(.realMode(cs: 0, ip: 0x7C00))
+        cpu.setEntryState(.realMode(cs: 0, ip: 0x7C00))
         let io = RecordingIO()
         XCTAssertEqual(runToHalt(cpu, io: io), .haltedForever)
         XCTAssertEqual(cpu[.rbx], 0x1122_3344_5566_7788, "64-bit push/pop after the switch")
@@ -116,7 +116,7 @@ final class GuestTests: XCTestCase {
         let control = VMControl()
         let io = RecordingIO()
         let start = VirtualClock.hostMonotonicNs()
-        let stop = try cpu.run(io: io, control: control)
+        let stop = cpu.run(io: io, control: control)
         let elapsed = VirtualClock.hostMonotonicNs() - start
         XCTAssertEqual(stop, .haltedForever)
         XCTAssertEqual(cpu[.r15], 1, "timer interrupt handled once")
@@ -169,7 +169,7 @@ final class GuestTests: XCTestCase {
         let (_, cpu) = try makeKernelGuest(entry: GuestPrograms.spin)
         let control = VMControl()
         DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(50)) { control.requestStop(.poweroff) }
-        XCTAssertEqual(try cpu.run(io: RecordingIO(), control: control), .poweroff)
+        XCTAssertEqual(cpu.run(io: RecordingIO(), control: control), .poweroff)
         XCTAssertGreaterThan(cpu.instructionsRetired, 0)
     }
 
@@ -217,7 +217,7 @@ final class GuestTests: XCTestCase {
         let (_, cpu) = try makeKernelGuest(entry: GuestPrograms.undefinedOpcode)
         var s = LongModeGuest.entryState(rip: GuestPrograms.undefinedOpcode.address, rsp: 0x7F000)
         s.idt = DescriptorTable(base: LongModeGuest.idtBase, limit: 0)
-        try cpu.setEntryState(s)
+        cpu.setEntryState(s)
         XCTAssertEqual(runToHalt(cpu), .shutdown)
     }
 
@@ -233,7 +233,7 @@ final class GuestTests: XCTestCase {
         let (_, cpu) = try makeKernelGuest(entry: GuestPrograms.benchmarkLoop)
         let control = VMControl()
         control.requestStop(.hostRequest)
-        XCTAssertEqual(try cpu.run(io: RecordingIO(), control: control), .hostRequest)
+        XCTAssertEqual(cpu.run(io: RecordingIO(), control: control), .hostRequest)
     }
 }
 
@@ -251,7 +251,7 @@ final class CPUIDTests: XCTestCase {
         let mem = try LongModeGuest.makeMemory()
         try mem.write(bytes: [0x0F, 0xA2, 0xF4], at: 0x10000)   // cpuid; hlt
         let cpu = X86Interpreter(memory: mem, clock: VirtualClock())
-        try cpu.setEntryState(LongModeGuest.entryState(rip: 0x10000, rsp: 0x7F000))
+        cpu.setEntryState(LongModeGuest.entryState(rip: 0x10000, rsp: 0x7F000))
         cpu[.rax] = UInt64(leaf)
         _ = cpu.run(io: RecordingIO(), control: VMControl(), maxInstructions: 10)
         return (UInt32(cpu[.rax]), UInt32(cpu[.rbx]), UInt32(cpu[.rcx]), UInt32(cpu[.rdx]))

@@ -16,7 +16,7 @@ final class HostileGuestTests: XCTestCase {
         var s = LongModeGuest.entryState(rip: 0x10000, rsp: 0x80000)
         s.rcx = .max
         s.rsi = 0x20_0000
-        try cpu.setEntryState(s)
+        cpu.setEntryState(s)
         let io = RecordingIO()
         let start = Date()
         cpu.step(io: io)
@@ -38,7 +38,7 @@ final class HostileGuestTests: XCTestCase {
         s.rcx = 100
         s.rdi = 0x20_0000
         s.rax = 0x5A
-        try cpu.setEntryState(s)
+        cpu.setEntryState(s)
         cpu.step(io: RecordingIO())
         XCTAssertEqual(cpu.instructionPointer, 0x10002)
         XCTAssertEqual(cpu[.rcx], 0)
@@ -61,7 +61,7 @@ final class FaultLoopTests: XCTestCase {
         }
         var s = LongModeGuest.entryState(rip: 0x8000, rsp: 0x70000)
         s.rflags = 0x2
-        try cpu.setEntryState(s)
+        cpu.setEntryState(s)
         return (cpu, mem)
     }
 
@@ -79,7 +79,7 @@ final class FaultLoopTests: XCTestCase {
         let done = DispatchSemaphore(value: 0)
         nonisolated(unsafe) let c = cpu
         nonisolated(unsafe) var stop: VcpuStop?
-        Thread { stop = try? c.run(io: RecordingIO(), control: control); done.signal() }.start()
+        Thread { stop = c.run(io: RecordingIO(), control: control); done.signal() }.start()
         usleep(100_000)
         control.requestStop(.hostRequest)
         XCTAssertEqual(done.wait(timeout: .now() + 10), .success, "the VM ignored the stop request")
@@ -100,7 +100,7 @@ final class X87HostileOperandTests: XCTestCase {
                 try mem.write(bytes: [0xDB, 0x2C, 0x25, 0x00, 0x00, 0x20, 0x00,
                                       0xDB, 0x2C, 0x25, 0x0A, 0x00, 0x20, 0x00,
                                       0xD9, op, 0xF4], at: 0x10000)
-                try cpu.setEntryState(LongModeGuest.entryState(rip: 0x10000, rsp: 0x80000))
+                cpu.setEntryState(LongModeGuest.entryState(rip: 0x10000, rsp: 0x80000))
                 for _ in 0..<4 { cpu.step(io: RecordingIO()) }
                 XCTAssertEqual(cpu.instructionPointer, 0x10011, "ran through \(a) rem \(b) (op \(op))")
             }

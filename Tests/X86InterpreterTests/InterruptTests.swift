@@ -44,7 +44,7 @@ final class InterruptTests: XCTestCase {
             try LongModeGuest.setGate(mem, vector: v, handler: GuestPrograms.countingHandler.address)
         }
         let cpu = X86Interpreter(memory: mem, clock: VirtualClock(), externalInterrupts: pic, timedDevices: devices)
-        try cpu.setEntryState(LongModeGuest.entryState(rip: GuestPrograms.waitForInterrupt.address, rsp: 0x7F000))
+        cpu.setEntryState(LongModeGuest.entryState(rip: GuestPrograms.waitForInterrupt.address, rsp: 0x7F000))
         return (mem, cpu)
     }
 
@@ -53,7 +53,7 @@ final class InterruptTests: XCTestCase {
         for p in [GuestPrograms.realModeInt, GuestPrograms.realModeHandler] { try mem.write(bytes: p.code, at: p.address) }
         try mem.write(UInt32(0x0000_0900), at: 0x21 * 4)   // 0000:0900
         let cpu = X86Interpreter(memory: mem, clock: VirtualClock())
-        try cpu.setEntryState(.realMode(cs: 0, ip: 0x800))
+        cpu.setEntryState(.realMode(cs: 0, ip: 0x800))
         XCTAssertEqual(cpu.run(io: RecordingIO(), control: VMControl(), maxInstructions: 100), .haltedForever)
         XCTAssertEqual(cpu[.rbx] & 0xFFFF, 0x1235, "handler ran and IRET returned")
         XCTAssertEqual(cpu[.rcx] & 0xFFFF, 0x7000 - 6, "FLAGS, CS, IP pushed as 16-bit words")
@@ -78,7 +78,7 @@ final class InterruptTests: XCTestCase {
         s.gdt = DescriptorTable(base: 0x8000, limit: 0x17)
         s.idt = DescriptorTable(base: 0x9000, limit: 0x7FF)
         let cpu = X86Interpreter(memory: mem, clock: VirtualClock())
-        try cpu.setEntryState(s)
+        cpu.setEntryState(s)
         XCTAssertEqual(cpu.run(io: RecordingIO(), control: VMControl(), maxInstructions: 100), .haltedForever)
         XCTAssertEqual(cpu[.rbx], 0xABCD, "handler ran and IRETD returned")
         XCTAssertEqual(cpu[.rcx], GuestPrograms.protectedInt.address + 7, "return EIP after INT")
@@ -92,7 +92,7 @@ final class InterruptTests: XCTestCase {
         let clock = VirtualClock()
         let timer = FakeTimer(pic: pic, deadline: clock.nowNs + 300_000)
         let (_, cpu) = try kernelGuest(pic: pic, devices: [timer])
-        XCTAssertEqual(try cpu.run(io: RecordingIO(), control: VMControl()), .haltedForever)
+        XCTAssertEqual(cpu.run(io: RecordingIO(), control: VMControl()), .haltedForever)
         XCTAssertEqual(cpu[.r15], 1, "vector 0x30 handled once")
         XCTAssertEqual(pic.acknowledged, [0x30], "INTA cycle on the PIC")
         XCTAssertEqual(cpu[.r11], GuestPrograms.waitForInterrupt.address + 2, "interrupt returned after HLT")
@@ -105,7 +105,7 @@ final class InterruptTests: XCTestCase {
         let (_, cpu) = try kernelGuest(pic: pic, devices: [])
         // IF is clear at entry: the first instruction (STI) must run before delivery, and the STI
         // shadow delays it by one more instruction (HLT), so the return address follows HLT.
-        XCTAssertEqual(try cpu.run(io: RecordingIO(), control: VMControl()), .haltedForever)
+        XCTAssertEqual(cpu.run(io: RecordingIO(), control: VMControl()), .haltedForever)
         XCTAssertEqual(cpu[.r15], 1)
         XCTAssertEqual(cpu[.r11], GuestPrograms.waitForInterrupt.address + 2)
     }
@@ -114,7 +114,7 @@ final class InterruptTests: XCTestCase {
         let (_, cpu) = try kernelGuest(pic: nil, devices: [])
         // Software-enabling the APIC is the guest's job; fixed MSIs are accepted either way.
         cpu.deliverMSI(address: 0xFEE0_0000, data: 0x41)
-        XCTAssertEqual(try cpu.run(io: RecordingIO(), control: VMControl()), .haltedForever)
+        XCTAssertEqual(cpu.run(io: RecordingIO(), control: VMControl()), .haltedForever)
         XCTAssertEqual(cpu[.r15], 1, "MSI vector 0x41 delivered")
     }
 
@@ -124,7 +124,7 @@ final class InterruptTests: XCTestCase {
         let control = VMControl()
         // Nothing can wake the CPU: stop it from another thread after a moment.
         DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(50)) { control.requestStop(.hostRequest) }
-        XCTAssertEqual(try cpu.run(io: RecordingIO(), control: control), .hostRequest)
+        XCTAssertEqual(cpu.run(io: RecordingIO(), control: control), .hostRequest)
         XCTAssertEqual(cpu[.r15], 0)
         XCTAssertTrue(cpu.isHalted)
     }

@@ -15,7 +15,7 @@ final class MMXTests: XCTestCase {
         let mem = try LongModeGuest.makeMemory()
         try mem.write(bytes: code, at: MMXTests.code)
         let cpu = X86Interpreter(memory: mem, clock: VirtualClock())
-        try cpu.setEntryState(LongModeGuest.entryState(rip: MMXTests.code, rsp: 0x7F000))
+        cpu.setEntryState(LongModeGuest.entryState(rip: MMXTests.code, rsp: 0x7F000))
         cpu.interceptExceptions = true
         cpu[.rsi] = MMXTests.scratch
         return (mem, cpu)

@@ -68,7 +68,7 @@ final class OracleVectorTests: XCTestCase {
             try mem.write(bytes: stackPattern, at: OracleVectorTests.stackLo)
 
             let regs = (v["regs"] as? [Any] ?? []).map(parse)
-            try cpu.setEntryState(LongModeGuest.entryState(rip: OracleVectorTests.code, rsp: regs[4]))
+            cpu.setEntryState(LongModeGuest.entryState(rip: OracleVectorTests.code, rsp: regs[4]))
             for (i, r) in X86Interpreter.Register.allCases.enumerated() { cpu[r] = regs[i] }
             cpu.flags = parse(v["rflags"])
             func parse128(_ s: Any?) -> (UInt64, UInt64) {

@@ -42,7 +42,7 @@ final class PagingTests: XCTestCase {
             let data = Segment(base: 0, limit: 0xFFFF_FFFF, selector: LongModeGuest.userDS, type: 0x3, dpl: 3, db: true, g: true)
             s.ss = data; s.ds = data; s.es = data
         }
-        try cpu.setEntryState(s)
+        cpu.setEntryState(s)
         cpu[.rbx] = rbx
         cpu[.rax] = 0x1122_3344
         cpu.interceptedException = nil
@@ -119,7 +119,7 @@ final class PagingTests: XCTestCase {
                              0x48, 0x8B, 0x13,               // mov rdx, [rbx]
                              0x90]
         try mem.write(bytes: code, at: 0x10000)
-        try cpu.setEntryState(LongModeGuest.entryState(rip: 0x10000, rsp: 0x7F000))
+        cpu.setEntryState(LongModeGuest.entryState(rip: 0x10000, rsp: 0x7F000))
         cpu[.rbx] = PagingTests.window
         XCTAssertNil(cpu.run(io: RecordingIO(), control: VMControl(), maxInstructions: 2))
         try map(0, PTE.p | PTE.rw, phys: 0x310000)   // remap without telling the TLB
@@ -167,7 +167,7 @@ final class LegacyPagingTests: XCTestCase {
         s.gdt = DescriptorTable(base: 0x500, limit: 0x17)
         let cpu = X86Interpreter(memory: mem, clock: VirtualClock())
         cpu.interceptExceptions = true
-        try cpu.setEntryState(s)
+        cpu.setEntryState(s)
         _ = cpu.run(io: RecordingIO(), control: VMControl(), maxInstructions: 1)
         return (cpu[.rax], cpu)
     }

@@ -30,7 +30,7 @@ final class RobustnessTests: XCTestCase {
             if round % 3 == 0 { code[0] = 0x0F; code[1] = UInt8(truncatingIfNeeded: next() & 0x3F) }
             try mem.write(bytes: code, at: 0x10000)
             let cpu = X86Interpreter(memory: mem, clock: VirtualClock())
-            try cpu.setEntryState(LongModeGuest.entryState(rip: 0x10000, rsp: 0x7F000))
+            cpu.setEntryState(LongModeGuest.entryState(rip: 0x10000, rsp: 0x7F000))
             var stop: VcpuStop?
             for _ in 0..<2000 {
                 stop = cpu.step(io: io)

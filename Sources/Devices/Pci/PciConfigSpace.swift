@@ -1,3 +1,5 @@
+import VMCore
+
 /// Offsets of the registers in a type 0 PCI configuration header (PCI Local Bus 3.0, section 6.1).
 public enum PciConfigRegister {
     public static let vendorID = 0x00
@@ -64,12 +66,12 @@ public enum PciError: Error, Equatable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .invalidBar(let i, let s):
-            return "PCI BAR \(i) of size 0x\(String(s, radix: 16)) is invalid (index 0-5, power-of-two size >= 16)"
+            return "PCI BAR \(i) of size \(hex(s)) is invalid (index 0-5, power-of-two size >= 16)"
         case .capabilitySpaceFull(let n):
             return "PCI configuration space has no room for a \(n)-byte capability"
         case .noFreeSlot: return "PCI bus 0 has no free device slot (32 slots)"
         case .mmioWindowFull(let d, let n):
-            return "PCI MMIO window has no room for \(d) (needs 0x\(String(n, radix: 16)) bytes)"
+            return "PCI MMIO window has no room for \(d) (needs \(hex(n)) bytes)"
         }
     }
 }
@@ -233,5 +235,32 @@ public final class PciConfigSpace {
         lastCapability = offset
         nextCapabilityOffset = (offset + length + 3) & ~3
         return offset
+    }
+}
+
+// MARK: State
+
+extension PciConfigSpace: StatefulDevice {
+    /// The 256 bytes as the guest reads them.
+    public struct State: DeviceState {
+        public static let currentVersion: UInt32 = 1
+        public var version = State.currentVersion
+        public var bytes: [UInt8]
+    }
+
+    public func captureState() -> State { State(bytes: bytes) }
+
+    /// Only guest-writable bits can differ between a device and its saved self (everything else was
+    /// fixed when the device was built): a state whose read-only bits differ is another device's.
+    public func restoreState(_ s: State) throws(DeviceStateError) {
+        try s.checkVersion(device: "PCI configuration space")
+        guard s.bytes.count == PciConfigSpace.size else {
+            throw .invalid(device: "PCI configuration space", reason: "\(s.bytes.count) bytes")
+        }
+        for i in 0..<PciConfigSpace.size where (s.bytes[i] ^ bytes[i]) & ~writeMask[i] != 0 {
+            throw .mismatch(device: "PCI configuration space",
+                            reason: "read-only byte \(hex(i)) is \(hex(s.bytes[i])), this device has \(hex(bytes[i]))")
+        }
+        bytes = s.bytes
     }
 }

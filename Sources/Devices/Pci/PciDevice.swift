@@ -1,3 +1,5 @@
+import VMCore
+
 /// One PCI function on the root bus: a configuration space and the memory BARs it decodes.
 /// Called only on the vCPU thread.
 public protocol PciDevice: AnyObject {
@@ -31,8 +33,7 @@ public struct PciAddress: Equatable, Hashable, Sendable, CustomStringConvertible
     }
     /// The form Linux prints: 0000:00:01.0.
     public var description: String {
-        func hex(_ v: UInt8) -> String { v < 16 ? "0" + String(v, radix: 16) : String(v, radix: 16) }
-        return "0000:\(hex(bus)):\(hex(device)).\(function)"
+        "0000:\(hexDigits(bus, width: 2)):\(hexDigits(device, width: 2)).\(function)"
     }
 }
 
@@ -50,11 +51,6 @@ public final class PciHostBridge: PciDevice {
                                        classCode: 0x06, subclass: 0x00)
     public var pciName: String { "host-bridge" }
     public init() {}
-    public func barRead(_ bar: Int, offset: UInt64, size: Int) -> UInt64 { pciAllOnes(size) }
+    public func barRead(_ bar: Int, offset: UInt64, size: Int) -> UInt64 { allOnes(size: size) }
     public func barWrite(_ bar: Int, offset: UInt64, size: Int, value: UInt64) {}
-}
-
-@inline(__always)
-func pciAllOnes(_ size: Int) -> UInt64 {
-    size >= 8 ? UInt64.max : (size <= 0 ? 0 : (UInt64(1) << (UInt64(size) * 8)) - 1)
 }

@@ -1,4 +1,4 @@
-import CPUBackend
+import VMCore
 
 /// An MSI-X capability with its vector table and pending-bit array (PCI Local Bus 3.0, 6.8.2).
 ///
@@ -58,9 +58,9 @@ public final class PciMsix {
 
     public func readTable(offset: UInt64, size: Int) -> UInt64 {
         guard offset < tableSize, let (index, lane) = PciMsix.dwordLane(offset, size),
-              index + (size == 8 ? 1 : 0) < table.count else { return pciAllOnes(size) }
+              index + (size == 8 ? 1 : 0) < table.count else { return allOnes(size: size) }
         if size == 8 { return UInt64(table[index]) | UInt64(table[index + 1]) << 32 }
-        return UInt64(table[index] >> (8 * UInt32(lane))) & pciAllOnes(size)
+        return UInt64(table[index] >> (8 * UInt32(lane))) & allOnes(size: size)
     }
 
     public func writeTable(offset: UInt64, size: Int, value: UInt64) {
@@ -71,7 +71,7 @@ public final class PciMsix {
             storeDword(index + 1, UInt32(truncatingIfNeeded: value >> 32))
         } else {
             let shift = 8 * UInt32(lane)
-            let m = UInt32(truncatingIfNeeded: pciAllOnes(size)) << shift
+            let m = UInt32(truncatingIfNeeded: allOnes(size: size)) << shift
             storeDword(index, (table[index] & ~m) | ((UInt32(truncatingIfNeeded: value) << shift) & m))
         }
         deliverPending()
@@ -86,14 +86,14 @@ public final class PciMsix {
     }
 
     public func readPba(offset: UInt64, size: Int) -> UInt64 {
-        guard offset < pbaSize, let (index, lane) = PciMsix.dwordLane(offset, size) else { return pciAllOnes(size) }
+        guard offset < pbaSize, let (index, lane) = PciMsix.dwordLane(offset, size) else { return allOnes(size: size) }
         func dword(_ i: Int) -> UInt32 {
             var v: UInt32 = 0
             for bit in 0..<32 where i * 32 + bit < vectorCount && pending[i * 32 + bit] { v |= 1 << UInt32(bit) }
             return v
         }
         if size == 8 { return UInt64(dword(index)) | UInt64(dword(index + 1)) << 32 }
-        return UInt64(dword(index) >> (8 * UInt32(lane))) & pciAllOnes(size)
+        return UInt64(dword(index) >> (8 * UInt32(lane))) & allOnes(size: size)
     }
 
     /// Splits an access into (dword index, byte lane). Accesses must be naturally aligned.
@@ -132,5 +132,38 @@ public final class PciMsix {
             pending[v] = false
             send(v)
         }
+    }
+}
+
+// MARK: State
+
+extension PciMsix {
+    /// The vector table (4 dwords per vector) and the pending bits. Enable and function mask live in
+    /// the configuration space.
+    public struct State: DeviceState {
+        public static let currentVersion: UInt32 = 1
+        public var version = State.currentVersion
+        public var table: [UInt32]
+        public var pending: [Bool]
+    }
+
+    public func captureState() -> State { State(table: table, pending: pending) }
+
+    /// Restores the table and pending bits and re-reads enable/mask from `config` (restored first),
+    /// without sending anything: pending vectors wait for the guest to unmask them, as they did.
+    public func restoreState(_ s: State, config: PciConfigSpace) throws(DeviceStateError) {
+        try s.checkVersion(device: "MSI-X")
+        guard s.table.count == 4 * vectorCount, s.pending.count == vectorCount else {
+            throw .mismatch(device: "MSI-X", reason: "\(s.pending.count) vectors saved, this function has \(vectorCount)")
+        }
+        // What storeDword lets the guest write: dword-aligned addresses, only the mask bit of control.
+        for v in 0..<vectorCount where s.table[4 * v] & 3 != 0 || s.table[4 * v + 3] & ~1 != 0 {
+            throw .invalid(device: "MSI-X", reason: "vector \(v) has reserved bits set")
+        }
+        table = s.table
+        pending = s.pending
+        let control = config.get16(capabilityOffset + 2)
+        enabled = control & PciMsix.controlEnable != 0
+        functionMasked = control & PciMsix.controlFunctionMask != 0
     }
 }

@@ -1,3 +1,5 @@
+import VMCore
+
 /// PCI bus 0 behind a host bridge, reached through configuration mechanism #1: the guest writes
 /// CONFIG_ADDRESS (port 0xCF8, dword) and then accesses CONFIG_DATA (ports 0xCFC-0xCFF).
 ///
@@ -5,9 +7,8 @@
 /// aligned addresses inside one MMIO window, and enables memory decoding. Linux keeps such
 /// firmware-assigned BARs when they are valid, so the guest normally never moves them.
 ///
-/// Registration (done once by the machine, or with `register(ports:mmio:)`):
-/// - the root itself on the port bus at `PciRoot.configPortBase`, length `PciRoot.configPortCount`;
-/// - `root.mmioWindow` on the MMIO bus at `root.mmioBase`, length `root.mmioSize`.
+/// The platform registers the root itself on the port bus at `PCLayout.Port.pciConfig` and
+/// `root.mmioWindow` on the MMIO bus at `root.window`.
 ///
 /// Port 0xCF9 sits inside that range: on PC chipsets it is the byte-wide Reset Control Register
 /// (Linux's `reboot=pci`). Byte writes there setting bit 2 call `onResetRequest`.
@@ -15,13 +16,6 @@
 /// device's config space and honour the command register's memory-enable bit, so a guest that
 /// re-programs a BAR (within the window) keeps working without re-registering anything.
 public final class PciRoot: BusDevice {
-    public static let configPortBase: UInt16 = 0xCF8
-    public static let configPortCount: UInt64 = 8
-    /// Default window: the first 256 MiB of the 32-bit hole, well below the IOAPIC (0xFEC00000)
-    /// and the local APIC (0xFEE00000).
-    public static let defaultMmioBase: UInt64 = 0xC000_0000
-    public static let defaultMmioSize: UInt64 = 0x1000_0000
-
     public let mmioBase: UInt64
     public let mmioSize: UInt64
     /// Slot number → device; slot 0 is the host bridge.
@@ -35,7 +29,7 @@ public final class PciRoot: BusDevice {
     public var onResetRequest: (() -> Void)?
 
     /// `mmioBase` and `mmioSize` are rounded to 4 KiB; a window wrapping past 2^64 is shrunk.
-    public init(mmioBase: UInt64 = PciRoot.defaultMmioBase, mmioSize: UInt64 = PciRoot.defaultMmioSize) {
+    public init(mmioBase: UInt64 = PCLayout.MMIO.pciWindow.base, mmioSize: UInt64 = PCLayout.MMIO.pciWindow.length) {
         let base = mmioBase & ~0xFFF
         var size = mmioSize & ~0xFFF
         if base.addingReportingOverflow(size).overflow { size = (UInt64.max - base + 1) & ~0xFFF }
@@ -72,12 +66,8 @@ public final class PciRoot: BusDevice {
         return PciPlacement(address: PciAddress(device: UInt8(slot)), barAddresses: assigned)
     }
 
-    /// Registers the config ports and the MMIO window on the machine's buses.
-    public func register(ports: Bus, mmio: Bus) throws {
-        try ports.register(self, name: "pci-config", base: UInt64(PciRoot.configPortBase),
-                           length: PciRoot.configPortCount)
-        try mmio.register(mmioWindow, name: "pci-mmio", base: mmioBase, length: mmioSize)
-    }
+    /// The MMIO window BARs are assigned in: where `mmioWindow` belongs on the MMIO bus.
+    public var window: BusRange { BusRange(base: mmioBase, length: mmioSize) }
 
     /// The device at `address`, if any (function 0 of bus 0 only).
     public func device(at address: PciAddress) -> PciDevice? {
@@ -91,7 +81,7 @@ public final class PciRoot: BusDevice {
     public func configRead(_ address: PciAddress, offset: Int, size: Int) -> UInt32 {
         guard let dev = device(at: address), offset >= 0, (offset & 3) + size <= 4,
               size == 1 || size == 2 || size == 4, offset + size <= PciConfigSpace.size else {
-            return UInt32(truncatingIfNeeded: pciAllOnes(size))
+            return UInt32(truncatingIfNeeded: allOnes(size: size))
         }
         return dev.configRead(offset: offset, size: size)
     }
@@ -119,14 +109,14 @@ public final class PciRoot: BusDevice {
             return UInt64(resetControl)
         case 0..<4:
             // Word reads of CONFIG_ADDRESS see the matching bytes; Linux only uses dwords.
-            guard Int(offset) + size <= 4 else { return pciAllOnes(size) }
-            return UInt64(configAddress >> (8 * UInt32(offset))) & pciAllOnes(size)
+            guard Int(offset) + size <= 4 else { return allOnes(size: size) }
+            return UInt64(configAddress >> (8 * UInt32(offset))) & allOnes(size: size)
         case 4..<8:
             let lane = Int(offset - 4)
-            guard lane + size <= 4, let (addr, reg) = decodedAddress() else { return pciAllOnes(size) }
+            guard lane + size <= 4, let (addr, reg) = decodedAddress() else { return allOnes(size: size) }
             return UInt64(configRead(addr, offset: reg + lane, size: size))
         default:
-            return pciAllOnes(size)
+            return allOnes(size: size)
         }
     }
 
@@ -172,7 +162,7 @@ public final class PciRoot: BusDevice {
 
     /// An MMIO read at guest-physical `address`; nothing there reads all-ones.
     public func mmioRead(_ address: UInt64, size: Int) -> UInt64 {
-        guard let (dev, bar, off) = route(address) else { return pciAllOnes(size) }
+        guard let (dev, bar, off) = route(address) else { return allOnes(size: size) }
         return dev.barRead(bar, offset: off, size: size)
     }
 
@@ -189,5 +179,31 @@ final class PciMmioWindow: BusDevice {
     func read(offset: UInt64, size: Int) -> UInt64 { root.mmioRead(root.mmioBase &+ offset, size: size) }
     func write(offset: UInt64, size: Int, value: UInt64) {
         root.mmioWrite(root.mmioBase &+ offset, size: size, value: value)
+    }
+}
+
+// MARK: State
+
+extension PciRoot {
+    /// CONFIG_ADDRESS, the reset control register and the host bridge's configuration space. The
+    /// functions in the other slots save their own state.
+    public struct State: DeviceState {
+        public static let currentVersion: UInt32 = 1
+        public var version = State.currentVersion
+        public var configAddress: UInt32
+        public var resetControl: UInt8
+        public var hostBridge: PciConfigSpace.State
+    }
+
+    public func captureState() -> State {
+        State(configAddress: configAddress, resetControl: resetControl,
+              hostBridge: slots[0]?.config.captureState() ?? PciConfigSpace.State(bytes: []))
+    }
+
+    public func restoreState(_ s: State) throws(DeviceStateError) {
+        try s.checkVersion(device: "PCI root")
+        guard s.resetControl & ~0x0E == 0 else { throw .invalid(device: "PCI root", reason: "reset control register") }
+        try slots[0]?.config.restoreState(s.hostBridge)
+        (configAddress, resetControl) = (s.configAddress, s.resetControl)
     }
 }

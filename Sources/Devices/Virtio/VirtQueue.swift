@@ -1,3 +1,4 @@
+import VMCore
 import VMMemory
 import Synchronization
 
@@ -23,16 +24,15 @@ public enum VirtQueueError: Error, Equatable, CustomStringConvertible {
     case writableOverlapsRing(address: UInt64, length: UInt32)
 
     public var description: String {
-        func h(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
         switch self {
         case .invalidSize(let s, let m): return "queue size \(s) is not a power of two in 1...\(m)"
-        case .misalignedRing(let n, let a): return "\(n) at \(h(a)) is misaligned"
-        case .ringOutsideMemory(let n, let a, let l): return "\(n) at \(h(a))+\(h(l)) is outside guest RAM"
+        case .misalignedRing(let n, let a): return "\(n) at \(hex(a)) is misaligned"
+        case .ringOutsideMemory(let n, let a, let l): return "\(n) at \(hex(a))+\(hex(l)) is outside guest RAM"
         case .availIndexJump(let a, let n, let s):
             return "available index jumped from \(n) to \(a) (more than the queue size \(s))"
         case .descriptorIndexOutOfRange(let i, let t): return "descriptor index \(i) is outside a table of \(t)"
         case .descriptorOutsideMemory(let a, let l):
-            return "descriptor buffer \(h(a))+\(h(UInt64(l))) is outside guest RAM"
+            return "descriptor buffer \(hex(a))+\(hex(l)) is outside guest RAM"
         case .chainTooLong(let l): return "descriptor chain is longer than \(l) (a loop?)"
         case .indirectNotNegotiated: return "indirect descriptor used without VIRTIO_F_INDIRECT_DESC"
         case .nestedIndirect: return "indirect descriptor inside an indirect table"
@@ -40,7 +40,7 @@ public enum VirtQueueError: Error, Equatable, CustomStringConvertible {
         case .badIndirectTableLength(let l): return "indirect table length \(l) is not a multiple of 16 in range"
         case .readableAfterWritable: return "device-readable descriptor after a device-writable one"
         case .writableOverlapsRing(let a, let l):
-            return "device-writable buffer \(h(a))+\(h(UInt64(l))) overlaps the queue's rings"
+            return "device-writable buffer \(hex(a))+\(hex(l)) overlaps the queue's rings"
         }
     }
 }
@@ -354,5 +354,45 @@ public final class VirtQueue {
             // vring_need_event: did the used index pass used_event since the last decision?
             return new &- usedEvent &- 1 < new &- old
         }
+    }
+}
+
+// MARK: State
+
+extension VirtQueue {
+    /// The driver's configuration of the queue and the device's position in it. The rings
+    /// themselves (and requests the driver made available but the device has not consumed) are in
+    /// guest RAM, which is saved with it.
+    public struct State: DeviceState {
+        public static let currentVersion: UInt32 = 1
+        public var version = State.currentVersion
+        public var size: UInt16
+        public var descriptorTable: UInt64, availRing: UInt64, usedRing: UInt64
+        public var eventIndexEnabled: Bool, indirectEnabled: Bool
+        public var isReady: Bool, isBroken: Bool
+        public var nextAvail: UInt16, nextUsed: UInt16
+        public var signalledUsed: UInt16?
+    }
+
+    public func captureState() -> State {
+        State(size: size, descriptorTable: descriptorTable, availRing: availRing, usedRing: usedRing,
+              eventIndexEnabled: eventIndexEnabled, indirectEnabled: indirectEnabled, isReady: isReady,
+              isBroken: isBroken, nextAvail: nextAvail, nextUsed: nextUsed, signalledUsed: signalledUsed)
+    }
+
+    /// A ready queue is checked as `enable` checks it (size, alignment, rings in guest RAM); a queue
+    /// not yet enabled holds whatever the driver wrote, as it did.
+    public func restoreState(_ s: State) throws(DeviceStateError) {
+        try s.checkVersion(device: "virtqueue")
+        reset()
+        (size, descriptorTable, availRing, usedRing) = (s.size, s.descriptorTable, s.availRing, s.usedRing)
+        (eventIndexEnabled, indirectEnabled) = (s.eventIndexEnabled, s.indirectEnabled)
+        if s.isReady {
+            do { try enable() } catch {
+                reset()
+                throw .invalid(device: "virtqueue", reason: error.description)
+            }
+        }
+        (isBroken, nextAvail, nextUsed, signalledUsed) = (s.isBroken, s.nextAvail, s.nextUsed, s.signalledUsed)
     }
 }

@@ -1,3 +1,4 @@
+import VMCore
 import VMMemory
 #if canImport(Glibc)
 import Glibc
@@ -446,5 +447,34 @@ public final class VirtioBlock: VirtioDevice {
             pos += UInt64(n)
         }
         return true
+    }
+}
+
+// MARK: State
+
+extension VirtioBlock {
+    /// The negotiated features, and the disk's shape, which a restore checks against this disk.
+    public struct State: DeviceState {
+        public static let currentVersion: UInt32 = 1
+        public var version = State.currentVersion
+        public var capacity: UInt64
+        public var readOnly: Bool
+        public var negotiatedFeatures: UInt64
+    }
+
+    public func captureDeviceState() -> VirtioDeviceState {
+        .block(State(capacity: capacity, readOnly: isReadOnly, negotiatedFeatures: negotiatedFeatures))
+    }
+
+    public func restoreDeviceState(_ state: VirtioDeviceState) throws(DeviceStateError) {
+        guard case .block(let s) = state else {
+            throw .mismatch(device: "virtio-blk \(path)", reason: "saved from another device type")
+        }
+        try s.checkVersion(device: "virtio-blk")
+        guard s.capacity == capacity, s.readOnly == isReadOnly else {
+            throw .mismatch(device: "virtio-blk \(path)", reason: "saved with \(s.capacity) sectors"
+                            + (s.readOnly ? ", read-only" : "") + "; this disk has \(capacity)" + (isReadOnly ? ", read-only" : ""))
+        }
+        negotiatedFeatures = s.negotiatedFeatures
     }
 }

@@ -1,3 +1,5 @@
+import VMCore
+
 /// Device status bits (virtio 1.2, 2.1).
 public struct VirtioStatus: OptionSet, Sendable {
     public let rawValue: UInt8
@@ -44,4 +46,16 @@ public protocol VirtioDevice: AnyObject {
     func processQueue(_ index: Int, queue: VirtQueue) throws(VirtQueueError) -> Bool
     /// The driver reset the device.
     func reset()
+    /// The device's own guest-visible state beyond the transport's (queues, features, status and
+    /// interrupts are the transport's): `VirtioDeviceState` has a case per device type. The
+    /// defaults are for devices with nothing more to save.
+    func captureDeviceState() -> VirtioDeviceState
+    func restoreDeviceState(_ state: VirtioDeviceState) throws(DeviceStateError)
+}
+
+extension VirtioDevice {
+    public func captureDeviceState() -> VirtioDeviceState { .none }
+    public func restoreDeviceState(_ state: VirtioDeviceState) throws(DeviceStateError) {
+        guard state == .none else { throw .mismatch(device: "virtio device \(deviceType)", reason: "saved from another device type") }
+    }
 }

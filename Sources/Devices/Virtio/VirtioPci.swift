@@ -1,5 +1,5 @@
 import VMMemory
-import CPUBackend
+import VMCore
 
 /// Structure types of the virtio vendor capabilities (virtio 1.2, 4.1.4).
 public enum VirtioPciCapType {
@@ -153,7 +153,7 @@ public final class VirtioPciDevice: PciDevice {
     public func configRead(offset: Int, size: Int) -> UInt32 {
         if offset == pciCfgDataOffset, let (off, len) = pciCfgWindow(), size <= len {
             return UInt32(truncatingIfNeeded: barRead(VirtioPciDevice.bar, offset: off, size: len))
-                & UInt32(truncatingIfNeeded: pciAllOnes(size))
+                & UInt32(truncatingIfNeeded: allOnes(size: size))
         }
         return config.read(offset: offset, size: size)
     }
@@ -184,7 +184,7 @@ public final class VirtioPciDevice: PciDevice {
     // MARK: BAR 0
 
     public func barRead(_ bar: Int, offset: UInt64, size: Int) -> UInt64 {
-        guard bar == VirtioPciDevice.bar, size >= 1, size <= 8 else { return pciAllOnes(size) }
+        guard bar == VirtioPciDevice.bar, size >= 1, size <= 8 else { return allOnes(size: size) }
         let r = VirtioPciDevice.regionSize
         switch offset {
         case VirtioPciDevice.commonOffset..<VirtioPciDevice.commonOffset + r:
@@ -418,5 +418,60 @@ public final class VirtioPciDevice: PciDevice {
             intxAsserted = level
             if level { intx.raise() } else { intx.lower() }
         }
+    }
+}
+
+// MARK: State
+
+extension VirtioPciDevice: StatefulDevice {
+    /// The transport: configuration space, MSI-X, feature negotiation, status, vectors, ISR and
+    /// each queue's position, plus the device's own part.
+    public struct State: DeviceState {
+        public static let currentVersion: UInt32 = 1
+        public var version = State.currentVersion
+        public var config: PciConfigSpace.State
+        public var msix: PciMsix.State
+        public var status: UInt8
+        public var driverFeatures: UInt64
+        public var deviceFeatureSelect: UInt32, driverFeatureSelect: UInt32
+        public var configVector: UInt16
+        public var queueVectors: [UInt16]
+        public var queueSelect: UInt16
+        public var isr: UInt8
+        public var intxAsserted: Bool
+        public var queues: [VirtQueue.State]
+        public var device: VirtioDeviceState
+    }
+
+    public func captureState() -> State {
+        State(config: config.captureState(), msix: msix.captureState(), status: status.rawValue,
+              driverFeatures: driverFeatures, deviceFeatureSelect: deviceFeatureSelect,
+              driverFeatureSelect: driverFeatureSelect, configVector: configVector, queueVectors: queueVectors,
+              queueSelect: queueSelect, isr: isr, intxAsserted: intxAsserted,
+              queues: queues.map { $0.captureState() }, device: device.captureDeviceState())
+    }
+
+    public func restoreState(_ s: State) throws(DeviceStateError) {
+        try s.checkVersion(device: pciName)
+        guard s.queues.count == queues.count, s.queueVectors.count == queues.count else {
+            throw .mismatch(device: pciName, reason: "\(s.queues.count) queues saved, this device has \(queues.count)")
+        }
+        guard s.driverFeatures & ~offeredFeatures == 0 else {
+            throw .mismatch(device: pciName, reason: "driver features \(hex(s.driverFeatures)) were not offered")
+        }
+        let vectors = [s.configVector] + s.queueVectors
+        guard vectors.allSatisfy({ $0 == VirtioPciDevice.noVector || Int($0) < msix.vectorCount }), s.isr & ~3 == 0 else {
+            throw .invalid(device: pciName, reason: "MSI-X vector or ISR out of range")
+        }
+        try config.restoreState(s.config)
+        try msix.restoreState(s.msix, config: config)
+        for (q, saved) in zip(queues, s.queues) { try q.restoreState(saved) }
+        try device.restoreDeviceState(s.device)
+        status = VirtioStatus(rawValue: s.status)
+        driverFeatures = s.driverFeatures
+        (deviceFeatureSelect, driverFeatureSelect) = (s.deviceFeatureSelect, s.driverFeatureSelect)
+        (configVector, queueVectors, queueSelect) = (s.configVector, s.queueVectors, s.queueSelect)
+        (isr, intxAsserted) = (s.isr, s.intxAsserted)
+        lastError = nil
     }
 }

@@ -265,6 +265,12 @@ struct Assembler {
         fixups.append((bytes.count, l.id)); u32(0)
     }
 
+    /// lea dst, [rip + label]: the absolute address of a label.
+    mutating func leaRIP(_ dst: HReg, _ l: Label) {
+        byte(0x48 | dst.ext << 2); byte(0x8D); byte(0x05 | dst.low << 3)
+        fixups.append((bytes.count, l.id)); u32(0)
+    }
+
     mutating func jmp(_ rm: HRM) { emit([0xFF], size: 4, reg: 4, rm: rm) }
     mutating func call(_ rm: HRM) { emit([0xFF], size: 4, reg: 2, rm: rm) }
     mutating func ret() { byte(0xC3) }

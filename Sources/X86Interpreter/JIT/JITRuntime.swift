@@ -44,6 +44,9 @@ public struct TranslationStatistics: Sendable {
     public var instructionsTranslated: UInt64 = 0
     public var instructionsInterpreted: UInt64 = 0
     public var codeBytes = 0
+    public var links = 0
+    /// Returns from translated code to the dispatcher by status (next, retired exit, fault, chain).
+    public var exits: [UInt64] = [0, 0, 0, 0]
 }
 
 typealias JITEntry = @convention(c) (UnsafeMutableRawPointer, UnsafeRawPointer) -> UInt64
@@ -76,8 +79,28 @@ final class JIT {
     let code: UnsafeMutablePointer<Int32>
     let hits: UnsafeMutablePointer<UInt16>
     let cpl: UnsafeMutablePointer<UInt8>
+    /// Instructions translated code handed to the interpreter, by op (SWHV_JIT_PROFILE=1 prints them).
+    let helperRuns: UnsafeMutablePointer<UInt64>
+    static let opSlots = 512
 
     static let cacheSize = 16 << 20
+
+    /// The indirect-branch table: RIP → translation, for RET and indirect jumps in translated code.
+    /// 32-byte entries: linear RIP, code address, physical page, page generation, CPL.
+    let ibtc: UnsafeMutableRawPointer
+    static let ibtcEntries = 4096
+
+    /// SWHV_PERF_MAP=1: translations are listed in /tmp/perf-PID.map, so `perf report` names them.
+    private let perfMap: UnsafeMutablePointer<FILE>? = getenv("SWHV_PERF_MAP") != nil
+        ? fopen("/tmp/perf-\(getpid()).map", "w") : nil
+
+    func notePerf(offset: Int, size: Int, guestRIP: UInt64, cpl: Int) {
+        guard let perfMap else { return }
+        let line = "\(String(UInt(bitPattern: cache.address(offset)), radix: 16)) \(String(size, radix: 16)) "
+            + "guest_\(cpl == 3 ? "user" : "kernel")_\(String(guestRIP, radix: 16))\n"
+        fputs(line, perfMap)
+        fflush(perfMap)
+    }
 
     init(policy: TranslationPolicy, blockCapacity: Int) throws(CodeCache.Failure) {
         self.policy = policy
@@ -89,6 +112,11 @@ final class JIT {
         code = .allocate(capacity: blockCapacity)
         hits = .allocate(capacity: blockCapacity)
         cpl = .allocate(capacity: blockCapacity)
+        ibtc = .allocate(byteCount: JIT.ibtcEntries * 32, alignment: 64)
+        ibtc.initializeMemory(as: UInt8.self, repeating: 0xFF, count: JIT.ibtcEntries * 32)
+        ctx.storeBytes(of: ibtc, toByteOffset: Int(JITLayout.ctxIBTC), as: UnsafeMutableRawPointer.self)
+        helperRuns = .allocate(capacity: JIT.opSlots)
+        helperRuns.initialize(repeating: 0, count: JIT.opSlots)
         // The entry trampoline: saves the callee-saved registers, loads the fixed ones
         // (r12 context, r15 guest registers, r14 CPU state, r13 TLB, rbx entry RIP) and calls the
         // block; translated code returns to it with a status in eax.
@@ -110,7 +138,7 @@ final class JIT {
 
     deinit {
         ctx.deallocate()
-        code.deallocate(); hits.deallocate(); cpl.deallocate()
+        code.deallocate(); hits.deallocate(); cpl.deallocate(); helperRuns.deallocate(); ibtc.deallocate()
     }
 
     var threshold: Int {
@@ -130,16 +158,49 @@ final class JIT {
 
     func flush() {
         cache.flush()
+        // Every entry points at code that is gone (an RIP of all ones never matches).
+        ibtc.initializeMemory(as: UInt8.self, repeating: 0xFF, count: JIT.ibtcEntries * 32)
         stats.cacheFlushes += 1
     }
 
     /// Runs the translation at `offset` with a budget of `limit` instructions; returns how many
     /// retired.
     @inline(__always)
-    func run(_ offset: Int32, limit: Int) -> Int {
+    func run(_ offset: Int32, limit: Int) -> (retired: Int, status: UInt64) {
         ctx.storeBytes(of: Int64(limit), toByteOffset: Int(JITLayout.ctxBudget), as: Int64.self)
-        _ = entry(ctx, cache.address(Int(offset)))
-        return limit - Int(ctx.load(fromByteOffset: Int(JITLayout.ctxBudget), as: Int64.self))
+        let status = entry(ctx, cache.address(Int(offset)))
+        return (limit - Int(ctx.load(fromByteOffset: Int(JITLayout.ctxBudget), as: Int64.self)), status)
+    }
+
+    /// Records that `la` (at `cpl`) runs the translation at `offset`, of physical page `page`.
+    @inline(__always)
+    func noteIndirectTarget(_ la: UInt64, cpl: Int, page: Int32, gen: UInt32, offset: Int32) {
+        let e = ibtc + Int(((la >> 12) ^ la) & UInt64(JIT.ibtcEntries - 1)) * 32
+        e.storeBytes(of: la, as: UInt64.self)
+        e.storeBytes(of: UInt(bitPattern: cache.address(Int(offset))), toByteOffset: 8, as: UInt.self)
+        e.storeBytes(of: UInt32(bitPattern: page), toByteOffset: 16, as: UInt32.self)
+        e.storeBytes(of: gen, toByteOffset: 20, as: UInt32.self)
+        e.storeBytes(of: UInt32(cpl), toByteOffset: 24, as: UInt32.self)
+    }
+
+    var exitSite: UnsafeRawPointer {
+        ctx.load(fromByteOffset: Int(JITLayout.ctxExitSite), as: UnsafeRawPointer.self)
+    }
+
+    /// Patches the link site at `site` to jump to the translation at `offset` (of physical page
+    /// `page`, whose code generation is `gen`).
+    func link(_ site: UnsafeRawPointer, page: Int32, gen: UInt32, to offset: Int32) {
+        let at = site - cache.executable
+        guard at >= 0 && at + LinkSite.crossEnd <= cache.used else { return }
+        if site.load(fromByteOffset: 7, as: UInt8.self) == LinkSite.samePageTag {
+            cache.patch32(at: at + LinkSite.samePageJump, Int32(offset) - Int32(at + LinkSite.samePageEnd))
+        } else {
+            cache.patch32(at: at + LinkSite.pageImm, page)
+            cache.patch32(at: at + LinkSite.pageDisp, page &* 4)
+            cache.patch32(at: at + LinkSite.genImm, Int32(bitPattern: gen))
+            cache.patch32(at: at + LinkSite.crossJump, Int32(offset) - Int32(at + LinkSite.crossEnd))
+        }
+        stats.links += 1
     }
 }
 
@@ -147,12 +208,33 @@ extension X86Interpreter {
     /// What the translator did so far (nil when it is off).
     public var translationStatistics: TranslationStatistics? { jit?.stats }
 
+    /// One line for `--boot-timer`: how much ran translated; with SWHV_JIT_PROFILE=1 also the ops
+    /// translated code most often handed back to the interpreter.
+    public var translationReport: String? {
+        guard let jit else { return translatorUnavailable.map { "translator unavailable: \($0)" } }
+        let s = jit.stats
+        let total = max(s.instructionsTranslated + s.instructionsInterpreted, 1)
+        var line = "translated \(s.instructionsTranslated) instructions (\(s.instructionsTranslated * 100 / total)%), "
+            + "interpreted \(s.instructionsInterpreted); \(s.blocksTranslated) blocks translated, "
+            + "\(s.cacheFlushes) cache flushes, code cache \(jit.cache.used >> 10) KiB, \(s.links) links, "
+            + "exits \(s.exits)"
+        if getenv("SWHV_JIT_PROFILE") != nil {
+            var ops: [(UInt64, Int)] = []
+            for i in 0..<JIT.opSlots where jit.helperRuns[i] > 0 { ops.append((jit.helperRuns[i], i)) }
+            ops.sort { $0.0 > $1.0 }
+            line += "\n  helper runs by op: " + ops.prefix(40).map { "\(Op(rawValue: UInt16($0.1)).map { "\($0)" } ?? "?") \($0.0)" }
+                .joined(separator: ", ")
+        }
+        return line
+    }
+
     /// Runs one decoded instruction for translated code, exactly as the block loop would, and says
     /// whether translated code may go on (JITStatus).
     func jitExecute(_ p: UnsafeMutablePointer<DecodedInsn>, ripAfter: UInt64) -> UInt64 {
         let start = ripAfter &- UInt64(p.pointee.len)
         rip = ripAfter
         let op = p.pointee.op.rawValue
+        jit.unsafelyUnwrapped.helperRuns[Int(op) & (JIT.opSlots - 1)] &+= 1
         do {
             if op >= Op.mov64RR.rawValue { try executeSpecialised(p) } else { try execute(p) }
         } catch {
@@ -172,10 +254,12 @@ extension X86Interpreter {
     }
 
     /// Runs `block` translated if it has (or now gets) a translation for this CPL and the budget
-    /// covers it; nil when the interpreter must run it.
+    /// covers it; nil when the interpreter must run it. `chainFrom`: the link site of the direct
+    /// exit that led here, patched to jump straight to this translation next time; on return, the
+    /// site this run left through (if it can be linked).
     @inline(__always)
-    func runTranslated(_ block: BlockRef, limit: Int) -> Int? {
-        guard let jit, block.id >= 0, limit >= block.count else { return nil }
+    func runTranslated(_ jit: JIT, _ block: BlockRef, limit: Int, chainFrom: inout UnsafeRawPointer?) -> Int? {
+        guard block.id >= 0, limit >= block.count else { return nil }
         let id = Int(block.id)
         var off = jit.code[id]
         if off < 0 {
@@ -188,7 +272,14 @@ extension X86Interpreter {
             if off < 0 { return nil }
         }
         if jit.cpl[id] != UInt8(truncatingIfNeeded: st.pointee.cpl) { return nil }
-        let done = jit.run(off, limit: limit)
+        let gen = pageGen[Int(block.page)]
+        if let site = chainFrom {
+            jit.link(site, page: block.page, gen: gen, to: off)
+        }
+        jit.noteIndirectTarget(rip, cpl: st.pointee.cpl, page: block.page, gen: gen, offset: off)
+        let (done, status) = jit.run(off, limit: limit)
+        jit.stats.exits[Int(status & 3)] &+= 1
+        chainFrom = status == UInt64(JITStatus.exitChain) ? jit.exitSite : nil
         jit.stats.instructionsTranslated &+= UInt64(done)
         return done
     }
@@ -212,6 +303,7 @@ extension X86Interpreter {
             return -2
         }
         jit.code[id] = Int32(at!)
+        jit.notePerf(offset: at!, size: bytes.count, guestRIP: la, cpl: st.pointee.cpl)
         jit.cpl[id] = UInt8(truncatingIfNeeded: st.pointee.cpl)
         jit.stats.blocksTranslated += 1
         jit.stats.codeBytes = jit.cache.used

@@ -27,11 +27,17 @@ struct JITLayout {
     static let ccDst = Int32(MemoryLayout<CPUState>.offset(of: \CPUState.ccDst)!)
     static let ccSrc = Int32(MemoryLayout<CPUState>.offset(of: \CPUState.ccSrc)!)
     static let ccSrc2 = Int32(MemoryLayout<CPUState>.offset(of: \CPUState.ccSrc2)!)
+    static let ccOpPrev = Int32(MemoryLayout<CPUState>.offset(of: \CPUState.ccOpPrev)!)
+    static let ccDstPrev = Int32(MemoryLayout<CPUState>.offset(of: \CPUState.ccDstPrev)!)
+    static let ccSrcPrev = Int32(MemoryLayout<CPUState>.offset(of: \CPUState.ccSrcPrev)!)
+    static let ccSrc2Prev = Int32(MemoryLayout<CPUState>.offset(of: \CPUState.ccSrc2Prev)!)
     static let eventCheck = Int32(MemoryLayout<CPUState>.offset(of: \CPUState.eventCheck)!)
     static let tlbStride = Int32(MemoryLayout<TLBEntry>.stride)
     static let tlbRtag = Int32(MemoryLayout<TLBEntry>.offset(of: \TLBEntry.rtag)!)
     static let tlbWtag = Int32(MemoryLayout<TLBEntry>.offset(of: \TLBEntry.wtag)!)
     static let tlbAddend = Int32(MemoryLayout<TLBEntry>.offset(of: \TLBEntry.addend)!)
+    static let tlbXtag = Int32(MemoryLayout<TLBEntry>.offset(of: \TLBEntry.xtag)!)
+    static let tlbPhys = Int32(MemoryLayout<TLBEntry>.offset(of: \TLBEntry.phys)!)
 
     // The JIT context (r12): see JITRuntime.swift.
     static let ctxBudget: Int32 = 0
@@ -41,8 +47,14 @@ struct JITLayout {
     static let ctxRegs: Int32 = 32
     static let ctxState: Int32 = 40
     static let ctxTLB: Int32 = 48
+    static let ctxPageGen: Int32 = 56
     static let ctxSegBase: Int32 = 64   // 8 x UInt64: the interpreter's segBase array lives here
-    static let ctxSize = 128
+    /// Where the last chainable exit left (its link site), for the dispatcher to patch.
+    static let ctxExitSite: Int32 = 128
+    /// The indirect-branch table (see `JIT.ibtc`).
+    static let ctxIBTC: Int32 = 136
+    static let ctxSize = 192
+    static let chainEpoch = Int32(MemoryLayout<CPUState>.offset(of: \CPUState.chainEpoch)!)
 }
 
 /// Guest arithmetic flag bits, as in RFLAGS.
@@ -74,6 +86,24 @@ enum JITStatus {
     static let exitRetired: UInt32 = 1
     /// Leave the block; the instruction faulted (nothing retired, fault pending, RIP at it).
     static let exitFault: UInt32 = 2
+    /// Left through a direct exit whose link site (ctx exitSite) can be patched to jump straight
+    /// to the next translation.
+    static let exitChain: UInt32 = 3
+}
+
+/// The patchable link at a direct exit of translated code, in two fixed encodings. Both start with
+/// `lea rbx, [rbx+delta]` (the target's RIP). Within the block's own page the target's mapping is
+/// the one this block was entered through, so the link is just `jmp TARGET`. To another page it
+/// checks, like a fetch would, that the current TLB maps the target page for execution to the
+/// physical page the target was translated from, and that the page's code is unchanged:
+/// `TLB[la].xtag == la page; TLB[la].phys >> 12 == PAGE; pageGen[PAGE] == GEN; jmp TARGET`.
+/// Unpatched, the jump goes to the slow exit (and PAGE/GEN never match: GEN 0 with PAGE 0 could,
+/// but the jump still leads to the slow exit until patched).
+enum LinkSite {
+    static let samePageJump = 8, samePageEnd = 12
+    static let pageImm = 62, pageDisp = 82, genImm = 86, crossJump = 97, crossEnd = 101
+    /// The byte at +7 tells the encodings apart.
+    static let samePageTag: UInt8 = 0xE9
 }
 
 struct TranslatedBlock {
@@ -93,6 +123,8 @@ struct BlockTranslator {
     var a = Assembler()
     /// Flags the host RFLAGS currently holds exactly as the guest sees them.
     var hostValid: UInt16 = 0
+    /// Whether the lazy state in memory is a rotate's (CC.rol/ror), when known at this point.
+    var memKindRot: Bool? = nil
     /// Per instruction: flags that must be exact in the lazy state after it (a producer stores its
     /// lazy form only when some of these are its own).
     var memLiveAfter: [UInt16] = []
@@ -202,6 +234,7 @@ struct BlockTranslator {
         case .call64, .ret64:
             s.native = true; s.lookup = true; s.keep = all
         default:
+            if let g = genericShape(d) { return g }
             s.reads = all   // the interpreter may read any flag
             s.writes = all
         }
@@ -212,8 +245,8 @@ struct BlockTranslator {
 
     /// Per instruction, what the emitter needs to know about flags (see the file comment).
     mutating func analyse() {
-        var shapes = (0..<count).map { shape(insns[$0]) }
-        while true {
+        let shapes = (0..<count).map { shape(insns[$0]) }
+        do {
             // 1. Which flags some later native consumer wants from the host (syntactic: up to the
             //    next writer of those flags; a helper call ends it).
             hostLiveAfter = Array(repeating: 0, count: count)
@@ -245,25 +278,14 @@ struct BlockTranslator {
             for i in stride(from: count - 1, through: 0, by: -1) {
                 memLiveAfter[i] = live
                 let s = shapes[i]
-                // INC/DEC store CF too (taken from the host), and a rotate's lazy form replaces the
-                // whole lazy state: for the lazy state they define every flag.
-                live &= s.native && (s.keep == GF.cf || s.writes == GF.cf | GF.of) ? 0 : ~s.writes
+                // INC/DEC store CF too (taken from the host): for the lazy state they define every
+                // flag. A rotate's lazy form keeps the state before it for SF ZF AF PF.
+                live &= s.native && s.keep == GF.cf ? 0 : ~s.writes
                 if s.mayExit || !s.native { live = GF.all }
                 if fromMemory[i] { live |= s.reads }
             }
-            // A rotate keeps SF/ZF/AF/PF from before it; when those must be exact in the lazy state
-            // the interpreter runs it (rare: a fault or exit right after).
-            var changed = false
-            for i in 0..<count where shapes[i].native && shapes[i].writes == GF.cf | GF.of
-                && memLiveAfter[i] & ~(GF.cf | GF.of) != 0 {
-                shapes[i].native = false
-                shapes[i].reads = GF.all; shapes[i].writes = GF.all
-                changed = true
-            }
-            if !changed {
-                nativeAllowed = shapes.map { $0.native }
-                return
-            }
+            nativeAllowed = shapes.map { $0.native }
+            return
         }
     }
 
@@ -278,6 +300,7 @@ struct BlockTranslator {
     /// Stores the lazy flags of a producer (only when they can be looked at).
     mutating func lazy(_ i: Int, kind: UInt32, size: Int, dst: HReg, src: HReg?) {
         guard memLiveAfter[i] != 0 else { return }
+        memKindRot = false
         a.storeImm(4, BlockTranslator.ccOpM, Int32(kind << 2 | UInt32(sizeIndexOf(size))))
         a.store(8, BlockTranslator.ccDstM, dst)
         if let src { a.store(8, BlockTranslator.ccSrcM, src) }
@@ -337,6 +360,7 @@ struct BlockTranslator {
                 a.lea(.rdi, HMem(.rdi, d.disp))
             }
         }
+        if d.asz == 2 { a.load(4, .rdi, .r(.rdi)) }   // 32-bit addressing: the offset wraps at 4 GiB
         let seg = Int(d.seg)
         if segment && (seg == Seg.fs || seg == Seg.gs) {
             a.load(8, .rdx, .m(HMem(.r12, JITLayout.ctxSegBase + Int32(seg * 8))))
@@ -423,6 +447,89 @@ struct BlockTranslator {
         emitReturn(retired: retired, status: JITStatus.exitRetired)
     }
 
+    /// A direct exit: gives back the unretired budget, then follows its link when the dispatcher
+    /// has patched one (and no event wants the run loop), else leaves with RIP set and its site.
+    mutating func emitChainableExit(ripDelta: Int, retired: Int) {
+        if retired < count { a.aluImm(0, 8, .m(HMem(.r12, JITLayout.ctxBudget)), Int32(count - retired)) }
+        let slow = a.newLabel(), late = a.newLabel()
+        a.aluImm(7, 1, .m(HMem(.r14, JITLayout.eventCheck)), 0)
+        a.jcc(5, slow)
+        let site = a.newLabel()
+        a.bind(site)
+        let start = a.position
+        a.byte(0x48); a.byte(0x8D); a.byte(0x9B); a.u32(UInt32(bitPattern: Int32(ripDelta)))   // lea rbx, [rbx+delta]
+        let targetOffset = entryOffset + ripDelta
+        if targetOffset >= 0 && targetOffset < 4096 {
+            a.jmp(late)
+            precondition(a.position - start == LinkSite.samePageEnd, "link site layout")
+        } else {
+            let xtag = UInt32(bitPattern: tlbHalf + JITLayout.tlbXtag), phys = UInt32(bitPattern: tlbHalf + JITLayout.tlbPhys)
+            a.bytes += [0x48, 0x89, 0xDE, 0x48, 0xC1, 0xEE, 0x0C, 0x81, 0xE6, 0xFF, 0x03, 0x00, 0x00,
+                        0x48, 0x8D, 0x34, 0xB6, 0x48, 0x89, 0xDA, 0x48, 0x81, 0xE2, 0x00, 0xF0, 0xFF, 0xFF,
+                        0x49, 0x3B, 0x94, 0xF5]
+            a.u32(xtag)
+            a.jcc(5, late)
+            a.bytes += [0x49, 0x8B, 0x94, 0xF5]; a.u32(phys)
+            a.bytes += [0x48, 0xC1, 0xEA, 0x0C, 0x81, 0xFA]; a.u32(0)
+            a.jcc(5, late)
+            a.bytes += [0x49, 0x8B, 0x84, 0x24]; a.u32(UInt32(bitPattern: JITLayout.ctxPageGen))
+            a.bytes += [0x81, 0xB8]; a.u32(0); a.u32(0)
+            a.jcc(5, late)
+            a.jmp(late)
+            precondition(a.position - start == LinkSite.crossEnd, "link site layout")
+        }
+        a.bind(slow)
+        a.lea(.rbx, HMem(.rbx, Int32(ripDelta)))
+        a.bind(late)   // rbx = the target's RIP from here
+        a.store(8, .m(HMem(.r15, JITLayout.regsRip)), .rbx)
+        a.leaRIP(.rax, site)
+        a.store(8, .m(HMem(.r12, JITLayout.ctxExitSite)), .rax)
+        a.movImm(.rax, UInt64(JITStatus.exitChain))
+        a.ret()
+    }
+
+    /// Leaves after an indirect branch whose target RIP is in rcx (already stored as RIP), through
+    /// the indirect-branch table when it holds a translation valid for that RIP now (same checks
+    /// as a cross-page link, see `LinkSite`), else back to the dispatcher.
+    mutating func emitIndirectExit(retired: Int) {
+        if retired < count { a.aluImm(0, 8, .m(HMem(.r12, JITLayout.ctxBudget)), Int32(count - retired)) }
+        let slow = a.newLabel()
+        a.mov(.rbx, .rcx)
+        a.aluImm(7, 1, .m(HMem(.r14, JITLayout.eventCheck)), 0)
+        a.jcc(5, slow)
+        a.load(8, .rdi, .m(HMem(.r12, JITLayout.ctxIBTC)))
+        a.mov(.rdx, .rbx)
+        a.shiftImm(5, 8, .r(.rdx), 12)
+        a.alu(6, 8, .rdx, .r(.rbx))
+        a.aluImm(4, 4, .r(.rdx), Int32(JIT.ibtcEntries - 1))
+        a.shiftImm(4, 4, .r(.rdx), 5)
+        a.alu(0, 8, .rdi, .r(.rdx))                                  // rdi = entry
+        a.alu(7, 8, .rbx, .m(HMem(.rdi, 0)))                          // la
+        a.jcc(5, slow)
+        a.aluImm(7, 4, .m(HMem(.rdi, 24)), Int32(tlbHalf == 0 ? 0 : 3))   // translated for this CPL
+        a.jcc(5, slow)
+        a.mov(.rsi, .rbx)
+        a.shiftImm(5, 8, .r(.rsi), 12)
+        a.aluImm(4, 4, .r(.rsi), Int32(TLBSize.mask))
+        a.lea(.rsi, HMem(.rsi, index: .rsi, scale: 2))
+        a.mov(.rdx, .rbx)
+        a.aluImm(4, 8, .r(.rdx), -4096)
+        a.alu(7, 8, .rdx, .m(HMem(.r13, index: .rsi, scale: 3, disp: tlbHalf + JITLayout.tlbXtag)))
+        a.jcc(5, slow)
+        a.load(8, .rdx, .m(HMem(.r13, index: .rsi, scale: 3, disp: tlbHalf + JITLayout.tlbPhys)))
+        a.shiftImm(5, 8, .r(.rdx), 12)
+        a.alu(7, 4, .rdx, .m(HMem(.rdi, 16)))                         // the page it was translated from
+        a.jcc(5, slow)
+        a.load(8, .rax, .m(HMem(.r12, JITLayout.ctxPageGen)))
+        a.load(4, .rdx, .m(HMem(.rax, index: .rdx, scale: 2)))
+        a.alu(7, 4, .rdx, .m(HMem(.rdi, 20)))                         // and its code is unchanged
+        a.jcc(5, slow)
+        a.jmp(.m(HMem(.rdi, 8)))
+        a.bind(slow)
+        a.movImm(.rax, UInt64(JITStatus.exitRetired))
+        a.ret()
+    }
+
     mutating func emitReturn(retired: Int, status: UInt32) {
         if retired < count { a.aluImm(0, 8, .m(HMem(.r12, JITLayout.ctxBudget)), Int32(count - retired)) }
         a.movImm(.rax, UInt64(status))
@@ -438,6 +545,7 @@ struct BlockTranslator {
         stubs.append((out, .helperExit(index: i)))
         a.jcc(5, out)
         hostValid = 0
+        memKindRot = nil
     }
 
     mutating func callInterpreter(_ i: Int) {
@@ -461,7 +569,7 @@ struct BlockTranslator {
                 a.movImm(.rax, UInt64(JITStatus.exitRetired))
                 a.ret()
             case .exit(let delta, let retired):
-                emitExit(ripDelta: delta, retired: retired)
+                emitChainableExit(ripDelta: delta, retired: retired)
             case .slowPath(let index, let resume, let reload):
                 callInterpreter(index)
                 a.aluImm(7, 4, .r(.rax), 0)

@@ -115,25 +115,9 @@ extension BlockTranslator {
             a.load(size, .rcx, greg(d.rm))
             a.shiftImm(left ? 0 : 1, size, .r(.rcx), count)
             a.store(8, greg(d.rm), .rcx)
-            let wasValid = hostValid
-            if memLiveAfter[i] & (GF.cf | GF.of) != 0 {
-                // Only CF and OF can be looked at (analysis): the lazy state holds just those, as
-                // the interpreter computes them (OF as for a 1-bit rotate).
-                let w = UInt8(size * 8)
-                a.mov(.rdx, .rcx)
-                if left { a.aluImm(4, 4, .r(.rdx), 1) } else { a.shiftImm(5, size, .r(.rdx), w - 1) }   // CF
-                a.mov(.r8, .rcx)
-                a.shiftImm(5, size, .r(.r8), left ? w - 1 : w - 2)
-                a.alu(6, 4, .r8, .r(.rdx))       // OF = msb ^ CF (ROL), msb ^ next bit (ROR)
-                a.aluImm(4, 4, .r(.r8), 1)
-                a.shiftImm(4, 4, .r(.r8), 11)
-                a.alu(1, 4, .rdx, .r(.r8))
-                a.store(8, BlockTranslator.ccSrcM, .rdx)
-                a.storeImm(4, BlockTranslator.ccOpM, Int32(CC.eflags))
-                hostValid = 0
-            } else {
-                hostValid = (wasValid & ~(GF.cf | GF.of)) | GF.cf | (count == 1 ? GF.of : 0)
-            }
+            // The rotate's own CF (and OF for a 1-bit count) over what the host held before.
+            hostValid = (hostValid & ~(GF.cf | GF.of)) | GF.cf | (count == 1 ? GF.of : 0)
+            rotateFlags(i, size: size, left: left)
         case .setccR:
             need(GF.read(d.sub))
             a.setcc(d.sub, greg(d.rm))
@@ -282,15 +266,16 @@ extension BlockTranslator {
             a.lea(.rdi, HMem(.rdi, 8))
             a.store(8, greg(UInt8(Reg.rsp * 8)), .rdi)
             a.store(8, .m(HMem(.r15, JITLayout.regsRip)), .rcx)
-            emitReturn(retired: i + 1, status: JITStatus.exitRetired)
+            emitIndirectExit(retired: i + 1)
             // The interpreter's slow path set RIP (a RET to the next instruction comes back here).
             let done = a.newLabel()
             a.bind(done)
             slowPath(i, slow, resume: done)
-            emitReturn(retired: i + 1, status: JITStatus.exitRetired)
+            a.load(8, .rcx, .m(HMem(.r15, JITLayout.regsRip)))
+            emitIndirectExit(retired: i + 1)
             blockEnded = true
         default:
-            return false
+            return emitGeneric(i)
         }
         return true
     }
@@ -406,6 +391,7 @@ extension BlockTranslator {
         let done = a.newLabel()
         a.bind(done)
         slowPath(i, slow, resume: done)
+        memKindRot = nil   // the interpreter's path may have left another lazy form
         if !(hostValid != 0 && hostLiveAfter[i] != 0) { hostValid = 0 }
     }
 

@@ -1,7 +1,8 @@
-import CPUBackend
+import VMCore
 
-/// The interpreter's `InterruptController`: GSIs 0-15 are the ISA IRQ lines of the 8259 pair (a PC
-/// without an I/O APIC, so GSI n is IRQ n), and MSIs go to the interpreter's local APIC through `onMSI`.
+/// Interrupt routing when the platform models the interrupt controllers (the interpreter): GSIs 0-15
+/// are the ISA IRQ lines of the 8259 pair (a PC without an I/O APIC, so GSI n is IRQ n), and MSIs go
+/// to the interpreter's local APIC through `onMSI`. An I/O APIC would be routed here too.
 ///
 /// Not thread-safe by design: like every device it is used only on the vCPU thread (other threads
 /// post through `VMControl.post`). The `Sendable` conformance the protocol demands is therefore
@@ -24,7 +25,7 @@ public final class PlatformInterrupts: InterruptController, @unchecked Sendable 
     public func line(_ gsi: UInt32) -> IRQLine { IRQLine(controller: self, gsi: gsi) }
 
     public func setIRQ(_ gsi: UInt32, level: Bool) {
-        guard gsi < 16, gsi != UInt32(Pic8259Pair.cascadeIRQ) else {
+        guard gsi < PCLayout.GSI.isaCount, gsi != PCLayout.GSI.cascade else {
             droppedIRQs += 1
             return
         }
