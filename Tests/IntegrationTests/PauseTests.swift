@@ -177,6 +177,19 @@ final class PauseTests: XCTestCase {
         _ = try guest.report()
 
         let loaded = try LoadedSnapshot.read(statePath: paths.state)
+        // The devices as they were when paused: a fresh platform takes them back.
+        let devices = try XCTUnwrap(loaded.container.payload(SectionTag.devices))
+        let saved = try JSONValueDecoder().decode(PlatformState.self, from: devices)
+        XCTAssertEqual(saved.virtio.count, 0)
+        XCTAssertNotNil(saved.pit, "the interpreter's platform has its own PIT")
+        var config = MachineConfig()
+        config.memorySize = 16 << 20
+        config.accelerator = .interp
+        config.irqchip = false
+        config.quiet = true
+        let fresh = try Machine(config: config, consoleOutput: LockedOutput())
+        XCTAssertNoThrow(try PlatformSnapshotPart().restore(devices, into: fresh))
+        XCTAssertEqual(fresh.platform.captureState().uart, saved.uart)
         XCTAssertEqual(loaded.machine.memoryBytes, 16 << 20)
         XCTAssertEqual(loaded.machine.backend, "interpreter")
         XCTAssertGreaterThan(loaded.memory.dataBytes, 0)
