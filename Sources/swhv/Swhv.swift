@@ -217,7 +217,9 @@ struct RunImage: ParsableCommand {
         valueName: "path[,readonly][,serial=ID]"))
     var disk: [String] = []
 
-    @Option(name: .long, help: ArgumentHelp("Serve the API on this Unix socket, as boot --api-sock.", valueName: "path"))
+    @Option(name: .long, help: ArgumentHelp(
+        "Serve the API on this Unix socket, as boot --api-sock (the run is then confined by seccomp as boot's is).",
+        valueName: "path"))
     var apiSock: String?
 
     func run() throws {
@@ -253,6 +255,8 @@ struct RunImage: ParsableCommand {
             catch { throw MachineError.invalidArgument("--write32 address 0x\(String(at, radix: 16)) is outside guest RAM") }
         }
         let api = try APISession.start(socketPath: apiSock, machine: machine, memoryIsAnonymous: true)
+        // A process that serves a socket is confined as boot is (and the API's filters get tested).
+        if api != nil { try APISession.confine(api) }
         let start = VirtualClock.hostMonotonicNs()
         let result: Result<VcpuStop, MachineError>
         do { result = .success(try machine.run()) } catch { result = .failure(error) }

@@ -61,6 +61,37 @@ final class SnapshotCLITests: XCTestCase {
 
     func digest(_ url: URL) throws -> Data { try Data(contentsOf: url) }
 
+    /// On KVM, under the seccomp filters of an API run: pause (clock ioctls on the vCPU thread),
+    /// info, snapshot (files written by the API thread) and resume.
+    func testPauseSnapshotResumeOnKVM() throws {
+        try GuestHarness.requireKVM()
+        guard let bin = Self.binary else { throw XCTSkip("swhv binary not built (run scripts/test)") }
+        let image = dir.appendingPathComponent("clock.bin")
+        try Data(try GuestHarness.assemble("clock")).write(to: image)
+        let sock = dir.appendingPathComponent("api.sock").path
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: bin)
+        p.arguments = ["run-image", "--accel", "kvm", "--image", image.path, "--api-sock", sock]
+        let err = Pipe()
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = err
+        try p.run()
+        vm = p
+        let deadline = Date().addingTimeInterval(30)
+        while try swhv(["info", "--api-sock", sock]).status != 0 && Date() < deadline { usleep(50_000) }
+        XCTAssertEqual(try swhv(["pause", "--api-sock", sock]).status, 0)
+        let info = try swhv(["info", "--api-sock", sock])
+        XCTAssertTrue(info.stdout.contains("\"backend\": \"kvm\"") && info.stdout.contains("Paused"), info.stdout)
+        let snap = dir.appendingPathComponent("snap")
+        XCTAssertEqual(try swhv(["snapshot", "--api-sock", sock, snap.path]).status, 0)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: snap.appendingPathComponent("memory").path))
+        XCTAssertEqual(try swhv(["resume", "--api-sock", sock]).status, 0)
+        XCTAssertEqual(try swhv(["info", "--api-sock", sock]).status, 0)
+        XCTAssertTrue(p.isRunning, "swhv ended: \(String(decoding: err.fileHandleForReading.availableData, as: UTF8.self))")
+        p.terminate()
+        p.waitUntilExit()
+    }
+
     func testPauseSnapshotResumeAndBadRestores() throws {
         guard let bin = Self.binary else { throw XCTSkip("swhv binary not built (run scripts/test)") }
         let image = dir.appendingPathComponent("clock.bin")
