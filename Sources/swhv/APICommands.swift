@@ -63,9 +63,10 @@ struct Snapshot: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Write a paused VM's snapshot into a directory (PUT /snapshot/create).",
         discussion: """
-            Writes DIR/state (machine, vCPU and device state; checksummed) and DIR/memory (guest RAM,
-            sparse). The VM must be paused first (swhv pause). DIR is created if missing; files
+            Writes DIR/state (machine, vCPU and device state; checksummed) and DIR/memory (guest RAM, \
+            sparse). The VM must be paused first (swhv pause). DIR is created if missing; files \
             already there are replaced only once the new snapshot is complete.
+
             Resume it from the snapshot with: swhv restore DIR
             """)
 
@@ -94,9 +95,9 @@ struct Restore: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Resume a VM from a snapshot directory (written by swhv snapshot).",
         discussion: """
-            Checks the snapshot before the guest runs: the state file's checksums and version, that the
-            memory file belongs to it, and that every disk is still at its path, the same size and
-            unmodified. Guest RAM is mapped from DIR/memory (pages load as the guest touches them;
+            Checks the snapshot before the guest runs: the state file's checksums and version, that the \
+            memory file belongs to it, and that every disk is still at its path, the same size and \
+            unmodified. Guest RAM is mapped from DIR/memory (pages load as the guest touches them; \
             the file is never written). The console is this terminal, as with boot.
             """)
 
