@@ -10,6 +10,9 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case pci
     /// The interpreter's decoder and executor on arbitrary code in a sandboxed guest.
     case interp
+    /// The binary translator against the interpreter: the same arbitrary code run with every block
+    /// translated and with none, which must end in the same state.
+    case translator
     /// The API socket's HTTP parser and router (a hostile client's byte stream).
     case http
     /// The snapshot reader: state-file container, section decoders, memory-file checks.
@@ -23,6 +26,7 @@ public final class FuzzHarness {
     private var virtio: VirtioFuzzer?
     private var interp: InterpreterFuzzer?
     private var pci: PciFuzzer?
+    private var translator: TranslatorFuzzer?
     private var snapshot: SnapshotFuzzer?
 
     public init(_ target: FuzzTarget) { self.target = target }
@@ -40,6 +44,9 @@ public final class FuzzHarness {
         case .interp:
             if interp == nil { interp = InterpreterFuzzer() }
             interp!.run(data)
+        case .translator:
+            if translator == nil { translator = TranslatorFuzzer() }
+            translator!.run(data)
         case .http: APIFuzzer.run(data)
         case .snapshot:
             if snapshot == nil { snapshot = SnapshotFuzzer() }

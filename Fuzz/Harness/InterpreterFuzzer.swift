@@ -38,14 +38,51 @@ public final class InterpreterFuzzer {
     let template: [UInt8]
     let io = FuzzIO()
 
-    public init() {
+    /// `translation`: how the CPU runs code (the interpreter target steps it instruction by
+    /// instruction; the translator target runs whole blocks under both policies and compares).
+    public init(translation: TranslationPolicy = .off, clock: VirtualClock = VirtualClock()) {
         do { memory = try GuestMemory(size: InterpreterFuzzer.ramSize) } catch { fatalError("guest RAM: \(error)") }
-        cpu = X86Interpreter(memory: memory, clock: VirtualClock())
+        cpu = X86Interpreter(memory: memory, clock: clock, translation: translation)
         do { try InterpreterFuzzer.buildTemplate(memory) } catch { fatalError("template: \(error)") }
         template = (try? memory.readBytes(at: 0, count: 0x10000)) ?? []   // all tables live below the code
     }
 
     public func run(_ data: [UInt8]) {
+        let flags = load(data)
+        _ = flags
+        let start = cpu.instructionsRetired
+        var lastRIP = UInt64.max, sameRIP = 0
+        for _ in 0..<InterpreterFuzzer.maxInstructions {
+            if cpu.step(io: io) != nil { break }
+            if cpu.interceptedException != nil || cpu.isHalted { break }
+            // A long REP resumes in slices of thousands of elements with RIP unchanged: a few
+            // slices exercise it; thousands only slow the fuzzer down.
+            let rip = cpu.instructionPointer
+            sameRIP = rip == lastRIP ? sameRIP + 1 : 0
+            lastRIP = rip
+            if sameRIP >= 8 { break }
+        }
+        fuzzCheck(cpu.instructionsRetired &- start <= UInt64(InterpreterFuzzer.maxInstructions),
+                  "ran \(cpu.instructionsRetired &- start) instructions with a budget of \(InterpreterFuzzer.maxInstructions)")
+    }
+
+    /// Runs the input's code block by block (as the VMM does) for at most `budget` instructions,
+    /// stopping at HLT or an intercepted exception.
+    func runBlocks(_ data: [UInt8], budget: Int) {
+        _ = load(data)
+        var left = budget
+        while left > 0 {
+            let before = cpu.instructionsRetired
+            if cpu.run(io: io, maxInstructions: UInt64(left)) != nil { break }
+            if cpu.interceptedException != nil || cpu.isHalted { break }
+            let done = Int(cpu.instructionsRetired &- before)
+            if done == 0 { break }
+            left -= done
+        }
+    }
+
+    /// Fresh guest RAM, the input's code and entry state; returns the input's flags byte.
+    func load(_ data: [UInt8]) -> UInt8 {
         var input = FuzzInput(data)
         let flags = input.u8()
         io.state = UInt64(input.u32())
@@ -64,21 +101,7 @@ public final class InterpreterFuzzer {
         let mode = flags & 3
         cpu.interceptExceptions = flags & 4 != 0 || mode == 2
         cpu.setEntryState(entryState(mode: mode, flags: flags))
-
-        let start = cpu.instructionsRetired
-        var lastRIP = UInt64.max, sameRIP = 0
-        for _ in 0..<InterpreterFuzzer.maxInstructions {
-            if cpu.step(io: io) != nil { break }
-            if cpu.interceptedException != nil || cpu.isHalted { break }
-            // A long REP resumes in slices of thousands of elements with RIP unchanged: a few
-            // slices exercise it; thousands only slow the fuzzer down.
-            let rip = cpu.instructionPointer
-            sameRIP = rip == lastRIP ? sameRIP + 1 : 0
-            lastRIP = rip
-            if sameRIP >= 8 { break }
-        }
-        fuzzCheck(cpu.instructionsRetired &- start <= UInt64(InterpreterFuzzer.maxInstructions),
-                  "ran \(cpu.instructionsRetired &- start) instructions with a budget of \(InterpreterFuzzer.maxInstructions)")
+        return flags
     }
 
     func entryState(mode: UInt8, flags: UInt8) -> CPUEntryState {

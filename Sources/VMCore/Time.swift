@@ -11,11 +11,14 @@ public final class VirtualClock: Sendable {
     /// Host monotonic ns at which this clock read 0; moved forward by each pause's length.
     private let origin: Atomic<UInt64>
     /// While frozen: 1 + the reading it is frozen at; 0 while running.
-    private let frozen = Atomic<UInt64>(0)
+    private let frozen: Atomic<UInt64>
 
-    public init() { origin = Atomic(VirtualClock.hostMonotonicNs()) }
+    /// A clock stopped at `ns` (tests that compare two runs need time not to move).
+    public init(frozenAt ns: UInt64) { origin = Atomic(ns); frozen = Atomic(ns &+ 1) }
+
+    public init() { origin = Atomic(VirtualClock.hostMonotonicNs()); frozen = Atomic(0) }
     /// A clock that reads `ns` now: a restored VM continues from the time its devices were saved at.
-    public init(resumingAt ns: UInt64) { origin = Atomic(VirtualClock.hostMonotonicNs() &- ns) }
+    public init(resumingAt ns: UInt64) { origin = Atomic(VirtualClock.hostMonotonicNs() &- ns); frozen = Atomic(0) }
 
     /// Nanoseconds of VM time since the clock was created, pauses excluded.
     @inline(__always)
@@ -26,10 +29,9 @@ public final class VirtualClock: Sendable {
     }
 
     /// The host's CLOCK_MONOTONIC time (ns) at which this clock reads `ns`, for sleeping until a
-    /// device deadline (saturating: a deadline past the end of time stays there; a frozen clock
-    /// reaches no deadline until it runs again).
+    /// device deadline (saturating: a deadline past the end of time stays there). Nothing sleeps
+    /// on a paused VM's clock: the paused vCPU waits for the API instead.
     public func hostMonotonicNs(at ns: UInt64) -> UInt64 {
-        if isFrozen { return .max }
         let (t, overflow) = origin.load(ordering: .relaxed).addingReportingOverflow(ns)
         return overflow ? .max : t
     }

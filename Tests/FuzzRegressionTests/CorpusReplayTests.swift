@@ -29,6 +29,7 @@ final class CorpusReplayTests: XCTestCase {
     func testUartCorpus() throws { try replay(.uart) }
     func testPciCorpus() throws { try replay(.pci) }
     func testInterpreterCorpus() throws { try replay(.interp) }
+    func testTranslatorCorpus() throws { try replay(.translator) }
     func testHTTPCorpus() throws { try replay(.http) }
     func testSnapshotCorpus() throws { try replay(.snapshot) }
 }
