@@ -31,26 +31,31 @@ public final class FuzzHarness {
 
     public init(_ target: FuzzTarget) { self.target = target }
 
-    public func run(_ data: [UInt8]) {
+    /// Runs one input and returns what it broke and how far it got.
+    public func run(_ data: [UInt8]) -> FuzzOutcome {
+        let checks = FuzzChecks()
+        var outcome = FuzzOutcome()
         switch target {
-        case .loader: LoaderFuzzer.run(data)
-        case .uart: UartFuzzer.run(data)
+        case .loader: outcome.progress = LoaderFuzzer.run(data, checks)
+        case .uart: outcome.progress = UartFuzzer.run(data, checks)
         case .pci:
             if pci == nil { pci = PciFuzzer() }
-            pci!.run(data)
+            outcome.progress = pci!.run(data, checks)
         case .virtio:
             if virtio == nil { virtio = VirtioFuzzer() }
-            virtio!.run(data)
+            outcome.progress = virtio!.run(data, checks)
         case .interp:
             if interp == nil { interp = InterpreterFuzzer() }
-            interp!.run(data)
+            outcome.progress = interp!.run(data, checks)
         case .translator:
             if translator == nil { translator = TranslatorFuzzer() }
-            translator!.run(data)
-        case .http: APIFuzzer.run(data)
+            outcome.progress = translator!.run(data, checks)
+        case .http: outcome.progress = APIFuzzer.run(data, checks)
         case .snapshot:
             if snapshot == nil { snapshot = SnapshotFuzzer() }
-            snapshot!.run(data)
+            outcome.progress = snapshot!.run(data, checks)
         }
+        outcome.violations = checks.violations
+        return outcome
     }
 }

@@ -28,29 +28,30 @@ public final class SnapshotFuzzer {
                                                           residency: nil)
             try file.commit()
         } catch {
-            fatalError("cannot write the fuzz memory file: \(error)")
+            fuzzSetupFailure("cannot write the fuzz memory file: \(error)")
         }
     }
 
     deinit { unlink(memoryPath) }
 
-    public func run(_ data: [UInt8]) {
-        guard let mode = data.first else { return }
+    public func run(_ data: [UInt8], _ checks: FuzzChecks) -> [String: Int] {
+        guard let mode = data.first else { return [:] }
         let rest = Array(data.dropFirst())
         switch mode % 3 {
-        case 0: container(rest)
-        case 1: sections(rest)
-        default: memory(rest)
+        case 0: return container(rest, checks)
+        case 1: return sections(rest, checks)
+        default: return memory(rest, checks)
         }
     }
 
-    func container(_ bytes: [UInt8]) {
-        guard let c = try? SnapshotContainer.parse(bytes, path: "fuzz") else { return }
-        fuzzCheck(c.serialized() == bytes, "an accepted state file does not serialize back to itself")
-        _ = try? LoadedSnapshot.decode(c, statePath: "fuzz")
+    func container(_ bytes: [UInt8], _ checks: FuzzChecks) -> [String: Int] {
+        guard let c = try? SnapshotContainer.parse(bytes, path: "fuzz") else { return ["containers": 0] }
+        checks.expect(c.serialized() == bytes, "an accepted state file does not serialize back to itself")
+        let loaded = (try? LoadedSnapshot.decode(c, statePath: "fuzz")) != nil
+        return ["containers": 1, "loaded": loaded ? 1 : 0]
     }
 
-    func sections(_ bytes: [UInt8]) {
+    func sections(_ bytes: [UInt8], _ checks: FuzzChecks) -> [String: Int] {
         var input = FuzzInput(bytes)
         var c = SnapshotContainer()
         for tag in [SectionTag.machine, SectionTag.memory, SectionTag.disks] {
@@ -59,15 +60,16 @@ public final class SnapshotFuzzer {
         }
         let serialized = c.serialized()
         guard let parsed = try? SnapshotContainer.parse(serialized, path: "fuzz") else {
-            return fuzzCheck(false, "a container the writer made was refused")
+            checks.expect(false, "a container the writer made was refused")
+            return [:]
         }
-        if let loaded = try? LoadedSnapshot.decode(parsed, statePath: "fuzz") {
-            fuzzCheck(loaded.memory.bytes == loaded.machine.memoryBytes, "memory and machine sizes disagree")
-            _ = try? loaded.checkMemory(limit: 1 << 30, layout: [(guestBase: 0, size: loaded.memory.bytes)])
-        }
+        guard let loaded = try? LoadedSnapshot.decode(parsed, statePath: "fuzz") else { return ["loaded": 0] }
+        checks.expect(loaded.memory.bytes == loaded.machine.memoryBytes, "memory and machine sizes disagree")
+        _ = try? loaded.checkMemory(limit: 1 << 30, layout: [(guestBase: 0, size: loaded.memory.bytes)])
+        return ["loaded": 1]
     }
 
-    func memory(_ bytes: [UInt8]) {
+    func memory(_ bytes: [UInt8], _ checks: FuzzChecks) -> [String: Int] {
         var section = memorySection
         if let s = try? JSONValueDecoder().decode(MemorySection.self, from: bytes) {
             section = s
@@ -80,9 +82,11 @@ public final class SnapshotFuzzer {
             section.regions = (0..<regionCount).map { _ in .init(guestBase: input.u64(), bytes: input.u64() >> 40) }
             section.chunks = (0..<Int(input.u8() % 8)).map { _ in input.u64() }
         }
-        if let fd = try? GuestMemorySnapshot.open(path: memoryPath, section: section, verifyContents: true) {
-            close(fd)
-            fuzzCheck(section.bytes == memorySection.bytes, "a memory file accepted for a different RAM size")
+        guard let fd = try? GuestMemorySnapshot.open(path: memoryPath, section: section, verifyContents: true) else {
+            return ["memoryAccepted": 0]
         }
+        close(fd)
+        checks.expect(section.bytes == memorySection.bytes, "a memory file accepted for a different RAM size")
+        return ["memoryAccepted": 1]
     }
 }

@@ -15,11 +15,12 @@ public final class TranslatorFuzzer {
 
     public init() {}
 
-    public func run(_ data: [UInt8]) {
+    public func run(_ data: [UInt8], _ checks: FuzzChecks) -> [String: Int] {
         let t = translated, i = interpreted
         let startT = t.cpu.instructionsRetired, startI = i.cpu.instructionsRetired
-        t.runBlocks(data, budget: TranslatorFuzzer.budget)
-        i.runBlocks(data, budget: TranslatorFuzzer.budget)
+        guard t.runBlocks(data, budget: TranslatorFuzzer.budget), i.runBlocks(data, budget: TranslatorFuzzer.budget) else {
+            return ["instructions": 0]
+        }
         let a = t.cpu, b = i.cpu
         var diffs: [String] = []
         for r in X86Interpreter.Register.allCases where a[r] != b[r] { diffs.append("\(r) \(hex(a[r])) vs \(hex(b[r]))") }
@@ -42,7 +43,9 @@ public final class TranslatorFuzzer {
             let at = (0..<Int(InterpreterFuzzer.ramSize)).first { bp[$0] != bq[$0] } ?? 0
             diffs.append("RAM differs first at \(hex(UInt64(at))): \(hex(UInt64(bp[at]))) vs \(hex(UInt64(bq[at])))")
         }
-        fuzzCheck(diffs.isEmpty, "translated vs interpreted: " + diffs.joined(separator: "; "))
+        checks.expect(diffs.isEmpty, "translated vs interpreted: " + diffs.joined(separator: "; "))
+        return ["instructions": Int(truncatingIfNeeded: a.instructionsRetired &- startT),
+                "translated": Int(truncatingIfNeeded: a.translationStatistics?.instructionsTranslated ?? 0)]
     }
 
     func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }

@@ -155,6 +155,7 @@ struct Restore: ParsableCommand {
             machine.log.info("restoring a \(prepared.snapshot.machine.backend) snapshot on \(machine.backend.name): \(machine.backendReason)")
         }
         let api = try APISession.start(socketPath: apiSock, machine: machine, memoryIsAnonymous: false)
+        let stopSignals = StopSignals(control: machine.control)
         let raw = TerminalRawMode()
         machine.startStdinPump(handleEscape: true)
         if !noSeccomp { try APISession.confine(api) }
@@ -163,6 +164,11 @@ struct Restore: ParsableCommand {
         api?.finish(APICommand.describe(result))
         raw?.restore()
         console.flush(blockingFor: 500)
+        MachineOptions.reportDropped(console, log: machine.log)
+        if let sig = stopSignals?.signal {
+            machine.log.info("stopped by \(StopSignals.name(sig))")
+            StopSignals.die(of: sig)
+        }
         switch result {
         case .failure(let e): throw e
         case .success(let stop):

@@ -26,6 +26,9 @@ start:
     mov es, ax
     mov ss, ax
     mov sp, 0x8000
+    mov dx, COM1 + 4
+    mov al, 0x03                    ; MCR: DTR and RTS, so the host sends us input
+    out dx, al
     call new_window
 
 watch:

@@ -1,6 +1,7 @@
 import APIServer
 import Foundation
 import JSONCoding
+import SwhvTestSupport
 import XCTest
 
 /// Linux on the interpreter with --api-sock (and the seccomp filters of an API run): the guest's
@@ -18,53 +19,24 @@ final class LinuxPauseTests: XCTestCase {
         return p.terminationStatus
     }
 
-    func fixture(_ name: String) throws -> String {
-        let p = LinuxBootTests.repoRoot.appendingPathComponent("fixtures/\(name)").path
-        guard FileManager.default.fileExists(atPath: p) else { throw XCTSkip("fixtures/\(name) missing: run scripts/fetch-guest") }
-        return p
-    }
-
     func testGuestUptimeDoesNotCountAPause() throws {
-        guard let binary = ProcessInfo.processInfo.environment["SWHV_RELEASE_BINARY"],
-              FileManager.default.isExecutableFile(atPath: binary) else {
-            throw XCTSkip("boot tests need a release build: run scripts/test (debug builds are 10-50x slower)")
-        }
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("swhv-lxpause-\(UUID().uuidString.prefix(8))")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let binary = try Repository.releaseBinary()
+        let dir = try Repository.scratchDirectory("swhv-lxpause")
         defer { try? FileManager.default.removeItem(at: dir) }
         let sock = dir.appendingPathComponent("api.sock").path
-        let s = try LinuxBootTests.Session(binary: binary, arguments: [
-            "boot", "--quiet", "--accel", "interp", "--kernel", try fixture("vmlinuz-cloud"),
-            "--initrd", try fixture("initramfs.cpio.gz"), "--api-sock", sock])
-        XCTAssertTrue(s.waitFor("SWHV-USERSPACE-UP", timeout: 600), "no userspace marker; tail: \(s.text.suffix(500))")
+        let s = try ConsoleSession(binary: binary, arguments: [
+            "boot", "--quiet", "--accel", "interp", "--kernel", try Repository.fixture("vmlinuz-cloud"),
+            "--initrd", try Repository.fixture("initramfs.cpio.gz"), "--api-sock", sock])
+        XCTAssertTrue(s.waitForShell(), "no shell; \(s.tail)")
 
-        /// The guest's uptime in seconds, read with a marker so each answer is told apart.
-        var reads = 0
-        func uptime() -> Double? {
-            reads += 1
-            let tag = "UPT\(reads)"
-            func value() -> Double? {
-                // The shell echoes the command line too; only the answer parses as a number.
-                s.text.components(separatedBy: "\(tag)=").dropFirst()
-                    .compactMap { Double($0.split(separator: "=").first ?? "") }.first
-            }
-            for _ in 0..<12 {
-                s.send("echo \(tag)=$(cut -d' ' -f1 /proc/uptime)=\n")
-                let deadline = Date().addingTimeInterval(10)   // typed before the shell was ready: type again
-                while Date() < deadline {
-                    if let v = value() { return v }
-                    usleep(50_000)
-                }
-            }
-            return nil
-        }
-        guard let before = uptime() else { return XCTFail("no uptime; tail: \(s.text.suffix(500))") }
+        func uptime() -> Double? { s.run("cut -d' ' -f1 /proc/uptime").flatMap(Double.init) }
+        guard let before = uptime() else { return XCTFail("no uptime; \(s.tail)") }
         let hostBefore = Date()
         XCTAssertEqual(try cli(binary, ["pause", "--api-sock", sock]), 0)
         usleep(3_000_000)
         XCTAssertEqual(try cli(binary, ["snapshot", "--api-sock", sock, dir.appendingPathComponent("snap").path]), 0)
         XCTAssertEqual(try cli(binary, ["resume", "--api-sock", sock]), 0)
-        guard let after = uptime() else { return XCTFail("no uptime after resume; tail: \(s.text.suffix(500))") }
+        guard let after = uptime() else { return XCTFail("no uptime after resume; \(s.tail)") }
         let host = Date().timeIntervalSince(hostBefore)
         // Host time between the readings includes the 3 s pause; the guest's must not.
         XCTAssertLessThan(after - before, host - 2.5, "guest uptime advanced \(after - before) s over \(host) s with a 3 s pause")
@@ -79,7 +51,7 @@ final class LinuxPauseTests: XCTestCase {
                                         body: .object(JSONObject([("action_type", "SendCtrlAltDel")])))
         XCTAssertEqual(cad.status, 204)
         XCTAssertEqual(s.waitForExit(timeout: 120), 0)
-        XCTAssertTrue(s.text.contains("reboot: Restarting system"), "tail: \(s.text.suffix(300))")
+        XCTAssertTrue(s.text.contains("reboot: Restarting system"), s.tail)
         XCTAssertFalse(FileManager.default.fileExists(atPath: sock), "the socket file is removed on exit")
     }
 }

@@ -5,6 +5,7 @@ import Foundation
 import JSONCoding
 import KVM
 import Snapshot
+import SwhvTestSupport
 import VMMemory
 import VMM
 import XCTest
@@ -62,7 +63,7 @@ final class ClockGuest: @unchecked Sendable {
             }
             usleep(2_000)
         }
-        throw XCTSkip("the clock guest did not report; output: \(output.text.suffix(300))")
+        throw TestSetupError("the clock guest did not report; output: \(output.text.suffix(300))")
     }
 
     /// Ends the guest ('q': i8042 reset) and waits for the vCPU thread.

@@ -1,4 +1,5 @@
 import Foundation
+import SwhvTestSupport
 import XCTest
 
 /// The user's path through the real binary: a VM with a disk and `--api-sock`, the CLI's pause /
@@ -7,17 +8,6 @@ import XCTest
 final class SnapshotCLITests: XCTestCase {
     var dir: URL!
     var vm: Process?
-
-    static var binary: String? {
-        if let p = ProcessInfo.processInfo.environment["SWHV_RELEASE_BINARY"], FileManager.default.isExecutableFile(atPath: p) {
-            return p
-        }
-        for d in [".build/debug", ".build/x86_64-unknown-linux-gnu/debug"] {
-            let p = GuestHarness.repoRoot.appendingPathComponent(d).appendingPathComponent("swhv").path
-            if FileManager.default.isExecutableFile(atPath: p) { return p }
-        }
-        return nil
-    }
 
     override func setUpWithError() throws {
         dir = FileManager.default.temporaryDirectory.appendingPathComponent("swhv-snapcli-\(UUID().uuidString.prefix(8))")
@@ -32,9 +22,8 @@ final class SnapshotCLITests: XCTestCase {
     struct Outcome { let status: Int32; let stdout: String; let stderr: String }
 
     func swhv(_ args: [String], timeout: Double = 60) throws -> Outcome {
-        guard let bin = Self.binary else { throw XCTSkip("swhv binary not built (run scripts/test)") }
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: bin)
+        p.executableURL = URL(fileURLWithPath: try Repository.swhvBinary())
         p.arguments = args
         let out = Pipe(), err = Pipe()
         p.standardOutput = out
@@ -65,7 +54,7 @@ final class SnapshotCLITests: XCTestCase {
     /// info, snapshot (files written by the API thread) and resume.
     func testPauseSnapshotResumeOnKVM() throws {
         try GuestHarness.requireKVM()
-        guard let bin = Self.binary else { throw XCTSkip("swhv binary not built (run scripts/test)") }
+        let bin = try Repository.swhvBinary()
         let image = dir.appendingPathComponent("clock.bin")
         try Data(try GuestHarness.assemble("clock")).write(to: image)
         let sock = dir.appendingPathComponent("api.sock").path
@@ -93,7 +82,7 @@ final class SnapshotCLITests: XCTestCase {
     }
 
     func testPauseSnapshotResumeAndBadRestores() throws {
-        guard let bin = Self.binary else { throw XCTSkip("swhv binary not built (run scripts/test)") }
+        let bin = try Repository.swhvBinary()
         let image = dir.appendingPathComponent("clock.bin")
         try Data(try GuestHarness.assemble("clock")).write(to: image)
         let disk = dir.appendingPathComponent("disk.img")
