@@ -25,7 +25,7 @@ public enum APIClient {
                                timeoutSeconds: Int32 = 600) throws(Failure) -> Response {
         var addr: sockaddr_un
         do { addr = try APIServer.sockaddr(for: path) } catch { throw Failure(description: error.description) }
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        let fd = socket(AF_UNIX, Int32(bitPattern: SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw Failure(description: "cannot create a socket: \(String(cString: strerror(errno)))") }
         defer { close(fd) }
         guard APIServer.withSockaddr(&addr, { connect(fd, $0, $1) }) == 0 else {
@@ -41,7 +41,7 @@ public enum APIClient {
         var sent = 0
         var sendError: Int32?
         while sent < out.count {
-            let n = out.withUnsafeBytes { send(fd, $0.baseAddress! + sent, $0.count - sent, Int32(MSG_NOSIGNAL)) }
+            let n = out.withUnsafeBytes { send(fd, $0.baseAddress! + sent, $0.count - sent, Int32(truncatingIfNeeded: MSG_NOSIGNAL)) }
             if n < 0 {
                 if errno == EINTR { continue }
                 // The server may have answered (a 503 to a second client) and closed: read that.
@@ -60,14 +60,14 @@ public enum APIClient {
     static func readResponse(_ fd: Int32, timeoutSeconds: Int32) throws(Failure) -> Response {
         var received: [UInt8] = []
         var buf = [UInt8](repeating: 0, count: 16 << 10)
-        let deadline = APIServer.monotonicSeconds() + UInt64(timeoutSeconds)
+        let deadline = APIServer.monotonicSeconds() + UInt64(clamping: timeoutSeconds)
         while true {
             if let r = parseResponse(received) { return r }
             guard received.count < 16 << 20 else { throw Failure(description: "the API response is too large") }
             let now = APIServer.monotonicSeconds()
             guard now < deadline else { throw Failure(description: "no answer from the API socket within \(timeoutSeconds) s") }
-            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            let ready = poll(&p, 1, Int32(min(deadline - now, 60)) * 1000)
+            var p = pollfd(fd: fd, events: Int16(truncatingIfNeeded: POLLIN), revents: 0)
+            let ready = poll(&p, 1, Int32(truncatingIfNeeded: min(deadline - now, 60)) * 1000)
             if ready < 0 && errno != EINTR { throw Failure(description: "poll: \(String(cString: strerror(errno)))") }
             if ready <= 0 { continue }
             let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }

@@ -70,7 +70,7 @@ public final class APIServer: @unchecked Sendable {
 
     static func withSockaddr<T>(_ addr: inout sockaddr_un, _ body: (UnsafePointer<sockaddr>, socklen_t) -> T) -> T {
         withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: Glibc.sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            $0.withMemoryRebound(to: Glibc.sockaddr.self, capacity: 1) { body($0, socklen_t(truncatingIfNeeded: MemoryLayout<sockaddr_un>.size)) }
         }
     }
 
@@ -82,7 +82,7 @@ public final class APIServer: @unchecked Sendable {
                 throw APISocketError("--api-sock '\(path)' exists and is not a socket (remove it or pick another path)")
             }
             // A socket file: in use if someone answers, stale (a swhv that was killed) otherwise.
-            let probe = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            let probe = socket(AF_UNIX, Int32(bitPattern: SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
             let connected = withSockaddr(&addr) { connect(probe, $0, $1) } == 0
             let e = errno
             close(probe)
@@ -90,7 +90,7 @@ public final class APIServer: @unchecked Sendable {
             guard e == ECONNREFUSED else { throw .errno("cannot check the existing socket", path, e) }
             unlink(path)
         }
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        let fd = socket(AF_UNIX, Int32(bitPattern: SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw .errno("cannot create a socket", path) }
         // The socket file is created 0600 from the start: no window where others could connect.
         let old = umask(0o177)
@@ -132,7 +132,7 @@ public final class APIServer: @unchecked Sendable {
     static func monotonicSeconds() -> UInt64 {
         var ts = timespec()
         clock_gettime(CLOCK_MONOTONIC, &ts)
-        return UInt64(ts.tv_sec)
+        return UInt64(clamping: ts.tv_sec)
     }
 
     /// One connection: its parser and timestamps.
@@ -151,23 +151,23 @@ public final class APIServer: @unchecked Sendable {
             unlink(path)
         }
         while true {
-            var fds = [pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0),
-                       pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0)]
-            if let c = client { fds.append(pollfd(fd: c.fd, events: Int16(POLLIN), revents: 0)) }
-            let n = poll(&fds, nfds_t(fds.count), 1000)
+            var fds = [pollfd(fd: listenFD, events: Int16(truncatingIfNeeded: POLLIN), revents: 0),
+                       pollfd(fd: wakeRead, events: Int16(truncatingIfNeeded: POLLIN), revents: 0)]
+            if let c = client { fds.append(pollfd(fd: c.fd, events: Int16(truncatingIfNeeded: POLLIN), revents: 0)) }
+            let n = poll(&fds, nfds_t(truncatingIfNeeded: fds.count), 1000)
             if n < 0 && errno != EINTR { return }
             if fds[1].revents != 0 { return }
             // The current client first: one that just hung up frees the slot for a newcomer.
             if var c = client, fds.count > 2, fds[2].revents != 0 {
                 if receive(&c) { client = c } else { close(c.fd); client = nil }
             }
-            if fds[0].revents & Int16(POLLIN) != 0 {
+            if fds[0].revents & Int16(truncatingIfNeeded: POLLIN) != 0 {
                 let fd = accept(listenFD, nil, nil)
                 if fd >= 0 {
                     _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
                     // A stalled reader must not block the server: sends give up after 5 s.
                     var tv = timeval(tv_sec: 5, tv_usec: 0)
-                    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+                    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(truncatingIfNeeded: MemoryLayout<timeval>.size))
                     if client == nil {
                         client = Client(fd: fd)
                     } else {
@@ -223,7 +223,7 @@ public final class APIServer: @unchecked Sendable {
     private func writeAll(_ bytes: [UInt8], to fd: Int32) -> Bool {
         var done = 0
         while done < bytes.count {
-            let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + done, $0.count - done, Int32(MSG_NOSIGNAL)) }
+            let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + done, $0.count - done, Int32(truncatingIfNeeded: MSG_NOSIGNAL)) }
             if n < 0 { if errno == EINTR { continue }; return false }
             done += n
         }

@@ -9,7 +9,7 @@ public enum Base64 {
         var i = 0
         while i + 3 <= bytes.count {
             let v = UInt32(bytes[i]) << 16 | UInt32(bytes[i + 1]) << 8 | UInt32(bytes[i + 2])
-            for s in [18, 12, 6, 0] { out.append(alphabet[Int(v >> UInt32(s) & 63)]) }
+            for s: UInt32 in [18, 12, 6, 0] { out.append(alphabet[Int(v >> s & 63)]) }
             i += 3
         }
         let rest = bytes.count - i

@@ -75,8 +75,8 @@ extension KVMVcpu {
         var value: UInt64 = 0
         let found: Bool = withUnsafeMutablePointer(to: &value) { p in
             var attr = kvm_device_attr()
-            attr.group = UInt32(KVM_VCPU_TSC_CTRL)
-            attr.attr = UInt64(KVM_VCPU_TSC_OFFSET)
+            attr.group = UInt32(truncatingIfNeeded: KVM_VCPU_TSC_CTRL)
+            attr.attr = UInt64(truncatingIfNeeded: KVM_VCPU_TSC_OFFSET)
             attr.addr = UInt64(UInt(bitPattern: p))
             guard ioctl(fd, CKVM_KVM_HAS_DEVICE_ATTR(), &attr) == 0 else { return false }
             return ioctl(fd, CKVM_KVM_GET_DEVICE_ATTR(), &attr) == 0
@@ -100,8 +100,8 @@ extension KVMVcpu {
         var value = offset
         try withUnsafeMutablePointer(to: &value) { (p) throws(KVMError) in
             var attr = kvm_device_attr()
-            attr.group = UInt32(KVM_VCPU_TSC_CTRL)
-            attr.attr = UInt64(KVM_VCPU_TSC_OFFSET)
+            attr.group = UInt32(truncatingIfNeeded: KVM_VCPU_TSC_CTRL)
+            attr.attr = UInt64(truncatingIfNeeded: KVM_VCPU_TSC_OFFSET)
             attr.addr = UInt64(UInt(bitPattern: p))
             _ = try kvmIoctl(fd, CKVM_KVM_SET_DEVICE_ATTR(), "KVM_SET_DEVICE_ATTR(TSC_OFFSET)", &attr)
         }

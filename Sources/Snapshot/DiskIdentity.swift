@@ -45,7 +45,7 @@ public struct DiskIdentity: Codable, Equatable, Sendable {
         guard fstat(fd, &st) == 0 else { throw .disk(path: path, problem: "cannot be examined: \(String(cString: strerror(errno)))") }
         let type = st.st_mode & S_IFMT
         guard type == S_IFREG || type == S_IFBLK else { throw .disk(path: path, problem: "is not a regular file or block device") }
-        let size = type == S_IFBLK ? UInt64(max(lseek(fd, 0, SEEK_END), 0)) : UInt64(st.st_size)
+        let size = type == S_IFBLK ? UInt64(clamping: lseek(fd, 0, SEEK_END)) : UInt64(clamping: st.st_size)
         var head = [UInt8](repeating: 0, count: headerBytes)
         let n = head.withUnsafeMutableBytes { b in
             (try? SnapshotFile.preadAll(fd, b.baseAddress!, b.count, offset: 0, path: path)) ?? 0

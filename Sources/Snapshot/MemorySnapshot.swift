@@ -86,7 +86,7 @@ public enum GuestMemorySnapshot {
     static func header(bytes: UInt64, snapshotID: [UInt8]) -> [UInt8] {
         var h: [UInt8] = magic
         withUnsafeBytes(of: fileVersion.littleEndian) { h.append(contentsOf: $0) }
-        withUnsafeBytes(of: UInt32(headerBytes).littleEndian) { h.append(contentsOf: $0) }
+        withUnsafeBytes(of: UInt32(truncatingIfNeeded: headerBytes).littleEndian) { h.append(contentsOf: $0) }
         withUnsafeBytes(of: bytes.littleEndian) { h.append(contentsOf: $0) }
         h.append(contentsOf: snapshotID)
         withUnsafeBytes(of: XXHash64.hash(h).littleEndian) { h.append(contentsOf: $0) }
@@ -125,8 +125,8 @@ public enum GuestMemorySnapshot {
             var at: UInt64 = 0
             while at < region.size {
                 let length = min(chunkBytes, region.size - at)
-                let pages = Int(length) / pageBytes
-                let base = UnsafeRawPointer(region.host + Int(at))
+                let pages = Int(truncatingIfNeeded: length) / pageBytes   // a chunk: at most 2 MiB
+                let base = UnsafeRawPointer(region.host + Int(truncatingIfNeeded: at))   // inside a region that is mapped
                 let resident = residency?.mayHoldData(host: base, pages: pages)
                 var stream = XXHash64.Stream()
                 var anyData = false
@@ -134,9 +134,9 @@ public enum GuestMemorySnapshot {
                 func flush(_ end: Int) throws(SnapshotError) {
                     guard runStart >= 0 else { return }
                     let off = runStart * pageBytes, len = (end - runStart) * pageBytes
-                    try SnapshotFile.pwriteAll(file.fd, base + off, len, offset: headerBytes + ramOffset + UInt64(off),
+                    try SnapshotFile.pwriteAll(file.fd, base + off, len, offset: headerBytes + ramOffset + UInt64(truncatingIfNeeded: off),
                                                path: file.temporaryPath)
-                    dataBytes += UInt64(len)
+                    dataBytes += UInt64(truncatingIfNeeded: len)
                     runStart = -1
                 }
                 for p in 0..<pages {
@@ -202,7 +202,7 @@ public enum GuestMemorySnapshot {
         guard XXHash64.hash(Array(header[0..<40])) == u64(40) else {
             throw .corrupted(path: path, detail: "header checksum mismatch")
         }
-        guard u32(12) == UInt32(headerBytes) else { throw .corrupted(path: path, detail: "unexpected header size \(u32(12))") }
+        guard u32(12) == UInt32(truncatingIfNeeded: headerBytes) else { throw .corrupted(path: path, detail: "unexpected header size \(u32(12))") }
         let id = SnapshotFile.hex(Array(header[24..<40]))
         guard id == section.snapshotID else {
             throw .mismatch("memory file '\(path)' belongs to another snapshot (id \(id), the state file expects \(section.snapshotID))")
@@ -211,14 +211,14 @@ public enum GuestMemorySnapshot {
             throw .mismatch("memory file '\(path)' holds \(u64(16)) bytes of RAM, the state file says \(section.bytes)")
         }
         let expectedLength = headerBytes + section.bytes
-        let length = UInt64(st.st_size)
+        let length = UInt64(clamping: st.st_size)
         if length < expectedLength { throw .truncated(path: path, detail: "\(length) of \(expectedLength) bytes present") }
         guard length == expectedLength else {
             throw .corrupted(path: path, detail: "\(length - expectedLength) bytes after guest RAM")
         }
         let chunkCount = section.bytes / max(section.chunkBytes, 1)
         guard section.chunkBytes > 0, section.chunkBytes <= 64 << 20, section.chunkBytes % 4096 == 0,
-              UInt64(section.chunks.count) >= chunkCount else {
+              UInt64(truncatingIfNeeded: section.chunks.count) >= chunkCount else {
             throw .badSection("memory", detail: "chunk table does not cover \(section.bytes) bytes")
         }
         guard section.regions.reduce(0, { $0 &+ $1.bytes }) == section.bytes else {
@@ -229,7 +229,10 @@ public enum GuestMemorySnapshot {
 
     /// Checks every chunk of guest RAM in the file against the section's checksums.
     static func verify(fd: Int32, path: String, section: MemorySection) throws(SnapshotError) {
-        let buffer = UnsafeMutableRawPointer.allocate(byteCount: Int(section.chunkBytes), alignment: 4096)
+        guard let chunkBytes = Int(exactly: section.chunkBytes), chunkBytes > 0, chunkBytes <= 64 << 20 else {
+            throw .badSection("memory", detail: "chunk size \(section.chunkBytes) is not 1 byte to 64 MiB")
+        }
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: chunkBytes, alignment: 4096)
         defer { buffer.deallocate() }
         var index = 0
         // Chunks follow the region layout (a chunk never spans two regions).
@@ -238,6 +241,7 @@ public enum GuestMemorySnapshot {
             var at: UInt64 = 0
             while at < region.bytes {
                 let length = min(section.chunkBytes, region.bytes - at)
+                let count = Int(truncatingIfNeeded: length)   // at most chunkBytes, checked above
                 let fileOffset = headerBytes + ramOffset
                 guard index < section.chunks.count else {
                     throw .badSection("memory", detail: "chunk table does not cover the regions")
@@ -246,23 +250,23 @@ public enum GuestMemorySnapshot {
                 if expected == 0 {
                     // A chunk of zeroes: fine if the file has a hole there; read it otherwise.
                     let data = lseek(fd, off_t(Int64(bitPattern: fileOffset)), GuestMemorySnapshot.seekData)
-                    if data < 0 || UInt64(data) >= fileOffset + length {
+                    if data < 0 || UInt64(truncatingIfNeeded: data) >= fileOffset + length {
                         // No data in the chunk (ENXIO: none up to the end of the file).
                     } else {
-                        let n = try SnapshotFile.preadAll(fd, buffer, Int(length), offset: fileOffset, path: path)
-                        guard n == Int(length) else { throw .truncated(path: path, detail: "guest RAM ends early") }
+                        let n = try SnapshotFile.preadAll(fd, buffer, count, offset: fileOffset, path: path)
+                        guard n == count else { throw .truncated(path: path, detail: "guest RAM ends early") }
                         var p = 0
-                        while p < Int(length) {
+                        while p < count {
                             guard isZeroPage(buffer + p) else {
-                                throw .corrupted(path: path, detail: "guest RAM at offset 0x\(String(ramOffset + UInt64(p), radix: 16)) should be zero")
+                                throw .corrupted(path: path, detail: "guest RAM at offset 0x\(String(ramOffset + UInt64(truncatingIfNeeded: p), radix: 16)) should be zero")
                             }
                             p += pageBytes
                         }
                     }
                 } else {
-                    let n = try SnapshotFile.preadAll(fd, buffer, Int(length), offset: fileOffset, path: path)
-                    guard n == Int(length) else { throw .truncated(path: path, detail: "guest RAM ends early") }
-                    let h = XXHash64.hash(base: buffer, count: Int(length))
+                    let n = try SnapshotFile.preadAll(fd, buffer, count, offset: fileOffset, path: path)
+                    guard n == count else { throw .truncated(path: path, detail: "guest RAM ends early") }
+                    let h = XXHash64.hash(base: buffer, count: count)
                     guard (h == 0 ? 1 : h) == expected else {
                         throw .corrupted(path: path, detail: "guest RAM checksum mismatch in chunk \(index) (offset 0x\(String(ramOffset, radix: 16)))")
                     }

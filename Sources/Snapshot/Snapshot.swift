@@ -89,7 +89,7 @@ public enum SnapshotWriter {
         try memoryFile.commit()
         try stateFile.commit()
         return SnapshotSummary(memoryBytes: memorySection.bytes, memoryDataBytes: memorySection.dataBytes,
-                               stateBytes: UInt64(bytes.count))
+                               stateBytes: UInt64(truncatingIfNeeded: bytes.count))
     }
 }
 

@@ -68,17 +68,17 @@ public struct SnapshotContainer: Equatable, Sendable {
         func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { out.append(contentsOf: $0) } }
         out.append(contentsOf: SnapshotContainer.magic)
         u32(SnapshotContainer.formatVersion)
-        u32(UInt32(sections.count))
-        u64(UInt64(total))
-        var offset = UInt64(headerEnd + 8)
+        u32(UInt32(truncatingIfNeeded: sections.count))
+        u64(UInt64(truncatingIfNeeded: total))
+        var offset = UInt64(truncatingIfNeeded: headerEnd + 8)
         for s in sections {
             var tag = Array(s.tag.utf8)
             tag += [UInt8](repeating: 0, count: 8 - tag.count)
             out.append(contentsOf: tag)
             u64(offset)
-            u64(UInt64(s.payload.count))
+            u64(UInt64(truncatingIfNeeded: s.payload.count))
             u64(XXHash64.hash(s.payload))
-            offset += UInt64(s.payload.count)
+            offset += UInt64(truncatingIfNeeded: s.payload.count)
         }
         u64(XXHash64.hash(out))
         for s in sections { out.append(contentsOf: s.payload) }
@@ -90,8 +90,8 @@ public struct SnapshotContainer: Equatable, Sendable {
         guard bytes.count >= 8, Array(bytes[0..<8]) == magic else {
             throw .notASnapshot(path: path, expected: "state file")
         }
-        guard UInt64(bytes.count) <= maxFileSize else {
-            throw .tooLarge(path: path, size: UInt64(bytes.count), limit: maxFileSize)
+        guard UInt64(truncatingIfNeeded: bytes.count) <= maxFileSize else {
+            throw .tooLarge(path: path, size: UInt64(truncatingIfNeeded: bytes.count), limit: maxFileSize)
         }
         func u32(_ at: Int) -> UInt32 { bytes.withUnsafeBytes { UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: at, as: UInt32.self)) } }
         func u64(_ at: Int) -> UInt64 { bytes.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(fromByteOffset: at, as: UInt64.self)) } }
@@ -103,7 +103,7 @@ public struct SnapshotContainer: Equatable, Sendable {
         }
         guard bytes.count >= fixedHeader else { throw .truncated(path: path, detail: "the header is incomplete") }
         let count = u32(12)
-        guard count <= UInt32(maxSections) else {
+        guard count <= UInt32(truncatingIfNeeded: maxSections) else {
             throw .corrupted(path: path, detail: "section count \(count) is more than \(maxSections)")
         }
         let headerEnd = fixedHeader + entrySize * Int(count)
@@ -112,14 +112,14 @@ public struct SnapshotContainer: Equatable, Sendable {
         let actual = bytes.withUnsafeBytes { XXHash64.hash(UnsafeRawBufferPointer(rebasing: $0[0..<headerEnd])) }
         guard stored == actual else { throw .corrupted(path: path, detail: "header checksum mismatch") }
         let total = u64(16)
-        if total > UInt64(bytes.count) {
+        if total > UInt64(truncatingIfNeeded: bytes.count) {
             throw .truncated(path: path, detail: "\(bytes.count) of \(total) bytes present")
         }
-        guard total == UInt64(bytes.count) else {
-            throw .corrupted(path: path, detail: "\(UInt64(bytes.count) - total) bytes after the end the header records")
+        guard total == UInt64(truncatingIfNeeded: bytes.count) else {
+            throw .corrupted(path: path, detail: "\(UInt64(truncatingIfNeeded: bytes.count) - total) bytes after the end the header records")
         }
         var sections: [SnapshotSection] = []
-        var expectedOffset = UInt64(headerEnd + 8)
+        var expectedOffset = UInt64(truncatingIfNeeded: headerEnd + 8)
         for k in 0..<Int(count) {
             let e = fixedHeader + entrySize * k
             let rawTag = Array(bytes[e..<e + 8])
@@ -139,7 +139,7 @@ public struct SnapshotContainer: Equatable, Sendable {
             guard !overflow, end <= total else {
                 throw .corrupted(path: path, detail: "section '\(tag)' runs past the end of the file")
             }
-            let payload = Array(bytes[Int(offset)..<Int(end)])
+            let payload = Array(bytes[Int(truncatingIfNeeded: offset)..<Int(truncatingIfNeeded: end)])   // end <= total == bytes.count
             guard XXHash64.hash(payload) == hash else {
                 throw .corrupted(path: path, detail: "section '\(tag)' checksum mismatch")
             }

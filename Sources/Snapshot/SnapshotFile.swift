@@ -14,9 +14,9 @@ public enum SnapshotFile {
         var st = stat()
         guard fstat(fd, &st) == 0 else { throw .io(path: path, operation: "stat", errno: errno) }
         guard st.st_mode & S_IFMT == S_IFREG else { throw .io(path: path, operation: "open (not a regular file)", errno: EINVAL) }
-        let size = UInt64(st.st_size)
-        guard size <= limit else { throw .tooLarge(path: path, size: size, limit: limit) }
-        var bytes = [UInt8](repeating: 0, count: Int(size))
+        let size = UInt64(clamping: st.st_size)
+        guard size <= limit, let count = Int(exactly: size) else { throw .tooLarge(path: path, size: size, limit: limit) }
+        var bytes = [UInt8](repeating: 0, count: count)
         let n = try bytes.withUnsafeMutableBytes { b in
             Result { () throws(SnapshotError) in
                 b.count == 0 ? 0 : try preadAll(fd, b.baseAddress!, b.count, offset: 0, path: path)
@@ -31,7 +31,7 @@ public enum SnapshotFile {
                                 path: String) throws(SnapshotError) -> Int {
         var done = 0
         while done < count {
-            let n = pread(fd, buf + done, count - done, off_t(Int64(bitPattern: offset + UInt64(done))))
+            let n = pread(fd, buf + done, count - done, off_t(Int64(bitPattern: offset + UInt64(truncatingIfNeeded: done))))
             if n < 0 { if errno == EINTR { continue }; throw .io(path: path, operation: "read", errno: errno) }
             if n == 0 { break }
             done += n
@@ -44,7 +44,7 @@ public enum SnapshotFile {
                                  path: String) throws(SnapshotError) {
         var done = 0
         while done < count {
-            let n = pwrite(fd, buf + done, count - done, off_t(Int64(bitPattern: offset + UInt64(done))))
+            let n = pwrite(fd, buf + done, count - done, off_t(Int64(bitPattern: offset + UInt64(truncatingIfNeeded: done))))
             if n < 0 { if errno == EINTR { continue }; throw .io(path: path, operation: "write", errno: errno) }
             if n == 0 { throw .io(path: path, operation: "write", errno: EIO) }
             done += n

@@ -48,7 +48,7 @@ public enum XXHash64 {
         } else {
             h = seed &+ p5
         }
-        h &+= UInt64(count)
+        h &+= UInt64(truncatingIfNeeded: count)
         return tail(h, p + i, count - i)
     }
 
@@ -85,7 +85,7 @@ public enum XXHash64 {
     }
 
     /// An empty input's hash: the length added, nothing else.
-    static func finish(_ h: UInt64, count: Int) -> UInt64 { avalanche(h &+ UInt64(count)) }
+    static func finish(_ h: UInt64, count: Int) -> UInt64 { avalanche(h &+ UInt64(truncatingIfNeeded: count)) }
 }
 
 extension XXHash64 {
@@ -108,7 +108,7 @@ extension XXHash64 {
         }
 
         public mutating func update(_ base: UnsafeRawPointer, count: Int) {
-            total &+= UInt64(count)
+            total &+= UInt64(truncatingIfNeeded: count)
             var i = 0
             if !pending.isEmpty {
                 let take = min(32 - pending.count, count)

@@ -3,6 +3,7 @@ import Devices
 import Glibc
 import JSONCoding
 import Snapshot
+import X86Interpreter
 import VMMemory
 
 /// One piece of machine state that goes into a snapshot beyond guest RAM, the machine section
@@ -57,7 +58,7 @@ extension Machine {
         clock_gettime(CLOCK_REALTIME, &wall)
         let section = MachineSection(memoryBytes: memory.size, backend: backend.name, irqchip: config.irqchip,
                                      clockNs: clock.nowNs,
-                                     createdUnixNs: UInt64(max(wall.tv_sec, 0)) &* 1_000_000_000 &+ UInt64(max(wall.tv_nsec, 0)))
+                                     createdUnixNs: UInt64(clamping: wall.tv_sec) &* 1_000_000_000 &+ UInt64(clamping: wall.tv_nsec))
         var extra: [SnapshotSection] = []
         for p in parts { extra.append(SnapshotSection(tag: p.tag, payload: try p.capture(from: self))) }
         return SnapshotContents(machine: section, disks: [], extraSections: extra)
@@ -116,13 +117,15 @@ extension Machine {
     /// Builds the machine a snapshot describes (on `accelerator`, which may differ from the one
     /// it was taken on), maps guest RAM from the memory file, sets the VM clock, and restores the
     /// parts. The guest has not run when this returns; `run()` resumes it.
-    public static func restore(_ prepared: PreparedRestore, accelerator: Accelerator, quiet: Bool, verbose: Bool,
+    public static func restore(_ prepared: PreparedRestore, accelerator: Accelerator,
+                               translation: TranslationPolicy = .standard, quiet: Bool, verbose: Bool,
                                consoleOutput: SerialOutput,
                                parts: [any SnapshotPart] = Machine.snapshotParts) throws(MachineError) -> Machine {
         let s = prepared.snapshot
         var config = MachineConfig()
         config.memorySize = s.machine.memoryBytes
         config.accelerator = accelerator
+        config.translation = translation
         config.irqchip = s.machine.irqchip
         config.quiet = quiet
         config.verbose = verbose

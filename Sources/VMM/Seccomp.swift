@@ -134,7 +134,7 @@ public enum Seccomp {
         } else {
             // SECCOMP_SET_MODE_FILTER (1) without TSYNC; no_new_privs is already set by the first filter.
             rc = p.withUnsafeMutableBufferPointer { buf -> Int32 in
-                var prog = sock_fprog(len: UInt16(buf.count), filter: buf.baseAddress)
+                var prog = sock_fprog(len: UInt16(truncatingIfNeeded: buf.count), filter: buf.baseAddress)
                 return withUnsafeMutablePointer(to: &prog) { pp in
                     Int32(truncatingIfNeeded: syscall(Int(SYS_seccomp), 1, 0, Int(bitPattern: UnsafeMutableRawPointer(pp))))
                 }

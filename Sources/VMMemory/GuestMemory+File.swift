@@ -11,7 +11,7 @@ extension GuestMemory {
     public func mapPrivately(fileDescriptor fd: Int32, offset: UInt64) throws(MemoryError) {
         var fileOffset = offset
         for r in regions {
-            let p = mmap(r.host, Int(r.size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE,
+            let p = mmap(r.host, Int(truncatingIfNeeded: r.size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE,
                          fd, off_t(Int64(bitPattern: fileOffset)))
             guard let p, p != MAP_FAILED, p == r.host else { throw .mapFailed(size: r.size, errno: errno) }
             fileOffset += r.size

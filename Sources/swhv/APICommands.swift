@@ -108,6 +108,10 @@ struct Restore: ParsableCommand {
         "CPU backend: auto, kvm or interp; may differ from the one the snapshot was taken on.", valueName: "auto|kvm|interp"))
     var accel: String = "auto"
 
+    @Option(name: .long, help: ArgumentHelp("Software CPU: translate hot code (on) or only interpret (off), as for boot.",
+                                            valueName: "on|off"))
+    var translate: String = "on"
+
     @Option(name: .long, help: ArgumentHelp(
         "The most guest RAM to allow (a snapshot of a larger VM is refused). Default: the snapshot's size.", valueName: "size"))
     var memory: String?
@@ -130,13 +134,14 @@ struct Restore: ParsableCommand {
     var processStart: UInt64 = VirtualClock.hostMonotonicNs()
 
     enum CodingKeys: String, CodingKey {
-        case directory, accel, memory, apiSock, noVerifyMemory, quiet, verbose, noSeccomp
+        case directory, accel, translate, memory, apiSock, noVerifyMemory, quiet, verbose, noSeccomp
     }
 
     func run() throws {
         guard let a = Accelerator(rawValue: accel) else {
             throw MachineError.invalidArgument("--accel '\(accel)' is not one of auto, kvm, interp")
         }
+        let translation = try MachineOptions.translation(translate)
         var limit: UInt64?
         if let memory {
             guard let size = MemorySize.parse(memory), size > 0 else {
@@ -149,7 +154,7 @@ struct Restore: ParsableCommand {
         let prepared = try PreparedRestore.check(statePath: paths.state, memoryPath: paths.memory, memoryLimit: limit,
                                                  verifyMemory: !noVerifyMemory)
         let console = HostConsoleOutput()
-        let machine = try Machine.restore(prepared, accelerator: a, quiet: quiet, verbose: verbose, consoleOutput: console)
+        let machine = try Machine.restore(prepared, accelerator: a, translation: translation, quiet: quiet, verbose: verbose, consoleOutput: console)
         machine.timer.processStart = processStart
         if !quiet {
             machine.log.info("restoring a \(prepared.snapshot.machine.backend) snapshot on \(machine.backend.name): \(machine.backendReason)")

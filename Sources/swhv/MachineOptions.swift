@@ -1,5 +1,6 @@
 import Glibc
 import VMM
+import X86Interpreter
 
 /// swhv's version, printed by `swhv --version`.
 let swhvVersion = "0.1.0"
@@ -7,7 +8,7 @@ let swhvVersion = "0.1.0"
 /// The options `boot` and `run-image` share, validated in one place: guest RAM, the CPU backend
 /// and the disks. Each problem is one `MachineError` line.
 enum MachineOptions {
-    static func config(memory: String, accel: String, disks: [String]) throws(MachineError) -> MachineConfig {
+    static func config(memory: String, accel: String, translate: String = "on", disks: [String]) throws(MachineError) -> MachineConfig {
         var config = MachineConfig()
         guard let size = MemorySize.parse(memory) else {
             throw .invalidArgument("--memory '\(memory)' is not a size (try 512M or 1G)")
@@ -18,9 +19,19 @@ enum MachineOptions {
             throw .invalidArgument("--accel '\(accel)' is not one of auto, kvm, interp")
         }
         config.accelerator = a
+        config.translation = try translation(translate)
         for d in disks { config.disks.append(try DiskConfig.parse(d)) }
         try HostFile.checkDisks(config.disks.map(\.path))
         return config
+    }
+
+    /// `--translate on|off` (boot, run-image and restore).
+    static func translation(_ text: String) throws(MachineError) -> TranslationPolicy {
+        switch text {
+        case "on": return TranslationPolicy.default   // SWHV_TRANSLATE may tune it for experiments
+        case "off": return .off
+        default: throw .invalidArgument("--translate '\(text)' is not one of on, off")
+        }
     }
 
     /// README's first command names files that scripts/fetch-guest makes: when one of them is

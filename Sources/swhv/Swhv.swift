@@ -52,6 +52,13 @@ struct Swhv: ParsableCommand {
 struct Boot: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Boot a Linux kernel.",
+        // Written out: ArgumentParser collapses more than a dozen options into `[<options>]`.
+        usage: """
+            swhv boot --kernel <path> [--initrd <path>] [--cmdline <args>] [--no-default-cmdline]
+                      [--disk <path>[,readonly][,serial=ID]]... [--memory <size>] [--accel auto|kvm|interp]
+                      [--translate on|off] [--guest-decompress] [--boot-timer] [--no-seccomp] [--quiet] [--verbose]
+                      [--api-sock <path>]
+            """,
         // One line per paragraph: ArgumentParser wraps them to the terminal.
         discussion: """
             The kernel may be a bzImage or an uncompressed vmlinux (ELF). The guest console is this terminal; press Ctrl-A x to quit, Ctrl-A Ctrl-A to send Ctrl-A. swhv exits with status 0 when the guest reboots or powers off, and 1 with a one-line message on any error (bad files, a guest triple fault, a vCPU failure).
@@ -93,6 +100,11 @@ struct Boot: ParsableCommand {
         valueName: "auto|kvm|interp"))
     var accel: String = "auto"
 
+    @Option(name: .long, help: ArgumentHelp(
+        "On the software CPU, translate hot guest code to host code (on, the default) or only interpret it (off: slower, for diffing and debugging).",
+        valueName: "on|off"))
+    var translate: String = "on"
+
     @Flag(name: .long, help: "Run the bzImage's own decompressor in the guest instead of unpacking the kernel on the host.")
     var guestDecompress = false
 
@@ -117,7 +129,7 @@ struct Boot: ParsableCommand {
     var processStart: UInt64 = VirtualClock.hostMonotonicNs()
 
     enum CodingKeys: String, CodingKey {
-        case kernel, initrd, cmdline, noDefaultCmdline, disk, memory, guestDecompress, accel, bootTimer, quiet, verbose
+        case kernel, initrd, cmdline, noDefaultCmdline, disk, memory, guestDecompress, accel, translate, bootTimer, quiet, verbose
         case noSeccomp, apiSock
     }
 
@@ -127,7 +139,7 @@ struct Boot: ParsableCommand {
             throw MachineError.invalidArgument(
                 "--no-default-cmdline needs --cmdline: the kernel would get an empty command line (and no console)")
         }
-        var config = try MachineOptions.config(memory: memory, accel: accel, disks: disk)
+        var config = try MachineOptions.config(memory: memory, accel: accel, translate: translate, disks: disk)
         config.quiet = quiet
         config.verbose = verbose
         config.unpackOnHost = !guestDecompress
@@ -210,6 +222,10 @@ struct RunImage: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("CPU backend: auto, kvm or interp.", valueName: "auto|kvm|interp"))
     var accel: String = "auto"
 
+    @Option(name: .long, help: ArgumentHelp("Software CPU: translate hot code (on) or only interpret (off).",
+                                            valueName: "on|off"))
+    var translate: String = "on"
+
     @Option(name: .long, help: ArgumentHelp(
         "A host file as a virtio-blk PCI device (00:01.0, 00:02.0, ... in order), as for boot. Repeatable.",
         valueName: "path[,readonly][,serial=ID]"))
@@ -228,7 +244,7 @@ struct RunImage: ParsableCommand {
             guard let v else { throw MachineError.invalidArgument("'\(t)' is not a number") }
             return v
         }
-        var config = try MachineOptions.config(memory: memory, accel: accel, disks: disk)
+        var config = try MachineOptions.config(memory: memory, accel: accel, translate: translate, disks: disk)
         config.irqchip = false
         config.quiet = true
         let address = try number(load)
