@@ -35,9 +35,10 @@ public enum SectionTag {
     public static let machine = "machine"
     public static let memory = "memory"
     public static let disks = "disks"
-    /// HOOK(cpu-state): the vCPU's complete architectural state (issue 13's Codable value).
+    /// The vCPU's state (the software CPU's today; HOOK(cpu-state): issue 13's architectural-state
+    /// value, so that snapshots cross backends).
     public static let cpu = "cpu"
-    /// HOOK(device-state): every device's guest-visible state (issue 11's Codable values).
+    /// Every device's guest-visible state (issue 11's values).
     public static let devices = "devices"
 }
 

@@ -7,15 +7,14 @@ import X86Interpreter
 import VMMemory
 
 /// One piece of machine state that goes into a snapshot beyond guest RAM, the machine section
-/// and the disks: the vCPU (`SectionTag.cpu`) and the devices (`SectionTag.devices`).
-///
-/// HOOK(cpu-state), HOOK(device-state): issue 13's CPU state value and issue 11's device state
-/// values plug in here, one part each, listed in `Machine.snapshotParts`. `capture` runs on the
-/// vCPU thread while the guest is paused; `restore` runs before the restored guest's first
-/// instruction, after guest RAM is mapped and the clock is set.
+/// and the disks: the vCPU (`CPUSnapshotPart`, `SectionTag.cpu`) and the devices
+/// (`PlatformSnapshotPart`, `SectionTag.devices`), listed in `Machine.snapshotParts`. `capture`
+/// runs on the vCPU thread while the guest is paused; `restore` runs before the restored guest's
+/// first instruction, after guest RAM is mapped and the clock is set.
 public protocol SnapshotPart: Sendable {
     var tag: String { get }
-    func capture(from machine: Machine) throws(SnapshotError) -> [UInt8]
+    /// nil: this backend's state of this kind cannot be captured yet; the section is left out.
+    func capture(from machine: Machine) throws(SnapshotError) -> [UInt8]?
     func restore(_ payload: [UInt8], into machine: Machine) throws(SnapshotError)
 }
 
@@ -27,7 +26,7 @@ public struct PlatformSnapshotPart: SnapshotPart {
     public init() {}
     public var tag: String { SectionTag.devices }
 
-    public func capture(from machine: Machine) throws(SnapshotError) -> [UInt8] {
+    public func capture(from machine: Machine) throws(SnapshotError) -> [UInt8]? {
         do { return try JSONValueEncoder().encodeBytes(machine.platform.captureState()) } catch {
             throw .badSection(tag, detail: "cannot be encoded: \(error)")
         }
@@ -44,8 +43,7 @@ public struct PlatformSnapshotPart: SnapshotPart {
 
 extension Machine {
     /// The snapshot parts this build can save and restore.
-    /// HOOK(cpu-state): add the vCPU part (issue 13's CPU state value) here when it lands.
-    public static var snapshotParts: [any SnapshotPart] { [PlatformSnapshotPart()] }
+    public static var snapshotParts: [any SnapshotPart] { [CPUSnapshotPart(), PlatformSnapshotPart()] }
 
     /// Sections a snapshot must have, each with a part that restores it, before a guest can
     /// resume from it: without them it would start from a reset CPU over a running kernel's RAM.
@@ -60,7 +58,9 @@ extension Machine {
                                      clockNs: clock.nowNs,
                                      createdUnixNs: UInt64(clamping: wall.tv_sec) &* 1_000_000_000 &+ UInt64(clamping: wall.tv_nsec))
         var extra: [SnapshotSection] = []
-        for p in parts { extra.append(SnapshotSection(tag: p.tag, payload: try p.capture(from: self))) }
+        for p in parts {
+            if let payload = try p.capture(from: self) { extra.append(SnapshotSection(tag: p.tag, payload: payload)) }
+        }
         return SnapshotContents(machine: section, disks: [], extraSections: extra)
     }
 }

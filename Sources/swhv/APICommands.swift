@@ -157,7 +157,7 @@ struct Restore: ParsableCommand {
         let machine = try Machine.restore(prepared, accelerator: a, translation: translation, quiet: quiet, verbose: verbose, consoleOutput: console)
         machine.timer.processStart = processStart
         if !quiet {
-            machine.log.info("restoring a \(prepared.snapshot.machine.backend) snapshot on \(machine.backend.name): \(machine.backendReason)")
+            machine.log.info("restoring a snapshot taken on \(prepared.snapshot.machine.backend), on \(machine.backend.name): \(machine.backendReason)")
         }
         let api = try APISession.start(socketPath: apiSock, machine: machine, memoryIsAnonymous: false)
         let stopSignals = StopSignals(control: machine.control)

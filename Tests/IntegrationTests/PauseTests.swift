@@ -151,9 +151,8 @@ final class PauseTests: XCTestCase {
         XCTAssertEqual(guest.controller.runState, .stopped)
     }
 
-    /// The whole path a user takes: the API socket, a paused snapshot, resume, and a restore that
-    /// refuses to start without the state this build cannot capture yet (rather than running a
-    /// reset CPU over the guest's RAM).
+    /// The whole path a user takes: the API socket, a paused snapshot, resume, and a machine
+    /// restored from it with the devices, the vCPU and the clock as they were when paused.
     func testSnapshotOverTheSocket() throws {
         let guest = try ClockGuest(accelerator: .interp)
         let dir = NSTemporaryDirectory() + "swhv-snap-\(UUID().uuidString.prefix(8))"
@@ -202,10 +201,14 @@ final class PauseTests: XCTestCase {
         close(fd)
         XCTAssertEqual(Array(head.prefix(64)), Array(code.prefix(64)), "the guest's code is in the memory file where it ran")
 
-        XCTAssertThrowsError(try PreparedRestore.check(statePath: paths.state, memoryPath: paths.memory,
-                                                       memoryLimit: nil, verifyMemory: true)) { e in
-            XCTAssertTrue("\(e)".contains("no 'cpu' section"), "\(e)")
-        }
+        // The vCPU as it was when paused: a restored machine's software CPU holds exactly that state.
+        let cpu = try XCTUnwrap(loaded.container.payload(SectionTag.cpu))
+        let prepared = try PreparedRestore.check(statePath: paths.state, memoryPath: paths.memory,
+                                                 memoryLimit: nil, verifyMemory: true)
+        let restored = try Machine.restore(prepared, accelerator: .interp, quiet: true, verbose: false,
+                                           consoleOutput: LockedOutput())
+        XCTAssertEqual(try CPUSnapshotPart().capture(from: restored), cpu)
+        XCTAssertGreaterThanOrEqual(restored.clock.nowNs, loaded.machine.clockNs, "the VM clock reads on from the pause")
         XCTAssertThrowsError(try PreparedRestore.check(statePath: paths.state, memoryPath: paths.memory,
                                                        memoryLimit: 8 << 20, verifyMemory: true)) { e in
             XCTAssertTrue("\(e)".contains("more than --memory allows"), "\(e)")
