@@ -122,6 +122,9 @@ struct Restore: ParsableCommand {
     @Flag(name: .long, help: "Skip checking guest RAM against its checksums (faster; a corrupted memory file goes unnoticed).")
     var noVerifyMemory = false
 
+    @Flag(name: .long, help: "Print on exit when the restored guest ran its first instruction (ms since swhv started).")
+    var bootTimer = false
+
     @Flag(name: [.short, .long], help: "Print only errors on stderr.")
     var quiet = false
 
@@ -134,7 +137,7 @@ struct Restore: ParsableCommand {
     var processStart: UInt64 = VirtualClock.hostMonotonicNs()
 
     enum CodingKeys: String, CodingKey {
-        case directory, accel, translate, memory, apiSock, noVerifyMemory, quiet, verbose, noSeccomp
+        case directory, accel, translate, memory, apiSock, noVerifyMemory, bootTimer, quiet, verbose, noSeccomp
     }
 
     func run() throws {
@@ -169,6 +172,7 @@ struct Restore: ParsableCommand {
         api?.finish(APICommand.describe(result))
         raw?.restore()
         console.flush(blockingFor: 500)
+        if bootTimer { machine.log.error(machine.timer.report) }
         MachineOptions.reportDropped(console, log: machine.log)
         if let sig = stopSignals?.signal {
             machine.log.info("stopped by \(StopSignals.name(sig))")
