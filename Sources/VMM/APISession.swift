@@ -13,6 +13,11 @@ public final class APISession: @unchecked Sendable {
         -> APISession?
     {
         guard let socketPath else { return nil }
+        // Pause, snapshot and resume stop the one vCPU thread they run on; with more, the others
+        // would run on (and a snapshot would be torn).
+        guard machine.config.cpus == 1 else {
+            throw .invalidArgument("--api-sock works with one vCPU for now (--cpus 1)")
+        }
         let controller = VMController(machine: machine, memoryIsAnonymous: memoryIsAnonymous)
         let server: APIServer
         do { server = try APIServer(path: socketPath, router: APIRouter(operations: controller)) } catch {

@@ -21,7 +21,8 @@ public struct CPUSnapshotPart: SnapshotPart {
     }
 
     public func capture(from machine: Machine) throws(SnapshotError) -> [UInt8]? {
-        guard let cpu = machine.backend as? X86Interpreter else { return nil }
+        // One vCPU for now: a snapshot of several leaves the section out (and is not restorable).
+        guard let cpus = machine.backend as? InterpreterCPUs, cpus.cpus.count == 1, let cpu = cpus.cpus.first else { return nil }
         do { return try JSONValueEncoder().encodeBytes(Section(backend: cpu.name, interpreter: cpu.savedCPU)) } catch {
             throw .badSection(tag, detail: "cannot be encoded: \(error)")
         }
@@ -36,7 +37,7 @@ public struct CPUSnapshotPart: SnapshotPart {
             throw .badSection(tag, detail: "version \(section.version); this swhv reads version \(Section.currentVersion)")
         }
         guard let saved = section.interpreter else { throw .badSection(tag, detail: "holds no vCPU state") }
-        guard let cpu = machine.backend as? X86Interpreter else {
+        guard let cpu = (machine.backend as? InterpreterCPUs)?.cpus.first else {
             throw .unsupported("the snapshot's vCPU state is the software CPU's; this swhv cannot load it into "
                 + "\(machine.backend.name) yet: restore it with --accel interp")
         }

@@ -166,6 +166,7 @@ struct Restore: ParsableCommand {
         let stopSignals = StopSignals(control: machine.control)
         let raw = TerminalRawMode()
         machine.startStdinPump(handleEscape: true)
+        try machine.prepareToRun()   // the vCPU threads: the filter forbids making threads
         if !noSeccomp { try APISession.confine(api) }
         let result: Result<VcpuStop, MachineError>
         do { result = .success(try machine.run()) } catch { result = .failure(error) }
