@@ -14,18 +14,20 @@ public struct MachineSection: Codable, Equatable, Sendable {
     public var backend: String
     /// KVM's in-kernel irqchip (always true for Linux guests).
     public var irqchip: Bool
+    /// ACPI tables and devices (nil in snapshots of builds before ACPI: it was on for Linux).
+    public var acpi: Bool?
     /// The VM clock (VirtualClock ns) when the snapshot was taken: the guest's time resumes from it.
     public var clockNs: UInt64
     /// Host wall-clock time of the snapshot (informational).
     public var createdUnixNs: UInt64
 
-    public init(memoryBytes: UInt64, backend: String, irqchip: Bool, clockNs: UInt64, createdUnixNs: UInt64) {
-        self.memoryBytes = memoryBytes; self.backend = backend; self.irqchip = irqchip
+    public init(memoryBytes: UInt64, backend: String, irqchip: Bool, acpi: Bool = true, clockNs: UInt64, createdUnixNs: UInt64) {
+        self.memoryBytes = memoryBytes; self.backend = backend; self.irqchip = irqchip; self.acpi = acpi
         self.clockNs = clockNs; self.createdUnixNs = createdUnixNs
     }
 
     enum CodingKeys: String, CodingKey {
-        case version, memoryBytes = "memory_bytes", vcpuCount = "vcpu_count", backend, irqchip
+        case version, memoryBytes = "memory_bytes", vcpuCount = "vcpu_count", backend, irqchip, acpi
         case clockNs = "clock_ns", createdUnixNs = "created_unix_ns"
     }
 }

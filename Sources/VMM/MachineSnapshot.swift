@@ -54,7 +54,7 @@ extension Machine {
     func captureSnapshotContents(parts: [any SnapshotPart]) throws(SnapshotError) -> SnapshotContents {
         var wall = timespec()
         clock_gettime(CLOCK_REALTIME, &wall)
-        let section = MachineSection(memoryBytes: memory.size, backend: backend.name, irqchip: config.irqchip,
+        let section = MachineSection(memoryBytes: memory.size, backend: backend.name, irqchip: config.irqchip, acpi: config.acpi,
                                      clockNs: clock.nowNs,
                                      createdUnixNs: UInt64(clamping: wall.tv_sec) &* 1_000_000_000 &+ UInt64(clamping: wall.tv_nsec))
         var extra: [SnapshotSection] = []
@@ -127,6 +127,7 @@ extension Machine {
         config.accelerator = accelerator
         config.translation = translation
         config.irqchip = s.machine.irqchip
+        config.acpi = s.machine.acpi ?? true
         config.quiet = quiet
         config.verbose = verbose
         config.disks = s.disks.map { DiskConfig(path: $0.path, readOnly: $0.readOnly, serial: $0.serial) }
