@@ -42,14 +42,21 @@ let package = Package(
         // The x86-64 interpreter backend and its binary translator.
         .target(name: "X86Interpreter", dependencies: ["VMCore", "VMMemory", "CPUBackend", "CHost"],
                 swiftSettings: fastRelease),
+        // JSON without Foundation: values, a strict bounded parser, Codable encoder/decoder.
+        .target(name: "JSONCoding"),
+        // The snapshot files: checksummed container, sparse guest-memory file, disk identities.
+        .target(name: "Snapshot", dependencies: ["VMMemory", "JSONCoding"]),
+        // The API socket: HTTP/1.1 parser, Firecracker-style routes, Unix socket server and client.
+        .target(name: "APIServer", dependencies: ["JSONCoding"]),
         // The machine: assembles memory, loader, devices and a backend; owns the run loop.
         .target(name: "VMM", dependencies: ["KVM", "VMMemory", "LinuxLoader", "CPUBackend", "Devices",
-                                            "X86Interpreter", "CKVM", "CSeccomp"]),
+                                            "X86Interpreter", "CKVM", "CSeccomp", "Snapshot", "APIServer",
+                                            "JSONCoding"]),
         // linux/seccomp.h and linux/filter.h, for the VMM's system-call filter.
         .systemLibrary(name: "CSeccomp", path: "Modules/CSeccomp"),
         // The command line: argument parsing only.
         .executableTarget(name: "swhv", dependencies: [
-            "VMM", "X86Interpreter", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "VMM", "X86Interpreter", "APIServer", "JSONCoding", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // Replays differential fuzz cases on the interpreter (driven by scripts/oracle/fuzz.py).
         .executableTarget(name: "swhv-cpu-runner", dependencies: ["X86Interpreter", "VMMemory", "CPUBackend",
@@ -70,15 +77,18 @@ let package = Package(
                                                                 "SwhvTestSupport"],
                     exclude: ["Vectors", "FuzzCorpus"]),   // oracle vectors and fuzz corpus: read at run time from the source tree
         .testTarget(name: "IntegrationTests", dependencies: ["KVM", "VMM", "VMMemory", "LinuxLoader", "CPUBackend", "Devices",
-                                                             "SwhvTestSupport"]),
+                                                           "APIServer", "Snapshot", "JSONCoding", "SwhvTestSupport"]),
         .testTarget(name: "CLITests", dependencies: ["SwhvTestSupport"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM", "CPUBackend"]),
         .testTarget(name: "CPUBackendTests", dependencies: ["CPUBackend"]),
+        .testTarget(name: "SnapshotTests", dependencies: ["Snapshot", "JSONCoding", "VMMemory"]),
+        .testTarget(name: "APIServerTests", dependencies: ["APIServer", "JSONCoding"]),
         .testTarget(name: "ACPITests", dependencies: ["ACPI"]),
 
         // Fuzz harnesses (docs/security.md): plain library code, replayed by FuzzRegressionTests.
         .target(name: "FuzzHarness", dependencies: ["LinuxLoader", "VMMemory", "CPUBackend", "Devices",
-                                                    "X86Interpreter", "SwhvTestSupport"], path: "Fuzz/Harness"),
+                                                    "X86Interpreter", "SwhvTestSupport", "APIServer", "Snapshot",
+                                                    "JSONCoding"], path: "Fuzz/Harness"),
         .testTarget(name: "FuzzRegressionTests", dependencies: ["FuzzHarness"]),
     ]
 )

@@ -13,6 +13,10 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     /// The binary translator against the interpreter: the same arbitrary code run with every block
     /// translated and with none, which must end in the same state.
     case translator
+    /// The API socket's HTTP parser and router (a hostile client's byte stream).
+    case http
+    /// The snapshot reader: state-file container, section decoders, memory-file checks.
+    case snapshot
 }
 
 /// Runs inputs against one target. Stateful targets keep their expensive parts (guest RAM, the
@@ -23,6 +27,7 @@ public final class FuzzHarness {
     private var interp: InterpreterFuzzer?
     private var pci: PciFuzzer?
     private var translator: TranslatorFuzzer?
+    private var snapshot: SnapshotFuzzer?
 
     public init(_ target: FuzzTarget) { self.target = target }
 
@@ -45,6 +50,10 @@ public final class FuzzHarness {
         case .translator:
             if translator == nil { translator = TranslatorFuzzer() }
             outcome.progress = translator!.run(data, checks)
+        case .http: outcome.progress = APIFuzzer.run(data, checks)
+        case .snapshot:
+            if snapshot == nil { snapshot = SnapshotFuzzer() }
+            outcome.progress = snapshot!.run(data, checks)
         }
         outcome.violations = checks.violations
         return outcome

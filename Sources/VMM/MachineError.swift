@@ -2,6 +2,7 @@ import CPUBackend
 import Devices
 import KVM
 import LinuxLoader
+import Snapshot
 import VMMemory
 
 /// Everything that can stop swhv before or while running a guest, each with one clear line.
@@ -18,6 +19,8 @@ public enum MachineError: Error, CustomStringConvertible {
     case platform(PlatformError)
     /// The guest stopped in a way that is a failure (triple fault).
     case guestFailure(String)
+    /// A snapshot could not be written, read or restored.
+    case snapshot(SnapshotError)
 
     public var description: String {
         switch self {
@@ -31,6 +34,7 @@ public enum MachineError: Error, CustomStringConvertible {
         case .backendUnavailable(let s): return s
         case .platform(let e): return e.description
         case .guestFailure(let s): return s
+        case .snapshot(let e): return e.description
         }
     }
 }

@@ -1,3 +1,4 @@
+import APIServer
 import ArgumentParser
 import CPUBackend
 import Glibc
@@ -13,7 +14,8 @@ struct Swhv: ParsableCommand {
             Runs guests on KVM where /dev/kvm works, or on swhv's own x86-64 interpreter. The guest console is this terminal (the 16550 UART at COM1). Press Ctrl-A x to quit.
             """,
         version: "swhv \(swhvVersion)",
-        subcommands: [Boot.self, RunImage.self, SeccompCheck.self])
+        subcommands: [Boot.self, RunImage.self, Restore.self, Pause.self, Resume.self, Info.self, Snapshot.self,
+                      SeccompCheck.self])
 
     /// Errors swhv itself reports get one line and exit status 1; usage errors go through
     /// ArgumentParser (which prints the usage and exits 64).
@@ -25,10 +27,15 @@ struct Swhv: ParsableCommand {
             if var boot = command as? Boot {
                 boot.processStart = start
                 try boot.run()
+            } else if var restore = command as? Restore {
+                restore.processStart = start
+                try restore.run()
             } else {
                 try command.run()
             }
         } catch let e as MachineError {
+            fail(e.description)
+        } catch let e as APIClient.Failure {
             fail(e.description)
         } catch {
             exit(withError: error)
@@ -50,7 +57,7 @@ struct Boot: ParsableCommand {
             swhv boot --kernel <path> [--initrd <path>] [--cmdline <args>] [--no-default-cmdline]
                       [--disk <path>[,readonly][,serial=ID]]... [--memory <size>] [--accel auto|kvm|interp]
                       [--cpus <n>] [--no-acpi] [--translate on|off] [--guest-decompress] [--boot-timer]
-                      [--no-seccomp] [--quiet] [--verbose]
+                      [--no-seccomp] [--quiet] [--verbose] [--api-sock <path>]
             """,
         // One line per paragraph: ArgumentParser wraps them to the terminal.
         discussion: """
@@ -120,11 +127,16 @@ struct Boot: ParsableCommand {
         "Run without the seccomp system-call filter (for debugging swhv; see docs/security.md)."))
     var noSeccomp = false
 
+    @Option(name: .long, help: ArgumentHelp(
+        "Serve the API (HTTP/1.1 + JSON, Firecracker's paths) on this Unix socket: pause, resume, info, snapshot.",
+        valueName: "path"))
+    var apiSock: String?
+
     var processStart: UInt64 = VirtualClock.hostMonotonicNs()
 
     enum CodingKeys: String, CodingKey {
         case kernel, initrd, cmdline, noDefaultCmdline, disk, memory, guestDecompress, accel, translate, bootTimer, quiet, verbose
-        case noSeccomp, cpus, noAcpi
+        case noSeccomp, cpus, noAcpi, apiSock
     }
 
     func run() throws {
@@ -155,15 +167,17 @@ struct Boot: ParsableCommand {
         // After loading, so that bad input gets exactly one line on stderr.
         if !quiet { machine.log.info("using \(machine.backend.name): \(machine.backendReason)") }
 
+        let api = try APISession.start(socketPath: apiSock, machine: machine, memoryIsAnonymous: true)
         let stopSignals = StopSignals(control: machine.control)
         let raw = TerminalRawMode()
         machine.startStdinPump(handleEscape: true)
         try machine.prepareToRun()
         // Everything is open, mapped and started: from here on the guest faces only the calls the
         // run loop needs.
-        if !noSeccomp { try Seccomp.install() }
+        if !noSeccomp { try APISession.confine(api) }
         let result: Result<VcpuStop, MachineError>
         do { result = .success(try machine.run()) } catch { result = .failure(error) }
+        api?.finish(APICommand.describe(result))
         raw?.restore()
         console.flush(blockingFor: 500)
         if bootTimer {
@@ -238,6 +252,9 @@ struct RunImage: ParsableCommand {
         "Run without the seccomp system-call filter (for debugging swhv; see docs/security.md)."))
     var noSeccomp = false
 
+    @Option(name: .long, help: ArgumentHelp("Serve the API on this Unix socket, as boot --api-sock.", valueName: "path"))
+    var apiSock: String?
+
     func run() throws {
         func number(_ t: String) throws -> UInt64 {
             let v = t.hasPrefix("0x") ? UInt64(t.dropFirst(2), radix: 16) : UInt64(t)
@@ -266,12 +283,16 @@ struct RunImage: ParsableCommand {
             do { try machine.memory.write(UInt32(value), at: at) }
             catch { throw MachineError.invalidArgument("--write32 address 0x\(String(at, radix: 16)) is outside guest RAM") }
         }
+        let api = try APISession.start(socketPath: apiSock, machine: machine, memoryIsAnonymous: true)
         let stopSignals = StopSignals(control: machine.control)
         try machine.prepareToRun()   // the vCPU threads: the filter forbids making threads
         // The same confinement as boot: hostile test guests run under the filter too.
-        if !noSeccomp { try Seccomp.install() }
+        if !noSeccomp { try APISession.confine(api) }
         let start = VirtualClock.hostMonotonicNs()
-        let stop = try machine.run()
+        let result: Result<VcpuStop, MachineError>
+        do { result = .success(try machine.run()) } catch { result = .failure(error) }
+        api?.finish(APICommand.describe(result))
+        let stop = try result.get()
         let ms = Double(VirtualClock.hostMonotonicNs() &- start) / 1e6
         console.flush(blockingFor: 500)
         var line = "\(machine.backend.name): \(stop) after \(ms) ms"

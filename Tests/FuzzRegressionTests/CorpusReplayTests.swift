@@ -83,6 +83,18 @@ final class CorpusReplayTests: XCTestCase {
         XCTAssertGreaterThan(p["translated"] ?? 0, 1000, "the seeds barely run translated code")
     }
 
+    func testHTTPCorpus() throws {
+        let p = try replay(.http)
+        XCTAssertGreaterThan(p["operations"] ?? 0, 3, "no seed request reaches a VM operation")
+        XCTAssertGreaterThan(p["closed"] ?? 0, 0, "no seed is refused by the parser")
+    }
+
+    func testSnapshotCorpus() throws {
+        let p = try replay(.snapshot)
+        XCTAssertGreaterThan(p["loaded"] ?? 0, 1, "no seed state file is accepted whole")
+        XCTAssertGreaterThan(p["containers"] ?? 0, 0, "no seed container parses")
+    }
+
     /// The harness's checks can fail: a violated property is reported, not swallowed.
     func testAViolationIsReported() {
         let checks = FuzzChecks()
