@@ -42,7 +42,9 @@ let package = Package(
                 swiftSettings: fastRelease),
         // The machine: assembles memory, loader, devices and a backend; owns the run loop.
         .target(name: "VMM", dependencies: ["KVM", "VMMemory", "LinuxLoader", "CPUBackend", "Devices",
-                                            "X86Interpreter", "CKVM", "CSeccomp"]),
+                                            "X86Interpreter", "CKVM", "CSeccomp", "CNet"]),
+        // linux/if_tun.h and rtnetlink, for the TAP backend of virtio-net.
+        .systemLibrary(name: "CNet", path: "Modules/CNet"),
         // linux/seccomp.h and linux/filter.h, for the VMM's system-call filter.
         .systemLibrary(name: "CSeccomp", path: "Modules/CSeccomp"),
         // The command line: argument parsing only.

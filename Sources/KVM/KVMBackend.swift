@@ -165,8 +165,12 @@ public final class KVMBackend: VcpuBackend {
             }
             exitCount &+= 1
             let exit = KVMExit(run: vcpu.runPage, pageSize: vcpu.runSize)
-            // A port write may have re-armed a device timer: ask the devices again.
-            if case .portIO = exit { nextTimerDeadline = 0 }
+            // A port or MMIO write may have re-armed a device timer (a virtio notification lets a
+            // rate-limited request wait for its tokens): ask the devices again.
+            switch exit {
+            case .portIO, .mmio: nextTimerDeadline = 0
+            default: break
+            }
             if case .internalError(let e) = exit, softInterruptWorkaround, let bytes = e.instructionBytes {
                 let stepped: Bool
                 do { stepped = try injectFailedSoftInterrupt(bytes) } catch { throw .ioctl(error) }

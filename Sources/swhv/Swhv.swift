@@ -75,6 +75,16 @@ struct Boot: ParsableCommand {
     var disk: [String] = []
 
     @Option(name: .long, help: ArgumentHelp(
+        "A network device over an existing TAP interface (eth0, eth1, ... in order). Repeatable. "
+            + "Options: mac=MAC, offload=all|csum|none, mrg_rxbuf=on|off.",
+        valueName: "tap=NAME[,mac=MAC]"))
+    var net: [String] = []
+
+    @Flag(name: .long, inversion: .prefixedNo, help: ArgumentHelp(
+        "A virtio-rng device: the guest's entropy comes from the host's getrandom (at most 1 MiB/s)."))
+    var rng = false
+
+    @Option(name: .long, help: ArgumentHelp(
         "Guest RAM: a number of MiB, or with a unit (256M, 1G). Default 512M.", valueName: "size"))
     var memory: String = "512M"
 
@@ -103,7 +113,7 @@ struct Boot: ParsableCommand {
 
     enum CodingKeys: String, CodingKey {
         case kernel, initrd, cmdline, noDefaultCmdline, disk, memory, guestDecompress, accel, bootTimer, quiet, verbose
-        case noSeccomp
+        case noSeccomp, net, rng
     }
 
     func run() throws {
@@ -121,6 +131,8 @@ struct Boot: ParsableCommand {
         config.unpackOnHost = !guestDecompress
         for d in disk { config.disks.append(try DiskConfig.parse(d)) }
         try HostFile.checkDisks(config.disks.map(\.path))
+        for n in net { config.nets.append(try NetConfig.parse(n)) }
+        config.rng = rng
         config.verbose = verbose
         if quiet && verbose { throw MachineError.invalidArgument("--quiet and --verbose contradict each other; use one") }
         if noDefaultCmdline && (cmdline ?? "").isEmpty {
