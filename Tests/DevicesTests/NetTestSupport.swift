@@ -154,14 +154,15 @@ final class NetRig {
 
     // MARK: Receive side
 
-    /// Posts `count` receive buffers of `size` bytes each (one descriptor each, as Linux's
+    /// Posts `count` receive buffers of `size` (at most 4096) bytes each (one descriptor each, as Linux's
     /// mergeable buffers) starting at descriptor `firstHead`; returns their guest addresses.
     @discardableResult
     func postReceiveBuffers(_ count: Int, size: UInt32, firstHead: UInt16 = 0, kick: Bool = true) -> [UInt64] {
         var addresses: [UInt64] = []
         for i in 0..<count {
             let head = (firstHead &+ UInt16(i)) % rx.size
-            let addr = NetRig.rxBuffers + UInt64(head) * 0x1_0000 % 0x1F_0000
+            // One page per descriptor index: buffers of at most 4 KiB never overlap.
+            let addr = NetRig.rxBuffers + UInt64(head) * 0x1000
             rx.setDescriptor(head, address: addr, length: size, flags: 2)
             rx.publish(head)
             addresses.append(addr)
@@ -202,7 +203,8 @@ final class NetRig {
         var rest = bytes[...]
         for n in split where n <= rest.count { pieces.append(Array(rest.prefix(n))); rest = rest.dropFirst(n) }
         pieces.append(Array(rest))
-        var addr = NetRig.txBuffers + UInt64(head) * 0x2_0000 % 0x40_0000
+        // Room for a 64 KiB frame and its gaps per head; heads 0-63.
+        var addr = NetRig.txBuffers + UInt64(head % 64) * 0x11000
         for (k, p) in pieces.enumerated() {
             try! memory.write(bytes: p, at: addr)
             let i = (head &+ UInt16(k)) % tx.size

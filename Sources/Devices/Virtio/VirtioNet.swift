@@ -478,7 +478,9 @@ extension VirtioNet {
         guard s.mac == mac else {
             throw .mismatch(device: "virtio-net", reason: "saved with MAC \(VirtioNet.format(mac: s.mac)), this device has \(VirtioNet.format(mac: mac))")
         }
-        guard s.negotiatedFeatures & ~deviceFeatures == 0 else {
+        // Bits 24-49 are the transport's (VERSION_1, EVENT_IDX, ...), checked by the transport.
+        let transportBits: UInt64 = ((1 << 50) - 1) & ~((1 << 24) - 1)
+        guard s.negotiatedFeatures & ~(deviceFeatures | transportBits) == 0 else {
             throw .mismatch(device: "virtio-net", reason: "features \(hex(s.negotiatedFeatures)) were not offered")
         }
         negotiatedFeatures = s.negotiatedFeatures

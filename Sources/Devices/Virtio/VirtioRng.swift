@@ -26,7 +26,8 @@ public final class VirtioRng: VirtioDevice, TimedDevice {
     public typealias EntropySource = (UnsafeMutableRawBufferPointer) -> Bool
 
     private let source: EntropySource
-    private let clock: VirtualClock
+    /// The VM clock (ns); a parameter so tests can move time themselves.
+    private let now: () -> UInt64
     private weak var transport: (any VirtioTransport)?
     /// Bytes the bucket holds, as of `refilledAt` (VM-clock ns).
     public private(set) var tokens: UInt64 = VirtioRng.burstBytes
@@ -36,10 +37,14 @@ public final class VirtioRng: VirtioDevice, TimedDevice {
     /// Bytes handed to the guest, for diagnostics and tests.
     public private(set) var bytesServed: UInt64 = 0
 
-    public init(clock: VirtualClock, source: @escaping EntropySource = VirtioRng.hostRandom) {
-        self.clock = clock
+    public init(now: @escaping () -> UInt64, source: @escaping EntropySource = VirtioRng.hostRandom) {
+        self.now = now
         self.source = source
-        refilledAt = clock.nowNs
+        refilledAt = now()
+    }
+
+    public convenience init(clock: VirtualClock, source: @escaping EntropySource = VirtioRng.hostRandom) {
+        self.init(now: { clock.nowNs }, source: source)
     }
 
     /// getrandom(2) (looked up at run time: Swift's Glibc module does not declare it), which never
@@ -71,7 +76,7 @@ public final class VirtioRng: VirtioDevice, TimedDevice {
 
     public func processQueue(_ index: Int, queue: VirtQueue) throws(VirtQueueError) -> Bool {
         guard index == 0 else { return false }
-        refill(now: clock.nowNs)
+        refill(now: now())
         var added = false
         repeat {
             while tokens > 0, let chain = try queue.popAvailable() {
