@@ -52,22 +52,32 @@ let package = Package(
             "VMM", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // Replays differential fuzz cases on the interpreter (driven by scripts/oracle/fuzz.py).
-        .executableTarget(name: "swhv-cpu-runner", dependencies: ["X86Interpreter", "VMMemory", "CPUBackend"],
+        .executableTarget(name: "swhv-cpu-runner", dependencies: ["X86Interpreter", "VMMemory", "CPUBackend",
+                                                                  "SwhvTestSupport"],
                           swiftSettings: fastRelease),
 
+        // The one home of test helpers (process runner, console and terminal sessions, guest
+        // builders, the long-mode guest, the virtio driver bring-up, differential fuzz cases),
+        // shared by the test targets, the fuzz harness and swhv-cpu-runner. No XCTest in it: the
+        // libFuzzer driver links it too.
+        .target(name: "SwhvTestSupport", dependencies: ["X86Interpreter", "VMMemory", "CPUBackend", "Devices"],
+                path: "Tests/Support"),
+
         .testTarget(name: "VMMemoryTests", dependencies: ["VMMemory"]),
-        .testTarget(name: "LinuxLoaderTests", dependencies: ["LinuxLoader", "VMMemory", "CPUBackend"]),
-        .testTarget(name: "DevicesTests", dependencies: ["Devices", "VMCore", "VMMemory", "CPUBackend"]),
-        .testTarget(name: "X86InterpreterTests", dependencies: ["X86Interpreter", "VMMemory", "CPUBackend"],
+        .testTarget(name: "LinuxLoaderTests", dependencies: ["LinuxLoader", "VMMemory", "CPUBackend", "SwhvTestSupport"]),
+        .testTarget(name: "DevicesTests", dependencies: ["Devices", "VMCore", "VMMemory", "CPUBackend", "SwhvTestSupport"]),
+        .testTarget(name: "X86InterpreterTests", dependencies: ["X86Interpreter", "VMMemory", "CPUBackend",
+                                                                "SwhvTestSupport"],
                     exclude: ["Vectors", "FuzzCorpus"]),   // oracle vectors and fuzz corpus: read at run time from the source tree
-        .testTarget(name: "IntegrationTests", dependencies: ["KVM", "VMM", "VMMemory", "LinuxLoader", "CPUBackend", "Devices"]),
-        .testTarget(name: "CLITests", dependencies: []),
+        .testTarget(name: "IntegrationTests", dependencies: ["KVM", "VMM", "VMMemory", "LinuxLoader", "CPUBackend", "Devices",
+                                                             "SwhvTestSupport"]),
+        .testTarget(name: "CLITests", dependencies: ["SwhvTestSupport"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM", "CPUBackend"]),
         .testTarget(name: "CPUBackendTests", dependencies: ["CPUBackend"]),
 
         // Fuzz harnesses (docs/security.md): plain library code, replayed by FuzzRegressionTests.
         .target(name: "FuzzHarness", dependencies: ["LinuxLoader", "VMMemory", "CPUBackend", "Devices",
-                                                    "X86Interpreter"], path: "Fuzz/Harness"),
+                                                    "X86Interpreter", "SwhvTestSupport"], path: "Fuzz/Harness"),
         .testTarget(name: "FuzzRegressionTests", dependencies: ["FuzzHarness"]),
     ]
 )

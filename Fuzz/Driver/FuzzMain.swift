@@ -26,7 +26,13 @@ func swhvFuzzMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointe
     var v: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = argv + 1
     return LLVMFuzzerRunDriver(&c, &v) { data, size in
         let bytes = size == 0 ? [] : Array(UnsafeBufferPointer(start: data, count: size))
-        harness!.run(bytes)
+        let outcome = harness!.run(bytes)
+        if !outcome.violations.isEmpty {
+            // libFuzzer records the input as a crash.
+            let text = outcome.violations.map { "fuzz check failed: \($0)\n" }.joined()
+            _ = text.withCString { write(STDERR_FILENO, $0, strlen($0)) }
+            abort()
+        }
         return 0
     }
 }

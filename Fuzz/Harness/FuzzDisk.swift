@@ -13,10 +13,10 @@ final class FuzzDisk {
         var template = Array("\(dir)/swhv-fuzz-XXXXXX".utf8CString)
         let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
         path = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        fuzzCheck(fd >= 0, "cannot create a disk image in \(dir)")
+        if fd < 0 { fuzzSetupFailure("cannot create a disk image in \(dir)") }
         let bytes = [UInt8](repeating: fill, count: size)
         let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        fuzzCheck(n == size, "short write creating the disk image")
+        if n != size { fuzzSetupFailure("short write creating the disk image") }
         close(fd)
     }
 

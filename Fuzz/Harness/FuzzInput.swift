@@ -42,12 +42,31 @@ public struct FuzzInput {
     }
 }
 
-/// A property the harness checks failed: stop with a message (libFuzzer records the input as a
-/// crash; XCTest replays see the process die, which is the point).
-public func fuzzCheck(_ condition: @autoclosure () -> Bool, _ message: @autoclosure () -> String) {
-    if !condition() {
-        let line = "fuzz check failed: \(message())\n"
-        _ = line.withCString { write(STDERR_FILENO, $0, strlen($0)) }
-        abort()
+/// The properties one input broke, collected instead of aborting on the first: corpus replay
+/// (FuzzRegressionTests) reports them as test failures, the libFuzzer driver aborts on any, so
+/// libFuzzer records the input.
+public final class FuzzChecks {
+    public private(set) var violations: [String] = []
+    public init() {}
+
+    public func expect(_ condition: @autoclosure () -> Bool, _ message: @autoclosure () -> String) {
+        if !condition() { violations.append(message()) }
     }
+}
+
+/// What one input did: the properties it broke (none: it passed) and how far it got, so a replay
+/// can tell a corpus that exercises the target from one that no longer reaches it.
+public struct FuzzOutcome: Sendable {
+    public var violations: [String] = []
+    /// Target-specific progress counters: "loaded", "completions", "instructions", "bytesOut", ...
+    public var progress: [String: Int] = [:]
+    public init() {}
+}
+
+/// A harness cannot even set itself up (no temporary directory, no guest RAM): not a finding
+/// about the input, so stop at once with the reason.
+func fuzzSetupFailure(_ message: String) -> Never {
+    let line = "fuzz harness setup failed: \(message)\n"
+    _ = line.withCString { write(STDERR_FILENO, $0, strlen($0)) }
+    abort()
 }

@@ -10,6 +10,9 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case pci
     /// The interpreter's decoder and executor on arbitrary code in a sandboxed guest.
     case interp
+    /// The binary translator against the interpreter: the same arbitrary code run with every block
+    /// translated and with none, which must end in the same state.
+    case translator
 }
 
 /// Runs inputs against one target. Stateful targets keep their expensive parts (guest RAM, the
@@ -19,22 +22,31 @@ public final class FuzzHarness {
     private var virtio: VirtioFuzzer?
     private var interp: InterpreterFuzzer?
     private var pci: PciFuzzer?
+    private var translator: TranslatorFuzzer?
 
     public init(_ target: FuzzTarget) { self.target = target }
 
-    public func run(_ data: [UInt8]) {
+    /// Runs one input and returns what it broke and how far it got.
+    public func run(_ data: [UInt8]) -> FuzzOutcome {
+        let checks = FuzzChecks()
+        var outcome = FuzzOutcome()
         switch target {
-        case .loader: LoaderFuzzer.run(data)
-        case .uart: UartFuzzer.run(data)
+        case .loader: outcome.progress = LoaderFuzzer.run(data, checks)
+        case .uart: outcome.progress = UartFuzzer.run(data, checks)
         case .pci:
             if pci == nil { pci = PciFuzzer() }
-            pci!.run(data)
+            outcome.progress = pci!.run(data, checks)
         case .virtio:
             if virtio == nil { virtio = VirtioFuzzer() }
-            virtio!.run(data)
+            outcome.progress = virtio!.run(data, checks)
         case .interp:
             if interp == nil { interp = InterpreterFuzzer() }
-            interp!.run(data)
+            outcome.progress = interp!.run(data, checks)
+        case .translator:
+            if translator == nil { translator = TranslatorFuzzer() }
+            outcome.progress = translator!.run(data, checks)
         }
+        outcome.violations = checks.violations
+        return outcome
     }
 }

@@ -1,4 +1,5 @@
 import CPUBackend
+import SwhvTestSupport
 import VMMemory
 import X86Interpreter
 
@@ -30,22 +31,59 @@ public final class InterpreterFuzzer {
     static let prologue: UInt64 = 0x9000
     static let handler: UInt64 = 0x8000
     static let maxInstructions = 5_000
-    static let kernelCS: UInt16 = 0x10, kernelDS: UInt16 = 0x18, userDS: UInt16 = 0x23, userCS: UInt16 = 0x2B
-    static let code32: UInt16 = 0x30, tss: UInt16 = 0x38
 
     let memory: GuestMemory
     let cpu: X86Interpreter
     let template: [UInt8]
     let io = FuzzIO()
 
-    public init() {
+    /// `translation`: how the CPU runs code (the interpreter target steps it instruction by
+    /// instruction; the translator target runs whole blocks under both policies and compares).
+    public init(translation: TranslationPolicy = .off, clock: VirtualClock = VirtualClock()) {
         do { memory = try GuestMemory(size: InterpreterFuzzer.ramSize) } catch { fatalError("guest RAM: \(error)") }
-        cpu = X86Interpreter(memory: memory, clock: VirtualClock())
+        cpu = X86Interpreter(memory: memory, clock: clock, translation: translation)
         do { try InterpreterFuzzer.buildTemplate(memory) } catch { fatalError("template: \(error)") }
         template = (try? memory.readBytes(at: 0, count: 0x10000)) ?? []   // all tables live below the code
     }
 
-    public func run(_ data: [UInt8]) {
+    public func run(_ data: [UInt8], _ checks: FuzzChecks) -> [String: Int] {
+        guard load(data) else { return ["instructions": 0] }
+        let start = cpu.instructionsRetired
+        var lastRIP = UInt64.max, sameRIP = 0
+        for _ in 0..<InterpreterFuzzer.maxInstructions {
+            if cpu.step(io: io) != nil { break }
+            if cpu.interceptedException != nil || cpu.isHalted { break }
+            // A long REP resumes in slices of thousands of elements with RIP unchanged: a few
+            // slices exercise it; thousands only slow the fuzzer down.
+            let rip = cpu.instructionPointer
+            sameRIP = rip == lastRIP ? sameRIP + 1 : 0
+            lastRIP = rip
+            if sameRIP >= 8 { break }
+        }
+        let retired = cpu.instructionsRetired &- start
+        checks.expect(retired <= UInt64(InterpreterFuzzer.maxInstructions),
+                      "ran \(retired) instructions with a budget of \(InterpreterFuzzer.maxInstructions)")
+        return ["instructions": Int(truncatingIfNeeded: retired)]
+    }
+
+    /// Runs the input's code block by block (as the VMM does) for at most `budget` instructions,
+    /// stopping at HLT or an intercepted exception. Returns false when the input set up nothing.
+    func runBlocks(_ data: [UInt8], budget: Int) -> Bool {
+        guard load(data) else { return false }
+        var left = budget
+        while left > 0 {
+            let before = cpu.instructionsRetired
+            if cpu.run(io: io, maxInstructions: UInt64(left)) != nil { break }
+            if cpu.interceptedException != nil || cpu.isHalted { break }
+            let done = Int(cpu.instructionsRetired &- before)
+            if done == 0 { break }
+            left -= done
+        }
+        return true
+    }
+
+    /// Fresh guest RAM, the input's code and its entry state; false if the entry state is refused.
+    func load(_ data: [UInt8]) -> Bool {
         var input = FuzzInput(data)
         let flags = input.u8()
         io.state = UInt64(input.u32())
@@ -64,59 +102,38 @@ public final class InterpreterFuzzer {
         let mode = flags & 3
         cpu.interceptExceptions = flags & 4 != 0 || mode == 2
         cpu.setEntryState(entryState(mode: mode, flags: flags))
-
-        let start = cpu.instructionsRetired
-        var lastRIP = UInt64.max, sameRIP = 0
-        for _ in 0..<InterpreterFuzzer.maxInstructions {
-            if cpu.step(io: io) != nil { break }
-            if cpu.interceptedException != nil || cpu.isHalted { break }
-            // A long REP resumes in slices of thousands of elements with RIP unchanged: a few
-            // slices exercise it; thousands only slow the fuzzer down.
-            let rip = cpu.instructionPointer
-            sameRIP = rip == lastRIP ? sameRIP + 1 : 0
-            lastRIP = rip
-            if sameRIP >= 8 { break }
-        }
-        fuzzCheck(cpu.instructionsRetired &- start <= UInt64(InterpreterFuzzer.maxInstructions),
-                  "ran \(cpu.instructionsRetired &- start) instructions with a budget of \(InterpreterFuzzer.maxInstructions)")
+        return true
     }
 
     func entryState(mode: UInt8, flags: UInt8) -> CPUEntryState {
         var s = CPUEntryState()
-        // Registers point into RAM so memory operands mostly hit something.
-        s.rax = 0x1000; s.rbx = 0x100000; s.rcx = 0x40; s.rdx = 0x3F8
-        s.rsi = 0x120000; s.rdi = 0x140000; s.rbp = 0x70000
+        /// Registers point into RAM so memory operands mostly hit something.
+        func pointIntoRAM(_ s: inout CPUEntryState) {
+            s.rax = 0x1000; s.rbx = 0x100000; s.rcx = 0x40; s.rdx = 0x3F8
+            s.rsi = 0x120000; s.rdi = 0x140000; s.rbp = 0x70000
+        }
+        pointIntoRAM(&s)
         switch mode {
         case 0, 1:
             // 64-bit: the prologue loads TR and irets to the code at CPL0 or CPL3.
-            s.rip = InterpreterFuzzer.prologue
-            s.rsp = 0x80000
-            s.cr0 = 0x8005_0033
-            s.cr3 = 0x1000
-            s.cr4 = 0x620 | (flags & 0x10 != 0 ? 0x80 : 0)   // PAE OSFXSR OSXMMEXCPT [PGE]
-            s.efer = 0xD01
-            s.cs = Segment(base: 0, limit: 0xFFFF_FFFF, selector: InterpreterFuzzer.kernelCS, type: 0xB,
-                           db: false, l: true, g: true)
-            let d = Segment(base: 0, limit: 0xFFFF_FFFF, selector: InterpreterFuzzer.kernelDS, type: 0x3,
-                            db: true, g: true)
-            s.ds = d; s.es = d; s.ss = d; s.fs = d; s.gs = d
-            s.gdt = DescriptorTable(base: 0x500, limit: 0x47)
-            s.idt = DescriptorTable(base: 0x4000, limit: 0xFFF)
+            s = LongModeGuest.entryState(rip: InterpreterFuzzer.prologue, rsp: 0x80000)
+            pointIntoRAM(&s)
+            if flags & 0x10 != 0 { s.cr4 |= 0x80 }   // PGE
             // The prologue pushes SS, RSP, RFLAGS, CS, RIP from rbx..r: set through registers.
             let user = mode == 1
-            s.rax = UInt64(user ? InterpreterFuzzer.userDS : InterpreterFuzzer.kernelDS)
-            s.rcx = UInt64(user ? InterpreterFuzzer.userCS : InterpreterFuzzer.kernelCS)
+            s.rax = UInt64(user ? LongModeGuest.userDS : LongModeGuest.kernelDS)
+            s.rcx = UInt64(user ? LongModeGuest.userCS : LongModeGuest.kernelCS)
             s.rflags = flags & 8 != 0 ? 0x202 : 0x2
         case 2:
             s.rip = InterpreterFuzzer.code
             s.rsp = 0x80000
             s.cr0 = 0x11
-            s.cs = Segment(base: 0, limit: 0xFFFF_FFFF, selector: InterpreterFuzzer.code32, type: 0xB, db: true, g: true)
-            let d = Segment(base: 0, limit: 0xFFFF_FFFF, selector: InterpreterFuzzer.kernelDS, type: 0x3,
+            s.cs = Segment(base: 0, limit: 0xFFFF_FFFF, selector: LongModeGuest.code32CS, type: 0xB, db: true, g: true)
+            let d = Segment(base: 0, limit: 0xFFFF_FFFF, selector: LongModeGuest.kernelDS, type: 0x3,
                             db: true, g: true)
             s.ds = d; s.es = d; s.ss = d; s.fs = d; s.gs = d
-            s.gdt = DescriptorTable(base: 0x500, limit: 0x47)
-            s.idt = DescriptorTable(base: 0x4000, limit: 0x7FF)
+            s.gdt = DescriptorTable(base: LongModeGuest.gdtBase, limit: 0x47)
+            s.idt = DescriptorTable(base: LongModeGuest.idtBase, limit: 0x7FF)
         default:
             s = .realMode(cs: UInt16(InterpreterFuzzer.code >> 4), ip: 0, sp: 0xFFF0)
             s.ss = .real(0x7000)
@@ -128,35 +145,10 @@ public final class InterpreterFuzzer {
     static func buildTemplate(_ mem: GuestMemory) throws {
         // Real-mode IVT: every vector to 0000:8000.
         for v in 0..<256 { try mem.write(UInt32(handler), at: UInt64(v * 4)) }
-        // Page tables: identity 2 MiB user pages over the first GiB, the 3-4 GiB MMIO range supervisor-only.
-        try mem.write(UInt64(0x2000 | 0x7), at: 0x1000)
-        try mem.write(UInt64(0x3000 | 0x7), at: 0x2000)
-        for i in 0..<UInt64(512) { try mem.write(i << 21 | 0x87, at: 0x3000 + i * 8) }
-        try mem.write(UInt64(0x5000 | 0x3), at: 0x2000 + 3 * 8)
-        for i in 0..<UInt64(512) { try mem.write((0xC000_0000 + (i << 21)) | 0x9B, at: 0x5000 + i * 8) }
-        // TSS (RSP0, IST1) and GDT.
-        let tssBase: UInt64 = 0x6000
-        try mem.write(UInt64(0x80000), at: tssBase + 4)
-        try mem.write(UInt64(0x90000), at: tssBase + 0x24)
-        let gdt: [UInt64] = [
-            0, 0,
-            0x00AF_9B00_0000_FFFF,   // 0x10 kernel code 64
-            0x00CF_9300_0000_FFFF,   // 0x18 kernel data
-            0x00CF_F300_0000_FFFF,   // 0x20 user data
-            0x00AF_FB00_0000_FFFF,   // 0x28 user code 64
-            0x00CF_9B00_0000_FFFF,   // 0x30 kernel code 32
-            0x67 | (tssBase & 0xFF_FFFF) << 16 | 0x89 << 40 | ((tssBase >> 24) & 0xFF) << 56,  // 0x38 TSS
-            tssBase >> 32,
-        ]
-        for (i, d) in gdt.enumerated() { try mem.write(d, at: 0x500 + UInt64(i * 8)) }
+        // Page tables, GDT and TSS (above the IVT).
+        try LongModeGuest.install(in: mem)
         // IDT: 64-bit interrupt gates, DPL 3, vector 8 (#DF) on IST1, all to the handler.
-        for v in 0..<256 {
-            let ist: UInt64 = v == 8 ? 1 : 0
-            let lo = (handler & 0xFFFF) | UInt64(kernelCS) << 16 | ist << 32 | UInt64(0xEE) << 40
-                | ((handler >> 16) & 0xFFFF) << 48
-            try mem.write(lo, at: 0x4000 + UInt64(v * 16))
-            try mem.write(handler >> 32, at: 0x4000 + UInt64(v * 16) + 8)
-        }
+        for v in 0..<256 { try LongModeGuest.setGate(mem, vector: v, handler: handler, ist: v == 8 ? 1 : 0) }
         // Handler: skip an error code if RSP points at one? Unknowable; just iretq (real mode: dec ax; iret).
         try mem.write(bytes: [0x48, 0xCF], at: handler)
         // Prologue: ltr 0x38; push ss(rax), rsp, rflags, cs(rcx), code; iretq.

@@ -9,7 +9,7 @@ import VMMemory
 ///   to rediscover the setup header.
 /// Other bits choose the guest RAM size, host-side unpacking and an initrd.
 public enum LoaderFuzzer {
-    public static func run(_ data: [UInt8]) {
+    public static func run(_ data: [UInt8], _ checks: FuzzChecks) -> [String: Int] {
         var input = FuzzInput(data)
         let mode = input.u8()
         let ramSizes: [UInt64] = [1 << 20, 2 << 20, 24 << 20, 64 << 20]
@@ -17,6 +17,7 @@ public enum LoaderFuzzer {
         let unpack = mode & 0x10 != 0
         let initrdSize = mode & 0x20 != 0 ? Int(input.u8()) * 4096 + Int(input.u8()) : 0
         let kernel: [UInt8]
+        var extracted = 0
         if mode & 3 == 1 {
             let compression = PayloadCompression.allCases[Int(input.u8()) % PayloadCompression.allCases.count]
             // Cap the size claim: the real limit (1 GiB) is tested elsewhere and would only slow the fuzzer.
@@ -24,39 +25,43 @@ public enum LoaderFuzzer {
             kernel = wrappedBzImage(payload: Array(input.rest()), magicOf: compression, uncompressedSize: claimed)
             // The decompressors on their own, as the loader calls them.
             if let elf = try? LinuxLoader.extractVmlinux(bzImage: kernel) {
-                fuzzCheck(elf.count == Int(claimed), "extractVmlinux returned \(elf.count) bytes, header says \(claimed)")
-                fuzzCheck(elf.starts(with: [0x7F, 0x45, 0x4C, 0x46]), "extractVmlinux returned a non-ELF")
+                extracted = 1
+                checks.expect(elf.count == Int(claimed), "extractVmlinux returned \(elf.count) bytes, header says \(claimed)")
+                checks.expect(elf.starts(with: [0x7F, 0x45, 0x4C, 0x46]), "extractVmlinux returned a non-ELF")
             }
         } else {
             kernel = Array(input.rest())
         }
-        guard let memory = try? GuestMemory(size: ram) else { return }
+        guard let memory = try? GuestMemory(size: ram) else { fuzzSetupFailure("\(ram >> 20) MiB of guest RAM") }
         let initrd: [UInt8]? = initrdSize > 0 ? [UInt8](repeating: 0xA5, count: initrdSize) : nil
         guard let loaded = try? LinuxLoader.load(kernel: kernel, initrd: initrd, cmdline: "console=ttyS0",
-                                                 memory: memory, unpackOnHost: unpack) else { return }
-        check(loaded, memory: memory, initrd: initrd)
+                                                 memory: memory, unpackOnHost: unpack) else {
+            return ["loaded": 0, "extracted": extracted]
+        }
+        check(loaded, memory: memory, initrd: initrd, checks)
+        return ["loaded": 1, "extracted": extracted]
     }
 
     /// What any accepted kernel must satisfy: everything lies in guest RAM, nothing overlaps the
     /// boot structures below 1 MiB or each other, the entry point is inside the kernel.
-    static func check(_ k: LoadedKernel, memory: GuestMemory, initrd: [UInt8]?) {
+    static func check(_ k: LoadedKernel, memory: GuestMemory, initrd: [UInt8]?, _ checks: FuzzChecks) {
         let lowEnd = memory.regions.first?.guestEnd ?? 0
-        fuzzCheck(k.kernel.lowerBound >= 0x10_0000, "kernel at \(k.kernel) overlaps low memory")
-        fuzzCheck(k.kernel.upperBound <= lowEnd, "kernel \(k.kernel) past low RAM end \(lowEnd)")
-        fuzzCheck(k.kernel.contains(k.entry.rip), "entry \(k.entry.rip) outside kernel \(k.kernel)")
+        checks.expect(k.kernel.lowerBound >= 0x10_0000, "kernel at \(k.kernel) overlaps low memory")
+        checks.expect(k.kernel.upperBound <= lowEnd, "kernel \(k.kernel) past low RAM end \(lowEnd)")
+        checks.expect(k.kernel.contains(k.entry.rip), "entry \(k.entry.rip) outside kernel \(k.kernel)")
         if let r = k.initrd {
-            fuzzCheck(UInt64(r.count) == UInt64(initrd?.count ?? -1), "initrd size changed")
-            fuzzCheck(memory.contains(r.lowerBound, length: UInt64(r.count)), "initrd \(r) outside RAM")
-            fuzzCheck(r.lowerBound >= k.kernel.upperBound || r.upperBound <= k.kernel.lowerBound,
+            checks.expect(UInt64(r.count) == UInt64(initrd?.count ?? -1), "initrd size changed")
+            checks.expect(memory.contains(r.lowerBound, length: UInt64(r.count)), "initrd \(r) outside RAM")
+            checks.expect(r.lowerBound >= k.kernel.upperBound || r.upperBound <= k.kernel.lowerBound,
                       "initrd \(r) overlaps kernel \(k.kernel)")
-            fuzzCheck(r.lowerBound % 4096 == 0, "initrd not page-aligned")
+            checks.expect(r.lowerBound % 4096 == 0, "initrd not page-aligned")
         } else {
-            fuzzCheck(initrd == nil, "initrd was dropped")
+            checks.expect(initrd == nil, "initrd was dropped")
         }
-        fuzzCheck(memory.contains(k.cmdline.lowerBound, length: UInt64(k.cmdline.count) + 1), "cmdline outside RAM")
-        fuzzCheck(k.e820.count <= 128, "e820 has \(k.e820.count) entries")
+        checks.expect(memory.contains(k.cmdline.lowerBound, length: UInt64(k.cmdline.count) + 1), "cmdline outside RAM")
+        checks.expect(k.e820.count <= 128, "e820 has \(k.e820.count) entries")
         for (a, b) in zip(k.e820, k.e820.dropFirst()) {
-            fuzzCheck(a.addr <= b.addr, "e820 not sorted")
+            checks.expect(a.addr <= b.addr, "e820 not sorted")
         }
     }
 

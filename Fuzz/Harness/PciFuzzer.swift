@@ -10,14 +10,14 @@ public final class PciFuzzer {
 
     public init() {}
 
-    public func run(_ data: [UInt8]) {
+    public func run(_ data: [UInt8], _ checks: FuzzChecks) -> [String: Int] {
         var input = FuzzInput(data)
         let irq = FuzzInterrupts()
         let ports = Bus(name: "ports"), mmio = Bus(name: "mmio")
         let root = PciRoot()
         var resets = 0
         root.onResetRequest = { resets += 1 }
-        guard let memory = try? GuestMemory(size: 1 << 20) else { return }
+        guard let memory = try? GuestMemory(size: 1 << 20) else { fuzzSetupFailure("1 MiB of guest RAM") }
         do {
             let blk = try VirtioBlock(path: disk.path, readOnly: input.u8() & 1 == 1)
             _ = try root.add(try VirtioPciDevice(device: blk, memory: memory, interrupts: irq,
@@ -25,9 +25,11 @@ public final class PciFuzzer {
             try ports.register(root, name: "pci-config", at: PCLayout.Port.pciConfig)
             try mmio.register(root.mmioWindow, name: "pci-mmio", at: root.window)
         } catch {
-            fuzzCheck(false, "cannot build the PCI topology: \(error)")
-            return
+            // The previous input's device must have been released (closing the image, dropping its lock).
+            checks.expect(false, "cannot build the PCI topology: \(error)")
+            return [:]
         }
+        var configHits = 0
         let bar = root.mmioBase
         while !input.isAtEnd {
             switch input.u8() % 8 {
@@ -41,7 +43,10 @@ public final class PciFuzzer {
                 ports.write(at, size: input.accessSize(), value: UInt64(input.u32()))
             case 2:
                 let at = 0xCFC + UInt64(input.u8() % 4)
-                _ = ports.read(at, size: input.accessSize())
+                let size = input.accessSize()
+                let v = ports.read(at, size: size)
+                // A read that found a function (not the all-ones of an empty slot).
+                if size > 0 && size <= 8 && v != (size == 8 ? ~0 : (1 << UInt64(size * 8)) - 1) { configHits += 1 }
             case 3:  // anything in 0xCF8..0xCFF, including the 0xCF9 reset register
                 let at = 0xCF8 + UInt64(input.u8() % 8)
                 if input.u8() & 1 == 0 {
@@ -73,6 +78,7 @@ public final class PciFuzzer {
                 }
             }
         }
-        fuzzCheck(disk.currentSize == disk.size, "image size changed")
+        checks.expect(disk.currentSize == disk.size, "image size changed")
+        return ["configHits": configHits, "resets": resets]
     }
 }

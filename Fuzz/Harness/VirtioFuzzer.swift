@@ -1,5 +1,6 @@
 import CPUBackend
 import Devices
+import SwhvTestSupport
 import VMMemory
 
 /// A hostile virtio-blk driver: it negotiates through the virtio-pci common configuration (with
@@ -15,11 +16,11 @@ public final class VirtioFuzzer {
     let readOnlySum: UInt64
 
     public init() {
-        do { memory = try GuestMemory(size: VirtioFuzzer.ramSize) } catch { fatalError("guest RAM: \(error)") }
+        do { memory = try GuestMemory(size: VirtioFuzzer.ramSize) } catch { fuzzSetupFailure("guest RAM: \(error)") }
         readOnlySum = readOnly.checksum
     }
 
-    public func run(_ data: [UInt8]) {
+    public func run(_ data: [UInt8], _ checks: FuzzChecks) -> [String: Int] {
         var input = FuzzInput(data)
         try? memory.fill(0, at: 0, length: VirtioFuzzer.ramSize)
         let flags = input.u8()
@@ -34,8 +35,8 @@ public final class VirtioFuzzer {
                                       intx: IRQLine(controller: irq, gsi: 11))
         } catch {
             // The previous input's device must have been released (closing the image, dropping its lock).
-            fuzzCheck(false, "cannot create the device: \(error)")
-            return
+            checks.expect(false, "cannot create the device: \(error)")
+            return [:]
         }
         if flags & 0x40 != 0 {
             // MSI-X enable bit in the capability's message control word.
@@ -47,7 +48,7 @@ public final class VirtioFuzzer {
         handshake(dev, flags: flags, queueSize: queueSize)
         let n = max(UInt16(1), min(queueSize, 256))
         var availIdx: UInt16 = 0
-        var pushed = 0
+        var pushed = 0, completions = 0
 
         func common(_ off: UInt64, _ size: Int, _ v: UInt64) {
             dev.barWrite(0, offset: VirtioPciDevice.commonOffset + off, size: size, value: v)
@@ -79,7 +80,8 @@ public final class VirtioFuzzer {
                 dev.barWrite(0, offset: VirtioPciDevice.notifyOffset + UInt64(q) * 4, size: 2, value: UInt64(q))
                 // One notification completes at most a ring's worth of chains, however the driver lies.
                 let completed = dev.queues[0].nextUsed &- before
-                fuzzCheck(completed <= dev.queues[0].size, "\(completed) chains completed with queue size \(dev.queues[0].size)")
+                checks.expect(completed <= dev.queues[0].size, "\(completed) chains completed with queue size \(dev.queues[0].size)")
+                completions += Int(completed)
             case 4:  // a request header (type, sector) where descriptors usually point
                 let at = 0x3000 + UInt64(input.u16()) * 8
                 let types: [UInt32] = [0, 1, 4, 8, 0, 1, 0xFFFF_FFFF, 2]
@@ -109,40 +111,26 @@ public final class VirtioFuzzer {
                 }
             }
         }
-        _ = pushed
-        fuzzCheck(disk.currentSize == disk.size, "image size changed to \(disk.currentSize)")
-        if ro { fuzzCheck(readOnly.checksum == readOnlySum, "read-only image was modified") }
+        checks.expect(disk.currentSize == disk.size, "image size changed to \(disk.currentSize)")
+        if ro { checks.expect(readOnly.checksum == readOnlySum, "read-only image was modified") }
+        return ["published": pushed, "completions": completions]
     }
 
-    /// What Linux's virtio_pci_modern does: ACK, DRIVER, features, FEATURES_OK, queue 0, DRIVER_OK.
+    /// What Linux's virtio_pci_modern does (`VirtioDriver`), with the fuzzer's features and queue size.
     func handshake(_ dev: VirtioPciDevice, flags: UInt8, queueSize: UInt16) {
-        func common(_ off: UInt64, _ size: Int, _ v: UInt64) {
-            dev.barWrite(0, offset: VirtioPciDevice.commonOffset + off, size: size, value: v)
-        }
-        let c = VirtioPciCommonConfig.self
-        common(c.deviceStatus, 1, 1)
-        common(c.deviceStatus, 1, 3)
-        var features = VirtioFeature.version1 | VirtioBlock.featureFlush | VirtioBlock.featureBlockSize
-            | VirtioBlock.featureSegMax
-        if flags & 1 != 0 { features |= VirtioFeature.eventIndex }
-        if flags & 2 != 0 { features |= VirtioFeature.indirectDescriptors }
-        if flags & 4 != 0 { features |= VirtioBlock.featureReadOnly }
-        // Discard and write-zeroes ranges (refused at FEATURES_OK on the read-only disk).
-        if flags & 0x80 != 0 { features |= VirtioBlock.featureDiscard | VirtioBlock.featureWriteZeroes }
-        common(c.driverFeatureSelect, 4, 0)
-        common(c.driverFeature, 4, features & 0xFFFF_FFFF)
-        common(c.driverFeatureSelect, 4, 1)
-        common(c.driverFeature, 4, features >> 32)
-        common(c.deviceStatus, 1, 0xB)
-        common(c.queueSelect, 2, 0)
-        common(c.queueSize, 2, UInt64(queueSize))
-        common(c.queueDesc, 8, VirtioFuzzer.desc)
-        common(c.queueDriver, 4, VirtioFuzzer.avail)
-        common(c.queueDriver + 4, 4, 0)
-        common(c.queueDevice, 8, VirtioFuzzer.used)
-        common(c.queueMsixVector, 2, 0)
-        common(c.configMsixVector, 2, 1)
-        common(c.queueEnable, 2, 1)
-        common(c.deviceStatus, 1, 0xF)
+        let driver = VirtioDriver(
+            read: { dev.barRead(0, offset: VirtioPciDevice.commonOffset + $0, size: $1) },
+            write: { dev.barWrite(0, offset: VirtioPciDevice.commonOffset + $0, size: $1, value: $2) })
+        driver.bringUp(accept: { _ in
+            var features = VirtioFeature.version1 | VirtioBlock.featureFlush | VirtioBlock.featureBlockSize
+                | VirtioBlock.featureSegMax
+            if flags & 1 != 0 { features |= VirtioFeature.eventIndex }
+            if flags & 2 != 0 { features |= VirtioFeature.indirectDescriptors }
+            if flags & 4 != 0 { features |= VirtioBlock.featureReadOnly }
+            // Discard and write-zeroes ranges (refused at FEATURES_OK on the read-only disk).
+            if flags & 0x80 != 0 { features |= VirtioBlock.featureDiscard | VirtioBlock.featureWriteZeroes }
+            return features
+        }, queue: .init(desc: VirtioFuzzer.desc, avail: VirtioFuzzer.avail, used: VirtioFuzzer.used,
+                        size: queueSize, msixVector: 0), configVector: 1)
     }
 }

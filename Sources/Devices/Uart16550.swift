@@ -30,6 +30,9 @@ public final class SerialOutputCollector: SerialOutput {
 ///   character timeout were always reached).
 /// - Host input never overruns: `enqueue` accepts what fits and the caller retries with the rest.
 ///   Only loopback transmissions can overrun (LSR.OE).
+/// - The host end honours hardware flow control: it sends only while the guest asserts RTS
+///   (MCR bit 1). Linux raises RTS when the port is opened, after its startup has cleared the
+///   FIFOs, so a line typed while the kernel boots waits on the host instead of being flushed.
 public final class Uart16550: BusDevice {
     /// Number of consecutive I/O ports the UART decodes.
     public static let portCount: UInt64 = 8
@@ -84,7 +87,8 @@ public final class Uart16550: BusDevice {
     private var lineLevel = false
 
     /// Called when the receive FIFO drains (the guest read its last byte, or it was flushed) and when
-    /// loopback mode ends: the moment to `enqueue` input the host is still holding.
+    /// the host may send again (RTS raised, loopback ended): the moment to `enqueue` input the host
+    /// is still holding.
     public var onReceiveReady: (() -> Void)?
 
     // Counters, for tests and statistics.
@@ -106,14 +110,15 @@ public final class Uart16550: BusDevice {
     public var interruptLineHigh: Bool { lineLevel }
     /// Bytes waiting in the receive FIFO.
     public var receiveCount: Int { rx.count }
-    /// Bytes `enqueue` would accept now (0 in loopback mode, whose receiver is cut off from the line).
-    public var receiveSpace: Int { isLoopback ? 0 : rx.capacity - rx.count }
+    /// Bytes `enqueue` would accept now (0 in loopback mode, whose receiver is cut off from the
+    /// line, and while the guest holds RTS low).
+    public var receiveSpace: Int { acceptsInput ? rx.capacity - rx.count : 0 }
 
     /// Queues host input for the guest. Returns how many leading bytes were accepted; the caller keeps
     /// the rest and offers them again later (see `onReceiveReady`).
     @discardableResult
     public func enqueue<C: Collection>(_ bytes: C) -> Int where C.Element == UInt8 {
-        guard !isLoopback else { return 0 }
+        guard acceptsInput else { return 0 }
         var accepted = 0
         for b in bytes {
             guard rx.push(b) else { break }
@@ -142,6 +147,8 @@ public final class Uart16550: BusDevice {
 
     private var isDLAB: Bool { lcrValue & Self.lcrDLAB != 0 }
     private var isLoopback: Bool { mcrValue & Self.mcrLoop != 0 }
+    /// Whether the host may send: the guest asserts RTS and the receiver listens to the line.
+    private var acceptsInput: Bool { mcrValue & Self.mcrRTS != 0 && !isLoopback }
     private var fifosEnabled: Bool { fcrValue & Self.fcrEnable != 0 }
 
     private func readRegister(_ reg: UInt64) -> UInt8 {
@@ -207,11 +214,11 @@ public final class Uart16550: BusDevice {
             lcrValue = value
         case Self.mcr:
             let oldLines = modemLines
-            let wasLoopback = isLoopback
+            let wasAccepting = acceptsInput
             mcrValue = value & 0x1F
             modemDeltas |= Self.deltas(from: oldLines, to: modemLines)
             updateInterrupt()
-            if wasLoopback && !isLoopback { onReceiveReady?() }
+            if !wasAccepting && acceptsInput { onReceiveReady?() }
         case Self.lsr, Self.msr:
             break   // read-only (factory test writes on real parts)
         default:

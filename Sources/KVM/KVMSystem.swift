@@ -23,7 +23,7 @@ public final class KVMSystem {
 
     /// KVM_CHECK_EXTENSION: 0 if unsupported, otherwise a capability-specific positive value.
     public func checkExtension(_ cap: Int32) -> Int32 {
-        let r = try? kvmIoctl(fd, CKVM_KVM_CHECK_EXTENSION(), "KVM_CHECK_EXTENSION", value: UInt(cap))
+        let r = try? kvmIoctl(fd, CKVM_KVM_CHECK_EXTENSION(), "KVM_CHECK_EXTENSION", value: UInt(bitPattern: Int(cap)))
         return max(r ?? 0, 0)
     }
 

@@ -38,7 +38,7 @@ public final class KVMVirtualMachine: @unchecked Sendable {
     /// In-kernel 8254 PIT (with a dummy speaker port so port 0x61 reads work).
     public func createPIT2() throws(KVMError) {
         var cfg = kvm_pit_config()
-        cfg.flags = UInt32(KVM_PIT_SPEAKER_DUMMY)
+        cfg.flags = UInt32(bitPattern: KVM_PIT_SPEAKER_DUMMY)
         _ = try kvmIoctl(fd, CKVM_KVM_CREATE_PIT2(), "KVM_CREATE_PIT2", &cfg)
     }
 

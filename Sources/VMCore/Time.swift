@@ -6,13 +6,17 @@ import Glibc
 /// derive from this one clock so the guest sees consistent time.
 public final class VirtualClock: Sendable {
     private let start: UInt64
-    public init() { start = VirtualClock.hostMonotonicNs() }
+    /// A clock that does not run (reads `start` forever): deterministic runs for differential tests.
+    private let frozen: Bool
+    public init() { start = VirtualClock.hostMonotonicNs(); frozen = false }
     /// A clock that reads `ns` now: a restored VM continues from the time its devices were saved at.
-    public init(resumingAt ns: UInt64) { start = VirtualClock.hostMonotonicNs() &- ns }
+    public init(resumingAt ns: UInt64) { start = VirtualClock.hostMonotonicNs() &- ns; frozen = false }
+    /// A clock stopped at `ns` (tests that compare two runs need time not to move).
+    public init(frozenAt ns: UInt64) { start = ns; frozen = true }
 
     /// Nanoseconds since the clock was created.
     @inline(__always)
-    public var nowNs: UInt64 { VirtualClock.hostMonotonicNs() &- start }
+    public var nowNs: UInt64 { frozen ? start : VirtualClock.hostMonotonicNs() &- start }
 
     /// The host's CLOCK_MONOTONIC time (ns) at which this clock reads `ns`, for sleeping until a
     /// device deadline (saturating: a deadline past the end of time stays there).

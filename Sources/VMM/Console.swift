@@ -1,9 +1,11 @@
 import CPUBackend
 import Devices
 import Glibc
+import Synchronization
 
 /// Puts the host terminal in raw mode while the guest owns it and restores it on every exit path:
-/// normal return (deinit), `exit()` (atexit) and fatal signals (handler).
+/// normal return (deinit), `exit()` (atexit), fatal signals (handler) and the stop signals
+/// (`StopSignals`, which end the run normally first).
 public final class TerminalRawMode {
     private let fd: Int32
     private var saved = termios()
@@ -16,7 +18,7 @@ public final class TerminalRawMode {
         var raw = saved
         cfmakeraw(&raw)
         // Keep output post-processing so host-side messages still start at column 0.
-        raw.c_oflag |= tcflag_t(OPOST | ONLCR)
+        raw.c_oflag |= tcflag_t(truncatingIfNeeded: OPOST | ONLCR)
         guard tcsetattr(fd, TCSANOW, &raw) == 0 else { return nil }
         active = true
         TerminalRestore.arm(fd: fd, saved: saved)
@@ -32,8 +34,8 @@ public final class TerminalRawMode {
     deinit { restore() }
 }
 
-/// The one piece of process-global state in swhv: signal handlers and atexit hooks cannot capture
-/// context, so the terminal settings to restore live here while raw mode is active.
+/// Process-global state, because signal handlers and atexit hooks cannot capture context: the
+/// terminal settings to restore live here while raw mode is active.
 enum TerminalRestore {
     nonisolated(unsafe) static var fd: Int32 = -1
     nonisolated(unsafe) static var saved = termios()
@@ -45,7 +47,8 @@ enum TerminalRestore {
         if !hooksInstalled {
             hooksInstalled = true
             atexit { TerminalRestore.restoreNow() }
-            for sig in [SIGTERM, SIGHUP, SIGQUIT, SIGABRT, SIGSEGV, SIGBUS, SIGILL, SIGFPE] {
+            // SIGTERM, SIGHUP and SIGINT stop the VM cleanly instead (`StopSignals`).
+            for sig in [SIGQUIT, SIGABRT, SIGSEGV, SIGBUS, SIGILL, SIGFPE] {
                 var sa = sigaction()
                 sa.__sigaction_handler.sa_handler = { sig in
                     TerminalRestore.restoreNow()
@@ -63,6 +66,99 @@ enum TerminalRestore {
 
     static func restoreNow() {
         if fd >= 0 { tcsetattr(fd, TCSANOW, &saved); fd = -1 }
+    }
+}
+
+/// SIGTERM, SIGHUP and SIGINT stop the VM as `Ctrl-A x` does, so swhv restores the terminal,
+/// flushes the console and then dies of the signal (the parent sees which). With the terminal raw,
+/// Ctrl-C is a byte for the guest; these come from `kill`, a closing terminal, or Ctrl-C when
+/// stdin is not the terminal.
+///
+/// The handler only writes the signal number to a pipe (async-signal-safe, and allowed by the
+/// seccomp filter); a thread reads it and asks the vCPU to stop.
+public final class StopSignals: @unchecked Sendable {
+    public static let handled: [Int32] = [SIGTERM, SIGHUP, SIGINT]
+    private let control: VMControl
+    private let received = Atomic<Int32>(0)
+
+    /// Installs the handlers; nil if no pipe could be made (the signals then keep their default).
+    public init?(control: VMControl) {
+        self.control = control
+        var fds: [Int32] = [-1, -1]
+        guard pipe(&fds) == 0 else { return nil }
+        for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        StopSignalPipe.writeFD = fds[1]
+        let readFD = fds[0]
+        for sig in StopSignals.handled {
+            var sa = sigaction()
+            sa.__sigaction_handler.sa_handler = { sig in
+                var b = UInt8(truncatingIfNeeded: sig)
+                _ = Glibc.write(StopSignalPipe.writeFD, &b, 1)
+            }
+            sigemptyset(&sa.sa_mask)
+            sa.sa_flags = Int32(SA_RESTART)
+            sigaction(sig, &sa, nil)
+        }
+        let context = Unmanaged.passRetained(self).toOpaque()
+        var thread = pthread_t()
+        var attr = pthread_attr_t()
+        pthread_attr_init(&attr)
+        pthread_attr_setdetachstate(&attr, Int32(truncatingIfNeeded: PTHREAD_CREATE_DETACHED))
+        StopSignalPipe.readFD = readFD
+        pthread_create(&thread, &attr, { ctx in
+            let me = Unmanaged<StopSignals>.fromOpaque(ctx!).takeRetainedValue()
+            var b: UInt8 = 0
+            while true {
+                let n = Glibc.read(StopSignalPipe.readFD, &b, 1)
+                if n < 0 && errno == EINTR { continue }
+                guard n == 1 else { return nil }
+                _ = me.received.compareExchange(expected: 0, desired: Int32(b), ordering: .sequentiallyConsistent)
+                me.control.requestStop(.hostRequest)
+            }
+        }, context)
+        pthread_attr_destroy(&attr)
+    }
+
+    /// The first stop signal that arrived, if any.
+    public var signal: Int32? {
+        let s = received.load(ordering: .sequentiallyConsistent)
+        return s == 0 ? nil : s
+    }
+
+    /// Ends the process by `sig` with its default action, after swhv has cleaned up.
+    public static func die(of sig: Int32) -> Never {
+        Glibc.signal(sig, SIG_DFL)
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, sig)
+        pthread_sigmask(SIG_UNBLOCK, &set, nil)
+        raise(sig)
+        Glibc.exit(128 + sig)   // not reached: the default action of these signals is to terminate
+    }
+
+    public static func name(_ sig: Int32) -> String {
+        switch sig {
+        case SIGTERM: "SIGTERM"
+        case SIGHUP: "SIGHUP"
+        case SIGINT: "SIGINT"
+        default: "signal \(sig)"
+        }
+    }
+}
+
+/// The pipe between the stop-signal handler and its thread (a handler cannot capture context).
+enum StopSignalPipe {
+    nonisolated(unsafe) static var writeFD: Int32 = -1
+    nonisolated(unsafe) static var readFD: Int32 = -1
+}
+
+/// File descriptors 0, 1 and 2 that are closed when swhv starts are opened on /dev/null, before
+/// anything else: otherwise the next file swhv opens (the kernel, a disk image) would take their
+/// number, and the console would read the disk as keyboard input or print into the image.
+public func openMissingStandardDescriptors() {
+    for fd in [STDIN_FILENO, STDOUT_FILENO, STDERR_FILENO] where fcntl(fd, F_GETFD) == -1 && errno == EBADF {
+        let n = open("/dev/null", O_RDWR)
+        if n >= 0 && n != fd { dup2(n, fd); close(n) }
     }
 }
 
@@ -103,11 +199,13 @@ final class StdinPump: @unchecked Sendable {
     private let deliver: @Sendable ([UInt8]) -> Void
     private let handleEscape: Bool
     private let backlog: @Sendable () -> Int
+    private let fd: Int32
     private var thread = pthread_t()
 
-    init(control: VMControl, handleEscape: Bool, backlog: @escaping @Sendable () -> Int = { 0 },
+    init(control: VMControl, fd: Int32 = STDIN_FILENO, handleEscape: Bool, backlog: @escaping @Sendable () -> Int = { 0 },
          deliver: @escaping @Sendable ([UInt8]) -> Void) {
         self.control = control
+        self.fd = fd
         self.deliver = deliver
         self.handleEscape = handleEscape
         self.backlog = backlog
@@ -117,7 +215,7 @@ final class StdinPump: @unchecked Sendable {
         let context = Unmanaged.passRetained(self).toOpaque()
         var attr = pthread_attr_t()
         pthread_attr_init(&attr)
-        pthread_attr_setdetachstate(&attr, Int32(PTHREAD_CREATE_DETACHED))
+        pthread_attr_setdetachstate(&attr, Int32(truncatingIfNeeded: PTHREAD_CREATE_DETACHED))
         pthread_create(&thread, &attr, { ctx in
             let pump = Unmanaged<StdinPump>.fromOpaque(ctx!).takeRetainedValue()
             pump.loop()
@@ -130,11 +228,13 @@ final class StdinPump: @unchecked Sendable {
         var parser = EscapeParser()
         var buf = [UInt8](repeating: 0, count: 4096)
         while control.stopRequest == nil {
-            // Backpressure: read no more while the guest has not taken what it was sent.
-            if backlog() >= Machine.maxPendingInput { usleep(2_000); continue }
-            let n = buf.withUnsafeMutableBytes { Glibc.read(STDIN_FILENO, $0.baseAddress, $0.count) }
-            if n < 0 { if errno == EINTR { continue }; return }
-            if n == 0 { return }  // EOF: the guest keeps running without input.
+            // Backpressure: read no more than the guest has room for, so nothing sent is ever
+            // dropped (reading a full buffer whenever below the bound used to overshoot it).
+            let room = Machine.maxPendingInput - backlog()
+            if room <= 0 { usleep(2_000); continue }
+            let n = buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, min($0.count, room)) }
+            if n < 0 { if errno == EINTR { continue }; return }   // EIO (terminal hung up), EBADF
+            if n == 0 { return }  // EOF (a pipe's writer is done, /dev/null): the guest keeps running without input.
             var bytes = Array(buf[0..<n])
             if handleEscape {
                 let r = parser.feed(bytes)
@@ -227,13 +327,21 @@ public final class HostConsoleOutput: SerialOutput {
         pendingStart = 0
     }
 
+    /// At exit, after `flush`: counts what the reader never took as dropped and forgets it, so the
+    /// count reported is final (nothing is written after it).
+    public func abandonPending() {
+        bytesDropped += UInt64(bufferedCount)
+        pending.removeAll()
+        pendingStart = 0
+    }
+
     /// At exit: gives a slow reader up to `milliseconds` to take what is buffered.
     public func flush(blockingFor milliseconds: Int) {
         var waited = 0
         while bufferedCount > 0 {
             drain()
             guard bufferedCount > 0, waited < milliseconds else { break }
-            var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+            var p = pollfd(fd: fd, events: Int16(truncatingIfNeeded: POLLOUT), revents: 0)
             _ = poll(&p, 1, 10)
             waited += 10
         }

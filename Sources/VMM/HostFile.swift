@@ -14,7 +14,7 @@ public enum HostFile {
         guard (st.st_mode & S_IFMT) == S_IFREG else {
             throw MachineError.file(role: role, path: path, problem: "is not a regular file")
         }
-        return UInt64(st.st_size)
+        return UInt64(clamping: st.st_size)   // a regular file's size is never negative
     }
 
     /// Reads a whole regular file of at most `limit` bytes.

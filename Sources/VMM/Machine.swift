@@ -314,9 +314,9 @@ public final class Machine: IOHandler, @unchecked Sendable {
         }
     }
 
-    /// Starts reading the host's stdin into the guest console, handling the Ctrl-A x escape.
-    public func startStdinPump(handleEscape: Bool) {
-        let pump = StdinPump(control: control, handleEscape: handleEscape,
+    /// Starts reading the host's stdin (or `fd`) into the guest console, handling the Ctrl-A x escape.
+    public func startStdinPump(fd: Int32 = STDIN_FILENO, handleEscape: Bool) {
+        let pump = StdinPump(control: control, fd: fd, handleEscape: handleEscape,
                              backlog: { [unowned self] in self.inputBacklogCount }) { [unowned self] bytes in
             self.sendInput(bytes)
         }

@@ -38,22 +38,23 @@ public enum Seccomp {
         [CKVM_KVM_RUN(), CKVM_KVM_GET_REGS(), CKVM_KVM_SET_REGS(), CKVM_KVM_GET_SREGS(),
          CKVM_KVM_GET_VCPU_EVENTS(), CKVM_KVM_SET_VCPU_EVENTS(), CKVM_KVM_IRQ_LINE(), CKVM_KVM_SIGNAL_MSI(),
          cnet_tunsetoffload(),
-         UInt(TCGETS), UInt(TCSETS), UInt(TCSETSW), UInt(TCSETSF)].map { UInt32(truncatingIfNeeded: $0) }
+         UInt(truncatingIfNeeded: TCGETS), UInt(truncatingIfNeeded: TCSETS), UInt(truncatingIfNeeded: TCSETSW),
+         UInt(truncatingIfNeeded: TCSETSF)].map { UInt32(truncatingIfNeeded: $0) }
     }
 
     /// The BPF program. `pid` limits tgkill to this process's threads.
     static func program(pid: Int32) -> [sock_filter] {
         func stmt(_ code: Int32, _ k: UInt32) -> sock_filter {
-            sock_filter(code: UInt16(code), jt: 0, jf: 0, k: k)
+            sock_filter(code: UInt16(truncatingIfNeeded: code), jt: 0, jf: 0, k: k)
         }
         func jeq(_ k: UInt32, _ jt: UInt8, _ jf: UInt8) -> sock_filter {
-            sock_filter(code: UInt16(BPF_JMP | BPF_JEQ | BPF_K), jt: jt, jf: jf, k: k)
+            sock_filter(code: UInt16(truncatingIfNeeded: BPF_JMP | BPF_JEQ | BPF_K), jt: jt, jf: jf, k: k)
         }
         let load = Int32(BPF_LD | BPF_W | BPF_ABS)
         let ret = Int32(BPF_RET | BPF_K)
         let allow = UInt32(SECCOMP_RET_ALLOW)
         let trap = UInt32(SECCOMP_RET_TRAP)
-        let eacces = UInt32(SECCOMP_RET_ERRNO) | UInt32(EACCES)
+        let eacces = UInt32(SECCOMP_RET_ERRNO) | UInt32(bitPattern: EACCES)
 
         var p: [sock_filter] = []
         // Only x86-64 system calls (the 32-bit and x32 entry points have other numbers).
@@ -62,16 +63,16 @@ public enum Seccomp {
         p.append(stmt(ret, UInt32(SECCOMP_RET_KILL_PROCESS)))
         p.append(stmt(load, cseccomp_offset_nr()))
         for nr in allowed {
-            p.append(jeq(UInt32(nr), 0, 1))
+            p.append(jeq(UInt32(bitPattern: nr), 0, 1))
             p.append(stmt(ret, allow))
         }
         for nr in refused {
-            p.append(jeq(UInt32(nr), 0, 1))
+            p.append(jeq(UInt32(bitPattern: nr), 0, 1))
             p.append(stmt(ret, eacces))
         }
         // ioctl: the request (low 32 bits of arg 1; the kernel ignores the rest) must be listed.
         let ioctls = allowedIoctls
-        p.append(jeq(UInt32(SYS_ioctl), 0, UInt8(2 * ioctls.count + 2)))
+        p.append(jeq(UInt32(bitPattern: SYS_ioctl), 0, UInt8(2 * ioctls.count + 2)))
         p.append(stmt(load, cseccomp_offset_arg(1)))
         for req in ioctls {
             p.append(jeq(req, 0, 1))
@@ -80,14 +81,15 @@ public enum Seccomp {
         p.append(stmt(ret, trap))
         // mmap/mprotect: never PROT_EXEC (arg 2 in both).
         for nr in [SYS_mmap, SYS_mprotect] {
-            p.append(jeq(UInt32(nr), 0, 4))
+            p.append(jeq(UInt32(bitPattern: nr), 0, 4))
             p.append(stmt(load, cseccomp_offset_arg(2)))
-            p.append(sock_filter(code: UInt16(BPF_JMP | BPF_JSET | BPF_K), jt: 1, jf: 0, k: UInt32(PROT_EXEC)))
+            p.append(sock_filter(code: UInt16(truncatingIfNeeded: BPF_JMP | BPF_JSET | BPF_K), jt: 1, jf: 0,
+                                  k: UInt32(bitPattern: PROT_EXEC)))
             p.append(stmt(ret, allow))
             p.append(stmt(ret, trap))
         }
         // tgkill: signals to this process's own threads only (kicks, raise()).
-        p.append(jeq(UInt32(SYS_tgkill), 0, 3))
+        p.append(jeq(UInt32(bitPattern: SYS_tgkill), 0, 3))
         p.append(stmt(load, cseccomp_offset_arg(0)))
         p.append(jeq(UInt32(bitPattern: pid), 0, 1))
         p.append(stmt(ret, allow))

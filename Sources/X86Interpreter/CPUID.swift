@@ -12,6 +12,7 @@ enum MSR {
     static let miscEnable: UInt32 = 0x1A0
     static let pat: UInt32 = 0x277
     static let mtrrDefType: UInt32 = 0x2FF
+    static let archCapabilities: UInt32 = 0x10A
     static let efer: UInt32 = 0xC000_0080
     static let star: UInt32 = 0xC000_0081, lstar: UInt32 = 0xC000_0082, cstar: UInt32 = 0xC000_0083
     static let sfmask: UInt32 = 0xC000_0084
@@ -31,6 +32,11 @@ extension X86Interpreter {
     /// The TSC and the local APIC timer input both count VM-clock nanoseconds: 1 GHz.
     static let tscHz: UInt32 = 1_000_000_000
     static let brand = "swhv x86-64 interpreter"
+    /// IA32_ARCH_CAPABILITIES: RDCL_NO (no Meltdown/L1TF), SSB_NO, MDS_NO, PSCHANGE_MC_NO, TAA_NO,
+    /// SBDR_SSDP_NO, FBSDP_NO, PSDP_NO (no MMIO stale data), GDS_NO, RFDS_NO: not affected, because
+    /// nothing here executes speculatively.
+    static let archCapabilities: UInt64 = 1 << 0 | 1 << 4 | 1 << 5 | 1 << 6 | 1 << 8 | 1 << 13 | 1 << 14 | 1 << 15
+        | 1 << 26 | 1 << 27
 
     func cpuid() {
         let leaf = UInt32(truncatingIfNeeded: gpr(0))
@@ -48,6 +54,16 @@ extension X86Interpreter {
             a = 0x0000_0F61   // family 15, model 6, stepping 1
             b = 0x0001_0800 | (apic.id << 24)   // CLFLUSH line 64 bytes, 1 logical processor
             d = X86Interpreter.cpuid1EDX
+        case 7:
+            // Subleaf 0, EBX bit 0: FSGSBASE. Linux then saves and restores FS/GS bases exactly on
+            // context switches; without it, a null selector load (which clears the base, as on the
+            // Intel CPU advertised) leaves the kernel's saved base and the CPU's apart until the
+            // next switch (the fsgsbase selftest's "mov 0 to %gs" case failed by timing).
+            // EDX bit 29: IA32_ARCH_CAPABILITIES, which says this CPU (it does not speculate) has none
+            // of the speculation bugs the kernel otherwise pays for on an old Intel model: page
+            // table isolation (a CR3 switch, so a TLB flush, on every kernel entry from user
+            // mode), MDS buffer clearing on every return to user mode, PTE inversion.
+            if UInt32(truncatingIfNeeded: gpr(Reg.rcx)) == 0 { b = 1 << 0; d = 1 << 29 }
         case 0x15:
             // TSC/crystal ratio 1/1 with a 1 GHz crystal: Linux derives both the TSC frequency and
             // the APIC timer period from this (both run at 1 GHz here).
@@ -79,6 +95,7 @@ extension X86Interpreter {
         switch index {
         case MSR.tsc: return tsc
         case MSR.platformID: return 0   // read-only; Linux's Intel microcode driver reads it
+        case MSR.archCapabilities: return X86Interpreter.archCapabilities
         case MSR.apicBase: return apic.baseMSR
         case MSR.featureControl: return 1   // locked, VMX off
         case MSR.biosSignID: return 0

@@ -52,8 +52,9 @@ enum CR4 {
     static let vme: UInt64 = 1 << 0, pvi: UInt64 = 1 << 1, tsd: UInt64 = 1 << 2, de: UInt64 = 1 << 3
     static let pse: UInt64 = 1 << 4, pae: UInt64 = 1 << 5, mce: UInt64 = 1 << 6, pge: UInt64 = 1 << 7
     static let pce: UInt64 = 1 << 8, osfxsr: UInt64 = 1 << 9, osxmmexcpt: UInt64 = 1 << 10
+    static let fsgsbase: UInt64 = 1 << 16
     /// Bits a guest may set: only features CPUID advertises.
-    static let allowed: UInt64 = vme | pvi | tsd | de | pse | pae | mce | pge | pce | osfxsr | osxmmexcpt
+    static let allowed: UInt64 = vme | pvi | tsd | de | pse | pae | mce | pge | pce | osfxsr | osxmmexcpt | fsgsbase
 }
 
 enum EFER {

@@ -60,6 +60,7 @@ enum Op: UInt16 {
     case lgdt, lidt, sgdt, sidt, lldt, ltr, sldt, str, smsw, lmsw, invlpg, clts
     case lar, lsl, verr, verw, arpl
     case wbinvd, fence, clflush, pause
+    case rdwrFSGSBase            // sub: 0 RDFSBASE, 1 RDGSBASE, 2 WRFSBASE, 3 WRGSBASE
 
     // FPU / SIMD. imm holds the opcode (and ModRM) for the sub-decoder.
     case fwait, x87, sse, fxsave, fxrstor, ldmxcsr, stmxcsr

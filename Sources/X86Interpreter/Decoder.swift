@@ -492,6 +492,8 @@ struct Decoder {
                 case 7: d.op = .clflush
                 default: d.op = .ud   // XSAVE family: not offered
                 }
+            } else if rep == Pfx.rep && modrmReg <= 3 && is64 {
+                d.op = .rdwrFSGSBase; d.sub = modrmReg
             } else {
                 d.op = modrmReg >= 5 ? .fence : .ud
             }

@@ -123,6 +123,20 @@ extension X86Interpreter {
             case 2: try shiftE(d, count, UInt32.self)
             default: try shiftE(d, count, UInt64.self)
             }
+        case .rdwrFSGSBase:
+            guard st.pointee.cr4 & CR4.fsgsbase != 0 else { throw Fault.ud }
+            let seg = d.pointee.sub & 1 == 0 ? Seg.fs : Seg.gs
+            let wide = d.pointee.pfx & Pfx.rexW != 0
+            if d.pointee.sub < 2 {
+                let v = segs[seg].base
+                setReg64(d.pointee.rm, wide ? v : v & 0xFFFF_FFFF)
+            } else {
+                let v = wide ? reg64(d.pointee.rm) : reg64(d.pointee.rm) & 0xFFFF_FFFF
+                let top = Int64(bitPattern: v) >> 47
+                guard top == 0 || top == -1 else { throw Fault.gp(0) }
+                segs[seg].base = v
+                refreshSegBases()
+            }
         case .nop, .pause, .fence, .wbinvd, .clflush:
             if d.pointee.op == .wbinvd && st.pointee.cpl != 0 { throw Fault.gp(0) }
         case .xchgEG:

@@ -88,7 +88,7 @@ extension X86Interpreter {
             f |= (src >> (c &- 1)) & 1 | (src & sign != 0 ? Flag.of : 0)
         case CC.sar:
             let c = src2
-            f |= UInt64(bitPattern: signExtend(src, s) >> Int64(c &- 1)) & 1
+            f |= UInt64(bitPattern: signExtend(src, s) >> Int64((c &- 1) & 63)) & 1   // a count of 0 never sets CC.sar; the mask keeps a broken invariant from trapping
         default: // CC.szp
             f |= src & (Flag.cf | Flag.of | Flag.af)
         }

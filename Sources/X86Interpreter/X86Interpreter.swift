@@ -193,6 +193,12 @@ public final class X86Interpreter: VcpuBackend {
         runLoop(io: io, control: control, limit: maxInstructions)
     }
 
+    /// Runs at most `maxInstructions` instructions with no host control: stops early (returning
+    /// nil) at HLT instead of waiting, like `step`. For harnesses that compare runs.
+    public func run(io: IOHandler, maxInstructions: UInt64) -> VcpuStop? {
+        runLoop(io: io, control: nil, limit: maxInstructions)
+    }
+
     /// Executes one instruction (or delivers one pending interrupt). Returns a stop reason if the
     /// CPU cannot continue; a halted CPU with interrupts enabled and nothing pending returns nil.
     @discardableResult

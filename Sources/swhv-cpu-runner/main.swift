@@ -16,6 +16,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import SwhvTestSupport
 
 func hex(_ v: UInt64) -> String { String(v, radix: 16) }
 

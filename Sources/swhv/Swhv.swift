@@ -10,15 +10,16 @@ struct Swhv: ParsableCommand {
         commandName: "swhv",
         abstract: "A hypervisor for Linux hosts: boots a Linux kernel with its console on your terminal.",
         discussion: """
-            Runs guests on KVM where /dev/kvm works, or on swhv's own x86-64 interpreter.
-            The guest console is this terminal (the 16550 UART at COM1). Press Ctrl-A x to quit.
+            Runs guests on KVM where /dev/kvm works, or on swhv's own x86-64 interpreter. The guest console is this terminal (the 16550 UART at COM1). Press Ctrl-A x to quit.
             """,
+        version: "swhv \(swhvVersion)",
         subcommands: [Boot.self, RunImage.self, SeccompCheck.self])
 
     /// Errors swhv itself reports get one line and exit status 1; usage errors go through
     /// ArgumentParser (which prints the usage and exits 64).
     static func main() {
         let start = VirtualClock.hostMonotonicNs()
+        openMissingStandardDescriptors()
         do {
             var command = try parseAsRoot()
             if var boot = command as? Boot {
@@ -44,15 +45,17 @@ struct Swhv: ParsableCommand {
 struct Boot: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Boot a Linux kernel.",
+        // One line per paragraph: ArgumentParser wraps them to the terminal.
         discussion: """
-            The kernel may be a bzImage or an uncompressed vmlinux (ELF). The guest console is this
-            terminal; press Ctrl-A x to quit, Ctrl-A Ctrl-A to send Ctrl-A. swhv exits with status 0
-            when the guest reboots or powers off, and 1 with a one-line message on any error
-            (bad files, a guest triple fault, a vCPU failure).
+            The kernel may be a bzImage or an uncompressed vmlinux (ELF). The guest console is this terminal; press Ctrl-A x to quit, Ctrl-A Ctrl-A to send Ctrl-A. swhv exits with status 0 when the guest reboots or powers off, and 1 with a one-line message on any error (bad files, a guest triple fault, a vCPU failure).
 
-            Examples:
-              swhv boot --kernel bzImage --initrd initramfs.cpio.gz
-              swhv boot --kernel vmlinux --memory 1G --cmdline "quiet" --accel kvm
+            SIGTERM, SIGHUP and SIGINT (from kill; in the raw terminal Ctrl-C goes to the guest) stop the guest, restore the terminal, and end swhv by that signal.
+
+            Examples (in the repository, after scripts/fetch-guest and a release build):
+              .build/release/swhv boot --kernel fixtures/vmlinuz-cloud \\
+                  --initrd fixtures/initramfs.cpio.gz
+              .build/release/swhv boot --kernel fixtures/vmlinuz-cloud \\
+                  --initrd fixtures/initramfs.cpio.gz --memory 1G --accel interp
             """)
 
     @Option(name: .long, help: ArgumentHelp("Linux kernel: bzImage or vmlinux ELF.", valueName: "path"))
@@ -117,33 +120,24 @@ struct Boot: ParsableCommand {
     }
 
     func run() throws {
-        var config = MachineConfig()
-        guard let size = MemorySize.parse(memory) else {
-            throw MachineError.invalidArgument("--memory '\(memory)' is not a size (try 512M or 1G)")
-        }
-        guard size > 0 else { throw MachineError.invalidArgument("--memory must be larger than 0") }
-        config.memorySize = size
-        guard let a = Accelerator(rawValue: accel) else {
-            throw MachineError.invalidArgument("--accel '\(accel)' is not one of auto, kvm, interp")
-        }
-        config.accelerator = a
-        config.quiet = quiet
-        config.unpackOnHost = !guestDecompress
-        for d in disk { config.disks.append(try DiskConfig.parse(d)) }
-        try HostFile.checkDisks(config.disks.map(\.path))
-        for n in net { config.nets.append(try NetConfig.parse(n)) }
-        config.rng = rng
-        config.verbose = verbose
         if quiet && verbose { throw MachineError.invalidArgument("--quiet and --verbose contradict each other; use one") }
         if noDefaultCmdline && (cmdline ?? "").isEmpty {
             throw MachineError.invalidArgument(
                 "--no-default-cmdline needs --cmdline: the kernel would get an empty command line (and no console)")
         }
+        var config = try MachineOptions.config(memory: memory, accel: accel, disks: disk)
+        for n in net { config.nets.append(try NetConfig.parse(n)) }
+        config.rng = rng
+        config.quiet = quiet
+        config.verbose = verbose
+        config.unpackOnHost = !guestDecompress
 
         var line = noDefaultCmdline ? "" : LinuxLoader.defaultCmdline
         if let cmdline, !cmdline.isEmpty { line = line.isEmpty ? cmdline : line + " " + cmdline }
 
-        let files = try Machine.readBootFiles(kernelPath: kernel, initrdPath: initrd, memorySize: size)
+        let files = try MachineOptions.withFetchHint { () throws(MachineError) in
+            try Machine.readBootFiles(kernelPath: kernel, initrdPath: initrd, memorySize: config.memorySize)
+        }
         let console = HostConsoleOutput()
         let machine = try Machine(config: config, consoleOutput: console)
         machine.timer.processStart = processStart
@@ -152,6 +146,7 @@ struct Boot: ParsableCommand {
         // After loading, so that bad input gets exactly one line on stderr.
         if !quiet { machine.log.info("using \(machine.backend.name): \(machine.backendReason)") }
 
+        let stopSignals = StopSignals(control: machine.control)
         let raw = TerminalRawMode()
         machine.startStdinPump(handleEscape: true)
         // Everything is open and mapped: from here on the guest faces only the calls the run loop needs.
@@ -167,6 +162,11 @@ struct Boot: ParsableCommand {
                 machine.log.error("boot timer: \(n) guest instructions, \(Int(Double(n) / max(runMs, 1) / 1000)) MIPS")
             }
             if let r = machine.backend.statisticsReport { machine.log.error("boot timer: " + r) }
+        }
+        MachineOptions.reportDropped(console, log: machine.log)
+        if let sig = stopSignals?.signal {
+            machine.log.info("stopped by \(StopSignals.name(sig))")
+            StopSignals.die(of: sig)
         }
         switch result {
         case .failure(let e): throw e
@@ -187,11 +187,9 @@ struct RunImage: ParsableCommand {
         commandName: "run-image",
         abstract: "Run a flat real-mode test image (e.g. Tests/Guests/*.asm assembled with nasm).",
         discussion: """
-            The image is copied to --load (default 0x1000) and entered in real mode at 0:load with
-            SP 0x8000. COM1 output goes to stdout. The run ends when the guest resets (i8042), halts
-            with interrupts disabled, or triple-faults; swhv prints how it stopped on stderr.
-            --disk adds virtio-blk PCI functions as for boot (config mechanism #1 at 0xCF8, BARs
-            preassigned from 0xC0000000), for guests that drive virtio themselves.
+            The image is copied to --load (default 0x1000) and entered in real mode at 0:load with SP 0x8000. COM1 output goes to stdout. The run ends when the guest resets (i8042, exit status 0), halts with interrupts disabled (0), or triple-faults (2); swhv prints how it stopped on stderr. The guest runs under the same seccomp filter as boot.
+
+            --disk adds virtio-blk PCI functions as for boot (config mechanism #1 at 0xCF8, BARs preassigned from 0xC0000000), for guests that drive virtio themselves.
             """)
 
     @Option(name: .long, help: ArgumentHelp("Flat binary image.", valueName: "path"))
@@ -215,29 +213,24 @@ struct RunImage: ParsableCommand {
         valueName: "path[,readonly][,serial=ID]"))
     var disk: [String] = []
 
+    @Flag(name: .long, help: ArgumentHelp(
+        "Run without the seccomp system-call filter (for debugging swhv; see docs/security.md)."))
+    var noSeccomp = false
+
     func run() throws {
         func number(_ t: String) throws -> UInt64 {
             let v = t.hasPrefix("0x") ? UInt64(t.dropFirst(2), radix: 16) : UInt64(t)
             guard let v else { throw MachineError.invalidArgument("'\(t)' is not a number") }
             return v
         }
-        var config = MachineConfig()
-        guard let size = MemorySize.parse(memory), size > 0 else {
-            throw MachineError.invalidArgument("--memory '\(memory)' is not a size (try 16M)")
-        }
-        config.memorySize = size
-        guard let a = Accelerator(rawValue: accel) else {
-            throw MachineError.invalidArgument("--accel '\(accel)' is not one of auto, kvm, interp")
-        }
-        config.accelerator = a
+        var config = try MachineOptions.config(memory: memory, accel: accel, disks: disk)
         config.irqchip = false
         config.quiet = true
-        for d in disk { config.disks.append(try DiskConfig.parse(d)) }
-        try HostFile.checkDisks(config.disks.map(\.path))
         let address = try number(load)
         guard address < 0x10000 else { throw MachineError.invalidArgument("--load must be below 0x10000 (real mode)") }
-        let bytes = try HostFile.read(image, role: "image", limit: size)
-        let machine = try Machine(config: config, consoleOutput: HostConsoleOutput())
+        let bytes = try HostFile.read(image, role: "image", limit: config.memorySize)
+        let console = HostConsoleOutput()
+        let machine = try Machine(config: config, consoleOutput: console)
         try machine.loadFlat(bytes, at: address, entry: .realMode(cs: 0, ip: UInt16(address), sp: 0x8000))
         for w in write32 {
             let parts = w.split(separator: "=", maxSplits: 1).map(String.init)
@@ -247,15 +240,21 @@ struct RunImage: ParsableCommand {
             do { try machine.memory.write(UInt32(value), at: at) }
             catch { throw MachineError.invalidArgument("--write32 address 0x\(String(at, radix: 16)) is outside guest RAM") }
         }
+        let stopSignals = StopSignals(control: machine.control)
+        // The same confinement as boot: hostile test guests run under the filter too.
+        if !noSeccomp { try Seccomp.install() }
         let start = VirtualClock.hostMonotonicNs()
         let stop = try machine.run()
-        let ms = Double(VirtualClock.hostMonotonicNs() - start) / 1e6
+        let ms = Double(VirtualClock.hostMonotonicNs() &- start) / 1e6
+        console.flush(blockingFor: 500)
         var line = "\(machine.backend.name): \(stop) after \(ms) ms"
         if let n = machine.backend.guestInstructionCount {
             line += ", \(n) guest instructions (\(Int(Double(n) / max(ms, 0.001) / 1000)) MIPS)"
         }
         machine.log.error(line)
         if let r = machine.backend.statisticsReport { machine.log.error(r) }
+        MachineOptions.reportDropped(console, log: machine.log, always: true)
+        if let sig = stopSignals?.signal { StopSignals.die(of: sig) }
         if stop == .shutdown { Glibc.exit(2) }
     }
 }
@@ -284,7 +283,7 @@ struct SeccompCheck: ParsableCommand {
             usleep(1000)
             say("allowed calls work")
             return
-        case "socket": _ = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        case "socket": _ = socket(AF_INET, Int32(bitPattern: SOCK_STREAM.rawValue), 0)
         case "execve": _ = execv("/bin/true", [strdup("/bin/true"), nil])
         case "openat":
             let fd = open("/etc/hostname", O_RDONLY)

@@ -1,9 +1,12 @@
 import Foundation
+import SwhvTestSupport
 import XCTest
 
 /// The guest console must never wedge the vCPU: a pipe nobody reads, or a reader that went away,
-/// costs console bytes, not the guest.
+/// costs console bytes, not the guest — and the bytes lost are counted and reported at exit.
 final class ConsoleOutputTests: XCTestCase {
+    static let chatterBytes = 0x200000
+
     /// A real-mode guest that prints 2 MiB of 'A' on COM1, then resets through the i8042.
     static let chatterbox: [UInt8] = [
         0xBA, 0xF8, 0x03,                         // mov dx, 0x3F8
@@ -16,31 +19,23 @@ final class ConsoleOutputTests: XCTestCase {
         0xF4,                                     // hlt
     ]
 
-    func runChatterbox(stdout: Pipe, closeReader: Bool) throws -> (status: Int32, seconds: Double, stderr: String) {
-        guard let bin = BadInvocationTests.binary else { throw XCTSkip("swhv binary not built (run scripts/test)") }
-        let image = FileManager.default.temporaryDirectory.appendingPathComponent("swhv-chatter-\(UUID().uuidString).bin")
+    func runChatterbox(stdout: Pipe, closeReader: Bool) throws -> Subprocess.Outcome {
+        let dir = try Repository.scratchDirectory("swhv-chatter")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let image = dir.appendingPathComponent("chatter.bin")
         try Data(Self.chatterbox).write(to: image)
-        defer { try? FileManager.default.removeItem(at: image) }
-        let p = Process()
-        p.executableURL = bin
-        p.arguments = ["run-image", "--image", image.path, "--accel", "interp"]
-        let err = Pipe()
-        p.standardOutput = stdout
-        p.standardError = err
-        p.standardInput = FileHandle.nullDevice
         if closeReader { try stdout.fileHandleForReading.close() }
-        let start = Date()
-        try p.run()
-        let deadline = Date().addingTimeInterval(60)
-        while p.isRunning && Date() < deadline { usleep(20_000) }
-        if p.isRunning {
-            p.terminate()
-            p.waitUntilExit()
-            XCTFail("swhv wedged writing to a stdout nobody reads")
-        }
-        p.waitUntilExit()
-        return (p.terminationStatus, Date().timeIntervalSince(start),
-                String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
+        let r = try Subprocess.run(try Repository.swhvBinary(), ["run-image", "--image", image.path, "--accel", "interp"],
+                                   standardOutput: stdout, timeout: 300)
+        XCTAssertFalse(r.timedOut, "swhv wedged writing to a stdout nobody reads")
+        XCTAssertFalse(r.signalled, "swhv died of signal \(r.status): \(r.stderr)")
+        return r
+    }
+
+    /// The count swhv reports on stderr, if any.
+    func droppedCount(_ stderr: String) -> Int? {
+        guard let r = stderr.range(of: " bytes of guest console output were dropped") else { return nil }
+        return Int(stderr[..<r.lowerBound].split(whereSeparator: { !$0.isNumber }).last ?? "")
     }
 
     func testPipeNobodyReadsDoesNotWedgeTheGuest() throws {
@@ -48,25 +43,33 @@ final class ConsoleOutputTests: XCTestCase {
         let r = try runChatterbox(stdout: out, closeReader: false)
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertTrue(r.stderr.contains("reset"), "the guest ran to its reset: \(r.stderr)")
+        // Only the pipe's 64 KiB ever reached it; the rest (what the 1 MiB buffer still held at
+        // exit included) is reported lost.
+        let dropped = try XCTUnwrap(droppedCount(r.stderr), "the loss is reported: \(r.stderr)")
+        XCTAssertGreaterThan(dropped, Self.chatterBytes - (1 << 20), r.stderr)
+        XCTAssertLessThan(dropped, Self.chatterBytes, "the pipe took its share: \(r.stderr)")
     }
 
-    func testClosedStdoutDoesNotKillSwhv() throws {
+    /// A reader that went away before the first byte (EPIPE, SIGPIPE ignored): swhv runs the guest
+    /// to its end, exits 0, and reports every byte as dropped.
+    func testClosedStdoutDoesNotKillSwhvAndEveryByteIsCountedAsDropped() throws {
         let out = Pipe()
         let r = try runChatterbox(stdout: out, closeReader: true)
         XCTAssertEqual(r.status, 0, "no SIGPIPE death: \(r.stderr)")
         XCTAssertTrue(r.stderr.contains("reset"), r.stderr)
+        XCTAssertEqual(droppedCount(r.stderr), Self.chatterBytes, r.stderr)
     }
 
     /// A reader that is merely slow gets everything: the buffer absorbs what it cannot take yet.
     func testSlowReaderGetsAllBytes() throws {
         let out = Pipe()
-        let collected = ByteCounter()
+        let collected = LockedData()
         let reader = Thread {
             while true {
                 usleep(2_000)
                 let d = out.fileHandleForReading.availableData
                 if d.isEmpty { break }
-                collected.add(d.filter { $0 == 0x41 }.count)
+                collected.append(d)
             }
         }
         reader.start()
@@ -74,15 +77,9 @@ final class ConsoleOutputTests: XCTestCase {
         XCTAssertEqual(r.status, 0, r.stderr)
         try out.fileHandleForWriting.close()
         while !reader.isFinished { usleep(10_000) }
-        // 1 MiB of buffer plus the pipe's own: a reader this slow may still lose some of 2 MiB,
-        // but never wedge the guest; most bytes arrive.
-        XCTAssertGreaterThan(collected.value, 1 << 20)
+        // What the reader got plus what was dropped is what the guest wrote, byte for byte.
+        let got = collected.data.filter { $0 == 0x41 }.count
+        XCTAssertEqual(got + (droppedCount(r.stderr) ?? 0), Self.chatterBytes, r.stderr)
+        XCTAssertGreaterThan(got, 1 << 20)
     }
-}
-
-final class ByteCounter: @unchecked Sendable {
-    private let lock = NSLock()
-    private var n = 0
-    func add(_ k: Int) { lock.lock(); n += k; lock.unlock() }
-    var value: Int { lock.lock(); defer { lock.unlock() }; return n }
 }

@@ -216,8 +216,9 @@ final class UartTests: XCTestCase {
 
     func testEnqueueRaisesRXInterruptAndReadingDrainsIt() {
         let h = Harness()
-        h.outb(R.mcr, mcrOUT2)
+        h.outb(R.mcr, mcrOUT2 | mcrRTS)
         h.outb(R.ier, ierRDI)
+        h.receiveReadyCalls = 0   // raising RTS was the first
         XCTAssertEqual(h.uart.enqueue(Array("hi".utf8)), 2)
         XCTAssertTrue(h.line)
         XCTAssertEqual(h.inb(R.iir), 0x04)
@@ -236,7 +237,7 @@ final class UartTests: XCTestCase {
 
     func testDataWaitingInterruptsWhenRDIIsEnabledLater() {
         let h = Harness()
-        h.outb(R.mcr, mcrOUT2)
+        h.outb(R.mcr, mcrOUT2 | mcrRTS)
         h.uart.enqueue([0x61])
         XCTAssertFalse(h.line)
         XCTAssertEqual(h.inb(R.lsr) & lsrDR, lsrDR)
@@ -246,6 +247,7 @@ final class UartTests: XCTestCase {
 
     func testReceiveFIFOFillsToItsLimitAndKeepsOrder() {
         let h = Harness()
+        h.outb(R.mcr, mcrRTS)
         let input = (0..<100).map { UInt8($0) }
         XCTAssertEqual(h.uart.enqueue(input), 64)
         XCTAssertEqual(h.uart.receiveCount, 64)
@@ -264,6 +266,8 @@ final class UartTests: XCTestCase {
 
     func testFCRClearsTheReceiveFIFO() {
         let h = Harness()
+        h.outb(R.mcr, mcrRTS)
+        h.receiveReadyCalls = 0
         h.outb(R.fcr, 0x01)
         h.uart.enqueue([1, 2, 3])
         h.outb(R.fcr, 0x03)                 // enable + clear RX
@@ -283,8 +287,30 @@ final class UartTests: XCTestCase {
         XCTAssertEqual(h.inb(R.rbr), 5)
     }
 
+    /// Hardware flow control: the host sends only while the guest asserts RTS. Linux's startup
+    /// clears the FIFOs and only then raises RTS, so input held until then is not flushed.
+    func testHostInputWaitsForRTS() {
+        let h = Harness()
+        XCTAssertEqual(h.uart.receiveSpace, 0, "RTS low after reset: the host must hold its input")
+        XCTAssertEqual(h.uart.enqueue(Array("typed early".utf8)), 0)
+        h.outb(R.mcr, mcrDTR | mcrOUT2)
+        XCTAssertEqual(h.uart.enqueue([1]), 0, "DTR alone does not let the host send")
+        h.outb(R.fcr, 0x07)                 // the 8250 startup: enable and clear both FIFOs
+        XCTAssertEqual(h.receiveReadyCalls, 0)
+        h.outb(R.mcr, mcrDTR | mcrRTS | mcrOUT2)
+        XCTAssertEqual(h.receiveReadyCalls, 1, "raising RTS tells the host it may send")
+        XCTAssertEqual(h.uart.receiveSpace, 64)
+        XCTAssertEqual(h.uart.enqueue(Array("typed early".utf8)), 11)
+        h.outb(R.mcr, mcrDTR | mcrRTS | mcrOUT2)
+        XCTAssertEqual(h.receiveReadyCalls, 1, "rewriting MCR with RTS still set is no new edge")
+        h.outb(R.mcr, mcrOUT2)
+        XCTAssertEqual(h.uart.enqueue([2]), 0, "RTS dropped (the port was closed): the host holds again")
+        XCTAssertEqual(h.uart.receiveCount, 11, "what was received stays for the guest")
+    }
+
     func testLSRThroughASequenceOfWritesAndReads() {
         let h = Harness()
+        h.outb(R.mcr, mcrRTS)
         XCTAssertEqual(h.inb(R.lsr), 0x60)
         h.uart.enqueue([0x10, 0x20])
         XCTAssertEqual(h.inb(R.lsr), 0x61)
@@ -314,7 +340,7 @@ final class UartTests: XCTestCase {
         XCTAssertEqual(h.uart.enqueue([1, 2]), 0, "the receiver does not listen to the line either")
         XCTAssertEqual(h.uart.receiveSpace, 0)
         XCTAssertEqual(h.receiveReadyCalls, 1, "drained")
-        h.outb(R.mcr, 0)
+        h.outb(R.mcr, mcrRTS)
         XCTAssertEqual(h.receiveReadyCalls, 2, "host told it may send again")
         XCTAssertEqual(h.uart.enqueue([1, 2]), 2)
         h.outb(R.thr, 0x79)
@@ -397,7 +423,7 @@ final class UartTests: XCTestCase {
     func testTHREHiddenBehindReceivedDataIsNotLost() {
         let h = Harness()
         h.outb(R.ier, ierTHRI | ierRDI)
-        h.outb(R.mcr, mcrOUT2)
+        h.outb(R.mcr, mcrOUT2 | mcrRTS)
         h.uart.enqueue([1])
         XCTAssertEqual(h.inb(R.iir), 0x04)
         _ = h.inb(R.rbr)
@@ -572,7 +598,7 @@ final class UartTests: XCTestCase {
 
     func testInterruptCounterMatchesControllerEdges() {
         let h = Harness()
-        h.outb(R.mcr, mcrOUT2)
+        h.outb(R.mcr, mcrOUT2 | mcrRTS)
         h.outb(R.ier, ierTHRI | ierRDI)
         _ = h.inb(R.iir)
         h.uart.enqueue([1, 2, 3])

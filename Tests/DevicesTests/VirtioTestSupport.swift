@@ -1,5 +1,6 @@
 import XCTest
 import Synchronization
+import SwhvTestSupport
 import CPUBackend
 import VMMemory
 @testable import Devices
@@ -221,58 +222,34 @@ final class VirtioPciHarness {
         mmio.write(e + 12, size: 4, value: 0)
     }
 
-    /// The whole Linux bring-up: reset, ACK, DRIVER, features, FEATURES_OK, MSI-X, queue 0, DRIVER_OK.
-    /// `acceptFeatures` filters what the driver accepts from what the device offers.
+    /// The whole Linux bring-up (`VirtioDriver`): reset, ACK, DRIVER, features, FEATURES_OK, MSI-X,
+    /// queue 0, DRIVER_OK. `acceptFeatures` filters what the driver accepts from what the device offers.
     @discardableResult
     func setUp(acceptFeatures: UInt64 = ~0, useMSIX: Bool = true, queueSize: UInt16? = nil) -> Bool {
         if bar0 == 0 { probe() }
-        let c = VirtioPciCommonConfig.self
-        setCommon(c.deviceStatus, size: 1, 0)
-        XCTAssertEqual(status, 0)
-        setCommon(c.deviceStatus, size: 1, 1)
-        setCommon(c.deviceStatus, size: 1, 1 | 2)
-        setCommon(c.deviceFeatureSelect, size: 4, 0)
-        var features = common(c.deviceFeature, size: 4)
-        setCommon(c.deviceFeatureSelect, size: 4, 1)
-        features |= common(c.deviceFeature, size: 4) << 32
-        let accepted = features & acceptFeatures
-        setCommon(c.driverFeatureSelect, size: 4, 0)
-        setCommon(c.driverFeature, size: 4, accepted & 0xFFFF_FFFF)
-        setCommon(c.driverFeatureSelect, size: 4, 1)
-        setCommon(c.driverFeature, size: 4, accepted >> 32)
-        setCommon(c.deviceStatus, size: 1, 1 | 2 | 8)
-        guard status & 8 != 0 else { return false }
-
+        let driver = VirtioDriver(read: { self.common($0, size: $1) }, write: { self.setCommon($0, size: $1, $2) })
+        let ring = VirtioPciHarness.descAddr, avail = VirtioPciHarness.availAddr, used = VirtioPciHarness.usedAddr
+        let result = driver.bringUp(
+            accept: { $0 & acceptFeatures },
+            queue: .init(desc: ring, avail: avail, used: used, size: queueSize, msixVector: useMSIX ? 1 : nil),
+            configVector: useMSIX ? 0 : nil,
+            beforeQueue: {
+                try! memory.fill(0, at: ring, length: 0x3000)
+                guard useMSIX else { return }
+                // Enable with the function masked, program the table, then unmask (pci_msix_enable order).
+                let ctrl = cfgRead(msixCap + 2, size: 2)
+                cfgWrite(msixCap + 2, size: 2, ctrl | 0xC000)
+                programVector(0, data: 0x40)
+                programVector(1, data: 0x41)
+                cfgWrite(msixCap + 2, size: 2, (ctrl | 0x8000) & ~0x4000)
+            })
+        guard result.featuresAccepted else { return false }
         if useMSIX {
-            // Enable with the function masked, program the table, then unmask (pci_msix_enable order).
-            let ctrl = cfgRead(msixCap + 2, size: 2)
-            cfgWrite(msixCap + 2, size: 2, ctrl | 0xC000)
-            programVector(0, data: 0x40)
-            programVector(1, data: 0x41)
-            cfgWrite(msixCap + 2, size: 2, (ctrl | 0x8000) & ~0x4000)
-            setCommon(c.configMsixVector, size: 2, 0)
-            XCTAssertEqual(common(c.configMsixVector, size: 2), 0)
+            XCTAssertEqual(common(VirtioPciCommonConfig.configMsixVector, size: 2), 0)
+            XCTAssertEqual(common(VirtioPciCommonConfig.queueMsixVector, size: 2), 1)
         }
-
-        setCommon(c.queueSelect, size: 2, 0)
-        let max = UInt16(common(c.queueSize, size: 2))
-        let size = queueSize ?? max
-        setCommon(c.queueSize, size: 2, UInt64(size))
-        if useMSIX {
-            setCommon(c.queueMsixVector, size: 2, 1)
-            XCTAssertEqual(common(c.queueMsixVector, size: 2), 1)
-        }
-        ring = VirtioDriverRing(memory: memory, size: size, desc: VirtioPciHarness.descAddr,
-                                avail: VirtioPciHarness.availAddr, used: VirtioPciHarness.usedAddr)
-        try! memory.fill(0, at: VirtioPciHarness.descAddr, length: 0x3000)
-        // 64-bit addresses as two dword writes, as vp_iowrite64_twopart does.
-        for (off, addr) in [(c.queueDesc, ring.desc), (c.queueDriver, ring.avail), (c.queueDevice, ring.used)] {
-            setCommon(off, size: 4, addr & 0xFFFF_FFFF)
-            setCommon(off + 4, size: 4, addr >> 32)
-        }
-        setCommon(c.queueEnable, size: 2, 1)
-        setCommon(c.deviceStatus, size: 1, 1 | 2 | 8 | 4)
-        return status == 1 | 2 | 8 | 4
+        self.ring = VirtioDriverRing(memory: memory, size: result.queueSize, desc: ring, avail: avail, used: used)
+        return result.running
     }
 
     /// Notifies queue 0 through its notify address.

@@ -14,57 +14,14 @@ COM1  equ 0x3F8
 PML4  equ 0x10000
 PDPT  equ 0x11000
 PD    equ 0x12000
+
+%include "include/modeswitch.inc"
 TABLE equ 0x20000
 
 start:
-    cli
-    xor ax, ax
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
-    mov sp, 0x8000
-    lgdt [gdt_desc]
-    mov eax, cr0
-    or al, 1
-    mov cr0, eax
-    jmp dword 0x08:pm32
-
-bits 32
-pm32:
-    mov ax, 0x10
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
-    mov esp, 0x8000
-    cld
-    mov edi, PML4                   ; identity-map the first 2 MiB with one large page
-    xor eax, eax
-    mov ecx, 0x3000 / 4
-    rep stosd
-    mov dword [PML4], PDPT | 3
-    mov dword [PDPT], PD | 3
-    mov dword [PD], 0x83
-    mov eax, cr4
-    or eax, 0x20                    ; PAE
-    mov cr4, eax
-    mov eax, PML4
-    mov cr3, eax
-    mov ecx, 0xC0000080             ; EFER.LME
-    rdmsr
-    or eax, 0x100
-    wrmsr
-    mov eax, cr0
-    or eax, 0x80000000
-    mov cr0, eax
-    jmp 0x18:lm64
-
-bits 64
-lm64:
-    mov ax, 0x10
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
-    mov rsp, 0x8000
+    REAL_TO_PROTECTED gdt_desc, 0x08, 0x10
+    IDENTITY_MAP_2M PML4, 1, 1, 3, 0x83            ; the first 2 MiB, one large page
+    PROTECTED_TO_LONG PML4, 0x100, 0x18, 0x10, 0x8000   ; EFER.LME
     mov r8d, [0x500]
     test r8d, r8d
     jnz .go

@@ -27,63 +27,13 @@ BUF_A equ 0x20000
 BUF_B equ 0x30000
 BUF_LEN equ 0x10000
 
+%include "include/modeswitch.inc"
+
 start:
-    cli
-    xor ax, ax
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
-    mov sp, 0x8000
-    lgdt [gdt_desc]
-    mov eax, cr0
-    or al, 1                        ; PE
-    mov cr0, eax
-    jmp dword 0x08:pm32
-
-bits 32
-pm32:
-    mov ax, 0x10
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
-    mov esp, 0x8000
-    cld
+    REAL_TO_PROTECTED gdt_desc, 0x08, 0x10
     ; Page tables: PML4[0] -> PDPT, PDPT[0] -> PD, PD[i] = i * 2 MiB (P | RW | PS).
-    mov edi, PML4
-    xor eax, eax
-    mov ecx, 0x3000 / 4
-    rep stosd
-    mov dword [PML4], PDPT | 3
-    mov dword [PDPT], PD | 3
-    mov edi, PD
-    mov eax, 0x83
-    mov ecx, 512
-.pd:
-    mov [edi], eax
-    add eax, 0x200000
-    add edi, 8
-    loop .pd
-    mov eax, cr4
-    or eax, 0x20                    ; PAE
-    mov cr4, eax
-    mov eax, PML4
-    mov cr3, eax
-    mov ecx, 0xC0000080             ; EFER
-    rdmsr
-    or eax, 0x100                   ; LME
-    wrmsr
-    mov eax, cr0
-    or eax, 0x80000000              ; PG -> long mode active (compatibility mode until the far jump)
-    mov cr0, eax
-    jmp 0x18:lm64
-
-bits 64
-lm64:
-    mov ax, 0x10
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
-    mov rsp, 0x8000
+    IDENTITY_MAP_2M PML4, 1, 512, 3, 0x83
+    PROTECTED_TO_LONG PML4, 0x100, 0x18, 0x10, 0x8000   ; EFER.LME
 
     ; EFER.LMA must now be set.
     mov ecx, 0xC0000080

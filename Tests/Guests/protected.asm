@@ -27,25 +27,10 @@ MMIO_W   equ 0xD0000000
 MMIO_R   equ 0xD0000004
 IDT_ADDR equ 0x9000                 ; 32 gates x 8 bytes, built at run time
 
-start:
-    cli
-    xor ax, ax
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
-    mov sp, 0x8000
-    lgdt [gdt_desc]
-    mov eax, cr0
-    or al, 1                        ; PE
-    mov cr0, eax
-    jmp dword 0x08:pm32             ; far jump loads the 32-bit CS
+%include "include/modeswitch.inc"
 
-bits 32
-pm32:
-    mov ax, 0x10
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
+start:
+    REAL_TO_PROTECTED gdt_desc, 0x08, 0x10
     mov gs, ax
     mov ax, 0x18                    ; data segment with base 0x20000
     mov fs, ax

@@ -57,62 +57,12 @@ UDATA   equ 0x2B
 UCODE   equ 0x33
 TSS_SEL equ 0x40
 
+%include "include/modeswitch.inc"
+
 start:
-    cli
-    xor ax, ax
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
-    mov sp, 0x8000
-    lgdt [gdt_desc]
-    mov eax, cr0
-    or al, 1                        ; PE
-    mov cr0, eax
-    jmp dword KCODE32:pm32
-
-bits 32
-pm32:
-    mov ax, KDATA
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
-    mov esp, 0x8000
-    cld
-    mov edi, PML4
-    xor eax, eax
-    mov ecx, 0x3000 / 4
-    rep stosd
-    mov dword [PML4], PDPT | 7      ; P | RW | US
-    mov dword [PDPT], PD | 7
-    mov edi, PD
-    mov eax, 0x87                   ; P | RW | US | PS
-    mov ecx, 512
-.pd:
-    mov [edi], eax
-    add eax, 0x200000
-    add edi, 8
-    loop .pd
-    mov eax, cr4
-    or eax, 0x20                    ; PAE
-    mov cr4, eax
-    mov eax, PML4
-    mov cr3, eax
-    mov ecx, 0xC0000080             ; EFER
-    rdmsr
-    or eax, 0x101                   ; LME | SCE
-    wrmsr
-    mov eax, cr0
-    or eax, 0x80000000              ; PG
-    mov cr0, eax
-    jmp KCODE:lm64
-
-bits 64
-lm64:
-    mov ax, KDATA
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
-    mov rsp, 0x8000
+    REAL_TO_PROTECTED gdt_desc, KCODE32, KDATA
+    IDENTITY_MAP_2M PML4, 1, 512, 7, 0x87          ; P | RW | US (| PS)
+    PROTECTED_TO_LONG PML4, 0x101, KCODE, KDATA, 0x8000   ; EFER.LME | SCE
 
     ; TSS: RSP0 and an I/O bitmap right after the 104-byte TSS: all ports allowed except DENIED,
     ; closed by the architectural all-ones byte.

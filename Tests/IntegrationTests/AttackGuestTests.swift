@@ -1,94 +1,24 @@
 import Foundation
+import SwhvTestSupport
 import XCTest
 
 /// The attack guests (Tests/Guests/attack-*.asm, docs/security.md "Attack guests"): hostile bare-metal
-/// programs run through the real `swhv run-image` on each backend. Each run must end the way
-/// `<name>.stop` says (never a signal, never a hang: a watchdog kills it), print exactly
-/// `<name>.expected` (or `<name>.<backend>.expected` where the backends legitimately differ), and
+/// programs run through the real `swhv run-image` on each backend, under the seccomp filter. Each
+/// run must end the way `<name>.stop` says (never a signal, never a hang: a watchdog kills it), print
+/// what AttackExpectations states case by case (attack-virtio, attack-io: from the virtio spec, PC
+/// buses, QEMU) or exactly `<name>.expected` (`<name>.<backend>.expected` where the backends
+/// legitimately differ), and
 /// leave host files alone: a read-only disk stays bit-identical, a writable one changes only where
 /// the guest wrote it legitimately, and a file in the same directory that swhv was not given is
 /// untouched.
 enum AttackRun {
-    static let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-        .deletingLastPathComponent().deletingLastPathComponent()
-    static let guestsDir = repoRoot.appendingPathComponent("Tests/Guests")
-
-    /// The binary under test: SWHV_RELEASE_BINARY (set by scripts/test), else the debug build.
-    static func binary() throws -> URL {
-        if let p = ProcessInfo.processInfo.environment["SWHV_RELEASE_BINARY"],
-           FileManager.default.isExecutableFile(atPath: p) { return URL(fileURLWithPath: p) }
-        for dir in [".build/debug", ".build/x86_64-unknown-linux-gnu/debug"] {
-            let u = repoRoot.appendingPathComponent(dir).appendingPathComponent("swhv")
-            if FileManager.default.isExecutableFile(atPath: u.path) { return u }
-        }
-        throw XCTSkip("swhv binary not built (swift build, or scripts/test)")
-    }
+    static let guestsDir = Repository.guests
 
     /// A fresh directory for images and the sentinel, removed by the test's teardown.
     static func scratch(_ test: XCTestCase) throws -> URL {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("swhv-attack-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let dir = try Repository.scratchDirectory("swhv-attack")
         test.addTeardownBlock { try? FileManager.default.removeItem(at: dir) }
         return dir
-    }
-
-    /// nasm -f bin Tests/Guests/NAME.asm (with Tests/Guests/ on the include path) into `dir`.
-    static func assemble(_ name: String, into dir: URL) throws -> URL {
-        let nasm = ["/usr/bin/nasm", "/usr/local/bin/nasm"].first { FileManager.default.isExecutableFile(atPath: $0) }
-        guard let nasm else { throw XCTSkip("nasm is not installed (apt-get install nasm)") }
-        let out = dir.appendingPathComponent("\(name).bin")
-        let r = try run(URL(fileURLWithPath: nasm),
-                        ["-f", "bin", "-Werror", "-i", guestsDir.path + "/", "-o", out.path,
-                         guestsDir.appendingPathComponent("\(name).asm").path], timeout: 60)
-        guard r.status == 0 else {
-            XCTFail("nasm failed for \(name): \(r.stderr)")
-            throw XCTSkip("guest did not assemble")
-        }
-        return out
-    }
-
-    struct Outcome {
-        let status: Int32
-        let signalled: Bool
-        let timedOut: Bool
-        let stdout: String
-        let stderr: String
-        let seconds: Double
-    }
-
-    /// Runs a program with a watchdog; output is drained while it runs so a chatty guest cannot block.
-    static func run(_ exe: URL, _ args: [String], timeout: Double) throws -> Outcome {
-        let p = Process()
-        p.executableURL = exe
-        p.arguments = args
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        p.standardInput = FileHandle.nullDevice
-        let o = Collected(), e = Collected()
-        out.fileHandleForReading.readabilityHandler = { h in o.append(h.availableData) }
-        err.fileHandleForReading.readabilityHandler = { h in e.append(h.availableData) }
-        let start = Date()
-        try p.run()
-        let deadline = start.addingTimeInterval(timeout)
-        while p.isRunning && Date() < deadline { usleep(5_000) }
-        let timedOut = p.isRunning
-        if timedOut { kill(p.processIdentifier, SIGKILL) }
-        p.waitUntilExit()
-        out.fileHandleForReading.readabilityHandler = nil
-        err.fileHandleForReading.readabilityHandler = nil
-        o.append(out.fileHandleForReading.readDataToEndOfFile())
-        e.append(err.fileHandleForReading.readDataToEndOfFile())
-        return Outcome(status: p.terminationStatus, signalled: p.terminationReason == .uncaughtSignal,
-                       timedOut: timedOut, stdout: o.text, stderr: e.text, seconds: Date().timeIntervalSince(start))
-    }
-
-    /// Bytes from a pipe's handler thread.
-    final class Collected: @unchecked Sendable {
-        private let lock = NSLock()
-        private var data = Data()
-        func append(_ d: Data) { lock.lock(); data.append(d); lock.unlock() }
-        var text: String { lock.lock(); defer { lock.unlock() }; return String(decoding: data, as: UTF8.self) }
     }
 
     /// A host file swhv is not given: its bytes and modification time must survive the run.
@@ -115,15 +45,15 @@ enum AttackRun {
     /// the serial output and the sentinel. Returns the outcome for further checks.
     @discardableResult
     static func check(_ name: String, accel: String, extra: (URL) throws -> [String] = { _ in [] },
-                      timeout: Double = 60, test: XCTestCase,
-                      file: StaticString = #filePath, line: UInt = #line) throws -> Outcome {
-        let exe = try binary()
+                      timeout: Double = 300, test: XCTestCase,
+                      file: StaticString = #filePath, line: UInt = #line) throws -> Subprocess.Outcome {
+        let exe = try Repository.swhvBinary()
         let dir = try scratch(test)
-        let image = try assemble(name, into: dir)
+        let image = try TestGuests.assemble(name, into: dir)
         let sentinel = try Sentinel(in: dir)
         let args = ["run-image", "--image", image.path, "--accel", accel] + (try extra(dir))
         let before = try FileManager.default.contentsOfDirectory(atPath: dir.path).sorted()
-        let r = try run(exe, args, timeout: timeout)
+        let r = try Subprocess.run(exe, args, timeout: timeout)
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir.path).sorted(), before,
                        "files appeared or vanished next to the images", file: file, line: line)
         XCTAssertFalse(r.timedOut, "swhv hung on \(name) (\(accel)): killed after \(timeout) s", file: file, line: line)
@@ -148,6 +78,20 @@ enum AttackRun {
         XCTAssertEqual(r.status, status, "exit status of \(name) (\(accel)); stderr: \(r.stderr)", file: file, line: line)
         XCTAssertTrue(r.stderr.contains(text), "\(name) (\(accel)) should stop with '\(text)'; stderr: \(r.stderr)",
                       file: file, line: line)
+        let specificExpected = guestsDir.appendingPathComponent("\(name).\(accel).expected")
+        if let cases = AttackExpectations.expectedOutput(name), !FileManager.default.fileExists(atPath: specificExpected.path) {
+            // Case by case against the stated expectations (AttackExpectations), with the reason.
+            let got = r.stdout.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+            for (i, c) in cases.enumerated() {
+                let want = AttackExpectations.render(c)
+                let have = i < got.count ? got[i] : "<no line>"
+                XCTAssertEqual(have, want, "\(name) (\(accel)) case '\(c.name)': \(c.why)", file: file, line: line)
+            }
+            XCTAssertEqual(got.count, cases.count + 1, "\(name) (\(accel)): lines beyond the cases: \(got.dropFirst(cases.count))",
+                           file: file, line: line)
+            try sentinel.check(file: file, line: line)
+            return r
+        }
         let expected = try String(contentsOf: specific("expected"), encoding: .utf8)
         XCTAssertEqual(r.stdout, expected, "serial output of \(name) (\(accel))", file: file, line: line)
         if r.stdout != expected {

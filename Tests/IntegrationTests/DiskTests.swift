@@ -1,33 +1,16 @@
 import Foundation
+import SwhvTestSupport
 import XCTest
 
 /// `--disk` as a user sees it: the Debian cloud kernel on the interpreter (release binary) reads and
 /// writes host files through virtio-blk. Checks what the host file holds afterwards — byte for byte,
 /// through ext4 (debugfs, e2fsck), after SIGKILL right after the guest's `sync` — and that read-only
-/// disks stay bit-identical, writable disks are locked, and bad disks fail fast with one line.
-/// Needs scripts/fetch-guest, e2fsprogs (scripts/make-disk installs it) and a release build
-/// (scripts/test sets SWHV_RELEASE_BINARY).
+/// disks stay bit-identical, writable disks are locked, and bad disks fail with one line; a block
+/// device (a loop device) works as a disk too. scripts/test provides the fixtures, e2fsprogs and
+/// the release build (SWHV_RELEASE_BINARY).
 final class DiskTests: XCTestCase {
-    static let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-        .deletingLastPathComponent().deletingLastPathComponent()
-
-    // MARK: Fixtures and files
-
-    func fixture(_ name: String) throws -> String {
-        let p = Self.repoRoot.appendingPathComponent("fixtures/\(name)").path
-        guard FileManager.default.fileExists(atPath: p) else {
-            throw XCTSkip("fixtures/\(name) missing: run scripts/fetch-guest")
-        }
-        return p
-    }
-
-    func releaseBinary() throws -> String {
-        guard let p = ProcessInfo.processInfo.environment["SWHV_RELEASE_BINARY"],
-              FileManager.default.isExecutableFile(atPath: p) else {
-            throw XCTSkip("disk tests need a release build: run scripts/test (debug builds are 10-50x slower)")
-        }
-        return p
-    }
+    func fixture(_ name: String) throws -> String { try Repository.fixture(name) }
+    func releaseBinary() throws -> String { try Repository.releaseBinary() }
 
     /// `swhv boot` on the interpreter with the test kernel and initramfs, plus `extra` arguments.
     func bootArguments(_ extra: [String]) throws -> [String] {
@@ -67,33 +50,16 @@ final class DiskTests: XCTestCase {
         return "first difference at byte \(i): 0x\(String(a[i], radix: 16)) vs 0x\(String(b[i], radix: 16))"
     }
 
-    struct Finished { let status: Int32; let stdout: String; let stderr: String; let seconds: Double }
-
-    /// Runs a host program to completion.
+    /// Runs a host program to completion (under a generous hang watchdog).
     @discardableResult
-    func runHost(_ path: String, _ arguments: [String]) throws -> Finished {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: path)
-        p.arguments = arguments
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        p.standardInput = FileHandle.nullDevice
-        let start = Date()
-        try p.run()
-        // Read before waiting: a full pipe would block the child.
-        let o = out.fileHandleForReading.readDataToEndOfFile()
-        let e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return Finished(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self),
-                        stderr: String(decoding: e, as: UTF8.self), seconds: Date().timeIntervalSince(start))
+    func runHost(_ path: String, _ arguments: [String]) throws -> Subprocess.Outcome {
+        let r = try Subprocess.run(path, arguments, timeout: 600)
+        XCTAssertFalse(r.timedOut, "\(path) \(arguments) hung")
+        return r
     }
 
     func hostTool(_ name: String) throws -> String {
-        for dir in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] where FileManager.default.isExecutableFile(atPath: "\(dir)/\(name)") {
-            return "\(dir)/\(name)"
-        }
-        throw XCTSkip("\(name) is not installed (apt-get install e2fsprogs)")
+        try Repository.tool(name, package: ["md5sum": "coreutils", "sha256sum": "coreutils", "losetup": "mount"][name] ?? "e2fsprogs")
     }
 
     /// The hex digest from coreutils' sha256sum or md5sum (busybox in the guest has the same tools;
@@ -107,127 +73,21 @@ final class DiskTests: XCTestCase {
     /// An ext4 image from scripts/make-disk (holding /hello.txt).
     func makeExt4(_ path: String, size: String = "64M") throws {
         _ = try hostTool("mkfs.ext4")
-        let r = try runHost(Self.repoRoot.appendingPathComponent("scripts/make-disk").path, ["--size", size, path])
+        let r = try runHost(Repository.path("scripts/make-disk"), ["--size", size, path])
         XCTAssertEqual(r.status, 0, "scripts/make-disk failed: \(r.stderr)")
     }
 
     // MARK: The guest console
 
-    /// A running `swhv boot`: console output accumulates; commands are typed into the serial port.
-    /// `killOn` SIGKILLs swhv from the output handler the moment a string appears, with no polling delay.
-    final class Guest: @unchecked Sendable {
-        let process = Process()
-        private let input = Pipe(), output = Pipe(), errors = Pipe()
-        private let lock = NSLock()
-        private var buffer = Data()
-        private var errorBuffer = Data()
-        private var killNeedle: String?
-        private var sequence = 0
-        private(set) var killed = false
+    typealias Guest = ConsoleSession
 
-        init(binary: String, arguments: [String]) throws {
-            process.executableURL = URL(fileURLWithPath: binary)
-            process.arguments = arguments
-            process.standardInput = input
-            process.standardOutput = output
-            process.standardError = errors
-            output.fileHandleForReading.readabilityHandler = { [weak self] h in
-                let d = h.availableData
-                guard let self, !d.isEmpty else { return }
-                self.lock.lock(); defer { self.lock.unlock() }
-                self.buffer.append(d)
-                if let n = self.killNeedle, String(decoding: self.buffer, as: UTF8.self).contains(n) {
-                    kill(self.process.processIdentifier, SIGKILL)
-                    self.killNeedle = nil
-                    self.killed = true
-                }
-            }
-            errors.fileHandleForReading.readabilityHandler = { [weak self] h in
-                let d = h.availableData
-                guard let self, !d.isEmpty else { return }
-                self.lock.lock(); self.errorBuffer.append(d); self.lock.unlock()
-            }
-            try process.run()
-        }
-
-        deinit { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
-
-        var text: String {
-            lock.lock(); defer { lock.unlock() }
-            return String(decoding: buffer, as: UTF8.self).replacingOccurrences(of: "\r", with: "")
-        }
-        var stderr: String { lock.lock(); defer { lock.unlock() }; return String(decoding: errorBuffer, as: UTF8.self) }
-        var tail: String { "console tail:\n\(text.suffix(1500))\nstderr: \(stderr)" }
-
-        func send(_ s: String) { input.fileHandleForWriting.write(Data(s.utf8)) }
-
-        /// Waits until `match` finds something in the output; nil on timeout or exit.
-        func waitFor<T>(timeout: TimeInterval, _ match: (String) -> T?) -> T? {
-            let deadline = Date().addingTimeInterval(timeout)
-            while Date() < deadline {
-                if let m = match(text) { return m }
-                if !process.isRunning { return match(text) }
-                usleep(20_000)
-            }
-            return nil
-        }
-
-        func waitFor(_ needle: String, timeout: TimeInterval) -> Bool {
-            waitFor(timeout: timeout) { $0.contains(needle) ? true : nil } ?? false
-        }
-
-        /// Boots to the shell: the initramfs marker, then a command the shell must answer.
-        func waitForShell(timeout: TimeInterval = 300) -> Bool {
-            guard waitFor("SWHV-USERSPACE-UP", timeout: timeout) else { return false }
-            usleep(500_000)  // the shell starts right after the marker
-            // Typed-ahead input can be lost while the shell sets up the terminal: ask again.
-            for _ in 0..<3 where run("echo ready", timeout: 15) == "ready" { return true }
-            return false
-        }
-
-        /// Runs `command` in the guest shell; returns its output (stdout and stderr, trimmed) and
-        /// exit status, or nil on timeout. The delimiters are computed by the shell (`$((...))`), so
-        /// the terminal's echo of the typed line never matches them.
-        func run(_ command: String, timeout: TimeInterval = 60) -> String? {
-            runWithStatus(command, timeout: timeout)?.output
-        }
-
-        func runWithStatus(_ command: String, timeout: TimeInterval = 60) -> (output: String, status: Int)? {
-            sequence += 1
-            let n = sequence
-            send("o=$( { \(command) ; } 2>&1 ); s=$?; echo \"<@\(n)@$((40+2))@$o@$s@$((6*7))@\(n)@>\"\n")
-            let open = "<@\(n)@42@", close = "@42@\(n)@>"
-            return waitFor(timeout: timeout) { text -> (String, Int)? in
-                guard let a = text.range(of: open), let b = text.range(of: close, range: a.upperBound..<text.endIndex)
-                else { return nil }
-                let body = text[a.upperBound..<b.lowerBound]
-                guard let at = body.lastIndex(of: "@"), let status = Int(body[body.index(after: at)...]) else { return nil }
-                return (body[..<at].trimmingCharacters(in: .whitespacesAndNewlines), status)
-            }
-        }
-
-        /// Arms the SIGKILL trigger (see `killOn` above).
-        func killWhenOutputContains(_ needle: String) {
-            lock.lock(); killNeedle = needle; lock.unlock()
-        }
-
-        func waitForExit(timeout: TimeInterval) -> Int32? {
-            let deadline = Date().addingTimeInterval(timeout)
-            while process.isRunning && Date() < deadline { usleep(20_000) }
-            if process.isRunning { kill(process.processIdentifier, SIGKILL); process.waitUntilExit(); return nil }
-            return process.terminationStatus
-        }
-
-        /// `reboot -f` (no sync by the guest; the test synced before) and swhv's exit status 0.
-        func reboot(file: StaticString = #filePath, line: UInt = #line) {
-            send("reboot -f\n")
-            XCTAssertEqual(waitForExit(timeout: 60), 0, "swhv should exit 0 when the guest reboots; \(tail)",
-                           file: file, line: line)
-        }
+    /// `reboot -f` (no sync by the guest; the test synced before) and swhv's exit status 0.
+    func reboot(_ g: Guest, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertEqual(g.reboot(), 0, "swhv should exit 0 when the guest reboots; \(g.tail)", file: file, line: line)
     }
 
     func boot(_ diskArguments: [String]) throws -> Guest {
-        let g = try Guest(binary: try releaseBinary(), arguments: try bootArguments(diskArguments))
+        let g = try ConsoleSession(binary: try releaseBinary(), arguments: try bootArguments(diskArguments))
         addTeardownBlock { if g.process.isRunning { kill(g.process.processIdentifier, SIGKILL) } }
         return g
     }
@@ -275,7 +135,7 @@ final class DiskTests: XCTestCase {
         XCTAssertEqual(g.runWithStatus("dd if=/dev/vda of=/dev/vda bs=4096 skip=1 seek=900 count=8 conv=notrunc")?.status, 0)
         Self.replace(&image, at: 900 * 4096, with: image.subdata(in: 4096..<(4096 + 32768)))
         XCTAssertEqual(g.runWithStatus("sync")?.status, 0)
-        g.reboot()
+        reboot(g)
 
         let after = try Data(contentsOf: URL(fileURLWithPath: img))
         XCTAssertTrue(after == image, "host file differs from the expected image: \(Self.firstDifference(after, image))")
@@ -300,7 +160,7 @@ final class DiskTests: XCTestCase {
         // A larger file spans many blocks and extents.
         XCTAssertEqual(g.runWithStatus("seq 1 30000 > /mnt/seq.txt")?.status, 0)
         XCTAssertEqual(g.runWithStatus("sync && umount /mnt", timeout: 120)?.status, 0, g.tail)
-        g.reboot()
+        reboot(g)
 
         let cat = try runHost(debugfs, ["-R", "cat /newfile.txt", img])
         XCTAssertEqual(cat.stdout, "written by the guest \(token)\n", "debugfs: \(cat.stderr)")
@@ -394,7 +254,7 @@ final class DiskTests: XCTestCase {
         XCTAssertNotEqual(roWrite?.status, 0, "writing the read-only disk succeeded: \(roWrite?.output ?? "")")
         XCTAssertEqual(g.runWithStatus("printf 'vda-last-bytes' | dd of=/dev/vda bs=1 seek=\(aSize - 14) conv=notrunc")?.status, 0)
         XCTAssertEqual(g.runWithStatus("sync")?.status, 0)
-        g.reboot()
+        reboot(g)
 
         XCTAssertEqual(try checksum(b), bSum, "the read-only disk changed")
         let r = try FileHandle(forReadingFrom: URL(fileURLWithPath: a))
@@ -422,7 +282,6 @@ final class DiskTests: XCTestCase {
         for spec in [img, "\(img),readonly"] {
             let second = try runHost(binary, try bootArguments(["--disk", spec]))
             XCTAssertEqual(second.status, 1, "second swhv with --disk \(spec): \(second.stderr)")
-            XCTAssertLessThan(second.seconds, 2, "the second swhv should fail fast")
             assertOneLine(second.stderr, mentions: ["in use", img])
         }
         XCTAssertTrue(holder.process.isRunning, "the first swhv should keep running; \(holder.tail)")
@@ -444,7 +303,7 @@ final class DiskTests: XCTestCase {
     /// size when only a hole follows.
     func nextData(_ path: String, from offset: Int) throws -> Int {
         let fd = open(path, O_RDONLY)
-        guard fd >= 0 else { throw XCTSkip("cannot open \(path)") }
+        guard fd >= 0 else { throw TestSetupError("cannot open \(path)") }
         defer { close(fd) }
         let r = lseek(fd, off_t(offset), 3 /* SEEK_DATA */)
         if r < 0 && errno == ENXIO { return Int(lseek(fd, 0, SEEK_END)) }
@@ -486,7 +345,7 @@ final class DiskTests: XCTestCase {
                        zeroSum, "the guest reads zeroes from the discarded range")
         XCTAssertNotEqual(g.runWithStatus("blkdiscard /dev/vdb")?.status, 0, "discarding the read-only disk worked")
         XCTAssertEqual(g.runWithStatus("sync")?.status, 0)
-        g.reboot()
+        reboot(g)
 
         Self.replace(&image, at: 1 << 20, with: Data(count: 4 << 20))
         let after = try Data(contentsOf: URL(fileURLWithPath: img))
@@ -542,7 +401,7 @@ final class DiskTests: XCTestCase {
         XCTAssertTrue(trimmed?.contains("bytes trimmed") ?? false, "fstrim: \(trimmed ?? "timeout"); \(g.tail)")
         // ext4lazyinit starts up to 5 s after the mount, then zeroes one group after another.
         XCTAssertEqual(g.runWithStatus("sleep 10; sync; umount /mnt", timeout: 180)?.status, 0, g.tail)
-        g.reboot()
+        reboot(g)
 
         let fsck = try runHost(e2fsck, ["-fn", img])
         XCTAssertEqual(fsck.status, 0, "e2fsck -fn is not clean:\n\(fsck.stdout)\(fsck.stderr)")
@@ -558,6 +417,46 @@ final class DiskTests: XCTestCase {
         XCTAssertLessThan(Int(st.st_blocks) * 512, 24 << 20, "host allocation after fstrim: \(Int(st.st_blocks) * 512) bytes")
     }
 
+    // MARK: Block devices
+
+    /// A block device (a loop device over a file) as a disk: the guest sees its size, reads what
+    /// the host wrote and its writes reach the device; a read-only block device stays bit-identical.
+    func testALoopDeviceIsADisk() throws {
+        let losetup = try hostTool("losetup")
+        let dir = try temporaryDirectory()
+        let size = 8 << 20
+        var image = Self.pattern(count: size, seed: 0xB10C)
+        Self.replace(&image, at: 4096, with: Data("HOST-ON-BLOCKDEV".utf8))
+        let backing = dir.appendingPathComponent("loop.img").path, roBacking = dir.appendingPathComponent("ro.img").path
+        try image.write(to: URL(fileURLWithPath: backing))
+        try Self.pattern(count: 1 << 20, seed: 0xB10D).write(to: URL(fileURLWithPath: roBacking))
+        func attach(_ file: String) throws -> String {
+            let r = try runHost(losetup, ["--find", "--show", file])
+            guard r.status == 0 else { throw TestSetupError("losetup --find --show \(file) failed (root needed): \(r.stderr)") }
+            let dev = r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+            addTeardownBlock { _ = try? Subprocess.run(losetup, ["-d", dev], timeout: 60) }
+            return dev
+        }
+        let dev = try attach(backing), roDev = try attach(roBacking)
+        let roSum = try checksum(roDev)
+
+        let g = try boot(["--disk", dev, "--disk", "\(roDev),readonly"])
+        XCTAssertTrue(g.waitForShell(), "no shell; \(g.tail)")
+        XCTAssertEqual(g.run("cat /sys/block/vda/size /sys/block/vdb/ro")?.split(separator: "\n"), ["\(size / 512)", "1"])
+        XCTAssertEqual(g.run("dd if=/dev/vda bs=1 skip=4096 count=16 2>/dev/null"), "HOST-ON-BLOCKDEV")
+        XCTAssertEqual(g.runWithStatus("printf 'GUEST-ON-BLOCKDEV' | dd of=/dev/vda bs=1 seek=8192 conv=notrunc")?.status, 0)
+        XCTAssertNotEqual(g.runWithStatus("printf 'no' | dd of=/dev/vdb bs=1 seek=0 conv=notrunc")?.status, 0,
+                          "writing the read-only block device succeeded")
+        XCTAssertEqual(g.runWithStatus("sync")?.status, 0)
+        reboot(g)
+
+        let h = try FileHandle(forReadingFrom: URL(fileURLWithPath: dev))
+        defer { try? h.close() }
+        try h.seek(toOffset: 8192)
+        XCTAssertEqual(try h.read(upToCount: 17), Data("GUEST-ON-BLOCKDEV".utf8), "the guest's write on the block device")
+        XCTAssertEqual(try checksum(roDev), roSum, "the read-only block device changed")
+    }
+
     // MARK: Bad disks
 
     func assertOneLine(_ stderr: String, mentions: [String], file: StaticString = #filePath, line: UInt = #line) {
@@ -569,8 +468,7 @@ final class DiskTests: XCTestCase {
     }
 
     /// Missing files, directories, empty files, sizes that are not whole sectors and a writable disk
-    /// given twice: exit 1 with one line naming the disk and the problem, in well under a second,
-    /// without starting the guest.
+    /// given twice: exit 1 with one line naming the disk and the problem, without starting the guest.
     func testBadDisksFailFastWithOneLine() throws {
         let dir = try temporaryDirectory()
         let binary = try releaseBinary()
@@ -594,7 +492,6 @@ final class DiskTests: XCTestCase {
         for (specs, words) in cases {
             let r = try runHost(binary, try bootArguments(specs.flatMap { ["--disk", $0] }))
             XCTAssertEqual(r.status, 1, "--disk \(specs): \(r.stderr)")
-            XCTAssertLessThan(r.seconds, 1, "--disk \(specs) took \(r.seconds) s")
             XCTAssertEqual(r.stdout, "", "--disk \(specs) started the guest")
             assertOneLine(r.stderr, mentions: words)
         }

@@ -1,62 +1,68 @@
 import Foundation
+import SwhvTestSupport
 import XCTest
 
-/// Boots the Debian cloud kernel on the interpreter with the workload initramfs (scripts/compare-qemu)
-/// and checks each workload's console output against what the same guest printed under QEMU TCG
-/// (Tests/Workloads/expected/*.txt, recorded with `scripts/compare-qemu --qemu-only --record`).
+/// Boots each kernel of docs/compatibility.md on the interpreter with the workload initramfs
+/// (scripts/compare-qemu) and checks each workload's console output against what the same guest
+/// printed under QEMU TCG (Tests/Workloads/expected/*.txt, recorded with
+/// `scripts/compare-qemu --qemu-only --record`; the output does not depend on the kernel).
 final class WorkloadTests: XCTestCase {
-    static let repoRoot = LinuxBootTests.repoRoot
-    static let workloadsDir = repoRoot.appendingPathComponent("Tests/Workloads")
-
-    func run(_ tool: String, _ args: [String]) throws -> (status: Int32, output: String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: tool)
-        p.arguments = args
-        let out = Pipe()
-        p.standardOutput = out
-        p.standardError = FileHandle.nullDevice
-        try p.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: data, as: UTF8.self))
-    }
+    static let workloadsDir = Repository.root.appendingPathComponent("Tests/Workloads")
 
     func testCloudKernelWorkloadsMatchQEMU() throws {
-        guard let binary = ProcessInfo.processInfo.environment["SWHV_RELEASE_BINARY"],
-              FileManager.default.isExecutableFile(atPath: binary) else {
-            throw XCTSkip("workload tests need a release build: run scripts/test")
-        }
-        let kernel = Self.repoRoot.appendingPathComponent("fixtures/vmlinuz-cloud").path
-        guard FileManager.default.fileExists(atPath: kernel),
-              FileManager.default.fileExists(atPath: Self.repoRoot.appendingPathComponent("fixtures/busybox").path) else {
-            throw XCTSkip("fixtures/vmlinuz-cloud or fixtures/busybox missing: run scripts/fetch-guest")
-        }
-        for tool in ["gcc", "cpio", "python3"] where (try? run("/usr/bin/env", ["which", tool]).status) != 0 {
-            throw XCTSkip("\(tool) missing: the workload initramfs is built on the host (apt-get install \(tool))")
+        try runWorkloads(kernel: try Repository.fixture("vmlinuz-cloud"), initramfs: try Repository.fixture("initramfs.cpio.gz"))
+    }
+
+    /// Debian's generic kernel (linux-image-amd64, virtio as modules), with its own modules.
+    func testGenericKernelWorkloadsMatchQEMU() throws {
+        try runWorkloads(kernel: try Repository.fixture("vmlinuz-generic"),
+                         initramfs: try Repository.fixture("initramfs-generic.cpio.gz"))
+    }
+
+    /// Debian's PREEMPT_RT kernel (linux-image-rt-amd64).
+    func testRTKernelWorkloadsMatchQEMU() throws {
+        try runWorkloads(kernel: try Repository.fixture("vmlinuz-rt"), initramfs: try Repository.fixture("initramfs-rt.cpio.gz"))
+    }
+
+    /// The small self-built kernel (scripts/build-small-kernel), as a bzImage.
+    func testSmallKernelWorkloadsMatchQEMU() throws {
+        try runWorkloads(kernel: try Repository.fixture("bzImage-small"), initramfs: try Repository.fixture("initramfs.cpio.gz"))
+    }
+
+    /// Boots `kernel` with the workload archive appended to `initramfs` and compares each workload's
+    /// output with QEMU's.
+    func runWorkloads(kernel: String, initramfs: String, file: StaticString = #filePath, line: UInt = #line) throws {
+        let binary = try Repository.releaseBinary()
+        _ = try Repository.fixture("busybox")
+        for (tool, package) in [("gcc", "gcc"), ("cpio", "cpio"), ("python3", "python3")] {
+            _ = try Repository.tool(tool, package: package)
         }
         let expectedDir = Self.workloadsDir.appendingPathComponent("expected")
         let expectedFiles = try FileManager.default.contentsOfDirectory(atPath: expectedDir.path)
             .filter { $0.hasSuffix(".txt") }.sorted()
         XCTAssertFalse(expectedFiles.isEmpty, "no expected outputs in Tests/Workloads/expected")
 
-        let build = try run(Self.repoRoot.appendingPathComponent("scripts/compare-qemu").path, ["--build-only"])
-        let initrd = build.output.trimmingCharacters(in: .whitespacesAndNewlines)
+        let build = try Subprocess.run(Repository.path("scripts/compare-qemu"), ["--build-only", "--kernel", kernel, "--initrd", initramfs],
+                                       timeout: 900)
+        let initrd = build.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
         guard build.status == 0, FileManager.default.fileExists(atPath: initrd) else {
-            return XCTFail("scripts/compare-qemu --build-only failed (status \(build.status)): \(build.output)")
+            return XCTFail("scripts/compare-qemu --build-only failed (status \(build.status)): \(build.stdout)\(build.stderr)",
+                           file: file, line: line)
         }
 
-        let s = try LinuxBootTests.Session(binary: binary, arguments: [
+        let s = try ConsoleSession(binary: binary, arguments: [
             "boot", "--quiet", "--accel", "interp", "--kernel", kernel, "--initrd", initrd, "--memory", "512M",
             "--no-default-cmdline", "--cmdline", "console=ttyS0 reboot=k panic=-1 swhv.cmd=workload"])
-        XCTAssertTrue(s.waitFor("SWHV-WORKLOAD-END", timeout: 400), "workloads did not finish; tail: \(s.text.suffix(1500))")
-        _ = s.waitForExit(timeout: 30)
+        addTeardownBlock { if s.process.isRunning { kill(s.process.processIdentifier, SIGKILL) } }
+        XCTAssertTrue(s.waitFor("SWHV-WORKLOAD-END", timeout: 1200), "workloads did not finish; \(s.tail)", file: file, line: line)
+        XCTAssertEqual(s.waitForExit(timeout: 120), 0, "the workload guest powers off", file: file, line: line)
 
         // Sections between "SWHV-W-BEGIN name" and "SWHV-W-END name rc=N"; the console adds \r.
         var sections: [String: [String]] = [:]
         var current: String?
         var body: [String] = []
         // (In Swift "\r\n" is one Character, so normalise before splitting on "\n".)
-        let console = s.text.replacingOccurrences(of: "\r\n", with: "\n")
+        let console = s.text
         for raw in console.split(separator: "\n", omittingEmptySubsequences: false) {
             let line = String(raw)
             if let r = line.range(of: "SWHV-W-BEGIN ") {

@@ -2,6 +2,7 @@ import XCTest
 import Foundation
 @testable import LinuxLoader
 import VMMemory
+import SwhvTestSupport
 
 /// Host-side unpacking of bzImage payloads. Synthetic payloads are compressed with the same tools
 /// and flags the kernel build uses (scripts/Makefile.lib), plus its le32 size trailer.
@@ -16,37 +17,30 @@ final class DecompressTests: XCTestCase {
         ], data: data)
     }()
 
-    /// Runs `command` (a shell pipeline reading stdin, writing stdout) over `input`; nil if the tool is missing.
-    func run(_ command: String, _ input: [UInt8]) throws -> [UInt8]? {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("swhv-loader-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: dir) }
-        let inURL = dir.appendingPathComponent("in"), outURL = dir.appendingPathComponent("out")
-        try Data(input).write(to: inURL)
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/bin/sh")
-        p.arguments = ["-c", "\(command) < '\(inURL.path)' > '\(outURL.path)' 2>/dev/null"]
-        try p.run()
-        p.waitUntilExit()
-        guard p.terminationStatus == 0 else { return nil }
-        return [UInt8](try Data(contentsOf: outURL))
+    /// Runs `command` (a shell pipeline reading stdin, writing stdout) over `input`.
+    func run(_ command: String, _ input: [UInt8]) throws -> [UInt8] {
+        let r = try Subprocess.run("/bin/sh", ["-c", command], input: .bytes(Data(input)), timeout: 300)
+        guard r.status == 0, !r.signalled else { throw TestSetupError("`\(command)` failed: \(r.stderr)") }
+        return Array(r.stdoutData)
     }
 
     func sizeTrailer(_ n: Int) -> [UInt8] { (0..<4).map { UInt8(truncatingIfNeeded: n >> (8 * $0)) } }
 
-    /// The kernel's compression commands (CONFIG_KERNEL_*), each with its size trailer.
+    /// The kernel's compression commands (CONFIG_KERNEL_*), each with its size trailer. Every tool
+    /// is required (scripts/test installs gzip, xz-utils, lz4 and zstd).
     func compressedPayloads() throws -> [(PayloadCompression, [UInt8])] {
         let elf = DecompressTests.elfImage
         var out: [(PayloadCompression, [UInt8])] = []
-        let tools: [(PayloadCompression, String, Bool)] = [
-            (.gzip, "gzip -n -f -9", false),
-            (.xz, "xz --check=crc32 --x86 --lzma2=dict=1MiB", true),
-            (.lzma, "lzma -9", true),
-            (.lz4, "lz4 -l -9 -c -", true),
-            (.zstd, "zstd -19 -c", true),
+        let tools: [(PayloadCompression, String, String, Bool)] = [
+            (.gzip, "gzip", "gzip -n -f -9", false),
+            (.xz, "xz-utils", "xz --check=crc32 --x86 --lzma2=dict=1MiB", true),
+            (.lzma, "xz-utils", "lzma -9", true),
+            (.lz4, "lz4", "lz4 -l -9 -c -", true),
+            (.zstd, "zstd", "zstd -19 -c", true),
         ]
-        for (c, cmd, trailer) in tools {
-            guard let z = try run(cmd, elf) else { print("note: \(cmd) unavailable, \(c) not tested"); continue }
+        for (c, package, cmd, trailer) in tools {
+            _ = try Repository.tool(String(cmd.prefix { $0 != " " }), package: package)
+            let z = try run(cmd, elf)
             out.append((c, trailer ? z + sizeTrailer(elf.count) : z))
         }
         return out
@@ -54,7 +48,7 @@ final class DecompressTests: XCTestCase {
 
     func testUnpacksEveryKernelCompressionFormat() throws {
         let payloads = try compressedPayloads()
-        XCTAssertTrue(payloads.contains { $0.0 == .gzip }, "gzip must always be testable")
+        XCTAssertEqual(payloads.map(\.0), [.gzip, .xz, .lzma, .lz4, .zstd], "every format the kernel build can use")
         for (c, z) in payloads {
             let bz = Synth.bzImage(wrapping: z)
             let p = try LinuxLoader.payload(ofBzImage: bz)
@@ -126,18 +120,13 @@ final class DecompressTests: XCTestCase {
         XCTAssertLoaderError(try LinuxLoader.extractVmlinux(bzImage: huge),
                              { $0.description.contains("MiB uncompressed") }, "size cap")
         // Not an ELF inside.
-        if let z = try run("gzip -n -9", [UInt8](repeating: 0x41, count: 5000)) {
-            XCTAssertLoaderError(try LinuxLoader.extractVmlinux(bzImage: Synth.bzImage(wrapping: z)),
-                                 { $0.description.contains("not an ELF") }, "not an ELF")
-        }
+        let z = try run("gzip -n -9", [UInt8](repeating: 0x41, count: 5000))
+        XCTAssertLoaderError(try LinuxLoader.extractVmlinux(bzImage: Synth.bzImage(wrapping: z)),
+                             { $0.description.contains("not an ELF") }, "not an ELF")
     }
 
     func testDebianKernelUnpacksOnHost() throws {
-        let url = RealKernelTests.repoRoot.appendingPathComponent("fixtures/vmlinuz-cloud")
-        guard FileManager.default.fileExists(atPath: url.path) else {
-            throw XCTSkip("fixtures/vmlinuz-cloud not found: run scripts/fetch-guest")
-        }
-        let file = [UInt8](try Data(contentsOf: url))
+        let file = [UInt8](try Data(contentsOf: URL(fileURLWithPath: try Repository.fixture("vmlinuz-cloud"))))
         let p = try LinuxLoader.payload(ofBzImage: file)
         XCTAssertEqual(p.compression, .lz4)
         let vmlinux = try LinuxLoader.extractVmlinux(bzImage: file)

@@ -3,18 +3,12 @@ import Foundation
 @testable import LinuxLoader
 import VMMemory
 import CPUBackend
+import SwhvTestSupport
 
 /// Tests against Debian's cloud kernel, fetched by scripts/fetch-guest into fixtures/ (not committed).
 final class RealKernelTests: XCTestCase {
-    static let repoRoot = URL(fileURLWithPath: #filePath)
-        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-
     func realKernel() throws -> [UInt8] {
-        let url = RealKernelTests.repoRoot.appendingPathComponent("fixtures/vmlinuz-cloud")
-        guard FileManager.default.fileExists(atPath: url.path) else {
-            throw XCTSkip("fixtures/vmlinuz-cloud not found: run scripts/fetch-guest to test with Debian's kernel")
-        }
-        return [UInt8](try Data(contentsOf: url))
+        [UInt8](try Data(contentsOf: URL(fileURLWithPath: try Repository.fixture("vmlinuz-cloud"))))
     }
 
     func testLoadsDebianCloudKernelInto512MiB() throws {

@@ -3,6 +3,7 @@ import Foundation
 import VMMemory
 import X86Interpreter
 import XCTest
+import SwhvTestSupport
 
 /// Throughput of the interpreter on a CPU-bound loop (ALU, loads/stores, call/ret, branches).
 /// Prints MIPS; set SWHV_BENCH_INSTRUCTIONS for a longer run (use a release build:

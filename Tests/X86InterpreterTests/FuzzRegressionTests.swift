@@ -1,6 +1,7 @@
 import Foundation
 import X86Interpreter
 import XCTest
+import SwhvTestSupport
 
 /// Replays the committed differential-fuzz corpus (FuzzCorpus/*.txt, written by
 /// scripts/oracle/fuzz.py: unicorn's state after every instruction, host-CPU checked) on the

@@ -3,6 +3,7 @@ import Dispatch
 import VMMemory
 import X86Interpreter
 import XCTest
+import SwhvTestSupport
 
 /// A fake 8259: a pending vector until acknowledged.
 final class FakePIC: ExternalInterrupts {

@@ -2,6 +2,7 @@ import CPUBackend
 import VMMemory
 import X86Interpreter
 import XCTest
+import SwhvTestSupport
 
 /// What MMX instructions do to the x87 state, and their CR0/#MF checks: the side effects the oracle
 /// vectors (unicorn, corrected to the host CPU) cover only for single instructions. Expected values

@@ -2,6 +2,7 @@ import CPUBackend
 import VMMemory
 import X86Interpreter
 import XCTest
+import SwhvTestSupport
 
 /// 4 KiB paging: permissions, #PF error codes and CR2, A/D bits, INVLPG and CR3 reload semantics.
 final class PagingTests: XCTestCase {

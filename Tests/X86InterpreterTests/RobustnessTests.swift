@@ -3,6 +3,7 @@ import Foundation
 import VMMemory
 import X86Interpreter
 import XCTest
+import SwhvTestSupport
 
 /// Random bytes executed as kernel code must never crash or wedge the host: every path a guest
 /// controls (decoder, descriptor loads, gates, MSRs, control registers) has to fail as an x86

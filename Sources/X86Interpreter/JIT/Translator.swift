@@ -457,23 +457,23 @@ struct BlockTranslator {
         let site = a.newLabel()
         a.bind(site)
         let start = a.position
-        a.byte(0x48); a.byte(0x8D); a.byte(0x9B); a.u32(UInt32(bitPattern: Int32(ripDelta)))   // lea rbx, [rbx+delta]
+        a.raw([0x48, 0x8D, 0x9B]); a.u32(UInt32(bitPattern: Int32(ripDelta)))   // lea rbx, [rbx+delta]
         let targetOffset = entryOffset + ripDelta
         if targetOffset >= 0 && targetOffset < 4096 {
             a.jmp(late)
             precondition(a.position - start == LinkSite.samePageEnd, "link site layout")
         } else {
             let xtag = UInt32(bitPattern: tlbHalf + JITLayout.tlbXtag), phys = UInt32(bitPattern: tlbHalf + JITLayout.tlbPhys)
-            a.bytes += [0x48, 0x89, 0xDE, 0x48, 0xC1, 0xEE, 0x0C, 0x81, 0xE6, 0xFF, 0x03, 0x00, 0x00,
-                        0x48, 0x8D, 0x34, 0xB6, 0x48, 0x89, 0xDA, 0x48, 0x81, 0xE2, 0x00, 0xF0, 0xFF, 0xFF,
-                        0x49, 0x3B, 0x94, 0xF5]
+            a.raw([0x48, 0x89, 0xDE, 0x48, 0xC1, 0xEE, 0x0C, 0x81, 0xE6, 0xFF, 0x03, 0x00, 0x00,
+                   0x48, 0x8D, 0x34, 0xB6, 0x48, 0x89, 0xDA, 0x48, 0x81, 0xE2, 0x00, 0xF0, 0xFF, 0xFF,
+                   0x49, 0x3B, 0x94, 0xF5])
             a.u32(xtag)
             a.jcc(5, late)
-            a.bytes += [0x49, 0x8B, 0x94, 0xF5]; a.u32(phys)
-            a.bytes += [0x48, 0xC1, 0xEA, 0x0C, 0x81, 0xFA]; a.u32(0)
+            a.raw([0x49, 0x8B, 0x94, 0xF5]); a.u32(phys)
+            a.raw([0x48, 0xC1, 0xEA, 0x0C, 0x81, 0xFA]); a.u32(0)
             a.jcc(5, late)
-            a.bytes += [0x49, 0x8B, 0x84, 0x24]; a.u32(UInt32(bitPattern: JITLayout.ctxPageGen))
-            a.bytes += [0x81, 0xB8]; a.u32(0); a.u32(0)
+            a.raw([0x49, 0x8B, 0x84, 0x24]); a.u32(UInt32(bitPattern: JITLayout.ctxPageGen))
+            a.raw([0x81, 0xB8]); a.u32(0); a.u32(0)
             a.jcc(5, late)
             a.jmp(late)
             precondition(a.position - start == LinkSite.crossEnd, "link site layout")

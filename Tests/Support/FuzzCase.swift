@@ -1,7 +1,6 @@
 // Differential fuzz cases: an instruction stream with the oracle's state after every instruction,
-// replayed step by step on the interpreter. Shared by the swhv-cpu-runner executable (driven by
-// scripts/oracle/fuzz.py) and the FuzzRegressionTests corpus (Tests/X86InterpreterTests/FuzzCase.swift
-// is a symbolic link to this file).
+// replayed step by step on the interpreter. Shared (through SwhvTestSupport) by the
+// swhv-cpu-runner executable (driven by scripts/oracle/fuzz.py) and the FuzzRegressionTests corpus.
 //
 // Text format, one record per line (hex numbers without 0x):
 //   C <id> <rflags> <memory seed> <rax> <rcx> ... <r15>     initial state
@@ -31,18 +30,18 @@ import Darwin
 #endif
 
 /// Guest layout of a fuzz case (scripts/oracle/fuzz_gen.py uses the same numbers).
-enum FuzzLayout {
-    static let code: UInt64 = 0x10000, codeSize = 0x10000
-    static let data: UInt64 = 0x10_0000, dataSize = 0x2000
-    static let stackLo: UInt64 = 0x1F_E000, stackTop: UInt64 = 0x20_0000
-    static let ramSize: UInt64 = 2 << 20
-    static let pml4: UInt64 = 0x1000
+public enum FuzzLayout {
+    public static let code: UInt64 = 0x10000, codeSize = 0x10000
+    public static let data: UInt64 = 0x10_0000, dataSize = 0x2000
+    public static let stackLo: UInt64 = 0x1F_E000, stackTop: UInt64 = 0x20_0000
+    public static let ramSize: UInt64 = 2 << 20
+    public static let pml4: UInt64 = 0x1000
     /// x87 state is read with FXSAVE [x87Scratch] at x87Stub (then UD2); FNINIT, UD2 at x87Stub + 10.
-    static let x87Scratch: UInt64 = 0x18_0000, x87Stub: UInt64 = 0x1F_0000
-    static let x87StubCode: [UInt8] = [0x0F, 0xAE, 0x04, 0x25, 0x00, 0x00, 0x18, 0x00, 0x0F, 0x0B, 0xDB, 0xE3, 0x0F, 0x0B]
+    public static let x87Scratch: UInt64 = 0x18_0000, x87Stub: UInt64 = 0x1F_0000
+    public static let x87StubCode: [UInt8] = [0x0F, 0xAE, 0x04, 0x25, 0x00, 0x00, 0x18, 0x00, 0x0F, 0x0B, 0xDB, 0xE3, 0x0F, 0x0B]
 
     /// Initial data and stack contents: splitmix64 of (seed + address * golden ratio) per 8-byte word.
-    static func fill(seed: UInt64, base: UInt64, count: Int) -> [UInt8] {
+    public static func fill(seed: UInt64, base: UInt64, count: Int) -> [UInt8] {
         var out = [UInt8](repeating: 0, count: count)
         for i in 0..<count / 8 {
             var z = seed &+ (base &+ UInt64(i) &* 8) &* 0x9E37_79B9_7F4A_7C15
@@ -55,75 +54,75 @@ enum FuzzLayout {
     }
 }
 
-struct FuzzStep {
-    var rip: UInt64 = 0
-    var rflags: UInt64 = 0
+public struct FuzzStep {
+    public var rip: UInt64 = 0
+    public var rflags: UInt64 = 0
     /// RFLAGS bits defined at this point (the oracle's undefined flags are left out).
-    var flagMask: UInt64 = 0
-    var regs: [(index: Int, value: UInt64)] = []
-    var writes: [(address: UInt64, size: Int, value: UInt64)] = []
-    var xmm: [(index: Int, value: (UInt64, UInt64))] = []
-    var mxcsr: UInt32?
-    var x87: FuzzX87?
+    public var flagMask: UInt64 = 0
+    public var regs: [(index: Int, value: UInt64)] = []
+    public var writes: [(address: UInt64, size: Int, value: UInt64)] = []
+    public var xmm: [(index: Int, value: (UInt64, UInt64))] = []
+    public var mxcsr: UInt32?
+    public var x87: FuzzX87?
     /// Disassembly, when the case file carries it.
-    var comment: Substring = ""
+    public var comment: Substring = ""
 }
 
-struct FuzzCase {
-    var id: Substring = ""
-    var regs = [UInt64](repeating: 0, count: 16)
-    var rflags: UInt64 = 2
-    var memorySeed: UInt64 = 0
-    var fsBase: UInt64 = 0, gsBase: UInt64 = 0
-    var xmm = [(UInt64, UInt64)](repeating: (0, 0), count: 16)
-    var mxcsr: UInt32 = 0x1F80
+public struct FuzzCase {
+    public var id: Substring = ""
+    public var regs = [UInt64](repeating: 0, count: 16)
+    public var rflags: UInt64 = 2
+    public var memorySeed: UInt64 = 0
+    public var fsBase: UInt64 = 0, gsBase: UInt64 = 0
+    public var xmm = [(UInt64, UInt64)](repeating: (0, 0), count: 16)
+    public var mxcsr: UInt32 = 0x1F80
     /// MXCSR bits compared (the oracle may not model the exception flags).
-    var mxcsrMask: UInt32 = 0xFFFF
-    var code: [UInt8] = []
-    var steps: [FuzzStep] = []
+    public var mxcsrMask: UInt32 = 0xFFFF
+    public var code: [UInt8] = []
+    public var steps: [FuzzStep] = []
     /// The exception the instruction after the last step must raise.
-    var fault: FuzzFault?
+    public var fault: FuzzFault?
 }
 
 /// x87 state as FXSAVE stores it.
-struct FuzzX87: Equatable {
-    var fcw: UInt16 = 0x37F
-    var fsw: UInt16 = 0
-    var ftw: UInt8 = 0
+public struct FuzzX87: Equatable {
+    public var fcw: UInt16 = 0x37F
+    public var fsw: UInt16 = 0
+    public var ftw: UInt8 = 0
     /// FSW bits compared (undefined condition codes and exception flags are not).
-    var fswMask: UInt16 = 0
+    public var fswMask: UInt16 = 0
     /// ST0...ST7 as 80-bit values: (significand, sign and exponent).
-    var st = [(UInt64, UInt16)](repeating: (0, 0), count: 8)
+    public var st = [(UInt64, UInt16)](repeating: (0, 0), count: 8)
 
-    static func == (a: FuzzX87, b: FuzzX87) -> Bool {
+    public static func == (a: FuzzX87, b: FuzzX87) -> Bool {
         a.fcw == b.fcw && a.fsw == b.fsw && a.ftw == b.ftw && a.fswMask == b.fswMask
             && zip(a.st, b.st).allSatisfy { $0.0 == $1.0 && $0.1 == $1.1 }
     }
 
     /// Whether ST(i) holds a value (FXSAVE's abridged tag is per physical register).
-    func valid(_ i: Int) -> Bool { (ftw >> UInt8((Int(fsw >> 11) + i) & 7)) & 1 != 0 }
+    public func valid(_ i: Int) -> Bool { (ftw >> UInt8((Int(fsw >> 11) + i) & 7)) & 1 != 0 }
 }
 
-struct FuzzFault {
-    var vector: Int
-    var errorCode: UInt32?
-    var cr2: UInt64?
-    var comment: Substring = ""
+public struct FuzzFault {
+    public var vector: Int
+    public var errorCode: UInt32?
+    public var cr2: UInt64?
+    public var comment: Substring = ""
 }
 
-enum FuzzParseError: Error, CustomStringConvertible {
+public enum FuzzParseError: Error, CustomStringConvertible {
     case badLine(Int, String)
-    var description: String {
+    public var description: String {
         switch self { case .badLine(let n, let why): "line \(n): \(why)" }
     }
 }
 
 /// Reads cases from a line stream.
-struct FuzzCaseReader {
+public struct FuzzCaseReader {
     private var current: FuzzCase?
     private var lineNumber = 0
 
-    init() {}
+    public init() {}
 
     private static func hex(_ s: Substring) -> UInt64? { UInt64(s, radix: 16) }
 
@@ -156,7 +155,7 @@ struct FuzzCaseReader {
     }
 
     /// Feeds one line; returns a case when its `E` line arrives.
-    mutating func feed(_ line: Substring) throws(FuzzParseError) -> FuzzCase? {
+    public mutating func feed(_ line: Substring) throws(FuzzParseError) -> FuzzCase? {
         lineNumber += 1
         var text = line
         var comment: Substring = ""
@@ -268,7 +267,7 @@ struct FuzzCaseReader {
     }
 
     /// Parses a whole file.
-    static func parseAll(_ text: String) throws(FuzzParseError) -> [FuzzCase] {
+    public static func parseAll(_ text: String) throws(FuzzParseError) -> [FuzzCase] {
         var r = FuzzCaseReader()
         var out: [FuzzCase] = []
         for line in text.split(separator: "\n", omittingEmptySubsequences: true) {
@@ -280,11 +279,11 @@ struct FuzzCaseReader {
 }
 
 /// The first point where the interpreter and the oracle disagree.
-struct FuzzDivergence {
+public struct FuzzDivergence {
     /// Index into `steps`; `steps.count` for a difference found only at the end (stray writes).
-    var step: Int
-    var rip: UInt64
-    var problems: [String]
+    public var step: Int
+    public var rip: UInt64
+    public var problems: [String]
 }
 
 private final class NullIO: IOHandler {
@@ -295,9 +294,9 @@ private final class NullIO: IOHandler {
 }
 
 /// One interpreter on a 2 MiB identity-mapped guest, reused across cases.
-final class FuzzMachine {
-    let memory: GuestMemory
-    let cpu: X86Interpreter
+public final class FuzzMachine {
+    public let memory: GuestMemory
+    public let cpu: X86Interpreter
     private let io = NullIO()
     private let control = VMControl()
     /// RAM outside code/data/stack as set up; checked after each case for stray writes.
@@ -305,13 +304,13 @@ final class FuzzMachine {
     private var codeExtent = 0
     /// Every block translated to host code before it runs (the whole-stream pass then runs
     /// translated: a stopper after the code ends the block where the case ends).
-    let translated: Bool
+    public let translated: Bool
     /// One-byte INTO opcodes: #UD in 64-bit mode, wherever a branch lands.
-    static let stopper = [UInt8](repeating: 0xCE, count: 16)
+    public static let stopper = [UInt8](repeating: 0xCE, count: 16)
 
     /// The case's code with the stopper where the case ends: after the last step (the code may hold
     /// more bytes than the steps ran), or after the code when the case ends with a fault.
-    static func withStopper(_ c: FuzzCase) -> [UInt8] {
+    public static func withStopper(_ c: FuzzCase) -> [UInt8] {
         var end = c.code.count
         if c.fault == nil, let last = c.steps.last?.rip, last >= FuzzLayout.code {
             end = min(end, Int(last - FuzzLayout.code))
@@ -319,7 +318,7 @@ final class FuzzMachine {
         return Array(c.code[..<end]) + stopper
     }
 
-    init(translated: Bool = false) throws {
+    public init(translated: Bool = false) throws {
         self.translated = translated
         memory = try GuestMemory(size: FuzzLayout.ramSize)
         // PML4 -> PDPT -> PD with one 2 MiB page (present, writable, user) at 0. Accessed and dirty
@@ -333,16 +332,12 @@ final class FuzzMachine {
         cpu.interceptExceptions = true
     }
 
-    static func entryState() -> CPUEntryState {
-        var s = CPUEntryState()
-        s.rip = FuzzLayout.code
-        s.cr0 = 0x8005_0033   // PG WP NE ET MP PE
-        s.cr3 = FuzzLayout.pml4
-        s.cr4 = 0x620         // PAE OSFXSR OSXMMEXCPT
-        s.efer = 0xD01        // SCE LME LMA NXE
-        s.cs = Segment(base: 0, limit: 0xFFFF_FFFF, selector: 0x10, type: 0xB, dpl: 0, db: false, l: true, g: true)
-        let data = Segment(base: 0, limit: 0xFFFF_FFFF, selector: 0x18, type: 0x3, dpl: 0, db: true, g: true)
-        s.ds = data; s.es = data; s.ss = data; s.fs = data; s.gs = data
+    /// Flat 64-bit ring 0 at the code, as `LongModeGuest` but with the reset descriptor tables:
+    /// the oracle (scripts/oracle/fuzz_gen.py) sets up none, and exceptions are intercepted.
+    public static func entryState() -> CPUEntryState {
+        var s = LongModeGuest.entryState(rip: FuzzLayout.code, rsp: 0)
+        s.gdt = CPUEntryState().gdt
+        s.idt = CPUEntryState().idt
         return s
     }
 
@@ -353,7 +348,7 @@ final class FuzzMachine {
     }
     private var mxcsrMask: UInt32 = 0xFFFF
 
-    static let regNames = ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
+    public static let regNames = ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
                            "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"]
 
     /// Expected data and stack contents, kept up to date with the oracle's writes.
@@ -536,7 +531,7 @@ final class FuzzMachine {
     /// Two passes: the whole stream in one `run(maxInstructions:)` (decoded blocks executed the way
     /// the VMM runs them, compared at the end), then instruction by instruction with `step`
     /// (compared after each), which also locates a difference the first pass saw.
-    func run(_ c: FuzzCase) throws -> FuzzDivergence? {
+    public func run(_ c: FuzzCase) throws -> FuzzDivergence? {
         let L = FuzzLayout.self
         var wholeProblems: [String] = []
         let faultRIP = c.steps.last?.rip ?? L.code

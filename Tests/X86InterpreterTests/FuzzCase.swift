@@ -1,1 +1,0 @@
-../../Sources/swhv-cpu-runner/FuzzCase.swift
