@@ -32,6 +32,7 @@ public enum NetError: Error, Equatable, CustomStringConvertible {
         case .tunUnavailable(let e):
             return "cannot open /dev/net/tun: \(String(cString: strerror(e)))"
                 + (e == ENOENT || e == ENODEV ? " (load the tun module: modprobe tun)" : "")
+                + (e == EACCES ? " (swhv needs read-write access to it; distributions make it 0666)" : "")
         case .failed(let t, let op, let e):
             return "TAP device '\(t)': \(op) failed: \(String(cString: strerror(e)))"
         }
