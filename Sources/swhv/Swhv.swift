@@ -45,6 +45,13 @@ struct Swhv: ParsableCommand {
 struct Boot: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Boot a Linux kernel.",
+        // Written out: with more than 12 options ArgumentParser would print only `[<options>]`.
+        usage: """
+            swhv boot --kernel <path> [--initrd <path>] [--cmdline <args>] [--no-default-cmdline]
+                      [--disk <path>[,readonly][,serial=ID]]... [--net tap=NAME[,mac=MAC]]... [--rng|--no-rng]
+                      [--memory <size>] [--accel auto|kvm|interp] [--guest-decompress] [--boot-timer]
+                      [--no-seccomp] [--quiet] [--verbose]
+            """,
         // One line per paragraph: ArgumentParser wraps them to the terminal.
         discussion: """
             The kernel may be a bzImage or an uncompressed vmlinux (ELF). The guest console is this terminal; press Ctrl-A x to quit, Ctrl-A Ctrl-A to send Ctrl-A. swhv exits with status 0 when the guest reboots or powers off, and 1 with a one-line message on any error (bad files, a guest triple fault, a vCPU failure).
