@@ -49,7 +49,7 @@ let package = Package(
         .systemLibrary(name: "CSeccomp", path: "Modules/CSeccomp"),
         // The command line: argument parsing only.
         .executableTarget(name: "swhv", dependencies: [
-            "VMM", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "VMM", "X86Interpreter", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // Replays differential fuzz cases on the interpreter (driven by scripts/oracle/fuzz.py).
         .executableTarget(name: "swhv-cpu-runner", dependencies: ["X86Interpreter", "VMMemory", "CPUBackend",

@@ -71,13 +71,20 @@ public final class InterpreterFuzzer {
     func runBlocks(_ data: [UInt8], budget: Int) -> Bool {
         guard load(data) else { return false }
         var left = budget
+        var lastRIP = UInt64.max, sameRIP = 0
         while left > 0 {
             let before = cpu.instructionsRetired
-            if cpu.run(io: io, maxInstructions: UInt64(left)) != nil { break }
+            // In chunks, so that a long REP (which retires one instruction per slice of thousands
+            // of elements) is cut short as `run` does it above.
+            if cpu.run(io: io, maxInstructions: UInt64(min(left, 64))) != nil { break }
             if cpu.interceptedException != nil || cpu.isHalted { break }
             let done = Int(cpu.instructionsRetired &- before)
             if done == 0 { break }
             left -= done
+            let rip = cpu.instructionPointer
+            sameRIP = rip == lastRIP ? sameRIP + 1 : 0
+            lastRIP = rip
+            if sameRIP >= 2 { break }
         }
         return true
     }

@@ -81,7 +81,7 @@ public final class DeadlineKicker: @unchecked Sendable {
                 pthread_mutex_lock(mutex)
                 continue
             }
-            var ts = timespec(tv_sec: Int(due / 1_000_000_000), tv_nsec: Int(due % 1_000_000_000))
+            var ts = timespec(tv_sec: Int(truncatingIfNeeded: due / 1_000_000_000), tv_nsec: Int(truncatingIfNeeded: due % 1_000_000_000))
             pthread_cond_timedwait(condition, mutex, &ts)
         }
         pthread_mutex_unlock(mutex)

@@ -55,15 +55,15 @@ public enum KVMExit {
             let count = Int(load(CKVM_RUN_IO_COUNT(), UInt32.self))
             let offset = load(CKVM_RUN_IO_DATA_OFFSET(), UInt64.self)
             let length = size * count
-            guard size == 1 || size == 2 || size == 4, offset <= UInt64(pageSize),
-                  length <= pageSize - Int(offset) else {
+            guard size == 1 || size == 2 || size == 4, offset <= UInt64(truncatingIfNeeded: pageSize),
+                  length <= pageSize - Int(truncatingIfNeeded: offset) else {
                 self = .malformed(reason: reason, detail: "port I/O of \(count) x \(size) bytes at page offset \(hex(offset))")
                 return
             }
             self = .portIO(KVMPortIO(
                 port: load(CKVM_RUN_IO_PORT(), UInt16.self), size: size, count: count,
-                isWrite: load(CKVM_RUN_IO_DIRECTION(), UInt8.self) == UInt8(KVM_EXIT_IO_OUT),
-                data: UnsafeMutableRawBufferPointer(start: run + Int(offset), count: length)))
+                isWrite: load(CKVM_RUN_IO_DIRECTION(), UInt8.self) == UInt8(truncatingIfNeeded: KVM_EXIT_IO_OUT),
+                data: UnsafeMutableRawBufferPointer(start: run + Int(truncatingIfNeeded: offset), count: length)))
         case KVM_EXIT_MMIO:
             let size = Int(load(CKVM_RUN_MMIO_LEN(), UInt32.self))
             guard size >= 1 && size <= 8 else {
@@ -91,7 +91,7 @@ public enum KVMExit {
             let data = (0..<ndata).map { load(CKVM_RUN_INTERNAL_DATA() + 8 * $0, UInt64.self) }
             // kvm_run.emulation_failure overlays `internal`: flags, then insn_size and up to 15 bytes.
             var bytes: [UInt8]?
-            if suberror == UInt32(KVM_INTERNAL_ERROR_EMULATION), ndata >= 3,
+            if suberror == UInt32(truncatingIfNeeded: KVM_INTERNAL_ERROR_EMULATION), ndata >= 3,
                load(CKVM_RUN_EMULATION_FLAGS(), UInt64.self)
                    & UInt64(KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES) != 0 {
                 let n = min(Int(load(CKVM_RUN_EMULATION_INSN_SIZE(), UInt8.self)), 15)
@@ -117,7 +117,7 @@ public struct KVMInternalError: Equatable, Sendable, CustomStringConvertible {
     }
 
     public var description: String {
-        let kind = suberror == UInt32(KVM_INTERNAL_ERROR_EMULATION)
+        let kind = suberror == UInt32(truncatingIfNeeded: KVM_INTERNAL_ERROR_EMULATION)
             ? "the host could not emulate a guest instruction" : "suberror \(suberror)"
         var parts: [String] = []
         if let rip { parts.append("rip \(hex(rip))") }
@@ -182,8 +182,8 @@ public enum KVMExitHandler {
             return .stop(.shutdown)
         case .systemEvent(let type):
             switch type {
-            case UInt32(KVM_SYSTEM_EVENT_RESET): return .stop(.reset)
-            case UInt32(KVM_SYSTEM_EVENT_SHUTDOWN): return .stop(.poweroff)
+            case UInt32(truncatingIfNeeded: KVM_SYSTEM_EVENT_RESET): return .stop(.reset)
+            case UInt32(truncatingIfNeeded: KVM_SYSTEM_EVENT_SHUTDOWN): return .stop(.poweroff)
             default: return .stop(.shutdown)       // CRASH and anything newer: the guest is gone
             }
         case .failEntry(let reason, let cpu):
@@ -202,11 +202,11 @@ public enum KVMExitHandler {
             let at = i * a.size
             if a.isWrite {
                 var v: UInt32 = 0
-                for b in 0..<a.size { v |= UInt32(a.data[at + b]) << (8 * UInt32(b)) }
+                for b in 0..<a.size { v |= UInt32(a.data[at + b]) << (8 * UInt32(truncatingIfNeeded: b)) }
                 io.portWrite(a.port, size: a.size, value: v)
             } else {
                 let v = io.portRead(a.port, size: a.size)
-                for b in 0..<a.size { a.data[at + b] = UInt8(truncatingIfNeeded: v >> (8 * UInt32(b))) }
+                for b in 0..<a.size { a.data[at + b] = UInt8(truncatingIfNeeded: v >> (8 * UInt32(truncatingIfNeeded: b))) }
             }
         }
     }
@@ -214,11 +214,11 @@ public enum KVMExitHandler {
     static func mmio(_ a: KVMMMIO, io: IOHandler) {
         if a.isWrite {
             var v: UInt64 = 0
-            for b in 0..<a.size { v |= UInt64(a.data[b]) << (8 * UInt64(b)) }
+            for b in 0..<a.size { v |= UInt64(a.data[b]) << (8 * UInt64(truncatingIfNeeded: b)) }
             io.mmioWrite(a.address, size: a.size, value: v)
         } else {
             let v = io.mmioRead(a.address, size: a.size)
-            for b in 0..<a.size { a.data[b] = UInt8(truncatingIfNeeded: v >> (8 * UInt64(b))) }
+            for b in 0..<a.size { a.data[b] = UInt8(truncatingIfNeeded: v >> (8 * UInt64(truncatingIfNeeded: b))) }
         }
     }
 }

@@ -84,7 +84,7 @@ public final class KVMVcpu: @unchecked Sendable {
     /// Reads model-specific registers; nil for one KVM does not return.
     public func getMSRs(_ indices: [UInt32]) throws(KVMError) -> [UInt64?] {
         try withFlexibleArray(kvm_msrs.self, kvm_msr_entry.self, count: indices.count) { (buf, header, entries) throws(KVMError) in
-            header.pointee.nmsrs = UInt32(indices.count)
+            header.pointee.nmsrs = UInt32(truncatingIfNeeded: indices.count)
             for (i, index) in indices.enumerated() { entries[i].index = index }
             let n = Int(try kvmIoctl(fd, CKVM_KVM_GET_MSRS(), "KVM_GET_MSRS", buf))
             return indices.indices.map { $0 < n ? entries[$0].data : nil }

@@ -13,5 +13,5 @@ public func hexDigits<T: BinaryInteger>(_ value: T, width: Int) -> String {
 /// a register outside a window): every bit of that width set. Sizes above 8 count as 8.
 @inlinable
 public func allOnes(size: Int) -> UInt64 {
-    size >= 8 ? UInt64.max : (size <= 0 ? 0 : (UInt64(1) << (UInt64(size) * 8)) - 1)
+    size >= 8 ? UInt64.max : (size <= 0 ? 0 : (UInt64(1) << (UInt64(truncatingIfNeeded: size) * 8)) - 1)
 }

@@ -23,6 +23,9 @@ public struct MachineConfig: Sendable {
     /// Decompress a bzImage's payload on the host and enter the vmlinux directly, skipping the
     /// guest-side decompressor (tens of millions of guest instructions). Off: the plain boot protocol.
     public var unpackOnHost = true
+    /// How the software CPU runs guest code: translated to host code when hot (the default) or
+    /// only interpreted.
+    public var translation: TranslationPolicy = .standard
     /// Block devices, in order: /dev/vda, /dev/vdb, ...
     public var disks: [DiskConfig] = []
     /// Network devices over existing TAPs, in order: eth0, eth1, ...
@@ -137,7 +140,7 @@ public final class Machine: IOHandler, @unchecked Sendable {
             kvm.timedDevices = platform.timedDevices
             vcpu = .kvm(kvm)
         case nil:
-            vcpu = .interpreter(Machine.makeInterpreter(platform: platform))
+            vcpu = .interpreter(Machine.makeInterpreter(platform: platform, translation: config.translation))
         }
         platform.uart.onReceiveReady = { [unowned self] in self.feedUART() }
         let log = self.log
@@ -207,10 +210,10 @@ public final class Machine: IOHandler, @unchecked Sendable {
 
     /// The interpreter on a platform that models the PIC and PIT: it reads INTR from the 8259 pair,
     /// advances the platform's timed devices and takes MSIs into its local APIC.
-    static func makeInterpreter(platform: Platform) -> X86Interpreter {
+    static func makeInterpreter(platform: Platform, translation: TranslationPolicy) -> X86Interpreter {
         let cpu = X86Interpreter(memory: platform.memory, clock: platform.clock,
                                  externalInterrupts: platform.externalInterrupts,
-                                 timedDevices: platform.timedDevices)
+                                 timedDevices: platform.timedDevices, translation: translation)
         platform.setMSITarget { [unowned cpu] address, data in cpu.deliverMSI(address: address, data: data) }
         // Disk reads land in guest RAM without passing the CPU: drop code decoded from those pages.
         platform.memory.dmaWriteObserver = { [unowned cpu] address, length in

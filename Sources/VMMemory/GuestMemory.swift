@@ -78,7 +78,7 @@ public final class GuestMemory: @unchecked Sendable {
         }
         var regions: [MemoryRegion] = []
         for (base, len) in layout {
-            guard let host = GuestMemory.mapRegion(length: Int(len)) else {
+            guard let length = Int(exactly: len), let host = GuestMemory.mapRegion(length: length) else {
                 let e = errno
                 for r in regions { GuestMemory.unmapRegion(r) }
                 throw MemoryError.mapFailed(size: len, errno: e)
@@ -105,9 +105,9 @@ public final class GuestMemory: @unchecked Sendable {
         let reserve = length + 2 * guardSize + hostAlignment
         guard let p = mmap(nil, reserve, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
               p != MAP_FAILED else { return nil }
-        let first = UInt(bitPattern: p) + UInt(guardSize)
-        let aligned = (first + UInt(hostAlignment - 1)) & ~UInt(hostAlignment - 1)
-        let ram = p + Int(aligned - UInt(bitPattern: p))
+        let first = UInt(bitPattern: p) + UInt(truncatingIfNeeded: guardSize)
+        let aligned = (first + UInt(truncatingIfNeeded: hostAlignment - 1)) & ~UInt(truncatingIfNeeded: hostAlignment - 1)
+        let ram = p + Int(truncatingIfNeeded: aligned - UInt(bitPattern: p))
         guard mprotect(ram, length, PROT_READ | PROT_WRITE) == 0 else {
             let e = errno
             munmap(p, reserve)

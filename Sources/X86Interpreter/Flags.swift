@@ -35,7 +35,7 @@ extension X86Interpreter {
             let r = st.pointee.ccDst & sizeMask(s)
             let msb = (r >> UInt64((8 << s) - 1)) & 1
             let cf: UInt64, of: UInt64
-            if op >> 2 == CC.rol { cf = r & 1; of = msb ^ cf } else { cf = msb; of = msb ^ ((r >> UInt64((8 << s) - 2)) & 1) }
+            if op >> 2 == CC.rol { cf = r & 1; of = msb ^ cf } else { cf = msb; of = msb ^ ((r >> UInt64(truncatingIfNeeded: (8 << s) - 2)) & 1) }
             return base & ~(Flag.cf | Flag.of) | cf | (of != 0 ? Flag.of : 0)
         }
         return X86Interpreter.flags(op, st.pointee.ccDst, st.pointee.ccSrc, st.pointee.ccSrc2)

@@ -1,5 +1,6 @@
 import Glibc
 import VMM
+import X86Interpreter
 
 /// swhv's version, printed by `swhv --version`.
 let swhvVersion = "0.1.0"
@@ -7,7 +8,7 @@ let swhvVersion = "0.1.0"
 /// The options `boot` and `run-image` share, validated in one place: guest RAM, the CPU backend
 /// and the disks. Each problem is one `MachineError` line.
 enum MachineOptions {
-    static func config(memory: String, accel: String, disks: [String]) throws(MachineError) -> MachineConfig {
+    static func config(memory: String, accel: String, translate: String = "on", disks: [String]) throws(MachineError) -> MachineConfig {
         var config = MachineConfig()
         guard let size = MemorySize.parse(memory) else {
             throw .invalidArgument("--memory '\(memory)' is not a size (try 512M or 1G)")
@@ -18,6 +19,11 @@ enum MachineOptions {
             throw .invalidArgument("--accel '\(accel)' is not one of auto, kvm, interp")
         }
         config.accelerator = a
+        switch translate {
+        case "on": config.translation = TranslationPolicy.default   // SWHV_TRANSLATE may tune it for experiments
+        case "off": config.translation = .off
+        default: throw .invalidArgument("--translate '\(translate)' is not one of on, off")
+        }
         for d in disks { config.disks.append(try DiskConfig.parse(d)) }
         try HostFile.checkDisks(config.disks.map(\.path))
         return config

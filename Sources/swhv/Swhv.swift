@@ -45,12 +45,12 @@ struct Swhv: ParsableCommand {
 struct Boot: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Boot a Linux kernel.",
-        // Written out: with more than 12 options ArgumentParser would print only `[<options>]`.
+        // Written out: ArgumentParser collapses more than a dozen options into `[<options>]`.
         usage: """
             swhv boot --kernel <path> [--initrd <path>] [--cmdline <args>] [--no-default-cmdline]
                       [--disk <path>[,readonly][,serial=ID]]... [--net tap=NAME[,mac=MAC]]... [--rng|--no-rng]
-                      [--memory <size>] [--accel auto|kvm|interp] [--guest-decompress] [--boot-timer]
-                      [--no-seccomp] [--quiet] [--verbose]
+                      [--memory <size>] [--accel auto|kvm|interp] [--translate on|off] [--guest-decompress]
+                      [--boot-timer] [--no-seccomp] [--quiet] [--verbose]
             """,
         // One line per paragraph: ArgumentParser wraps them to the terminal.
         discussion: """
@@ -103,6 +103,11 @@ struct Boot: ParsableCommand {
         valueName: "auto|kvm|interp"))
     var accel: String = "auto"
 
+    @Option(name: .long, help: ArgumentHelp(
+        "On the software CPU, translate hot guest code to host code (on, the default) or only interpret it (off: slower, for diffing and debugging).",
+        valueName: "on|off"))
+    var translate: String = "on"
+
     @Flag(name: .long, help: "Run the bzImage's own decompressor in the guest instead of unpacking the kernel on the host.")
     var guestDecompress = false
 
@@ -122,7 +127,7 @@ struct Boot: ParsableCommand {
     var processStart: UInt64 = VirtualClock.hostMonotonicNs()
 
     enum CodingKeys: String, CodingKey {
-        case kernel, initrd, cmdline, noDefaultCmdline, disk, memory, guestDecompress, accel, bootTimer, quiet, verbose
+        case kernel, initrd, cmdline, noDefaultCmdline, disk, memory, guestDecompress, accel, translate, bootTimer, quiet, verbose
         case noSeccomp, net, rng
     }
 
@@ -132,7 +137,7 @@ struct Boot: ParsableCommand {
             throw MachineError.invalidArgument(
                 "--no-default-cmdline needs --cmdline: the kernel would get an empty command line (and no console)")
         }
-        var config = try MachineOptions.config(memory: memory, accel: accel, disks: disk)
+        var config = try MachineOptions.config(memory: memory, accel: accel, translate: translate, disks: disk)
         for n in net { config.nets.append(try NetConfig.parse(n)) }
         config.rng = rng
         config.quiet = quiet
@@ -215,6 +220,10 @@ struct RunImage: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("CPU backend: auto, kvm or interp.", valueName: "auto|kvm|interp"))
     var accel: String = "auto"
 
+    @Option(name: .long, help: ArgumentHelp("Software CPU: translate hot code (on) or only interpret (off).",
+                                            valueName: "on|off"))
+    var translate: String = "on"
+
     @Option(name: .long, help: ArgumentHelp(
         "A host file as a virtio-blk PCI device (00:01.0, 00:02.0, ... in order), as for boot. Repeatable.",
         valueName: "path[,readonly][,serial=ID]"))
@@ -230,7 +239,7 @@ struct RunImage: ParsableCommand {
             guard let v else { throw MachineError.invalidArgument("'\(t)' is not a number") }
             return v
         }
-        var config = try MachineOptions.config(memory: memory, accel: accel, disks: disk)
+        var config = try MachineOptions.config(memory: memory, accel: accel, translate: translate, disks: disk)
         config.irqchip = false
         config.quiet = true
         let address = try number(load)

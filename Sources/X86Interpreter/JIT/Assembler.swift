@@ -56,7 +56,7 @@ struct Assembler {
 
     private static func slot(_ rm: HRM) -> Int8? {
         guard case .m(let m) = rm, m.base == guestBase, m.index == nil, m.disp >= 0, m.disp < guestSlots * 8 else { return nil }
-        return Int8(m.disp >> 3)
+        return Int8(truncatingIfNeeded: m.disp >> 3)
     }
 
     private mutating func clobber(_ r: HReg) { holds[Int(r.rawValue)] = -1 }

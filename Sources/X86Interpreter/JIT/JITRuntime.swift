@@ -94,7 +94,14 @@ final class JIT {
     private let perfMap: UnsafeMutablePointer<FILE>? = getenv("SWHV_PERF_MAP") != nil
         ? fopen("/tmp/perf-\(getpid()).map", "w") : nil
 
+    /// SWHV_JIT_DUMP=DIR: each translation's bytes are written to DIR/RIP.bin (for objdump -b binary).
+    private let dumpDir: String? = getenv("SWHV_JIT_DUMP").map { String(cString: $0) }
+
     func notePerf(offset: Int, size: Int, guestRIP: UInt64, cpl: Int) {
+        if let dumpDir, let f = fopen("\(dumpDir)/\(String(guestRIP, radix: 16)).bin", "w") {
+            fwrite(cache.address(offset), 1, size, f)
+            fclose(f)
+        }
         guard let perfMap else { return }
         let line = "\(String(UInt(bitPattern: cache.address(offset)), radix: 16)) \(String(size, radix: 16)) "
             + "guest_\(cpl == 3 ? "user" : "kernel")_\(String(guestRIP, radix: 16))\n"
@@ -175,12 +182,12 @@ final class JIT {
     /// Records that `la` (at `cpl`) runs the translation at `offset`, of physical page `page`.
     @inline(__always)
     func noteIndirectTarget(_ la: UInt64, cpl: Int, page: Int32, gen: UInt32, offset: Int32) {
-        let e = ibtc + Int(((la >> 12) ^ la) & UInt64(JIT.ibtcEntries - 1)) * 32
+        let e = ibtc + Int(truncatingIfNeeded: ((la >> 12) ^ la) & UInt64(truncatingIfNeeded: JIT.ibtcEntries - 1)) * 32
         e.storeBytes(of: la, as: UInt64.self)
         e.storeBytes(of: UInt(bitPattern: cache.address(Int(offset))), toByteOffset: 8, as: UInt.self)
         e.storeBytes(of: UInt32(bitPattern: page), toByteOffset: 16, as: UInt32.self)
         e.storeBytes(of: gen, toByteOffset: 20, as: UInt32.self)
-        e.storeBytes(of: UInt32(cpl), toByteOffset: 24, as: UInt32.self)
+        e.storeBytes(of: UInt32(truncatingIfNeeded: cpl), toByteOffset: 24, as: UInt32.self)
     }
 
     var exitSite: UnsafeRawPointer {
@@ -193,12 +200,12 @@ final class JIT {
         let at = site - cache.executable
         guard at >= 0 && at + LinkSite.crossEnd <= cache.used else { return }
         if site.load(fromByteOffset: 7, as: UInt8.self) == LinkSite.samePageTag {
-            cache.patch32(at: at + LinkSite.samePageJump, Int32(offset) - Int32(at + LinkSite.samePageEnd))
+            cache.patch32(at: at + LinkSite.samePageJump, Int32(offset) - Int32(truncatingIfNeeded: at + LinkSite.samePageEnd))
         } else {
             cache.patch32(at: at + LinkSite.pageImm, page)
             cache.patch32(at: at + LinkSite.pageDisp, page &* 4)
             cache.patch32(at: at + LinkSite.genImm, Int32(bitPattern: gen))
-            cache.patch32(at: at + LinkSite.crossJump, Int32(offset) - Int32(at + LinkSite.crossEnd))
+            cache.patch32(at: at + LinkSite.crossJump, Int32(offset) - Int32(truncatingIfNeeded: at + LinkSite.crossEnd))
         }
         stats.links += 1
     }
@@ -222,7 +229,7 @@ extension X86Interpreter {
             var ops: [(UInt64, Int)] = []
             for i in 0..<JIT.opSlots where jit.helperRuns[i] > 0 { ops.append((jit.helperRuns[i], i)) }
             ops.sort { $0.0 > $1.0 }
-            line += "\n  helper runs by op: " + ops.prefix(40).map { "\(Op(rawValue: UInt16($0.1)).map { "\($0)" } ?? "?") \($0.0)" }
+            line += "\n  helper runs by op: " + ops.prefix(40).map { "\(Op(rawValue: UInt16(truncatingIfNeeded: $0.1)).map { "\($0)" } ?? "?") \($0.0)" }
                 .joined(separator: ", ")
         }
         return line

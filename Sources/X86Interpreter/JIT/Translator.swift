@@ -501,12 +501,12 @@ struct BlockTranslator {
         a.mov(.rdx, .rbx)
         a.shiftImm(5, 8, .r(.rdx), 12)
         a.alu(6, 8, .rdx, .r(.rbx))
-        a.aluImm(4, 4, .r(.rdx), Int32(JIT.ibtcEntries - 1))
+        a.aluImm(4, 4, .r(.rdx), Int32(truncatingIfNeeded: JIT.ibtcEntries - 1))
         a.shiftImm(4, 4, .r(.rdx), 5)
         a.alu(0, 8, .rdi, .r(.rdx))                                  // rdi = entry
         a.alu(7, 8, .rbx, .m(HMem(.rdi, 0)))                          // la
         a.jcc(5, slow)
-        a.aluImm(7, 4, .m(HMem(.rdi, 24)), Int32(tlbHalf == 0 ? 0 : 3))   // translated for this CPL
+        a.aluImm(7, 4, .m(HMem(.rdi, 24)), Int32(truncatingIfNeeded: tlbHalf == 0 ? 0 : 3))   // translated for this CPL
         a.jcc(5, slow)
         a.mov(.rsi, .rbx)
         a.shiftImm(5, 8, .r(.rsi), 12)

@@ -42,7 +42,7 @@ extension BlockTranslator {
             s.keep = all; s.lookup = false; s.mayExit = false   // a NOP's operand is never accessed
         case .shiftEI:
             let w = 8 << Int(d.osz)
-            let c = Int(d.imm & (w == 64 ? 0x3F : 0x1F))
+            let c = Int(truncatingIfNeeded: d.imm & (w == 64 ? 0x3F : 0x1F))
             guard c >= 1 && c < w else { return nil }
             switch d.sub & 7 {
             case 4, 5, 6, 7:
@@ -198,7 +198,7 @@ extension BlockTranslator {
             a.store(8, greg(d.rm), .rcx)
         case .shiftEI:
             let w = 8 * size
-            let count = UInt8(d.imm & (w == 64 ? 0x3F : 0x1F))
+            let count = UInt8(truncatingIfNeeded: d.imm & (w == 64 ? 0x3F : 0x1F))
             let sub = d.sub & 7
             let rotate = sub <= 1
             let (e, slow) = eOperand(i, size: size, write: true, live: rotate ? live : 0)
@@ -234,7 +234,7 @@ extension BlockTranslator {
             a.store(8, BlockTranslator.ccDstM, .r9)
             a.store(8, BlockTranslator.ccSrcM, .rdx)
             a.store(8, BlockTranslator.ccSrc2M, .r8)
-            a.storeImm(4, BlockTranslator.ccOpM, Int32((sub == 5 ? CC.shr : sub == 7 ? CC.sar : CC.shl) << 2 | UInt32(d.osz)))
+            a.storeImm(4, BlockTranslator.ccOpM, Int32(truncatingIfNeeded: (sub == 5 ? CC.shr : sub == 7 ? CC.sar : CC.shl) << 2 | UInt32(d.osz)))
             memKindRot = false
             a.jmp(done)
             a.bind(zero)
@@ -269,7 +269,7 @@ extension BlockTranslator {
             if saved { restoreFlags() } else { hostValid = 0 }
         }
         a.bind(skip)
-        a.storeImm(4, BlockTranslator.ccOpM, Int32((left ? CC.rol : CC.ror) << 2 | UInt32(sizeIndexOf(size))))
+        a.storeImm(4, BlockTranslator.ccOpM, Int32(truncatingIfNeeded: (left ? CC.rol : CC.ror) << 2 | UInt32(truncatingIfNeeded: sizeIndexOf(size))))
         a.store(8, BlockTranslator.ccDstM, .rcx)
         memKindRot = true
     }
