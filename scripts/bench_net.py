@@ -44,11 +44,15 @@ class Console:
         self.p.stdin.write(f"{command}; echo \"<@{self.seq}@$((40+2))@\"\n".encode())
         self.p.stdin.flush()
         mark = f"<@{self.seq}@42@".encode()
+        echoed = f"<@{self.seq}@$((40+2))@".encode()
         def found(b):
             i = b.find(mark, start)
             if i < 0:
                 return None
-            body = b[start:i].decode(errors="replace").replace("\r", "")
+            # The output starts after the line the shell echoed last (the terminal may echo it
+            # once more while the shell is still starting).
+            j = b.rfind(echoed, start, i)
+            body = b[j if j >= 0 else start:i].decode(errors="replace").replace("\r", "")
             return body.split("\n", 1)[1].strip() if "\n" in body else ""
         return self.read_until(found, timeout)
 

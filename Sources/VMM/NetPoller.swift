@@ -30,7 +30,7 @@ final class NetPoller: @unchecked Sendable {
     init(watches: [Watch]) throws(NetError) {
         self.watches = watches
         links = [Bool?](repeating: nil, count: watches.count)
-        wakeFD = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
+        wakeFD = eventfd(0, Int32(truncatingIfNeeded: EFD_NONBLOCK | EFD_CLOEXEC))
         guard wakeFD >= 0 else { throw .failed(tap: watches.first?.tap.name ?? "", operation: "eventfd", errno: errno) }
         // Without a monitor the link simply stays as first read (a host that forbids netlink).
         monitorFD = cnet_link_monitor_open()
@@ -48,14 +48,14 @@ final class NetPoller: @unchecked Sendable {
 
     /// The link state of every TAP now, asked of the kernel (RTM_GETLINK) and answered on the
     /// monitor socket; nil where it did not answer within `timeoutMs`. Call before `start`.
-    func initialLinks(timeoutMs: Int32 = 1000) -> [Bool?] {
+    func initialLinks(timeoutMs: UInt32 = 1000) -> [Bool?] {
         guard monitorFD >= 0 else { return links }
         for w in watches { _ = cnet_link_request(monitorFD, w.tap.interfaceIndex) }
         let deadline = VirtualClock.hostMonotonicNs() + UInt64(timeoutMs) * 1_000_000
         while links.contains(where: { $0 == nil }) {
             let now = VirtualClock.hostMonotonicNs()
             guard now < deadline else { break }
-            var p = pollfd(fd: monitorFD, events: Int16(POLLIN), revents: 0)
+            var p = pollfd(fd: monitorFD, events: Int16(truncatingIfNeeded: POLLIN), revents: 0)
             guard poll(&p, 1, Int32(truncatingIfNeeded: (deadline - now) / 1_000_000) + 1) > 0 else { break }
             readLinkMessages(report: false)
         }
@@ -92,13 +92,13 @@ final class NetPoller: @unchecked Sendable {
         while !stopping.load(ordering: .sequentiallyConsistent) {
             fds.removeAll(keepingCapacity: true)
             polled.removeAll(keepingCapacity: true)
-            fds.append(pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0))
-            if monitorFD >= 0 { fds.append(pollfd(fd: monitorFD, events: Int16(POLLIN), revents: 0)) }
+            fds.append(pollfd(fd: wakeFD, events: Int16(truncatingIfNeeded: POLLIN), revents: 0))
+            if monitorFD >= 0 { fds.append(pollfd(fd: monitorFD, events: Int16(truncatingIfNeeded: POLLIN), revents: 0)) }
             for (i, w) in watches.enumerated() where !dead[i] && w.tap.wantsReadable.load(ordering: .acquiring) {
-                fds.append(pollfd(fd: w.tap.fd, events: Int16(POLLIN), revents: 0))
+                fds.append(pollfd(fd: w.tap.fd, events: Int16(truncatingIfNeeded: POLLIN), revents: 0))
                 polled.append(i)
             }
-            let n = fds.withUnsafeMutableBufferPointer { poll($0.baseAddress, nfds_t($0.count), -1) }
+            let n = fds.withUnsafeMutableBufferPointer { poll($0.baseAddress, nfds_t(truncatingIfNeeded: $0.count), -1) }
             if n < 0 { if errno == EINTR { continue }; return }
             if fds[0].revents != 0 {
                 var value: UInt64 = 0

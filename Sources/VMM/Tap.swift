@@ -67,7 +67,7 @@ public final class TapBackend: NetBackend, @unchecked Sendable {
     /// Wakes the poller so it starts watching (set by `NetPoller`).
     var wakePoller: (@Sendable () -> Void)?
 
-    static let vnetHeaderFlags = Int16(IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
+    static let vnetHeaderFlags = Int16(truncatingIfNeeded: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
 
     /// Attaches to the existing TAP `name`. Never creates one: a missing interface is an error.
     public init(name: String) throws(NetError) {

@@ -191,7 +191,7 @@ public final class VirtioNet: VirtioDevice {
             case 8: byte = 1    // max_virtqueue_pairs
             default: byte = 0
             }
-            v |= UInt64(byte) << (8 * UInt64(i))
+            v |= UInt64(byte) << (8 * UInt64(truncatingIfNeeded: i))
         }
         return v
     }
@@ -276,17 +276,17 @@ public final class VirtioNet: VirtioDevice {
         var copied = 0
         for s in headerSegments {
             guard let p = memory.hostPointer(s.address, length: s.length) else { return dropTransmit() }
-            (transmitHeader + copied).copyMemory(from: p, byteCount: Int(s.length))
-            copied += Int(s.length)
+            (transmitHeader + copied).copyMemory(from: p, byteCount: Int(truncatingIfNeeded: s.length))
+            copied += Int(truncatingIfNeeded: s.length)
         }
-        let frameLength = Int(total - headerSize)
+        let frameLength = Int(truncatingIfNeeded: total - headerSize)  // <= maxFrameSize, checked above
         guard transmitHeaderIsValid(frameLength: frameLength) else { return dropTransmit() }
         iov[0] = iovec(iov_base: transmitHeader, iov_len: VirtioNet.headerSize)
         var count = 1
         for s in frameSegments {
             guard count < VirtioNet.maxTransmitSegments,
                   let p = memory.hostPointer(s.address, length: s.length) else { return dropTransmit() }
-            iov[count] = iovec(iov_base: p, iov_len: Int(s.length))
+            iov[count] = iovec(iov_base: p, iov_len: Int(truncatingIfNeeded: s.length))
             count += 1
         }
         let error = backend.transmit(UnsafeBufferPointer(start: iov, count: count))
@@ -399,7 +399,7 @@ public final class VirtioNet: VirtioDevice {
     /// needs (num_buffers says how many), otherwise into one chain that must hold it. Takes no chain
     /// unless the whole frame fits.
     private func deliver(_ frame: UnsafeMutableRawBufferPointer, _ queue: VirtQueue) throws(VirtQueueError) -> Delivery {
-        let length = UInt64(frame.count)
+        let length = UInt64(truncatingIfNeeded: frame.count)
         receiveChains.removeAll(keepingCapacity: true)
         if negotiated(Feature.mrgRxbuf) {
             var room: UInt64 = 0
@@ -439,7 +439,8 @@ public final class VirtioNet: VirtioDevice {
             var written: UInt64 = 0
             for s in segments {
                 guard let p = memory.hostPointer(s.address, length: s.length) else { return unusable() }
-                p.copyMemory(from: base + Int(offset + written), byteCount: Int(s.length))
+                // Within the frame: the segments cover `n` <= length - offset bytes.
+                p.copyMemory(from: base + Int(truncatingIfNeeded: offset + written), byteCount: Int(truncatingIfNeeded: s.length))
                 memory.noteDMAWrite(s.address, length: s.length)
                 written += s.length
             }

@@ -100,7 +100,7 @@ public final class VirtioRng: VirtioDevice, TimedDevice {
         var done: UInt64 = 0
         for s in segments {
             guard let p = memory.hostPointer(s.address, length: s.length),
-                  source(UnsafeMutableRawBufferPointer(start: p, count: Int(s.length))) else { break }
+                  source(UnsafeMutableRawBufferPointer(start: p, count: Int(truncatingIfNeeded: s.length))) else { break }
             memory.noteDMAWrite(s.address, length: s.length)
             done += s.length
         }
