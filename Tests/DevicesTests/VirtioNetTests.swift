@@ -186,6 +186,22 @@ final class VirtioNetTests: XCTestCase {
 
     /// Backpressure: a guest without buffers makes the device hold one frame and read no more;
     /// when buffers come, every frame arrives, in order.
+    /// The host's answer to a frame (a TCP ACK) is usually on the TAP when `writev` returns: the
+    /// transmit notification delivers it, without waiting for the poller thread's wake-up.
+    func testAFrameWaitingOnTheHostArrivesWithTheNextTransmit() throws {
+        let rig = try NetRig()
+        XCTAssertTrue(rig.bringUp())
+        rig.postReceiveBuffers(4, size: 2048)
+        let answer = Frames.ethernet(length: 60, seed: 9)
+        rig.backend.incoming = [Frames.header() + answer]   // no `backendReadable`: the poller has not woken
+        XCTAssertEqual(rig.rx.usedIdx, 0)
+        rig.tx.setUsedEvent(0)
+        rig.transmit(Frames.header() + Frames.ethernet(length: 100, seed: 1))
+        XCTAssertEqual(rig.backend.sent.count, 1)
+        assertFrames(rig.received().map(\.frame), [answer])
+        XCTAssertEqual(rig.interrupts(NetRig.rxVector), 1)
+    }
+
     func testNoFrameIsLostWhileTheGuestHasNoBuffers() throws {
         let rig = try NetRig()
         XCTAssertTrue(rig.bringUp())

@@ -216,7 +216,11 @@ public final class VirtioNet: VirtioDevice {
             // The driver added receive buffers: deliver what waits.
             return try receive(queue) ? try queue.needsNotification() : false
         case VirtioNet.transmitQueue:
-            return try transmit(queue)
+            let notify = try transmit(queue)
+            // The host often answers at once (a TCP ACK is on the TAP by the time `writev` returns):
+            // take it now instead of after a round through the poller thread.
+            backendReadable()
+            return notify
         default:
             return false
         }
