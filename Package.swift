@@ -34,7 +34,9 @@ let package = Package(
         // What a vCPU backend is: the protocol, its entry state, stop reasons, I/O seam and VM control.
         .target(name: "CPUBackend", dependencies: ["VMCore"]),
         // Buses, devices and the platform that wires them. Know nothing of KVM or the interpreter.
-        .target(name: "Devices", dependencies: ["VMCore", "VMMemory"], swiftSettings: fastRelease),
+        .target(name: "Devices", dependencies: ["VMCore", "VMMemory", "ACPI"], swiftSettings: fastRelease),
+        // ACPI tables (RSDP, RSDT/XSDT, FADT, FACS, DSDT, MADT) as bytes: plain values in, bytes out.
+        .target(name: "ACPI"),
         // Host calls Swift's Glibc module lacks (memfd_create for the code cache).
         .target(name: "CHost"),
         // The x86-64 interpreter backend and its binary translator.
@@ -74,6 +76,7 @@ let package = Package(
         .testTarget(name: "CLITests", dependencies: ["SwhvTestSupport"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM", "CPUBackend"]),
         .testTarget(name: "CPUBackendTests", dependencies: ["CPUBackend"]),
+        .testTarget(name: "ACPITests", dependencies: ["ACPI"]),
 
         // Fuzz harnesses (docs/security.md): plain library code, replayed by FuzzRegressionTests.
         .target(name: "FuzzHarness", dependencies: ["LinuxLoader", "VMMemory", "CPUBackend", "Devices",

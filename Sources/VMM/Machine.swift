@@ -32,7 +32,27 @@ public struct MachineConfig: Sendable {
     public var nets: [NetConfig] = []
     /// A virtio-rng device feeding the guest's CRNG from the host's getrandom.
     public var rng = false
+    /// vCPUs (1...maxCPUs).
+    public var cpus = 1
+    /// Describe the machine with ACPI tables (MADT with every CPU and the I/O APIC, FADT with the
+    /// power-off and reset registers, DSDT with the PCI host bridge). Off: no firmware tables, one
+    /// CPU visible to the guest through the 8259s, as before ACPI.
+    public var acpi = true
     public init() {}
+
+    /// The most vCPUs a VM may have (Firecracker's limit too).
+    public static let maxCPUs = 32
+
+    /// Checks the vCPU count against the limits, and against ACPI (without the MADT a guest finds
+    /// only the first CPU).
+    public func validate() throws(MachineError) {
+        guard (1...MachineConfig.maxCPUs).contains(cpus) else {
+            throw .invalidArgument("--cpus \(cpus) is out of range: a VM has 1 to \(MachineConfig.maxCPUs) vCPUs")
+        }
+        if cpus > 1 && !acpi {
+            throw .invalidArgument("--cpus \(cpus) needs ACPI: without its MADT the guest finds only one CPU (drop --no-acpi)")
+        }
+    }
 }
 
 /// One `--disk PATH[,readonly][,serial=ID]`.
@@ -82,6 +102,8 @@ public final class Machine: IOHandler, @unchecked Sendable {
     /// The one VM clock: the RTC here, and the interpreter's TSC, PIT and APIC timer, all read it.
     public let clock = VirtualClock()
     public let log: Log
+    /// Held around every device access from a vCPU thread (several vCPUs run at once).
+    public let deviceLock = DeviceLock()
     private let vcpu: Vcpu
     /// The virtio-net devices (in `config.nets` order) and the thread that watches their TAPs.
     public private(set) var networks: [VirtioNet] = []
@@ -92,7 +114,7 @@ public final class Machine: IOHandler, @unchecked Sendable {
     /// The backend running the guest, by kind, so that each one's failures keep their type.
     enum Vcpu {
         case kvm(KVMBackend)
-        case interpreter(X86Interpreter)
+        case interpreter(InterpreterCPUs)
     }
 
     public var backend: any VcpuBackend {
@@ -116,16 +138,20 @@ public final class Machine: IOHandler, @unchecked Sendable {
     public var inputBacklogCount: Int { inputBacklog.load(ordering: .relaxed) }
 
     public init(config: MachineConfig, consoleOutput: SerialOutput) throws(MachineError) {
+        try config.validate()
         self.config = config
         log = Log(level: config.verbose ? .debug : (config.quiet ? .error : .info))
         do { memory = try GuestMemory(size: config.memorySize) } catch { throw .memory(error) }
         let choice = try Machine.chooseBackend(config: config, memory: memory, clock: clock)
         (backendReason, backendKernelArguments) = (choice.reason, choice.kernelArguments)
         let control = self.control, timer = self.timer
-        let platformConfig = PlatformConfig(
+        var platformConfig = PlatformConfig(
             memory: memory, clock: clock, interruptChip: choice.interruptChip, console: consoleOutput,
             onReset: { control.requestStop(.reset) },
             onBootMilestone: { timer.guestSignal($0.milestone.value) })
+        platformConfig.onPowerOff = { control.requestStop(.poweroff) }
+        platformConfig.acpi = config.acpi
+        platformConfig.cpuCount = config.cpus
         do { platform = try Platform(platformConfig) } catch { throw .platform(error) }
         // Every device before the backend: it takes the platform's timed devices as they are now.
         try Machine.attachDisks(config.disks, platform: platform)
@@ -138,9 +164,11 @@ public final class Machine: IOHandler, @unchecked Sendable {
         switch choice.kvm {
         case let kvm?:
             kvm.timedDevices = platform.timedDevices
+            kvm.deviceLock = deviceLock
             vcpu = .kvm(kvm)
         case nil:
-            vcpu = .interpreter(Machine.makeInterpreter(platform: platform, translation: config.translation))
+            vcpu = .interpreter(Machine.makeInterpreter(platform: platform, cpus: config.cpus, lock: deviceLock,
+                                                        translation: config.translation))
         }
         platform.uart.onReceiveReady = { [unowned self] in self.feedUART() }
         let log = self.log
@@ -193,7 +221,7 @@ public final class Machine: IOHandler, @unchecked Sendable {
     static func makeKVM(config: MachineConfig, memory: GuestMemory, clock: VirtualClock, reason: String)
         throws(KVMError) -> BackendChoice
     {
-        let kvm = try KVMBackend(memory: memory, irqchip: config.irqchip, clock: clock)
+        let kvm = try KVMBackend(memory: memory, irqchip: config.irqchip, clock: clock, cpuCount: config.cpus)
         var reason = reason
         var args: [String] = []
         if KVMSystem.emulatesSupervisorCode {
@@ -208,12 +236,16 @@ public final class Machine: IOHandler, @unchecked Sendable {
         return BackendChoice(kvm: kvm, reason: reason, kernelArguments: args)
     }
 
-    /// The interpreter on a platform that models the PIC and PIT: it reads INTR from the 8259 pair,
-    /// advances the platform's timed devices and takes MSIs into its local APIC.
-    static func makeInterpreter(platform: Platform, translation: TranslationPolicy) -> X86Interpreter {
-        let cpu = X86Interpreter(memory: platform.memory, clock: platform.clock,
-                                 externalInterrupts: platform.externalInterrupts,
-                                 timedDevices: platform.timedDevices, translation: translation)
+    /// The interpreter on a platform that models the PIC, PIT and I/O APIC: the bootstrap vCPU reads
+    /// INTR from the 8259 pair, the vCPUs advance the platform's timed devices and take MSIs and
+    /// I/O APIC messages into their local APICs, whose level-triggered EOIs go back to the I/O APIC.
+    static func makeInterpreter(platform: Platform, cpus: Int, lock: DeviceLock,
+                                translation: TranslationPolicy) -> InterpreterCPUs {
+        let cpu = InterpreterCPUs(count: cpus, memory: platform.memory, clock: platform.clock,
+                                  externalInterrupts: platform.externalInterrupts,
+                                  timedDevices: platform.timedDevices, deviceLock: lock,
+                                  levelEOI: { [unowned platform] v in platform.endOfInterrupt(vector: v) },
+                                  translation: translation)
         platform.setMSITarget { [unowned cpu] address, data in cpu.deliverMSI(address: address, data: data) }
         // Disk reads land in guest RAM without passing the CPU: drop code decoded from those pages.
         platform.memory.dmaWriteObserver = { [unowned cpu] address, length in
@@ -271,7 +303,7 @@ public final class Machine: IOHandler, @unchecked Sendable {
         do {
             let fullCmdline = ([cmdline] + backendKernelArguments).filter { !$0.isEmpty }.joined(separator: " ")
             loaded = try LinuxLoader.load(kernel: kernel, initrd: initrd, cmdline: fullCmdline, memory: memory,
-                                          unpackOnHost: config.unpackOnHost)
+                                          acpiRSDP: platform.acpiTables?.rsdpAddress, unpackOnHost: config.unpackOnHost)
         } catch {
             throw .loader(error)
         }
@@ -328,8 +360,22 @@ public final class Machine: IOHandler, @unchecked Sendable {
 
     // MARK: Running
 
+    /// Creates the vCPU threads (they wait for `run`). Call before installing the seccomp filter,
+    /// which forbids new threads; `run` does it itself if nobody did.
+    public func prepareToRun() throws(MachineError) {
+        let prepared: Bool
+        switch vcpu {
+        case .kvm(let kvm): prepared = kvm.prepareThreads()
+        case .interpreter(let cpus): prepared = cpus.prepareThreads()
+        }
+        guard prepared else {
+            throw .backendUnavailable("cannot create \(config.cpus - 1) vCPU threads: \(String(cString: strerror(errno)))")
+        }
+    }
+
     /// Runs the guest until it stops. Returns the stop reason; throws on vCPU failures.
     public func run() throws(MachineError) -> VcpuStop {
+        try prepareToRun()
         timer.mark(.firstInstruction)
         defer { netPoller?.stop() }
         switch vcpu {
@@ -340,20 +386,22 @@ public final class Machine: IOHandler, @unchecked Sendable {
 
     // MARK: IOHandler
 
+    // Every vCPU thread comes here: the device lock makes the devices see one access at a time.
+
     public func portRead(_ port: UInt16, size: Int) -> UInt32 {
-        UInt32(truncatingIfNeeded: ports.read(UInt64(port), size: size))
+        deviceLock.withLock { UInt32(truncatingIfNeeded: ports.read(UInt64(port), size: size)) }
     }
 
     public func portWrite(_ port: UInt16, size: Int, value: UInt32) {
-        ports.write(UInt64(port), size: size, value: UInt64(value))
+        deviceLock.withLock { ports.write(UInt64(port), size: size, value: UInt64(value)) }
     }
 
     public func mmioRead(_ address: UInt64, size: Int) -> UInt64 {
-        mmio.read(address, size: size)
+        deviceLock.withLock { mmio.read(address, size: size) }
     }
 
     public func mmioWrite(_ address: UInt64, size: Int, value: UInt64) {
-        mmio.write(address, size: size, value: value)
+        deviceLock.withLock { mmio.write(address, size: size, value: value) }
     }
 }
 

@@ -49,8 +49,8 @@ struct Boot: ParsableCommand {
         usage: """
             swhv boot --kernel <path> [--initrd <path>] [--cmdline <args>] [--no-default-cmdline]
                       [--disk <path>[,readonly][,serial=ID]]... [--net tap=NAME[,mac=MAC]]... [--rng|--no-rng]
-                      [--memory <size>] [--accel auto|kvm|interp] [--translate on|off] [--guest-decompress]
-                      [--boot-timer] [--no-seccomp] [--quiet] [--verbose]
+                      [--memory <size>] [--accel auto|kvm|interp] [--cpus <n>] [--no-acpi] [--translate on|off]
+                      [--guest-decompress] [--boot-timer] [--no-seccomp] [--quiet] [--verbose]
             """,
         // One line per paragraph: ArgumentParser wraps them to the terminal.
         discussion: """
@@ -103,6 +103,12 @@ struct Boot: ParsableCommand {
         valueName: "auto|kvm|interp"))
     var accel: String = "auto"
 
+    @Option(name: .long, help: ArgumentHelp("vCPUs, 1 to \(MachineConfig.maxCPUs) (default 1).", valueName: "n"))
+    var cpus: Int = 1
+
+    @Flag(name: .long, help: "No ACPI tables: the guest finds one CPU and the 8259s, and cannot power the machine off (--cpus 1 only).")
+    var noAcpi = false
+
     @Option(name: .long, help: ArgumentHelp(
         "On the software CPU, translate hot guest code to host code (on, the default) or only interpret it (off: slower, for diffing and debugging).",
         valueName: "on|off"))
@@ -128,7 +134,7 @@ struct Boot: ParsableCommand {
 
     enum CodingKeys: String, CodingKey {
         case kernel, initrd, cmdline, noDefaultCmdline, disk, memory, guestDecompress, accel, translate, bootTimer, quiet, verbose
-        case noSeccomp, net, rng
+        case noSeccomp, cpus, noAcpi, net, rng
     }
 
     func run() throws {
@@ -140,6 +146,9 @@ struct Boot: ParsableCommand {
         var config = try MachineOptions.config(memory: memory, accel: accel, translate: translate, disks: disk)
         for n in net { config.nets.append(try NetConfig.parse(n)) }
         config.rng = rng
+        config.cpus = cpus
+        config.acpi = !noAcpi
+        try config.validate()
         config.quiet = quiet
         config.verbose = verbose
         config.unpackOnHost = !guestDecompress
@@ -161,7 +170,9 @@ struct Boot: ParsableCommand {
         let stopSignals = StopSignals(control: machine.control)
         let raw = TerminalRawMode()
         machine.startStdinPump(handleEscape: true)
-        // Everything is open and mapped: from here on the guest faces only the calls the run loop needs.
+        try machine.prepareToRun()
+        // Everything is open, mapped and started: from here on the guest faces only the calls the
+        // run loop needs.
         if !noSeccomp { try Seccomp.install() }
         let result: Result<VcpuStop, MachineError>
         do { result = .success(try machine.run()) } catch { result = .failure(error) }
@@ -225,6 +236,12 @@ struct RunImage: ParsableCommand {
     var translate: String = "on"
 
     @Option(name: .long, help: ArgumentHelp(
+        "vCPUs (default 1). The others wait for the guest's INIT/SIPI; with more than one, KVM's in-kernel "
+            + "local APICs are used, so the guest must end by a reset (i8042 0xFE), not by hlt.",
+        valueName: "n"))
+    var cpus: Int = 1
+
+    @Option(name: .long, help: ArgumentHelp(
         "A host file as a virtio-blk PCI device (00:01.0, 00:02.0, ... in order), as for boot. Repeatable.",
         valueName: "path[,readonly][,serial=ID]"))
     var disk: [String] = []
@@ -240,7 +257,12 @@ struct RunImage: ParsableCommand {
             return v
         }
         var config = try MachineOptions.config(memory: memory, accel: accel, translate: translate, disks: disk)
-        config.irqchip = false
+        // Several CPUs need local APICs (INIT/SIPI, IPIs): KVM's in-kernel ones. One CPU runs bare, so
+        // that `hlt` ends the run; it needs no firmware tables either.
+        config.irqchip = cpus > 1
+        config.acpi = cpus > 1
+        config.cpus = cpus
+        try config.validate()
         config.quiet = true
         let address = try number(load)
         guard address < 0x10000 else { throw MachineError.invalidArgument("--load must be below 0x10000 (real mode)") }
@@ -257,6 +279,7 @@ struct RunImage: ParsableCommand {
             catch { throw MachineError.invalidArgument("--write32 address 0x\(String(at, radix: 16)) is outside guest RAM") }
         }
         let stopSignals = StopSignals(control: machine.control)
+        try machine.prepareToRun()   // the vCPU threads: the filter forbids making threads
         // The same confinement as boot: hostile test guests run under the filter too.
         if !noSeccomp { try Seccomp.install() }
         let start = VirtualClock.hostMonotonicNs()

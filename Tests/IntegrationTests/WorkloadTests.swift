@@ -13,6 +13,13 @@ final class WorkloadTests: XCTestCase {
         try runWorkloads(kernel: try Repository.fixture("vmlinuz-cloud"), initramfs: try Repository.fixture("initramfs.cpio.gz"))
     }
 
+    /// The same workloads on two vCPUs: the guest's threads (threads.c) and processes run on both at once,
+    /// and every output must still be QEMU's.
+    func testCloudKernelWorkloadsMatchQEMUWithTwoCPUs() throws {
+        try runWorkloads(kernel: try Repository.fixture("vmlinuz-cloud"), initramfs: try Repository.fixture("initramfs.cpio.gz"),
+                         cpus: 2)
+    }
+
     /// Debian's generic kernel (linux-image-amd64, virtio as modules), with its own modules.
     func testGenericKernelWorkloadsMatchQEMU() throws {
         try runWorkloads(kernel: try Repository.fixture("vmlinuz-generic"),
@@ -41,7 +48,7 @@ final class WorkloadTests: XCTestCase {
 
     /// Boots `kernel` with the workload archive appended to `initramfs` and compares each workload's
     /// output with QEMU's.
-    func runWorkloads(kernel: String, initramfs: String, directory: URL = WorkloadTests.workloadsDir,
+    func runWorkloads(kernel: String, initramfs: String, directory: URL = WorkloadTests.workloadsDir, cpus: Int = 1,
                       file: StaticString = #filePath, line: UInt = #line) throws {
         let binary = try Repository.releaseBinary()
         _ = try Repository.fixture("busybox")
@@ -63,7 +70,7 @@ final class WorkloadTests: XCTestCase {
         }
 
         let s = try ConsoleSession(binary: binary, arguments: [
-            "boot", "--quiet", "--accel", "interp", "--kernel", kernel, "--initrd", initrd, "--memory", "512M",
+            "boot", "--quiet", "--accel", "interp", "--cpus", "\(cpus)", "--kernel", kernel, "--initrd", initrd, "--memory", "512M",
             "--no-default-cmdline", "--cmdline", "console=ttyS0 reboot=k panic=-1 swhv.cmd=workload"])
         addTeardownBlock { if s.process.isRunning { kill(s.process.processIdentifier, SIGKILL) } }
         XCTAssertTrue(s.waitFor("SWHV-WORKLOAD-END", timeout: 1200), "workloads did not finish; \(s.tail)", file: file, line: line)

@@ -19,6 +19,9 @@ extension BlockTranslator {
 
     /// Shape of a generic form, or nil when the interpreter runs it.
     func genericShape(_ d: DecodedInsn) -> Shape? {
+        // LOCKed forms run in the interpreter, which makes them atomic across vCPU threads
+        // (SMP/Atomics.swift); natively they would need the host's LOCK prefix.
+        if d.pfx & Pfx.lock != 0 { return nil }
         var s = Shape()
         s.native = true
         s.lookup = d.mem
