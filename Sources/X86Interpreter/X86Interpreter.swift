@@ -164,6 +164,7 @@ public final class X86Interpreter: VcpuBackend {
             jit.ctx.storeBytes(of: UnsafeMutableRawPointer(st), toByteOffset: Int(JITLayout.ctxState), as: UnsafeMutableRawPointer.self)
             jit.ctx.storeBytes(of: UnsafeMutableRawPointer(tlb), toByteOffset: Int(JITLayout.ctxTLB), as: UnsafeMutableRawPointer.self)
             jit.ctx.storeBytes(of: UnsafeMutableRawPointer(pageGen), toByteOffset: Int(JITLayout.ctxPageGen), as: UnsafeMutableRawPointer.self)
+            jit.ctx.storeBytes(of: fx, toByteOffset: Int(JITLayout.ctxFX), as: UnsafeMutableRawPointer.self)
         }
         reset()
         wireAPIC()
