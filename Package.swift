@@ -51,7 +51,9 @@ let package = Package(
         // The machine: assembles memory, loader, devices and a backend; owns the run loop.
         .target(name: "VMM", dependencies: ["KVM", "VMMemory", "LinuxLoader", "CPUBackend", "Devices",
                                             "X86Interpreter", "CKVM", "CSeccomp", "Snapshot", "APIServer",
-                                            "JSONCoding"]),
+                                            "JSONCoding", "CNet"]),
+        // linux/if_tun.h and rtnetlink, for the TAP backend of virtio-net.
+        .systemLibrary(name: "CNet", path: "Modules/CNet"),
         // linux/seccomp.h and linux/filter.h, for the VMM's system-call filter.
         .systemLibrary(name: "CSeccomp", path: "Modules/CSeccomp"),
         // The command line: argument parsing only.

@@ -10,6 +10,8 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case pci
     /// The interpreter's decoder and executor on arbitrary code in a sandboxed guest.
     case interp
+    /// virtio-net over virtio-pci: a hostile driver on both queues and a hostile host delivering frames.
+    case net
     /// The binary translator against the interpreter: the same arbitrary code run with every block
     /// translated and with none, which must end in the same state.
     case translator
@@ -28,6 +30,7 @@ public final class FuzzHarness {
     private var pci: PciFuzzer?
     private var translator: TranslatorFuzzer?
     private var snapshot: SnapshotFuzzer?
+    private var net: NetFuzzer?
 
     public init(_ target: FuzzTarget) { self.target = target }
 
@@ -47,6 +50,9 @@ public final class FuzzHarness {
         case .interp:
             if interp == nil { interp = InterpreterFuzzer() }
             outcome.progress = interp!.run(data, checks)
+        case .net:
+            if net == nil { net = NetFuzzer() }
+            outcome.progress = net!.run(data, checks)
         case .translator:
             if translator == nil { translator = TranslatorFuzzer() }
             outcome.progress = translator!.run(data, checks)

@@ -244,8 +244,12 @@ public final class KVMBackend: VcpuBackend {
             }
             runner.exits.add(1, ordering: .relaxed)
             let exit = KVMExit(run: vcpu.runPage, pageSize: vcpu.runSize)
-            // A port write may have re-armed a device timer: ask the devices again.
-            if case .portIO = exit, bootstrap { nextTimerDeadline = 0 }
+            // A port or MMIO write may have re-armed a device timer (a virtio notification lets a
+            // rate-limited request wait for its tokens): ask the devices again.
+            switch exit {
+            case .portIO, .mmio: if bootstrap { nextTimerDeadline = 0 }
+            default: break
+            }
             if case .internalError(let e) = exit, softInterruptWorkaround, let bytes = e.instructionBytes {
                 let stepped: Bool
                 do { stepped = try KVMBackend.injectFailedSoftInterrupt(bytes, vcpu: vcpu) } catch { throw .ioctl(error) }

@@ -28,6 +28,10 @@ public struct MachineConfig: Sendable {
     public var translation: TranslationPolicy = .standard
     /// Block devices, in order: /dev/vda, /dev/vdb, ...
     public var disks: [DiskConfig] = []
+    /// Network devices over existing TAPs, in order: eth0, eth1, ...
+    public var nets: [NetConfig] = []
+    /// A virtio-rng device feeding the guest's CRNG from the host's getrandom.
+    public var rng = false
     /// vCPUs (1...maxCPUs).
     public var cpus = 1
     /// Describe the machine with ACPI tables (MADT with every CPU and the I/O APIC, FADT with the
@@ -101,6 +105,11 @@ public final class Machine: IOHandler, @unchecked Sendable {
     /// Held around every device access from a vCPU thread (several vCPUs run at once).
     public let deviceLock = DeviceLock()
     private let vcpu: Vcpu
+    /// The virtio-net devices (in `config.nets` order) and the thread that watches their TAPs.
+    public private(set) var networks: [VirtioNet] = []
+    private var netPoller: NetPoller?
+    /// The virtio-rng device, when `config.rng`.
+    public private(set) var entropy: VirtioRng?
 
     /// The backend running the guest, by kind, so that each one's failures keep their type.
     enum Vcpu {
@@ -144,6 +153,14 @@ public final class Machine: IOHandler, @unchecked Sendable {
         platformConfig.acpi = config.acpi
         platformConfig.cpuCount = config.cpus
         do { platform = try Platform(platformConfig) } catch { throw .platform(error) }
+        // Every device before the backend: it takes the platform's timed devices as they are now.
+        try Machine.attachDisks(config.disks, platform: platform)
+        (networks, netPoller) = try Machine.attachNetworks(config.nets, platform: platform, control: control)
+        if config.rng {
+            let rng = VirtioRng(clock: clock)
+            do { try platform.addVirtio(rng) } catch { throw .platform(error) }
+            entropy = rng
+        }
         switch choice.kvm {
         case let kvm?:
             kvm.timedDevices = platform.timedDevices
@@ -153,7 +170,6 @@ public final class Machine: IOHandler, @unchecked Sendable {
             vcpu = .interpreter(Machine.makeInterpreter(platform: platform, cpus: config.cpus, lock: deviceLock,
                                                         translation: config.translation))
         }
-        try attachDisks(config.disks)
         platform.uart.onReceiveReady = { [unowned self] in self.feedUART() }
         let log = self.log
         ports.onUnhandled = { addr, size, write in
@@ -163,6 +179,8 @@ public final class Machine: IOHandler, @unchecked Sendable {
             log.debug("unhandled MMIO \(write ? "write" : "read") \(hex(addr)) size \(size)")
         }
     }
+
+    deinit { netPoller?.stop() }
 
     /// The backend picked for a config, before the platform exists: KVM's VM (its irqchip is the
     /// platform's interrupt controller), or nil for the interpreter (the platform models the chips).
@@ -238,7 +256,7 @@ public final class Machine: IOHandler, @unchecked Sendable {
 
     /// One virtio-blk PCI function per disk (00:01.0, 00:02.0, ...). A stock kernel finds them by
     /// probing config space at 0xCF8 — no ACPI needed — and uses MSI-X.
-    private func attachDisks(_ disks: [DiskConfig]) throws(MachineError) {
+    private static func attachDisks(_ disks: [DiskConfig], platform: Platform) throws(MachineError) {
         for (i, d) in disks.enumerated() {
             // Our own lock would refuse it with "in use by another process": say what is wrong.
             if disks[..<i].contains(where: { !($0.readOnly && d.readOnly) && Machine.sameFile($0.path, d.path) }) {
@@ -359,6 +377,7 @@ public final class Machine: IOHandler, @unchecked Sendable {
     public func run() throws(MachineError) -> VcpuStop {
         try prepareToRun()
         timer.mark(.firstInstruction)
+        defer { netPoller?.stop() }
         switch vcpu {
         case .kvm(let kvm): do { return try kvm.run(io: self, control: control) } catch { throw .kvmRun(error) }
         case .interpreter(let cpu): return cpu.run(io: self, control: control)

@@ -17,6 +17,8 @@ public enum MachineError: Error, CustomStringConvertible {
     case kvmRun(KVMRunError)
     case backendUnavailable(String)
     case platform(PlatformError)
+    /// A `--net` TAP could not be attached.
+    case net(NetError)
     /// The guest stopped in a way that is a failure (triple fault).
     case guestFailure(String)
     /// A snapshot could not be written, read or restored.
@@ -33,6 +35,7 @@ public enum MachineError: Error, CustomStringConvertible {
         case .kvmRun(let e): return e.description
         case .backendUnavailable(let s): return s
         case .platform(let e): return e.description
+        case .net(let e): return e.description
         case .guestFailure(let s): return s
         case .snapshot(let e): return e.description
         }

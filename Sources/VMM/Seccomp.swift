@@ -1,4 +1,5 @@
 import CKVM
+import CNet
 import CSeccomp
 import Glibc
 
@@ -51,8 +52,6 @@ public enum Seccomp {
     static let refused: [Int32] = [SYS_open, SYS_openat, SYS_stat, SYS_lstat, SYS_newfstatat, SYS_fstat,
                                    SYS_statx, SYS_access, SYS_faccessat, SYS_readlink].map { Int32($0) }
 
-    /// ioctl requests used while the guest runs: the vCPU loop and interrupt injection (KVM), and the
-    /// terminal restore on exit. Creating VMs, vCPUs or memory slots is not among them.
     /// Pause and resume on KVM: kvmclock, the TSC (MSR and offset attribute), the LAPIC timer.
     static var pauseIoctls: [UInt32] {
         [CKVM_KVM_GET_CLOCK(), CKVM_KVM_SET_CLOCK(), CKVM_KVM_GET_MSRS(), CKVM_KVM_SET_MSRS(),
@@ -60,9 +59,13 @@ public enum Seccomp {
          CKVM_KVM_GET_LAPIC(), CKVM_KVM_SET_LAPIC()].map { UInt32(truncatingIfNeeded: $0) }
     }
 
+    /// ioctl requests used while the guest runs: the vCPU loop and interrupt injection (KVM), the
+    /// offloads a virtio-net guest accepts (TUNSETOFFLOAD, when its driver starts), and the terminal
+    /// restore on exit. Creating VMs, vCPUs, memory slots or network interfaces is not among them.
     static var allowedIoctls: [UInt32] {
         [CKVM_KVM_RUN(), CKVM_KVM_GET_REGS(), CKVM_KVM_SET_REGS(), CKVM_KVM_GET_SREGS(),
          CKVM_KVM_GET_VCPU_EVENTS(), CKVM_KVM_SET_VCPU_EVENTS(), CKVM_KVM_IRQ_LINE(), CKVM_KVM_SIGNAL_MSI(),
+         cnet_tunsetoffload(),
          UInt(truncatingIfNeeded: TCGETS), UInt(truncatingIfNeeded: TCSETS), UInt(truncatingIfNeeded: TCSETSW),
          UInt(truncatingIfNeeded: TCSETSF)].map { UInt32(truncatingIfNeeded: $0) }
     }

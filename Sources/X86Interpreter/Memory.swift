@@ -267,8 +267,8 @@ extension X86Interpreter {
             return
         }
         io?.mmioWrite(pa, size: size, value: v)
-        // A device may have raised an interrupt.
-        st.pointee.eventCheck = true
+        // A device may have raised an interrupt or armed a timer (a virtio notification).
+        ioHappened()
     }
 
     /// Self-modifying code: a write to a page holding decoded instructions invalidates them.

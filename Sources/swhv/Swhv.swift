@@ -55,9 +55,9 @@ struct Boot: ParsableCommand {
         // Written out: ArgumentParser collapses more than a dozen options into `[<options>]`.
         usage: """
             swhv boot --kernel <path> [--initrd <path>] [--cmdline <args>] [--no-default-cmdline]
-                      [--disk <path>[,readonly][,serial=ID]]... [--memory <size>] [--accel auto|kvm|interp]
-                      [--cpus <n>] [--no-acpi] [--translate on|off] [--guest-decompress] [--boot-timer]
-                      [--no-seccomp] [--quiet] [--verbose] [--api-sock <path>]
+                      [--disk <path>[,readonly][,serial=ID]]... [--net tap=NAME[,mac=MAC]]... [--rng|--no-rng]
+                      [--memory <size>] [--accel auto|kvm|interp] [--cpus <n>] [--no-acpi] [--translate on|off]
+                      [--guest-decompress] [--boot-timer] [--no-seccomp] [--quiet] [--verbose] [--api-sock <path>]
             """,
         // One line per paragraph: ArgumentParser wraps them to the terminal.
         discussion: """
@@ -90,6 +90,16 @@ struct Boot: ParsableCommand {
         "A host file as a virtio-blk disk (/dev/vda, /dev/vdb, ... in order). Repeatable. Options: readonly, serial=ID.",
         valueName: "path[,readonly][,serial=ID]"))
     var disk: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp(
+        "A network device over an existing TAP interface (eth0, eth1, ... in order). Repeatable. "
+            + "Options: mac=MAC, offload=all|csum|none, mrg_rxbuf=on|off.",
+        valueName: "tap=NAME[,mac=MAC]"))
+    var net: [String] = []
+
+    @Flag(name: .long, inversion: .prefixedNo, help: ArgumentHelp(
+        "A virtio-rng device: the guest's entropy comes from the host's getrandom (at most 1 MiB/s)."))
+    var rng = false
 
     @Option(name: .long, help: ArgumentHelp(
         "Guest RAM: a number of MiB, or with a unit (256M, 1G). Default 512M.", valueName: "size"))
@@ -136,7 +146,7 @@ struct Boot: ParsableCommand {
 
     enum CodingKeys: String, CodingKey {
         case kernel, initrd, cmdline, noDefaultCmdline, disk, memory, guestDecompress, accel, translate, bootTimer, quiet, verbose
-        case noSeccomp, cpus, noAcpi, apiSock
+        case noSeccomp, cpus, noAcpi, net, rng, apiSock
     }
 
     func run() throws {
@@ -146,6 +156,8 @@ struct Boot: ParsableCommand {
                 "--no-default-cmdline needs --cmdline: the kernel would get an empty command line (and no console)")
         }
         var config = try MachineOptions.config(memory: memory, accel: accel, translate: translate, disks: disk)
+        for n in net { config.nets.append(try NetConfig.parse(n)) }
+        config.rng = rng
         config.cpus = cpus
         config.acpi = !noAcpi
         try config.validate()

@@ -61,6 +61,12 @@ final class CorpusReplayTests: XCTestCase {
         XCTAssertGreaterThan(p["completions"] ?? 0, 0, "no seed completes a request")
     }
 
+    func testNetCorpus() throws {
+        let p = try replay(.net)
+        XCTAssertGreaterThan(p["delivered"] ?? 0, 0, "no seed delivers a host frame to the guest")
+        XCTAssertGreaterThan(p["sent"] ?? 0, 0, "no seed sends a frame to the host")
+    }
+
     func testUartCorpus() throws {
         let p = try replay(.uart)
         XCTAssertGreaterThan(p["bytesOut"] ?? 0, 0, "no seed transmits")

@@ -77,8 +77,10 @@ public final class Platform {
     public let pci: PciRoot
     /// The virtio-pci functions, in the order they were added (slots 1, 2, ...).
     public private(set) var virtio: [VirtioPciDevice] = []
-    /// Devices whose timers the vCPU backend advances: the RTC, and the PIT when emulated.
-    public let timedDevices: [TimedDevice]
+    /// Devices whose timers the vCPU backend advances: the RTC, the PIT when emulated, and virtio
+    /// devices with timers (virtio-rng's rate limiter). Hand it to the backend after the last
+    /// `addVirtio`.
+    public private(set) var timedDevices: [TimedDevice]
 
     public init(_ config: PlatformConfig) throws(PlatformError) {
         memory = config.memory
@@ -193,6 +195,7 @@ public final class Platform {
                                                intx: IRQLine(controller: interrupts, gsi: PCLayout.GSI.pciIntx))
             let placement = try pci.add(function)
             virtio.append(function)
+            if let timed = device as? TimedDevice { timedDevices.append(timed) }
             return placement
         } catch {
             throw .pci(error)

@@ -6,6 +6,7 @@ public enum VirtioDeviceState: Codable, Equatable, Sendable {
     /// Nothing beyond what the transport saves.
     case none
     case block(VirtioBlock.State)
+    case net(VirtioNet.State)
 }
 
 /// Everything guest-visible in the platform's devices, as one versioned value (snapshots save it
