@@ -34,7 +34,9 @@ let package = Package(
         // What a vCPU backend is: the protocol, its entry state, stop reasons, I/O seam and VM control.
         .target(name: "CPUBackend", dependencies: ["VMCore"]),
         // Buses, devices and the platform that wires them. Know nothing of KVM or the interpreter.
-        .target(name: "Devices", dependencies: ["VMCore", "VMMemory"], swiftSettings: fastRelease),
+        .target(name: "Devices", dependencies: ["VMCore", "VMMemory", "ACPI"], swiftSettings: fastRelease),
+        // ACPI tables (RSDP, RSDT/XSDT, FADT, FACS, DSDT, MADT) as bytes: plain values in, bytes out.
+        .target(name: "ACPI"),
         // Host calls Swift's Glibc module lacks (memfd_create for the code cache).
         .target(name: "CHost"),
         // The x86-64 interpreter backend and its binary translator.
@@ -44,14 +46,23 @@ let package = Package(
         .target(name: "Hybrid", dependencies: ["KVM", "CKVM", "CHostCPU", "CPUBackend", "VMMemory", "X86Interpreter"]),
         // RDTSC for Swift (the hybrid backend's software CPU counts the host TSC).
         .systemLibrary(name: "CHostCPU", path: "Modules/CHostCPU"),
+        // JSON without Foundation: values, a strict bounded parser, Codable encoder/decoder.
+        .target(name: "JSONCoding"),
+        // The snapshot files: checksummed container, sparse guest-memory file, disk identities.
+        .target(name: "Snapshot", dependencies: ["VMMemory", "JSONCoding"]),
+        // The API socket: HTTP/1.1 parser, Firecracker-style routes, Unix socket server and client.
+        .target(name: "APIServer", dependencies: ["JSONCoding"]),
         // The machine: assembles memory, loader, devices and a backend; owns the run loop.
         .target(name: "VMM", dependencies: ["KVM", "VMMemory", "LinuxLoader", "CPUBackend", "Devices",
-                                            "X86Interpreter", "Hybrid", "CKVM", "CSeccomp"]),
+                                            "X86Interpreter", "Hybrid", "CKVM", "CSeccomp", "Snapshot", "APIServer",
+                                            "JSONCoding", "CNet"]),
+        // linux/if_tun.h and rtnetlink, for the TAP backend of virtio-net.
+        .systemLibrary(name: "CNet", path: "Modules/CNet"),
         // linux/seccomp.h and linux/filter.h, for the VMM's system-call filter.
         .systemLibrary(name: "CSeccomp", path: "Modules/CSeccomp"),
         // The command line: argument parsing only.
         .executableTarget(name: "swhv", dependencies: [
-            "VMM", "X86Interpreter", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "VMM", "X86Interpreter", "APIServer", "JSONCoding", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // Replays differential fuzz cases on the interpreter (driven by scripts/oracle/fuzz.py).
         .executableTarget(name: "swhv-cpu-runner", dependencies: ["X86Interpreter", "VMMemory", "CPUBackend",
@@ -72,15 +83,20 @@ let package = Package(
                                                                 "SwhvTestSupport"],
                     exclude: ["Vectors", "FuzzCorpus"]),   // oracle vectors and fuzz corpus: read at run time from the source tree
         .testTarget(name: "IntegrationTests", dependencies: ["KVM", "VMM", "VMMemory", "LinuxLoader", "CPUBackend", "Devices",
-                                                             "Hybrid", "X86Interpreter", "SwhvTestSupport"]),
+                                                             "Hybrid", "X86Interpreter", "APIServer", "Snapshot", "JSONCoding",
+                                                             "SwhvTestSupport"]),
         .testTarget(name: "CLITests", dependencies: ["SwhvTestSupport"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM", "CPUBackend"]),
         .testTarget(name: "CPUBackendTests", dependencies: ["CPUBackend"]),
         .testTarget(name: "HybridTests", dependencies: ["Hybrid", "KVM", "X86Interpreter", "VMMemory", "CPUBackend"]),
+        .testTarget(name: "SnapshotTests", dependencies: ["Snapshot", "JSONCoding", "VMMemory"]),
+        .testTarget(name: "APIServerTests", dependencies: ["APIServer", "JSONCoding"]),
+        .testTarget(name: "ACPITests", dependencies: ["ACPI"]),
 
         // Fuzz harnesses (docs/security.md): plain library code, replayed by FuzzRegressionTests.
         .target(name: "FuzzHarness", dependencies: ["LinuxLoader", "VMMemory", "CPUBackend", "Devices",
-                                                    "X86Interpreter", "SwhvTestSupport"], path: "Fuzz/Harness"),
+                                                    "X86Interpreter", "SwhvTestSupport", "APIServer", "Snapshot",
+                                                    "JSONCoding"], path: "Fuzz/Harness"),
         .testTarget(name: "FuzzRegressionTests", dependencies: ["FuzzHarness"]),
     ]
 )

@@ -10,9 +10,15 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case pci
     /// The interpreter's decoder and executor on arbitrary code in a sandboxed guest.
     case interp
+    /// virtio-net over virtio-pci: a hostile driver on both queues and a hostile host delivering frames.
+    case net
     /// The binary translator against the interpreter: the same arbitrary code run with every block
     /// translated and with none, which must end in the same state.
     case translator
+    /// The API socket's HTTP parser and router (a hostile client's byte stream).
+    case http
+    /// The snapshot reader: state-file container, section decoders, memory-file checks.
+    case snapshot
 }
 
 /// Runs inputs against one target. Stateful targets keep their expensive parts (guest RAM, the
@@ -23,6 +29,8 @@ public final class FuzzHarness {
     private var interp: InterpreterFuzzer?
     private var pci: PciFuzzer?
     private var translator: TranslatorFuzzer?
+    private var snapshot: SnapshotFuzzer?
+    private var net: NetFuzzer?
 
     public init(_ target: FuzzTarget) { self.target = target }
 
@@ -42,9 +50,16 @@ public final class FuzzHarness {
         case .interp:
             if interp == nil { interp = InterpreterFuzzer() }
             outcome.progress = interp!.run(data, checks)
+        case .net:
+            if net == nil { net = NetFuzzer() }
+            outcome.progress = net!.run(data, checks)
         case .translator:
             if translator == nil { translator = TranslatorFuzzer() }
             outcome.progress = translator!.run(data, checks)
+        case .http: outcome.progress = APIFuzzer.run(data, checks)
+        case .snapshot:
+            if snapshot == nil { snapshot = SnapshotFuzzer() }
+            outcome.progress = snapshot!.run(data, checks)
         }
         outcome.violations = checks.violations
         return outcome

@@ -2,7 +2,7 @@
 ; ALU forms of every size, shifts, rotates, memory operands, push/pop, call/ret, setcc/cmov, lea,
 ; extensions and imul, so the corpus replays thousands of translated instructions.
 bits 64
-mov r14d, 40
+mov r14d, 3
 top:
 mov rbp, 0x70000
 push rcx
@@ -368,4 +368,222 @@ shl rsi, 33
 sub edi, 19462
 dec r14
 jnz top
+; SSE: moves of every form, integer and bitwise operations on registers and aligned memory
+sse_section:
+mov rbp, 0x70000
+movq xmm14, rcx
+movd xmm14, r8d
+movq r9, xmm15
+movd ecx, xmm5
+pmovmskb ebx, xmm15
+punpckldq xmm1, xmm12
+pshufd xmm0, xmm2, 18
+pshufd xmm2, [rbp+16], 97
+pmuludq xmm0, [rbp+160]
+pshufd xmm6, xmm7, 255
+pshufd xmm7, [rbp+144], 2
+andps xmm14, xmm8
+psubusw xmm8, xmm10
+movdqu xmm0, [rbp+48]
+movdqa [rbp+144], xmm2
+movss xmm2, xmm0
+pmaxsw xmm1, [rbp+192]
+movdqa xmm2, xmm6
+pavgb xmm9, xmm10
+pxor xmm4, xmm7
+andps xmm14, xmm15
+pavgb xmm14, [rbp+64]
+movss xmm3, xmm12
+punpckhqdq xmm8, xmm9
+punpcklwd xmm12, xmm3
+psubq xmm14, [rbp+0]
+movdqa xmm12, [rbp+32]
+movaps [rbp+112], xmm2
+punpcklbw xmm11, xmm11
+pshufd xmm15, xmm4, 93
+pshufd xmm4, [rbp+192], 78
+movaps xmm7, [rbp+96]
+movaps [rbp+192], xmm7
+movq xmm2, rbx
+movd xmm13, eax
+paddb xmm8, xmm7
+movsd xmm15, xmm9
+paddw xmm7, xmm15
+paddw xmm6, [rbp+32]
+movsd xmm14, xmm7
+pcmpeqw xmm9, xmm11
+movq xmm4, [rbp+168]
+movq [rbp+168], xmm14
+movq r9, xmm4
+movd ecx, xmm1
+pmovmskb edi, xmm4
+movdqu xmm1, [rbp+32]
+movdqa [rbp+144], xmm0
+movss xmm4, [rbp+40]
+movss [rbp+40], xmm2
+pcmpeqw xmm4, xmm10
+movq xmm2, r9
+movd xmm13, esi
+pcmpeqb xmm12, xmm12
+pavgb xmm2, xmm3
+movss xmm12, [rbp+232]
+movsd [rbp+232], xmm14
+movq r9, xmm0
+movd eax, xmm9
+pmovmskb ebx, xmm0
+pxor xmm15, xmm15
+movq xmm9, [rbp+96]
+movss [rbp+104], xmm4
+movq xmm15, r8
+movd xmm7, edi
+movaps xmm6, [rbp+96]
+movdqu [rbp+112], xmm13
+pshufd xmm10, xmm6, 68
+pshufd xmm6, [rbp+64], 254
+movsd xmm1, [rbp+128]
+movss [rbp+136], xmm2
+movq xmm8, r8
+movd xmm6, edi
+movq rdi, xmm15
+movd eax, xmm10
+pmovmskb r8d, xmm15
+andnpd xmm8, xmm1
+movss xmm9, [rbp+68]
+movsd [rbp+72], xmm0
+pandn xmm8, xmm7
+pcmpeqb xmm14, xmm3
+punpcklqdq xmm6, [rbp+128]
+packsswb xmm15, xmm1
+movaps xmm11, [rbp+192]
+movdqa [rbp+208], xmm5
+movss xmm4, xmm14
+psubb xmm12, xmm10
+packuswb xmm3, [rbp+96]
+movdqa xmm2, xmm9
+pmuludq xmm11, xmm2
+movsd xmm13, [rbp+240]
+movsd [rbp+248], xmm8
+movss xmm1, xmm5
+movq xmm4, rbx
+movd xmm14, r8d
+xorps xmm14, [rbp+80]
+movq rdx, xmm8
+movd ecx, xmm9
+pmovmskb r8d, xmm8
+pavgb xmm8, xmm15
+movq rax, xmm3
+movd esi, xmm0
+pmovmskb eax, xmm3
+movq rbx, xmm12
+movd edi, xmm3
+pmovmskb ebx, xmm12
+paddw xmm14, xmm13
+psubq xmm15, [rbp+64]
+movss xmm15, xmm10
+movsd xmm0, xmm8
+pxor xmm6, xmm4
+movups xmm10, [rbp+112]
+movdqu [rbp+48], xmm11
+movq xmm3, r8
+movd xmm8, eax
+movss xmm13, xmm5
+movq rdi, xmm6
+movd ebx, xmm4
+pmovmskb ecx, xmm6
+pshufd xmm10, xmm6, 99
+pshufd xmm6, [rbp+96], 49
+paddb xmm7, xmm4
+movss xmm3, xmm13
+punpckhbw xmm12, [rbp+48]
+pshufd xmm11, xmm11, 175
+pshufd xmm11, [rbp+48], 96
+pand xmm15, xmm3
+movq rcx, xmm15
+movd eax, xmm4
+pmovmskb ebx, xmm15
+orps xmm5, xmm9
+pcmpeqd xmm4, xmm14
+movq xmm12, [rbp+212]
+movss [rbp+216], xmm14
+punpckhbw xmm11, [rbp+16]
+pmaxub xmm13, xmm14
+movsd xmm6, xmm5
+movq xmm2, [rbp+104]
+movss [rbp+104], xmm12
+movdqu xmm8, [rbp+80]
+movaps [rbp+160], xmm3
+movq r8, xmm11
+movd ebx, xmm13
+pmovmskb edi, xmm11
+psadbw xmm2, xmm10
+packsswb xmm0, xmm11
+movdqu xmm9, [rbp+96]
+movaps [rbp+32], xmm10
+movaps xmm15, xmm6
+pshufd xmm0, xmm3, 121
+pshufd xmm3, [rbp+48], 131
+movq xmm12, r8
+movd xmm1, eax
+psubq xmm8, xmm8
+movq rbx, xmm13
+movd esi, xmm3
+pmovmskb esi, xmm13
+psadbw xmm12, xmm5
+paddusb xmm15, xmm1
+movdqa xmm9, xmm12
+movq rsi, xmm9
+movd edi, xmm15
+pmovmskb edi, xmm9
+movups xmm0, [rbp+112]
+movdqa [rbp+80], xmm0
+movaps xmm12, xmm1
+pmullw xmm10, xmm2
+movq xmm8, rbx
+movd xmm7, r8d
+movq xmm4, rax
+movd xmm7, esi
+movsd xmm14, xmm3
+movss xmm4, [rbp+176]
+movq [rbp+184], xmm3
+movdqa xmm14, xmm8
+movq rdx, xmm4
+movd edx, xmm9
+pmovmskb eax, xmm4
+movq rsi, xmm9
+movd esi, xmm11
+pmovmskb edi, xmm9
+pshufd xmm6, xmm8, 97
+pshufd xmm8, [rbp+112], 127
+movq rax, xmm6
+movd ecx, xmm1
+pmovmskb ecx, xmm6
+movss xmm0, xmm1
+movq rcx, xmm8
+movd esi, xmm2
+pmovmskb ebx, xmm8
+; Sign extensions and bit scans (zero and non-zero sources, every size)
+cbw
+cwde
+cdqe
+cwd
+cdq
+cqo
+bsf rax, rbx
+bsr ecx, edx
+bsf si, di
+mov r9, 0
+bsf r10, r9
+bsr r11d, r9d
+bsr rax, [rbp+16]
+bsf edx, [rbp+24]
+mul rbx
+imul ecx
+mul word [rbp+8]
+imul byte [rbp+3]
+mov rax, -5
+imul qword [rbp+16]
+mul r9
+movups xmm3, [rbp+3]
+movdqu [rbp+0xff9], xmm4
+movdqa xmm5, [rbp+8]
 hlt

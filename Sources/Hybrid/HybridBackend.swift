@@ -104,7 +104,7 @@ public final class HybridBackend: VcpuBackend {
         // Native RDTSC reads the host's counter (kvm-pvm applies no offset or scaling): the software
         // CPU counts the same, so guest time (the TSC clocksource, the vDSO) agrees across switches.
         let hz = try native.vcpu.tscKHz() * 1000
-        let offset = UInt64(bitPattern: native.vcpu.tscOffset() ?? 0)
+        let offset = (try? native.vcpu.tscOffset()) ?? 0   // KVMPause.swift; nil where KVM lacks the attribute
         interpreter.useHostTSC({ chostcpu_rdtsc() &+ offset }, hz: hz)
         interpreter.trackNewCodePages(true)
         interpreter.setPrivilegeObserver { [unowned self] user in self.privilegeChanged(toUser: user) }

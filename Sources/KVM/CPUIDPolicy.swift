@@ -25,8 +25,66 @@ public struct CPUIDPolicy: Sendable {
     static let minimalLeaf1EDX: UInt32 = [0, 3, 4, 5, 6, 8, 9, 13, 15, 16, 23, 24, 25, 26].reduce(0) { $0 | (1 << $1) }
     static let minimalExtEDX: UInt32 = (1 << 11) | (1 << 20) | (1 << 29)  // syscall, nx, lm
 
-    /// Applies the policy to KVM's supported CPUID for vCPU `id`.
-    public func filter(_ entries: [kvm_cpuid_entry2], vcpuID: UInt32) -> [kvm_cpuid_entry2] {
+    /// Applies the policy to KVM's supported CPUID for vCPU `vcpuID` of `cpuCount`, and states the
+    /// topology as Firecracker does: one package whose cores are the vCPUs, one thread each, the
+    /// vCPU's APIC ID in leaves 1, 0xB and 0x1F.
+    public func filter(_ entries: [kvm_cpuid_entry2], vcpuID: UInt32, cpuCount: Int = 1) -> [kvm_cpuid_entry2] {
+        CPUIDPolicy.normaliseTopology(features(entries, vcpuID: vcpuID), vcpuID: vcpuID, cpuCount: cpuCount)
+    }
+
+    /// APIC-ID bits the cores of the package take (ceil(log2(cpuCount))).
+    static func coreIDBits(_ cpuCount: Int) -> UInt32 {
+        cpuCount <= 1 ? 0 : UInt32(truncatingIfNeeded: Int.bitWidth - (cpuCount - 1).leadingZeroBitCount)
+    }
+
+    /// The topology leaves (Firecracker's normalisation): 1 (APIC ID, logical processor count, HTT),
+    /// 4 (cores per package, threads sharing each cache), 0xB and 0x1F (SMT level of one thread,
+    /// core level of all vCPUs, x2APIC ID) and AMD's 0x80000008 (core count).
+    static func normaliseTopology(_ entries: [kvm_cpuid_entry2], vcpuID: UInt32, cpuCount: Int) -> [kvm_cpuid_entry2] {
+        let n = UInt32(truncatingIfNeeded: max(cpuCount, 1))
+        let bits = coreIDBits(cpuCount)
+        var out: [kvm_cpuid_entry2] = []
+        var extended: Set<UInt32> = []
+        for var e in entries {
+            switch e.function {
+            case 1:
+                e.ebx = (e.ebx & 0x0000_FFFF) | (vcpuID << 24) | ((n > 1 ? UInt32(1) << bits : 1) << 16)
+                if n > 1 { e.edx |= 1 << 28 } else { e.edx &= ~(1 << 28) }
+            case 4:
+                let level = (e.eax >> 5) & 7
+                let sharing: UInt32 = level >= 3 ? n - 1 : 0
+                e.eax = (e.eax & 0x3FFF) | (sharing & 0xFFF) << 14 | ((n - 1) & 0x3F) << 26
+            case 0xB, 0x1F:
+                // Rebuilt below, once per leaf.
+                extended.insert(e.function)
+                continue
+            case 0x8000_0008:
+                e.ecx = (e.ecx & ~0xFF) | ((n - 1) & 0xFF)
+            default:
+                break
+            }
+            out.append(e)
+        }
+        for leaf in extended.sorted() {
+            for sub: UInt32 in 0...2 {
+                var e = kvm_cpuid_entry2()
+                e.function = leaf
+                e.index = sub
+                e.flags = UInt32(truncatingIfNeeded: KVM_CPUID_FLAG_SIGNIFCANT_INDEX)
+                e.edx = vcpuID
+                switch sub {
+                case 0: e.eax = 0; e.ebx = 1; e.ecx = 1 << 8          // SMT: one thread per core
+                case 1: e.eax = bits; e.ebx = n; e.ecx = 2 << 8 | 1  // core: every vCPU
+                default: e.ecx = sub                                 // no more levels
+                }
+                out.append(e)
+            }
+        }
+        return out
+    }
+
+    /// The feature policy (what the guest may use).
+    func features(_ entries: [kvm_cpuid_entry2], vcpuID: UInt32) -> [kvm_cpuid_entry2] {
         var out: [kvm_cpuid_entry2] = []
         for var e in entries {
             if minimal {

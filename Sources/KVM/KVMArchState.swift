@@ -110,20 +110,6 @@ extension KVMVcpu {
         UInt64(truncatingIfNeeded: try kvmIoctl(fd, CKVM_KVM_GET_TSC_KHZ(), "KVM_GET_TSC_KHZ", nil))
     }
 
-    /// The vCPU's TSC offset (guest TSC = host TSC + offset), where KVM reports it.
-    public func tscOffset() -> Int64? {
-        var attr = kvm_device_attr()
-        attr.group = UInt32(truncatingIfNeeded: KVM_VCPU_TSC_CTRL)
-        attr.attr = UInt64(truncatingIfNeeded: KVM_VCPU_TSC_OFFSET)
-        var value: Int64 = 0
-        return withUnsafeMutablePointer(to: &value) { p -> Int64? in
-            attr.addr = UInt64(UInt(bitPattern: p))
-            guard ioctl(fd, CKVM_KVM_HAS_DEVICE_ATTR(), &attr) == 0,
-                  ioctl(fd, CKVM_KVM_GET_DEVICE_ATTR(), &attr) == 0 else { return nil }
-            return p.pointee
-        }
-    }
-
     /// Signals unblocked while the vCPU runs in KVM_RUN (KVM_SET_SIGNAL_MASK): a signal blocked in
     /// the thread but unblocked here interrupts the guest, and one arriving before KVM_RUN is not
     /// lost — KVM_RUN returns EINTR at once.

@@ -1,34 +1,50 @@
 import CKVM
 import CPUBackend
 import Glibc
+import Synchronization
 import VMMemory
 
-/// The KVM CPU backend: a VM with one vCPU running on the hardware (or on kvm-pvm).
+/// The KVM CPU backend: a VM with one or more vCPUs running on the hardware (or on kvm-pvm). Each
+/// vCPU runs on a host thread of its own (the bootstrap processor on the thread that calls `run`);
+/// the application processors wait in the kernel, in KVM's wait-for-SIPI state, until the guest's
+/// INIT/SIPI through the in-kernel local APIC starts them.
 public final class KVMBackend: VcpuBackend {
     public let name = "kvm"
     public let system: KVMSystem
     public let vm: KVMVirtualMachine
-    public let vcpu: KVMVcpu
+    /// vCPU n has APIC ID n; vCPU 0 is the bootstrap processor.
+    public let vcpus: [KVMVcpu]
+    public var vcpu: KVMVcpu { vcpus[0] }
     /// The guest RAM mapped into the VM's memory slots: held so the mapping outlives the VM.
     public let memory: GuestMemory
     /// How devices raise interrupts on this VM; nil when created without an in-kernel irqchip.
     public let interrupts: KVMInterruptController?
-    public private(set) var exitCount: UInt64 = 0
+    /// VM exits handled so far, all vCPUs together.
+    public var exitCount: UInt64 { runners.reduce(0) { $0 &+ $1.exits.load(ordering: .relaxed) } }
     /// Devices whose timers run in userspace (the RTC; KVM models the PIT in the kernel), advanced
-    /// on the vCPU thread between exits. The machine sets them from its platform before `run`.
+    /// on the bootstrap vCPU's thread between exits. The machine sets them from its platform before `run`.
     public var timedDevices: [TimedDevice] = []
+    /// Taken around device timers and posted work (the machine's I/O handler takes it for every
+    /// port and MMIO access), so devices see one vCPU thread at a time.
+    public var deviceLock: DeviceLock?
     private let clock: VirtualClock
-    /// Interrupts KVM_RUN, from any thread, for as long as a `run` is in progress.
-    private let kickTarget: KickTarget
-    /// Wakes the vCPU out of the kernel's HLT when a device timer falls due.
+    private let runners: [Runner]
+    /// Wakes the bootstrap vCPU out of the kernel's HLT when a device timer falls due.
     private let timerKicker: DeadlineKicker
     private var nextTimerDeadline: UInt64 = 0
+    /// Application processor threads, waiting for `run` (created before the seccomp filter).
+    private var threads: [HostThread] = []
+    private let start = VcpuStartGate()
 
-    /// Builds a VM over `memory` with one vCPU. With `irqchip` (needed by Linux) KVM models the PIC,
-    /// IOAPIC, LAPIC and PIT in the kernel and HLT never reaches userspace; small test guests run
-    /// without it so that `hlt` ends the run.
+    /// Builds a VM over `memory` with `cpuCount` vCPUs. With `irqchip` (needed by Linux, and by any
+    /// guest with more than one vCPU: INIT/SIPI go through the in-kernel local APICs) KVM models the
+    /// PIC, IOAPIC, LAPIC and PIT in the kernel and HLT never reaches userspace; small single-CPU
+    /// test guests run without it so that `hlt` ends the run.
     public init(memory: GuestMemory, irqchip: Bool = true, cpuid: CPUIDPolicy = .forThisHost,
-                clock: VirtualClock = VirtualClock(), using existing: KVMSystem? = nil) throws(KVMError) {
+                clock: VirtualClock = VirtualClock(), using existing: KVMSystem? = nil, cpuCount: Int = 1) throws(KVMError) {
+        guard cpuCount >= 1, cpuCount == 1 || irqchip else {
+            throw KVMError("KVM_CREATE_VCPU", errno: EINVAL, detail: "\(cpuCount) vCPUs need the in-kernel irqchip")
+        }
         let system: KVMSystem
         if let existing { system = existing } else { system = try KVMSystem() }
         try system.require([(KVM_CAP_USER_MEMORY, "KVM_CAP_USER_MEMORY"),
@@ -37,7 +53,11 @@ public final class KVMBackend: VcpuBackend {
                             (KVM_CAP_IMMEDIATE_EXIT, "KVM_CAP_IMMEDIATE_EXIT")])
         if irqchip {
             try system.require([(KVM_CAP_IRQCHIP, "KVM_CAP_IRQCHIP"), (KVM_CAP_PIT2, "KVM_CAP_PIT2"),
-                                (KVM_CAP_SIGNAL_MSI, "KVM_CAP_SIGNAL_MSI")])
+                                (KVM_CAP_SIGNAL_MSI, "KVM_CAP_SIGNAL_MSI"), (KVM_CAP_IRQ_ROUTING, "KVM_CAP_IRQ_ROUTING")])
+        }
+        let maxVcpus = Int(max(system.checkExtension(KVM_CAP_MAX_VCPUS), system.checkExtension(KVM_CAP_NR_VCPUS)))
+        if maxVcpus > 0 && cpuCount > maxVcpus {
+            throw KVMError("KVM_CREATE_VCPU", errno: EINVAL, detail: "this host's KVM allows \(maxVcpus) vCPUs, not \(cpuCount)")
         }
         self.system = system
         vm = try system.createVM()
@@ -45,6 +65,7 @@ public final class KVMBackend: VcpuBackend {
         if system.checkExtension(KVM_CAP_SET_IDENTITY_MAP_ADDR) > 0 { try vm.setIdentityMapAddress() }
         if irqchip {
             try vm.createIRQChip()
+            try vm.setGSIRouting(KVMVirtualMachine.pcRouting)
             try vm.createPIT2()
             interrupts = KVMInterruptController(vm: vm)
         } else {
@@ -52,19 +73,30 @@ public final class KVMBackend: VcpuBackend {
         }
         try vm.mapMemory(memory)
         self.memory = memory
-        vcpu = try vm.createVcpu(id: 0)
+        let supported = try system.supportedCPUID()
+        var vcpus: [KVMVcpu] = []
+        for id in 0..<UInt32(truncatingIfNeeded: cpuCount) {
+            let v = try vm.createVcpu(id: id)
+            try v.setCPUID(cpuid.filter(supported, vcpuID: id, cpuCount: cpuCount))
+            try KVMBackend.configureMSRs(v)
+            try KVMBackend.configureFPU(v)
+            if irqchip { try KVMBackend.configureLAPIC(v) }
+            vcpus.append(v)
+        }
+        self.vcpus = vcpus
         self.clock = clock
-        let kickTarget = KickTarget(run: vcpu.run)
-        self.kickTarget = kickTarget
-        timerKicker = DeadlineKicker(clock: clock) { kickTarget.kick() }
-        try vcpu.setCPUID(cpuid.filter(try system.supportedCPUID(), vcpuID: 0))
-        try configureMSRs()
-        try configureFPU()
-        if irqchip { try configureLAPIC() }
+        let runners = vcpus.map { Runner(vcpu: $0) }
+        self.runners = runners
+        timerKicker = DeadlineKicker(clock: clock) { runners[0].kickTarget.kick() }
         KVMBackend.installKickHandler()
     }
 
-    private func configureMSRs() throws(KVMError) {
+    deinit {
+        start.open(threads.count, io: nil, control: nil, cancel: true)
+        for t in threads { t.join() }
+    }
+
+    private static func configureMSRs(_ vcpu: KVMVcpu) throws(KVMError) {
         // As Firecracker: a clean syscall/sysenter state, fast string operations enabled, and MTRRs
         // on with write-back as the default type (Linux disables PAT when MTRRs are off, and every
         // mapping, RAM included, would then be uncached as far as the guest's page attributes go).
@@ -79,7 +111,7 @@ public final class KVMBackend: VcpuBackend {
         ])
     }
 
-    private func configureFPU() throws(KVMError) {
+    private static func configureFPU(_ vcpu: KVMVcpu) throws(KVMError) {
         var fpu = kvm_fpu()
         fpu.fcw = 0x37F   // x87 reset control word
         fpu.mxcsr = 0x1F80 // SSE exceptions masked
@@ -91,8 +123,9 @@ public final class KVMBackend: VcpuBackend {
     static let mtrrDefTypeWriteBack: UInt64 = 0x800 | 0x6
 
     /// LINT0 as ExtINT (the 8259 reaches the CPU through the LAPIC's virtual wire) and LINT1 as NMI,
-    /// as a BIOS would leave them: Linux without an MP table or ACPI relies on this.
-    private func configureLAPIC() throws(KVMError) {
+    /// as a BIOS would leave them (and Firecracker does, on every vCPU): Linux without an MP table
+    /// or ACPI relies on this.
+    private static func configureLAPIC(_ vcpu: KVMVcpu) throws(KVMError) {
         var lapic = try vcpu.getLAPIC()
         withUnsafeMutableBytes(of: &lapic.regs) { regs in
             func update(_ offset: Int, mode: UInt32) {
@@ -106,6 +139,7 @@ public final class KVMBackend: VcpuBackend {
         try vcpu.setLAPIC(lapic)
     }
 
+    /// Loads the bootstrap processor's state (the others wait for the guest's start-up IPI).
     public func setEntryState(_ state: CPUEntryState) throws(KVMRunError) {
         do { try applyEntryState(state) } catch { throw .ioctl(error) }
     }
@@ -142,20 +176,65 @@ public final class KVMBackend: VcpuBackend {
         sigaction(SIGUSR1, &sa, nil)
     }
 
+    /// Creates the application processors' threads; they wait until `run`. Call before the seccomp
+    /// filter (it allows no new threads). Returns false if the host refused a thread.
+    @discardableResult
+    public func prepareThreads() -> Bool {
+        guard threads.isEmpty, runners.count > 1 else { return true }
+        for runner in runners.dropFirst() {
+            let start = self.start
+            guard let t = HostThread({ [unowned self] in
+                guard let (io, control) = start.wait() else { return }
+                do throws(KVMRunError) {
+                    let stop = try runVcpu(runner, io: io, control: control, bootstrap: false)
+                    control.requestStop(stop)
+                } catch {
+                    runner.failure = error
+                    control.requestStop(.hostRequest)   // the others stop; `run` reports the error
+                }
+            }) else { return false }
+            threads.append(t)
+        }
+        return true
+    }
+
     public func run(io: IOHandler, control: VMControl) throws(KVMRunError) -> VcpuStop {
-        kickTarget.arm(thread: pthread_self())
-        let kickTarget = self.kickTarget
+        if runners.count == 1 { return try runVcpu(runners[0], io: io, control: control, bootstrap: true) }
+        guard threads.count == runners.count - 1 || prepareThreads() else {
+            throw .ioctl(KVMError("pthread_create", errno: errno, detail: "no thread for an application processor"))
+        }
+        start.open(threads.count, io: io, control: control, cancel: false)
+        let result: Result<VcpuStop, KVMRunError>
+        do { result = .success(try runVcpu(runners[0], io: io, control: control, bootstrap: true)) }
+        catch { result = .failure(error) }
+        control.requestStop((try? result.get()) ?? .hostRequest)
+        for t in threads { t.join() }
+        threads = []
+        if case .failure(let e) = result { throw e }
+        if let e = runners.lazy.compactMap(\.failure).first { throw e }
+        return control.stopRequest ?? (try! result.get())
+    }
+
+    /// One vCPU's loop. The bootstrap processor also runs posted work and the device timers.
+    private func runVcpu(_ runner: Runner, io: IOHandler, control: VMControl, bootstrap: Bool) throws(KVMRunError)
+        -> VcpuStop
+    {
+        let vcpu = runner.vcpu
+        runner.kickTarget.arm(thread: pthread_self())
+        let kickTarget = runner.kickTarget
         let kicker = control.addKicker { kickTarget.kick() }
         defer {
             control.removeKicker(kicker)
             kickTarget.disarm()
-            timerKicker.arm(nil)
+            if bootstrap { timerKicker.arm(nil) }
         }
-        nextTimerDeadline = 0
+        if bootstrap { nextTimerDeadline = 0 }
         while true {
             if let stop = control.stopRequest { return stop }
-            if control.hasPostedWork { control.runPostedWork() }
-            serviceTimers()
+            if bootstrap {
+                if control.hasPostedWork { withDevices { control.runPostedWork() } }
+                serviceTimers()
+            }
             try checkInterruptDelivery()
             let entered: Bool
             do { entered = try vcpu.runOnce() } catch { throw .ioctl(error) }
@@ -163,13 +242,17 @@ public final class KVMBackend: VcpuBackend {
                 vcpu.run.pointee.immediate_exit = 0
                 continue
             }
-            exitCount &+= 1
+            runner.exits.add(1, ordering: .relaxed)
             let exit = KVMExit(run: vcpu.runPage, pageSize: vcpu.runSize)
-            // A port write may have re-armed a device timer: ask the devices again.
-            if case .portIO = exit { nextTimerDeadline = 0 }
+            // A port or MMIO write may have re-armed a device timer (a virtio notification lets a
+            // rate-limited request wait for its tokens): ask the devices again.
+            switch exit {
+            case .portIO, .mmio: if bootstrap { nextTimerDeadline = 0 }
+            default: break
+            }
             if case .internalError(let e) = exit, softInterruptWorkaround, let bytes = e.instructionBytes {
                 let stepped: Bool
-                do { stepped = try injectFailedSoftInterrupt(bytes) } catch { throw .ioctl(error) }
+                do { stepped = try KVMBackend.injectFailedSoftInterrupt(bytes, vcpu: vcpu) } catch { throw .ioctl(error) }
                 if stepped { continue }
             }
             do {
@@ -181,6 +264,13 @@ public final class KVMBackend: VcpuBackend {
         }
     }
 
+    @inline(__always)
+    private func withDevices<T>(_ body: () -> T) -> T {
+        deviceLock?.lock()
+        defer { deviceLock?.unlock() }
+        return body()
+    }
+
     /// Advances the timed devices when their deadline has passed (or a port access may have moved it)
     /// and has the kicker wake the vCPU at the next one.
     private func serviceTimers() {
@@ -188,8 +278,10 @@ public final class KVMBackend: VcpuBackend {
         let now = clock.nowNs
         guard now >= nextTimerDeadline else { return }
         var next = UInt64.max
-        for device in timedDevices {
-            if let d = device.advance(to: now) { next = min(next, d) }
+        withDevices {
+            for device in timedDevices {
+                if let d = device.advance(to: now) { next = min(next, d) }
+            }
         }
         nextTimerDeadline = next
         timerKicker.arm(next == .max ? nil : next)
@@ -214,7 +306,7 @@ public final class KVMBackend: VcpuBackend {
     /// inject the vector. Returns false for any other failure.
     public var softInterruptWorkaround = KVMSystem.emulatesSupervisorCode
 
-    private func injectFailedSoftInterrupt(_ insn: [UInt8]) throws(KVMError) -> Bool {
+    private static func injectFailedSoftInterrupt(_ insn: [UInt8], vcpu: KVMVcpu) throws(KVMError) -> Bool {
         guard let op = insn.first else { return false }
         // CLAC/STAC (the guest believes it has SMAP): only RFLAGS.AC changes.
         if insn.count >= 3 && insn[0] == 0x0F && insn[1] == 0x01 && (insn[2] == 0xCA || insn[2] == 0xCB) {
@@ -249,6 +341,19 @@ public final class KVMBackend: VcpuBackend {
         }
         try vcpu.setVcpuEvents(events)
         return true
+    }
+}
+
+/// One vCPU's run-loop state: its kick target, exit count and (for an application processor) the
+/// error that ended its loop.
+private final class Runner: @unchecked Sendable {
+    let vcpu: KVMVcpu
+    let kickTarget: KickTarget
+    let exits = Atomic<UInt64>(0)
+    var failure: KVMRunError?
+    init(vcpu: KVMVcpu) {
+        self.vcpu = vcpu
+        kickTarget = KickTarget(run: vcpu.run)
     }
 }
 

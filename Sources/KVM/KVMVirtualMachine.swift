@@ -69,6 +69,45 @@ public final class KVMVirtualMachine: @unchecked Sendable {
         _ = try kvmIoctl(fd, CKVM_KVM_SIGNAL_MSI(), "KVM_SIGNAL_MSI", &m)
     }
 
+    /// One route of the in-kernel irqchip: a GSI to an input pin of the master or slave 8259 or of
+    /// the I/O APIC.
+    public struct IRQRoute: Equatable, Sendable {
+        public enum Chip: UInt32, Sendable { case picMaster = 0, picSlave = 1, ioapic = 2 }
+        public var gsi: UInt32
+        public var chip: Chip
+        public var pin: UInt32
+        public init(gsi: UInt32, chip: Chip, pin: UInt32) { self.gsi = gsi; self.chip = chip; self.pin = pin }
+    }
+
+    /// The PC's routing in `PCLayout` terms: GSI n (n < 16, n != 2) to 8259 input n, and every GSI
+    /// with an I/O APIC pin to that pin (ISA IRQ 0, the PIT, to pin 2, as the MADT's override says;
+    /// KVM's default routing would send it to pin 0, where Linux does not look for the timer).
+    public static var pcRouting: [IRQRoute] {
+        var routes: [IRQRoute] = []
+        for gsi in 0..<PCLayout.GSI.ioapicPins {
+            if gsi < PCLayout.GSI.isaCount && gsi != PCLayout.GSI.cascade {
+                routes.append(IRQRoute(gsi: gsi, chip: gsi < 8 ? .picMaster : .picSlave, pin: gsi & 7))
+            }
+            if let pin = PCLayout.GSI.ioapicPin(gsi) { routes.append(IRQRoute(gsi: gsi, chip: .ioapic, pin: pin)) }
+        }
+        return routes
+    }
+
+    /// Replaces the irqchip's GSI routing table (KVM_SET_GSI_ROUTING).
+    public func setGSIRouting(_ routes: [IRQRoute]) throws(KVMError) {
+        try withFlexibleArray(kvm_irq_routing.self, kvm_irq_routing_entry.self, count: routes.count) {
+            (buf, header, entries) throws(KVMError) in
+            header.pointee.nr = UInt32(truncatingIfNeeded: routes.count)
+            for (i, r) in routes.enumerated() {
+                entries[i].gsi = r.gsi
+                entries[i].type = UInt32(truncatingIfNeeded: KVM_IRQ_ROUTING_IRQCHIP)
+                entries[i].u.irqchip.irqchip = r.chip.rawValue
+                entries[i].u.irqchip.pin = r.pin
+            }
+            _ = try kvmIoctl(fd, CKVM_KVM_SET_GSI_ROUTING(), "KVM_SET_GSI_ROUTING", buf)
+        }
+    }
+
     /// Creates vCPU `id` with its `kvm_run` mapping.
     public func createVcpu(id: UInt32) throws(KVMError) -> KVMVcpu {
         let vcpufd = try kvmIoctl(fd, CKVM_KVM_CREATE_VCPU(), "KVM_CREATE_VCPU", value: UInt(id))

@@ -31,7 +31,34 @@ public struct MachineConfig: Sendable {
     public var disks: [DiskConfig] = []
     /// The hybrid backend's policy; nil: the defaults with SWHV_HYBRID_POLICY / SWHV_HYBRID_MIN_INSNS.
     public var hybridPolicy: HybridPolicyConfig?
+    /// Network devices over existing TAPs, in order: eth0, eth1, ...
+    public var nets: [NetConfig] = []
+    /// A virtio-rng device feeding the guest's CRNG from the host's getrandom.
+    public var rng = false
+    /// vCPUs (1...maxCPUs).
+    public var cpus = 1
+    /// Describe the machine with ACPI tables (MADT with every CPU and the I/O APIC, FADT with the
+    /// power-off and reset registers, DSDT with the PCI host bridge). Off: no firmware tables, one
+    /// CPU visible to the guest through the 8259s, as before ACPI.
+    public var acpi = true
     public init() {}
+
+    /// The most vCPUs a VM may have (Firecracker's limit too).
+    public static let maxCPUs = 32
+
+    /// Checks the vCPU count against the limits, and against ACPI (without the MADT a guest finds
+    /// only the first CPU).
+    public func validate() throws(MachineError) {
+        guard (1...MachineConfig.maxCPUs).contains(cpus) else {
+            throw .invalidArgument("--cpus \(cpus) is out of range: a VM has 1 to \(MachineConfig.maxCPUs) vCPUs")
+        }
+        if cpus > 1 && accelerator == .hybrid {
+            throw .invalidArgument("--accel hybrid runs one vCPU: --cpus \(cpus) needs --accel interp or kvm")
+        }
+        if cpus > 1 && !acpi {
+            throw .invalidArgument("--cpus \(cpus) needs ACPI: without its MADT the guest finds only one CPU (drop --no-acpi)")
+        }
+    }
 }
 
 /// One `--disk PATH[,readonly][,serial=ID]`.
@@ -81,20 +108,29 @@ public final class Machine: IOHandler, @unchecked Sendable {
     /// The one VM clock: the RTC here, and the interpreter's TSC, PIT and APIC timer, all read it.
     public let clock = VirtualClock()
     public let log: Log
+    /// Held around every device access from a vCPU thread (several vCPUs run at once).
+    public let deviceLock = DeviceLock()
     private let vcpu: Vcpu
+    /// The virtio-net devices (in `config.nets` order) and the thread that watches their TAPs.
+    public private(set) var networks: [VirtioNet] = []
+    private var netPoller: NetPoller?
+    /// The virtio-rng device, when `config.rng`.
+    public private(set) var entropy: VirtioRng?
 
     /// The backend running the guest, by kind, so that each one's failures keep their type.
     enum Vcpu {
         case kvm(KVMBackend)
-        case interpreter(X86Interpreter)
-        case hybrid(HybridBackend)
+        case interpreter(InterpreterCPUs)
+        /// The hybrid backend and the software CPU (one vCPU) under it, which the platform's MSI and
+        /// DMA callbacks reach (unowned: kept alive here).
+        case hybrid(HybridBackend, software: InterpreterCPUs)
     }
 
     public var backend: any VcpuBackend {
         switch vcpu {
         case .kvm(let b): return b
         case .interpreter(let b): return b
-        case .hybrid(let b): return b
+        case .hybrid(let b, _): return b
         }
     }
     /// The hybrid backend runs (it needs a few more system calls under seccomp).
@@ -104,7 +140,7 @@ public final class Machine: IOHandler, @unchecked Sendable {
     }
     /// The hybrid backend's account of what it did (nil for the other backends).
     public var hybridStatistics: HybridStatistics? {
-        if case .hybrid(let h) = vcpu { return h.statistics }
+        if case .hybrid(let h, _) = vcpu { return h.statistics }
         return nil
     }
     public var ports: Bus { platform.ports }
@@ -122,32 +158,47 @@ public final class Machine: IOHandler, @unchecked Sendable {
     public var inputBacklogCount: Int { inputBacklog.load(ordering: .relaxed) }
 
     public init(config: MachineConfig, consoleOutput: SerialOutput) throws(MachineError) {
+        try config.validate()
         self.config = config
         log = Log(level: config.verbose ? .debug : (config.quiet ? .error : .info))
         do { memory = try GuestMemory(size: config.memorySize) } catch { throw .memory(error) }
         let choice = try Machine.chooseBackend(config: config, memory: memory, clock: clock)
         (backendReason, backendKernelArguments) = (choice.reason, choice.kernelArguments)
         let control = self.control, timer = self.timer
-        let platformConfig = PlatformConfig(
+        var platformConfig = PlatformConfig(
             memory: memory, clock: clock, interruptChip: choice.interruptChip, console: consoleOutput,
             onReset: { control.requestStop(.reset) },
             onBootMilestone: { timer.guestSignal($0.milestone.value) })
+        platformConfig.onPowerOff = { control.requestStop(.poweroff) }
+        platformConfig.acpi = config.acpi
+        platformConfig.cpuCount = config.cpus
         do { platform = try Platform(platformConfig) } catch { throw .platform(error) }
+        // Every device before the backend: it takes the platform's timed devices as they are now.
+        try Machine.attachDisks(config.disks, platform: platform)
+        (networks, netPoller) = try Machine.attachNetworks(config.nets, platform: platform, control: control)
+        if config.rng {
+            let rng = VirtioRng(clock: clock)
+            do { try platform.addVirtio(rng) } catch { throw .platform(error) }
+            entropy = rng
+        }
         switch (choice.kvm, choice.hybridPolicy) {
         case (let kvm?, _):
             kvm.timedDevices = platform.timedDevices
+            kvm.deviceLock = deviceLock
             vcpu = .kvm(kvm)
         case (nil, let policy?):
-            let cpu = Machine.makeInterpreter(platform: platform, translation: config.translation)
+            let software = Machine.makeInterpreter(platform: platform, cpus: 1, lock: deviceLock,
+                                                   translation: config.translation)
             do {
-                vcpu = .hybrid(try HybridBackend(interpreter: cpu, memory: memory, clock: clock, policy: policy))
+                vcpu = .hybrid(try HybridBackend(interpreter: software.cpus[0], memory: memory, clock: clock, policy: policy),
+                               software: software)
             } catch {
                 throw .backendUnavailable("--accel hybrid: cannot set up KVM for guest user code: \(error)")
             }
         case (nil, nil):
-            vcpu = .interpreter(Machine.makeInterpreter(platform: platform, translation: config.translation))
+            vcpu = .interpreter(Machine.makeInterpreter(platform: platform, cpus: config.cpus, lock: deviceLock,
+                                                        translation: config.translation))
         }
-        try attachDisks(config.disks)
         platform.uart.onReceiveReady = { [unowned self] in self.feedUART() }
         let log = self.log
         ports.onUnhandled = { addr, size, write in
@@ -157,6 +208,8 @@ public final class Machine: IOHandler, @unchecked Sendable {
             log.debug("unhandled MMIO \(write ? "write" : "read") \(hex(addr)) size \(size)")
         }
     }
+
+    deinit { netPoller?.stop() }
 
     /// The backend picked for a config, before the platform exists: KVM's VM (its irqchip is the
     /// platform's interrupt controller), or nil for the interpreter (the platform models the chips),
@@ -201,7 +254,7 @@ public final class Machine: IOHandler, @unchecked Sendable {
     static func makeKVM(config: MachineConfig, memory: GuestMemory, clock: VirtualClock, reason: String)
         throws(KVMError) -> BackendChoice
     {
-        let kvm = try KVMBackend(memory: memory, irqchip: config.irqchip, clock: clock)
+        let kvm = try KVMBackend(memory: memory, irqchip: config.irqchip, clock: clock, cpuCount: config.cpus)
         var reason = reason
         var args: [String] = []
         if KVMSystem.emulatesSupervisorCode {
@@ -245,12 +298,16 @@ public final class Machine: IOHandler, @unchecked Sendable {
         return nil
     }
 
-    /// The interpreter on a platform that models the PIC and PIT: it reads INTR from the 8259 pair,
-    /// advances the platform's timed devices and takes MSIs into its local APIC.
-    static func makeInterpreter(platform: Platform, translation: TranslationPolicy) -> X86Interpreter {
-        let cpu = X86Interpreter(memory: platform.memory, clock: platform.clock,
-                                 externalInterrupts: platform.externalInterrupts,
-                                 timedDevices: platform.timedDevices, translation: translation)
+    /// The interpreter on a platform that models the PIC, PIT and I/O APIC: the bootstrap vCPU reads
+    /// INTR from the 8259 pair, the vCPUs advance the platform's timed devices and take MSIs and
+    /// I/O APIC messages into their local APICs, whose level-triggered EOIs go back to the I/O APIC.
+    static func makeInterpreter(platform: Platform, cpus: Int, lock: DeviceLock,
+                                translation: TranslationPolicy) -> InterpreterCPUs {
+        let cpu = InterpreterCPUs(count: cpus, memory: platform.memory, clock: platform.clock,
+                                  externalInterrupts: platform.externalInterrupts,
+                                  timedDevices: platform.timedDevices, deviceLock: lock,
+                                  levelEOI: { [unowned platform] v in platform.endOfInterrupt(vector: v) },
+                                  translation: translation)
         platform.setMSITarget { [unowned cpu] address, data in cpu.deliverMSI(address: address, data: data) }
         // Disk reads land in guest RAM without passing the CPU: drop code decoded from those pages.
         platform.memory.dmaWriteObserver = { [unowned cpu] address, length in
@@ -261,7 +318,7 @@ public final class Machine: IOHandler, @unchecked Sendable {
 
     /// One virtio-blk PCI function per disk (00:01.0, 00:02.0, ...). A stock kernel finds them by
     /// probing config space at 0xCF8 — no ACPI needed — and uses MSI-X.
-    private func attachDisks(_ disks: [DiskConfig]) throws(MachineError) {
+    private static func attachDisks(_ disks: [DiskConfig], platform: Platform) throws(MachineError) {
         for (i, d) in disks.enumerated() {
             // Our own lock would refuse it with "in use by another process": say what is wrong.
             if disks[..<i].contains(where: { !($0.readOnly && d.readOnly) && Machine.sameFile($0.path, d.path) }) {
@@ -308,7 +365,7 @@ public final class Machine: IOHandler, @unchecked Sendable {
         do {
             let fullCmdline = ([cmdline] + backendKernelArguments).filter { !$0.isEmpty }.joined(separator: " ")
             loaded = try LinuxLoader.load(kernel: kernel, initrd: initrd, cmdline: fullCmdline, memory: memory,
-                                          unpackOnHost: config.unpackOnHost)
+                                          acpiRSDP: platform.acpiTables?.rsdpAddress, unpackOnHost: config.unpackOnHost)
         } catch {
             throw .loader(error)
         }
@@ -327,7 +384,7 @@ public final class Machine: IOHandler, @unchecked Sendable {
         switch vcpu {
         case .kvm(let kvm): do { try kvm.setEntryState(entry) } catch { throw .kvmRun(error) }
         case .interpreter(let cpu): cpu.setEntryState(entry)
-        case .hybrid(let h): do { try h.setEntryState(entry) } catch { throw .kvmRun(.ioctl(error)) }
+        case .hybrid(let h, _): do { try h.setEntryState(entry) } catch { throw .kvmRun(.ioctl(error)) }
         }
     }
 
@@ -366,32 +423,50 @@ public final class Machine: IOHandler, @unchecked Sendable {
 
     // MARK: Running
 
+    /// Creates the vCPU threads (they wait for `run`). Call before installing the seccomp filter,
+    /// which forbids new threads; `run` does it itself if nobody did.
+    public func prepareToRun() throws(MachineError) {
+        let prepared: Bool
+        switch vcpu {
+        case .kvm(let kvm): prepared = kvm.prepareThreads()
+        case .interpreter(let cpus): prepared = cpus.prepareThreads()
+        case .hybrid: prepared = true   // one vCPU, on the calling thread
+        }
+        guard prepared else {
+            throw .backendUnavailable("cannot create \(config.cpus - 1) vCPU threads: \(String(cString: strerror(errno)))")
+        }
+    }
+
     /// Runs the guest until it stops. Returns the stop reason; throws on vCPU failures.
     public func run() throws(MachineError) -> VcpuStop {
+        try prepareToRun()
         timer.mark(.firstInstruction)
+        defer { netPoller?.stop() }
         switch vcpu {
         case .kvm(let kvm): do { return try kvm.run(io: self, control: control) } catch { throw .kvmRun(error) }
         case .interpreter(let cpu): return cpu.run(io: self, control: control)
-        case .hybrid(let h): do { return try h.run(io: self, control: control) } catch { throw .kvmRun(.ioctl(error)) }
+        case .hybrid(let h, _): do { return try h.run(io: self, control: control) } catch { throw .kvmRun(.ioctl(error)) }
         }
     }
 
     // MARK: IOHandler
 
+    // Every vCPU thread comes here: the device lock makes the devices see one access at a time.
+
     public func portRead(_ port: UInt16, size: Int) -> UInt32 {
-        UInt32(truncatingIfNeeded: ports.read(UInt64(port), size: size))
+        deviceLock.withLock { UInt32(truncatingIfNeeded: ports.read(UInt64(port), size: size)) }
     }
 
     public func portWrite(_ port: UInt16, size: Int, value: UInt32) {
-        ports.write(UInt64(port), size: size, value: UInt64(value))
+        deviceLock.withLock { ports.write(UInt64(port), size: size, value: UInt64(value)) }
     }
 
     public func mmioRead(_ address: UInt64, size: Int) -> UInt64 {
-        mmio.read(address, size: size)
+        deviceLock.withLock { mmio.read(address, size: size) }
     }
 
     public func mmioWrite(_ address: UInt64, size: Int, value: UInt64) {
-        mmio.write(address, size: size, value: value)
+        deviceLock.withLock { mmio.write(address, size: size, value: value) }
     }
 }
 

@@ -2,6 +2,7 @@ import CPUBackend
 import Devices
 import KVM
 import LinuxLoader
+import Snapshot
 import VMMemory
 
 /// Everything that can stop swhv before or while running a guest, each with one clear line.
@@ -16,8 +17,12 @@ public enum MachineError: Error, CustomStringConvertible {
     case kvmRun(KVMRunError)
     case backendUnavailable(String)
     case platform(PlatformError)
+    /// A `--net` TAP could not be attached.
+    case net(NetError)
     /// The guest stopped in a way that is a failure (triple fault).
     case guestFailure(String)
+    /// A snapshot could not be written, read or restored.
+    case snapshot(SnapshotError)
 
     public var description: String {
         switch self {
@@ -30,7 +35,9 @@ public enum MachineError: Error, CustomStringConvertible {
         case .kvmRun(let e): return e.description
         case .backendUnavailable(let s): return s
         case .platform(let e): return e.description
+        case .net(let e): return e.description
         case .guestFailure(let s): return s
+        case .snapshot(let e): return e.description
         }
     }
 }

@@ -1,4 +1,5 @@
 import CKVM
+import CNet
 import CSeccomp
 import Glibc
 
@@ -9,6 +10,17 @@ import Glibc
 /// one line naming the call. `open`/`stat`-style calls fail with EACCES instead, because libc may
 /// try them on error paths (message catalogs) where failing quietly is the right outcome.
 public enum Seccomp {
+    /// Which filter: the vCPU's (and the whole process's without an API socket), or, with
+    /// `--api-sock`, the process-wide one that also lets the API thread serve its socket and write
+    /// snapshot files, with the vCPU's stacked on the vCPU thread (docs/security.md).
+    public enum Profile: Sendable {
+        case vcpu
+        /// The vCPU thread under `--api-sock`: `vcpu` plus the clock ioctls pause/resume needs.
+        case vcpuWithAPI
+        /// Every thread under `--api-sock` (the API thread has only this one).
+        case apiServer
+    }
+
     /// Calls allowed with any arguments.
     static let allowed: [Int32] = [
         // Console, disk I/O and their completions.
@@ -40,21 +52,40 @@ public enum Seccomp {
          CKVM_KVM_GET_DIRTY_LOG(), CKVM_KVM_CLEAR_DIRTY_LOG()].map { UInt32(truncatingIfNeeded: $0) }
     }
 
+    /// What the API thread needs beyond the run loop: its socket, and creating, writing and
+    /// renaming the snapshot files the API names (and reading disks' identities).
+    static let apiAllowed: [Int32] = [
+        SYS_accept, SYS_accept4, SYS_fcntl, SYS_sendto, SYS_recvfrom, SYS_setsockopt,
+        SYS_open, SYS_openat, SYS_fstat, SYS_newfstatat, SYS_statx, SYS_ftruncate, SYS_fchmod,
+        SYS_rename, SYS_renameat, SYS_renameat2, SYS_unlink, SYS_unlinkat,
+        // The vCPU thread stacks its own filter on this one (filters can only ever add limits).
+        SYS_seccomp,
+    ].map { Int32($0) }
+
     /// Calls that fail with EACCES instead of ending swhv.
     static let refused: [Int32] = [SYS_open, SYS_openat, SYS_stat, SYS_lstat, SYS_newfstatat, SYS_fstat,
                                    SYS_statx, SYS_access, SYS_faccessat, SYS_readlink].map { Int32($0) }
 
-    /// ioctl requests used while the guest runs: the vCPU loop and interrupt injection (KVM), and the
-    /// terminal restore on exit. Creating VMs, vCPUs or memory slots is not among them.
+    /// Pause and resume on KVM: kvmclock, the TSC (MSR and offset attribute), the LAPIC timer.
+    static var pauseIoctls: [UInt32] {
+        [CKVM_KVM_GET_CLOCK(), CKVM_KVM_SET_CLOCK(), CKVM_KVM_GET_MSRS(), CKVM_KVM_SET_MSRS(),
+         CKVM_KVM_HAS_DEVICE_ATTR(), CKVM_KVM_GET_DEVICE_ATTR(), CKVM_KVM_SET_DEVICE_ATTR(),
+         CKVM_KVM_GET_LAPIC(), CKVM_KVM_SET_LAPIC()].map { UInt32(truncatingIfNeeded: $0) }
+    }
+
+    /// ioctl requests used while the guest runs: the vCPU loop and interrupt injection (KVM), the
+    /// offloads a virtio-net guest accepts (TUNSETOFFLOAD, when its driver starts), and the terminal
+    /// restore on exit. Creating VMs, vCPUs, memory slots or network interfaces is not among them.
     static var allowedIoctls: [UInt32] {
         [CKVM_KVM_RUN(), CKVM_KVM_GET_REGS(), CKVM_KVM_SET_REGS(), CKVM_KVM_GET_SREGS(),
          CKVM_KVM_GET_VCPU_EVENTS(), CKVM_KVM_SET_VCPU_EVENTS(), CKVM_KVM_IRQ_LINE(), CKVM_KVM_SIGNAL_MSI(),
+         cnet_tunsetoffload(),
          UInt(truncatingIfNeeded: TCGETS), UInt(truncatingIfNeeded: TCSETS), UInt(truncatingIfNeeded: TCSETSW),
          UInt(truncatingIfNeeded: TCSETSF)].map { UInt32(truncatingIfNeeded: $0) }
     }
 
     /// The BPF program. `pid` limits tgkill to this process's threads.
-    static func program(pid: Int32, hybrid: Bool = false) -> [sock_filter] {
+    static func program(pid: Int32, profile: Profile = .vcpu, hybrid: Bool = false) -> [sock_filter] {
         func stmt(_ code: Int32, _ k: UInt32) -> sock_filter {
             sock_filter(code: UInt16(truncatingIfNeeded: code), jt: 0, jf: 0, k: k)
         }
@@ -73,16 +104,17 @@ public enum Seccomp {
         p.append(jeq(cseccomp_audit_arch(), 1, 0))
         p.append(stmt(ret, UInt32(SECCOMP_RET_KILL_PROCESS)))
         p.append(stmt(load, cseccomp_offset_nr()))
-        for nr in allowed + (hybrid ? hybridAllowed : []) {
+        let extra = (profile == .apiServer ? apiAllowed : []) + (hybrid ? hybridAllowed : [])
+        for nr in allowed + extra {
             p.append(jeq(UInt32(bitPattern: nr), 0, 1))
             p.append(stmt(ret, allow))
         }
-        for nr in refused {
+        for nr in refused where !extra.contains(nr) {
             p.append(jeq(UInt32(bitPattern: nr), 0, 1))
             p.append(stmt(ret, eacces))
         }
         // ioctl: the request (low 32 bits of arg 1; the kernel ignores the rest) must be listed.
-        let ioctls = allowedIoctls + (hybrid ? hybridIoctls : [])
+        let ioctls = allowedIoctls + (profile == .vcpu ? [] : pauseIoctls) + (hybrid ? hybridIoctls : [])
         p.append(jeq(UInt32(bitPattern: SYS_ioctl), 0, UInt8(2 * ioctls.count + 2)))
         p.append(stmt(load, cseccomp_offset_arg(1)))
         for req in ioctls {
@@ -108,12 +140,24 @@ public enum Seccomp {
         return p
     }
 
-    /// Installs the filter on all threads of this process. Irreversible.
+    /// Installs the filter on all threads of this process, or with `allThreads` false on the
+    /// calling thread only (stacked on what it has: both filters must allow a call). Irreversible.
     /// `hybrid`: also allow what the hybrid backend needs while the guest runs.
-    public static func install(hybrid: Bool = false) throws(MachineError) {
+    public static func install(_ profile: Profile = .vcpu, allThreads: Bool = true, hybrid: Bool = false) throws(MachineError) {
         installSigsysHandler()
-        var p = program(pid: getpid(), hybrid: hybrid)
-        let rc = p.withUnsafeMutableBufferPointer { cseccomp_install($0.baseAddress, UInt16($0.count)) }
+        var p = program(pid: getpid(), profile: profile, hybrid: hybrid)
+        let rc: Int32
+        if allThreads {
+            rc = p.withUnsafeMutableBufferPointer { cseccomp_install($0.baseAddress, UInt16($0.count)) }
+        } else {
+            // SECCOMP_SET_MODE_FILTER (1) without TSYNC; no_new_privs is already set by the first filter.
+            rc = p.withUnsafeMutableBufferPointer { buf -> Int32 in
+                var prog = sock_fprog(len: UInt16(truncatingIfNeeded: buf.count), filter: buf.baseAddress)
+                return withUnsafeMutablePointer(to: &prog) { pp in
+                    Int32(truncatingIfNeeded: syscall(Int(SYS_seccomp), 1, 0, Int(bitPattern: UnsafeMutableRawPointer(pp))))
+                }
+            }
+        }
         guard rc == 0 else {
             throw .backendUnavailable("cannot install the seccomp filter: \(String(cString: strerror(errno))) "
                                       + "(--no-seccomp runs without it)")

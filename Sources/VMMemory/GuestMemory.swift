@@ -69,15 +69,8 @@ public final class GuestMemory: @unchecked Sendable {
         guard size % 4096 == 0 else {
             throw MemoryError.invalidSize("memory size \(size) is not a multiple of 4 KiB")
         }
-        var layout: [(UInt64, UInt64)] = []
-        if size <= GuestMemory.mmioHoleStart {
-            layout.append((0, size))
-        } else {
-            layout.append((0, GuestMemory.mmioHoleStart))
-            layout.append((GuestMemory.mmioHoleEnd, size - GuestMemory.mmioHoleStart))
-        }
         var regions: [MemoryRegion] = []
-        for (base, len) in layout {
+        for (base, len) in GuestMemory.regionLayout(size: size) {
             guard let length = Int(exactly: len), let host = GuestMemory.mapRegion(length: length) else {
                 let e = errno
                 for r in regions { GuestMemory.unmapRegion(r) }
@@ -88,6 +81,12 @@ public final class GuestMemory: @unchecked Sendable {
         self.regions = regions
         self.size = size
         self.ownsMappings = true
+    }
+
+    /// Where `size` bytes of RAM go in guest-physical space: below the MMIO hole, the rest above 4 GiB.
+    public static func regionLayout(size: UInt64) -> [(guestBase: UInt64, size: UInt64)] {
+        if size <= GuestMemory.mmioHoleStart { return [(0, size)] }
+        return [(0, GuestMemory.mmioHoleStart), (GuestMemory.mmioHoleEnd, size - GuestMemory.mmioHoleStart)]
     }
 
     deinit {

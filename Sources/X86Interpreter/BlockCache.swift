@@ -82,6 +82,9 @@ extension X86Interpreter {
         }
         // Every block holds at least one instruction, so block ids (and links) stay below poolSize too.
         if poolUsed + BlockCache.maxBlock > BlockCache.poolSize { flushCodeCache() }
+        // Marked before the bytes are read: a write on any vCPU from here on invalidates the block.
+        let (gen, newlyMarked) = system.code.markCode(page)
+        if newlyMarked { noteCodePageDecoded(page) }
         let base = pool + poolUsed
         // Decode by page offset: in 64-bit code a block is a trace that follows direct jumps and
         // calls, and the not-taken side of conditional branches, as long as they stay in this page.
@@ -125,17 +128,12 @@ extension X86Interpreter {
         }
         for i in 0..<n { base[i].specialise(mode: mode) }
         poolUsed += n
-        if codePages[page] & PageMark.code == 0 {
-            codePages[page] |= PageMark.code
-            protectCodePage(page)
-            noteCodePageDecoded(page)
-        }
         let id = blocksDecoded
         blocksDecoded += 1
         links[2 * Int(id)] = BlockLink()
         links[2 * Int(id) + 1] = BlockLink()
         jit?.newBlock(id)
-        slot.pointee = BlockEntry(pa: pa, mode: mode, gen: pageGen[page], start: Int32(base - pool), count: Int32(n), id: id)
+        slot.pointee = BlockEntry(pa: pa, mode: mode, gen: gen, start: Int32(base - pool), count: Int32(n), id: id)
         return BlockRef(insns: base, count: n, id: id, page: Int32(truncatingIfNeeded: page))
     }
 
@@ -164,11 +162,9 @@ extension X86Interpreter {
         }
     }
 
-    /// Marks a physical page's decoded code stale.
+    /// Marks a physical page's decoded code stale (on every vCPU).
     func invalidateCodePage(_ page: Int) {
-        notePageMarksCleared(page)
-        pageGen[page] &+= 1
-        codePages[page] = 0
+        system.code.invalidate(page)
         st.pointee.codeModified = true
     }
 

@@ -26,8 +26,10 @@ extension X86Interpreter {
     /// CPUID.80000001:EDX — syscall nx lm; ECX — lahf_lm.
     static let cpuidExt1EDX: UInt32 = 1 << 11 | 1 << 20 | 1 << 29
     static let cpuidExt1ECX: UInt32 = 1 << 0
-    /// Leaves 2-0x14 read as zero (no cache/topology/power/perfmon enumeration); 0x15 gives the
-    /// TSC and crystal frequency so Linux needs no PIT calibration.
+    /// Leaves 2-0x14 read as zero (no cache/power/perfmon enumeration) except 0xB, the topology:
+    /// every vCPU is a core of one package, one thread each (so Linux finds siblings and takes the
+    /// delay-loop calibration from the boot CPU); 0x15 gives the TSC and crystal frequency so Linux
+    /// needs no PIT calibration.
     static let maxBasicLeaf: UInt32 = 0x15
     /// The TSC and the local APIC timer input both count VM-clock nanoseconds: 1 GHz.
     static let tscHz: UInt32 = 1_000_000_000
@@ -37,6 +39,12 @@ extension X86Interpreter {
     /// nothing here executes speculatively.
     static let archCapabilities: UInt64 = 1 << 0 | 1 << 4 | 1 << 5 | 1 << 6 | 1 << 8 | 1 << 13 | 1 << 14 | 1 << 15
         | 1 << 26 | 1 << 27
+
+    /// APIC-ID bits the cores of the package take (ceil(log2(vCPUs))).
+    var coreIDBits: UInt32 {
+        let n = system.cpuCount
+        return n <= 1 ? 0 : UInt32(truncatingIfNeeded: Int.bitWidth - (n - 1).leadingZeroBitCount)
+    }
 
     func cpuid() {
         let leaf = UInt32(truncatingIfNeeded: gpr(0))
@@ -52,8 +60,20 @@ extension X86Interpreter {
             b = str("Genu"); d = str("ineI"); c = str("ntel")
         case 1:
             a = 0x0000_0F61   // family 15, model 6, stepping 1
-            b = 0x0001_0800 | (apic.id << 24)   // CLFLUSH line 64 bytes, 1 logical processor
-            d = X86Interpreter.cpuid1EDX
+            // CLFLUSH line 64 bytes; initial APIC ID; with several vCPUs, the APIC IDs a package
+            // spans (HTT says the field is valid).
+            let ids = UInt32(1) << coreIDBits
+            b = 0x0800 | (apic.id << 24) | (system.cpuCount > 1 ? ids << 16 : 1 << 16)
+            d = X86Interpreter.cpuid1EDX | (system.cpuCount > 1 ? 1 << 28 : 0)
+        case 0xB:
+            // Extended topology: level 0 SMT (one thread per core), level 1 cores (all vCPUs).
+            let sub = UInt32(truncatingIfNeeded: gpr(Reg.rcx))
+            d = apic.id   // x2APIC ID
+            switch sub {
+            case 0: a = 0; b = 1; c = 1 << 8
+            case 1: a = coreIDBits; b = UInt32(truncatingIfNeeded: system.cpuCount); c = 2 << 8 | 1
+            default: c = sub & 0xFF   // invalid level
+            }
         case 7:
             // Subleaf 0, EBX bit 0: FSGSBASE. Linux then saves and restores FS/GS bases exactly on
             // context switches; without it, a null selector load (which clears the base, as on the

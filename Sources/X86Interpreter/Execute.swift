@@ -1,3 +1,8 @@
+import CHost
+#if canImport(Glibc)
+import Glibc
+#endif
+
 // The executor: one switch over decoded operations. On entry RIP already points at the next
 // instruction; a fault restores it (precise exceptions), so handlers must do every access that
 // can fault before changing architectural state.
@@ -139,10 +144,22 @@ extension X86Interpreter {
             }
         case .nop, .pause, .fence, .wbinvd, .clflush:
             if d.pointee.op == .wbinvd && st.pointee.cpl != 0 { throw Fault.gp(0) }
+            // MFENCE and friends order this vCPU's accesses against the other vCPUs' threads.
+            if d.pointee.op == .fence && atomicMemory { chost_fence() }
+            // PAUSE marks a spin-wait. On a host with fewer free cores than vCPUs the CPU this one
+            // waits for (a lock holder, an IPI's target) may be off its host core: every 32nd PAUSE
+            // gives the core up, as pause-loop exiting does under hardware virtualisation.
+            if d.pointee.op == .pause && atomicMemory {
+                pausesSeen &+= 1
+                if pausesSeen & 31 == 0 { sched_yield() }
+            }
         case .xchgEG:
             let s = Int(d.pointee.osz)
             let r = getRegSized(d.pointee.reg, s)
-            if d.pointee.mem {
+            if d.pointee.mem && atomicMemory {
+                // XCHG with memory is always locked.
+                setRegSized(d.pointee.reg, s, try lockedRMW(linearAddress(d), s) { _ in r })
+            } else if d.pointee.mem {
                 let la = linearAddress(d)
                 let m = try readSized(la, s)
                 try writeSized(la, s, r)
@@ -303,7 +320,9 @@ extension X86Interpreter {
     /// Read-modify-write of the E operand at size index `s`.
     @inline(__always)
     func rmwSized(_ d: UnsafePointer<DecodedInsn>, _ s: Int, _ f: (UInt64) -> UInt64) throws(Fault) {
-        if d.pointee.mem {
+        if locked(d) {
+            try lockedRMW(linearAddress(d), s, f)
+        } else if d.pointee.mem {
             let la = linearAddress(d)
             let v = try readSized(la, s)
             try writeSized(la, s, f(v))
@@ -377,7 +396,9 @@ extension X86Interpreter {
             _ = alu(kind, try read(la, T.self), b)
             return
         }
-        if let p = try rmwPointer(la, MemoryLayout<T>.size) {
+        if locked(d) {
+            try lockedRMW(la, sizeIndex(T.self)) { UInt64(alu(kind, T(truncatingIfNeeded: $0), b)) }
+        } else if let p = try rmwPointer(la, MemoryLayout<T>.size) {
             p.storeBytes(of: alu(kind, p.loadUnaligned(as: T.self), b), as: T.self)
         } else {
             let a = try read(la, T.self)
@@ -408,7 +429,9 @@ extension X86Interpreter {
             return
         }
         let la = linearAddress(d)
-        if let p = try rmwPointer(la, MemoryLayout<T>.size) {
+        if locked(d) {
+            try lockedRMW(la, s) { UInt64(f(T(truncatingIfNeeded: $0))) }
+        } else if let p = try rmwPointer(la, MemoryLayout<T>.size) {
             p.storeBytes(of: f(p.loadUnaligned(as: T.self)), as: T.self)
         } else {
             let v = try read(la, T.self)
@@ -418,6 +441,15 @@ extension X86Interpreter {
 
     func negE<T: FixedWidthInteger & UnsignedInteger>(_ d: UnsafePointer<DecodedInsn>, _: T.Type) throws(Fault) {
         let s = sizeIndex(T.self)
+        if locked(d) {
+            try lockedRMW(linearAddress(d), s) { old in
+                let v = T(truncatingIfNeeded: old)
+                let r = 0 &- v
+                setCC(CC.sub, s, dst: UInt64(r), src: UInt64(v))
+                return UInt64(r)
+            }
+            return
+        }
         let la = d.pointee.mem ? linearAddress(d) : 0
         let v: T = d.pointee.mem ? try read(la, T.self) : getReg(d.pointee.rm, T.self)
         let r = 0 &- v
@@ -644,9 +676,14 @@ extension X86Interpreter {
                 la = linear(Int(d.pointee.seg), ea2)
             }
         }
+        let m = UInt64(1) << UInt64(bit)
+        if kind != 0 && locked(d) {
+            let old = try lockedRMW(la, s) { v in kind == 1 ? v | m : (kind == 2 ? v & ~m : v ^ m) }
+            setArithFlags((arithFlags() & ~Flag.cf) | ((old >> UInt64(bit)) & 1))
+            return
+        }
         let v = d.pointee.mem ? try readSized(la, s) : getRegSized(d.pointee.rm, s)
         let cf = (v >> UInt64(bit)) & 1
-        let m = UInt64(1) << UInt64(bit)
         var r = v
         switch kind {
         case 1: r = v | m
@@ -662,6 +699,13 @@ extension X86Interpreter {
 
     func xadd(_ d: UnsafePointer<DecodedInsn>) throws(Fault) {
         let s = Int(d.pointee.osz)
+        if locked(d) {
+            let src = getRegSized(d.pointee.reg, s)
+            let old = try lockedRMW(linearAddress(d), s) { $0 &+ src }
+            setRegSized(d.pointee.reg, s, old)
+            setCC(CC.add, s, dst: (old &+ src) & sizeMask(s), src: src)
+            return
+        }
         let la = d.pointee.mem ? linearAddress(d) : 0
         let dst = d.pointee.mem ? try readSized(la, s) : getRegSized(d.pointee.rm, s)
         let src = getRegSized(d.pointee.reg, s)
@@ -673,6 +717,7 @@ extension X86Interpreter {
     }
 
     func cmpxchg(_ d: UnsafePointer<DecodedInsn>) throws(Fault) {
+        if locked(d) { return try lockedCmpxchg(d) }
         let s = Int(d.pointee.osz)
         let la = d.pointee.mem ? linearAddress(d) : 0
         let dst = d.pointee.mem ? try readSized(la, s) : getRegSized(d.pointee.rm, s)
@@ -693,6 +738,7 @@ extension X86Interpreter {
     func cmpxchg8b(_ d: UnsafePointer<DecodedInsn>) throws(Fault) {
         // CMPXCHG16B (REX.W) needs CPUID.CX16, which is not offered.
         if d.pointee.pfx & Pfx.rexW != 0 { throw Fault.ud }
+        if locked(d) { return try lockedCmpxchg8b(d) }
         let la = linearAddress(d)
         let m = try read(la, UInt64.self)
         let cmp = (gpr(Reg.rdx) & 0xFFFF_FFFF) << 32 | (gpr(0) & 0xFFFF_FFFF)

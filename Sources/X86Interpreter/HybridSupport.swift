@@ -6,8 +6,9 @@ import CPUBackend
 // native CPU could not complete, a host-derived TSC, and a watch on guest page-table pages.
 // The hooks cost one predictable branch in `updateMode` and in code-page bookkeeping when unused.
 
-/// Bits of `codePages` (per physical page): bit 0 decoded code is cached for the page, bit 1 the
-/// page is a watched guest page table. Either makes guest writes to the page take the slow path.
+/// Bits of `codePages` (per physical page, `SharedCode`): bit 0 decoded code is cached for the page,
+/// bit 1 the page is a watched guest page table, bit 2 another CPU verified its code. Any makes guest
+/// writes to the page take the slow path; a write clears them all (`SharedCode.invalidate`).
 enum PageMark {
     static let code: UInt8 = 1
     static let watchedTable: UInt8 = 2
@@ -265,9 +266,12 @@ extension X86Interpreter {
 
     /// True when an external interrupt would be delivered before the next instruction.
     public var interruptDeliverable: Bool {
+        // MSIs arrive by the APIC bus's inbox (from any thread).
+        if inbox.hasMail.load(ordering: .relaxed) { takeMail() }
         guard st.pointee.flagsRest & Flag.if != 0, !st.pointee.interruptShadow else { return false }
         if apic.pendingVector() != nil { return true }
-        if let ext = externalInterrupts, apic.acceptsExtINT, ext.interruptPending { return true }
+        if apic.acceptsExtINT, let ext = system.devices.externalInterrupts,
+           system.devices.withLock({ ext.interruptPending }) { return true }
         return false
     }
 
@@ -332,64 +336,44 @@ extension X86Interpreter {
 
     /// Guest-physical pages (as page numbers) of watched page tables written since their watch
     /// was armed; `armPageTableWatch` clears it.
-    public var writtenPageTables: [Int32] { hybrid.writtenTables }
+    public var writtenPageTables: [Int32] {
+        takeClearedWatches()
+        return hybrid.writtenTables
+    }
 
     /// Marks pages as watched page tables: the next guest write to each (through this CPU or by
     /// DMA) is recorded in `writtenPageTables`, after which the page is unwatched until armed again.
     public func armPageTableWatch<S: Sequence>(_ pages: S) where S.Element == Int32 {
+        takeClearedWatches()
         hybrid.writtenTables.removeAll(keepingCapacity: true)
-        var any = false
-        for p in pages where Int(p) < physPages && p >= 0 {
-            if codePages[Int(p)] & PageMark.watchedTable == 0 {
-                codePages[Int(p)] |= PageMark.watchedTable
-                any = true
-            }
-        }
-        guard any else { return }
-        // Cached writable translations of those pages must take the slow path from now on.
-        for i in 0..<(2 * TLBSize.entries) where tlb[i].wtag & 1 == 0 {
-            let page = Int(truncatingIfNeeded: tlb[i].phys >> 12)
-            if page < physPages && codePages[page] & PageMark.watchedTable != 0 { tlb[i].wtag = 1 }
-        }
+        system.code.watch(pages, mark: PageMark.watchedTable)
     }
 
     /// Stops watching every page.
     public func clearPageTableWatch() {
-        for p in 0..<physPages where codePages[p] & PageMark.watchedTable != 0 {
-            codePages[p] &= ~PageMark.watchedTable
-        }
+        system.code.unwatch(mark: PageMark.watchedTable)
+        takeClearedWatches()
         hybrid.writtenTables.removeAll(keepingCapacity: true)
     }
 
-    /// Called by `invalidateCodePage` before it clears a page's marks.
-    @inline(__always)
-    func notePageMarksCleared(_ page: Int) {
-        let marks = codePages[page]
-        if marks & PageMark.watchedTable != 0 {
-            hybrid.writtenTables.append(Int32(truncatingIfNeeded: page))
-        }
-        if marks & PageMark.verifiedCode != 0 {
-            hybrid.changedVerifiedCode.append(Int32(truncatingIfNeeded: page))
+    /// Moves the watch marks writes cleared (on this CPU or by DMA on a device thread, recorded by
+    /// `SharedCode`) into the lists the hybrid backend reads.
+    func takeClearedWatches() {
+        for (page, marks) in system.code.takeClearedWatches() {
+            if marks & PageMark.watchedTable != 0 { hybrid.writtenTables.append(page) }
+            if marks & PageMark.verifiedCode != 0 { hybrid.changedVerifiedCode.append(page) }
         }
     }
 
     /// Marks pages whose code another CPU checked: the next write to each through this CPU or by
     /// DMA is recorded (see `takeChangedVerifiedCode`) and clears the mark.
     public func markVerifiedCode(_ pages: [Int32]) {
-        var any = false
-        for p in pages where Int(p) < physPages && p >= 0 && codePages[Int(p)] & PageMark.verifiedCode == 0 {
-            codePages[Int(p)] |= PageMark.verifiedCode
-            any = true
-        }
-        guard any else { return }
-        for i in 0..<(2 * TLBSize.entries) where tlb[i].wtag & 1 == 0 {
-            let page = Int(truncatingIfNeeded: tlb[i].phys >> 12)
-            if page < physPages && codePages[page] & PageMark.verifiedCode != 0 { tlb[i].wtag = 1 }
-        }
+        system.code.watch(pages, mark: PageMark.verifiedCode)
     }
 
     /// Verified pages written since they were marked.
     public func takeChangedVerifiedCode() -> [Int32] {
+        takeClearedWatches()
         defer { hybrid.changedVerifiedCode.removeAll(keepingCapacity: true) }
         return hybrid.changedVerifiedCode
     }

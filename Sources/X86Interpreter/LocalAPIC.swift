@@ -1,6 +1,7 @@
-// The local APIC (xAPIC, MMIO at APIC_BASE): priority registers, IRR/ISR/TMR, EOI, self-IPIs, LVT
+// The local APIC (xAPIC, MMIO at APIC_BASE): priority registers, IRR/ISR/TMR, EOI, IPIs, LVT
 // timer (one-shot and periodic) counting from the VM clock at 1 tick per ns before the divider,
-// and LINT0 as the ExtINT virtual wire from the 8259.
+// and LINT0 as the ExtINT virtual wire from the 8259. Owned by its vCPU's thread: other APICs and
+// devices reach it only through the APIC bus (SMP/APICBus.swift), which posts to the vCPU's inbox.
 
 import VMCore
 
@@ -35,6 +36,32 @@ final class LocalAPIC {
     var timerStart: UInt64 = 0
     /// When the timer next fires (nil: not armed).
     var timerDeadline: UInt64?
+
+    /// Where an ICR write sends its IPI (the APIC bus; nil: only self-IPIs are delivered).
+    var onIPI: ((InterruptMessage) -> Void)?
+    /// The EOI of a vector that was accepted level-triggered (TMR set): broadcast to the I/O APIC.
+    var onLevelEOI: ((UInt8) -> Void)?
+    /// ID, LDR or DFR changed: the APIC bus routes by them.
+    var onRoutingChange: (() -> Void)?
+
+    /// A local APIC at reset: the bootstrap processor's keeps LINT0 as the 8259's virtual wire (what
+    /// firmware leaves); an application processor's LVT entries are all masked.
+    init(id: UInt32 = 0, bootstrap: Bool = true) {
+        self.id = id
+        baseMSR = LocalAPIC.defaultBase | 0x800 | (bootstrap ? 0x100 : 0)
+        if !bootstrap { lvtLint0 = 0x10000 }
+    }
+
+    /// INIT (SDM 10.4.7.3): every register back to its reset value except the ID and APIC_BASE.
+    func resetForINIT() {
+        tpr = 0; svr = 0xFF; ldr = 0; dfr = 0xFFFF_FFFF; esr = 0
+        isr = Array(repeating: 0, count: 8); irr = isr; tmr = isr
+        icrLow = 0; icrHigh = 0
+        lvtTimer = 0x10000; lvtThermal = 0x10000; lvtPerf = 0x10000; lvtLint0 = 0x10000; lvtLint1 = 0x10000
+        lvtError = 0x10000; lvtCMCI = 0x10000
+        divideConfig = 0; initialCount = 0; timerStart = 0; timerDeadline = nil
+        onRoutingChange?()
+    }
 
     var hardwareEnabled: Bool { baseMSR & 0x800 != 0 }
     var softwareEnabled: Bool { svr & 0x100 != 0 }
@@ -166,13 +193,17 @@ final class LocalAPIC {
     @discardableResult
     func write(offset: Int, value: UInt32, now: UInt64) -> Bool {
         switch offset & ~0xF {
-        case 0x20: id = value >> 24
+        case 0x20: id = value >> 24; onRoutingChange?()
         case 0x80: tpr = value & 0xFF
         case 0xB0:
-            // EOI: retire the highest in-service vector.
-            if let v = LocalAPIC.highestBit(isr) { isr[v >> 5] &= ~(1 << UInt32(v & 31)) }
-        case 0xD0: ldr = value & 0xFF00_0000
-        case 0xE0: dfr = value | 0x0FFF_FFFF
+            // EOI: retire the highest in-service vector; a level-triggered one is also broadcast.
+            if let v = LocalAPIC.highestBit(isr) {
+                let bit = UInt32(1) << UInt32(v & 31)
+                isr[v >> 5] &= ~bit
+                if tmr[v >> 5] & bit != 0 { onLevelEOI?(UInt8(truncatingIfNeeded: v)) }
+            }
+        case 0xD0: ldr = value & 0xFF00_0000; onRoutingChange?()
+        case 0xE0: dfr = value | 0x0FFF_FFFF; onRoutingChange?()
         case 0xF0:
             svr = value & 0x13FF
             if !softwareEnabled {
@@ -206,10 +237,18 @@ final class LocalAPIC {
 
     private func maskLVT(_ v: UInt32) -> UInt32 { softwareEnabled ? v : v | 0x10000 }
 
-    /// Only this CPU exists: self-IPIs and broadcasts including self are delivered; others dropped.
+    /// The ICR's message goes to the APIC bus; without one (a lone interpreter) only this CPU exists,
+    /// and only fixed IPIs that include it are delivered.
     private func sendIPI() {
         let shorthand = (icrLow >> 18) & 3
         let mode = (icrLow >> 8) & 7
+        if let onIPI {
+            onIPI(InterruptMessage(vector: UInt8(truncatingIfNeeded: icrLow), mode: UInt8(truncatingIfNeeded: mode),
+                                   level: icrLow & 0x8000 != 0, assert: icrLow & 0x4000 != 0,
+                                   destination: UInt8(truncatingIfNeeded: icrHigh >> 24), logical: icrLow & 0x800 != 0,
+                                   shorthand: UInt8(truncatingIfNeeded: shorthand)))
+            return
+        }
         let toSelf: Bool
         switch shorthand {
         case 1, 2: toSelf = true
@@ -219,6 +258,19 @@ final class LocalAPIC {
             toSelf = icrLow & 0x800 == 0 ? (dest == id || dest == 0xFF) : (dest & (ldr >> 24)) != 0
         }
         if toSelf && mode == 0 { setIRR(Int(icrLow & 0xFF)) }
+    }
+
+    /// Takes fixed and lowest-priority vectors the bus delivered (IRR bits, TMR bits for level ones).
+    func accept(irr newIRR: VectorSet, tmr newTMR: VectorSet) {
+        for i in 0..<8 {
+            let w = newIRR.word(i)
+            if w == 0 { continue }
+            // Vectors 0-15 are illegal (SDM 10.5.3): reported in ESR, never accepted.
+            let legal = i == 0 ? w & 0xFFFF_0000 : w
+            if legal != w { esr |= 0x40 }
+            irr[i] |= legal
+            tmr[i] = (tmr[i] & ~legal) | (newTMR.word(i) & legal)
+        }
     }
 
     /// An MSI write (address 0xFEExxxxx). Fixed and lowest-priority messages for this CPU are accepted.

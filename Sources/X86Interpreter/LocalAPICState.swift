@@ -40,6 +40,7 @@ extension X86Interpreter {
         (a.lvtLint1, a.lvtError, a.lvtCMCI) = (s.lvtLint1, s.lvtError, s.lvtCMCI)
         (a.divideConfig, a.initialCount, a.timerStart, a.timerDeadline) =
             (s.divideConfig, s.initialCount, s.timerStart, s.timerDeadline)
+        a.onRoutingChange?()
         st.pointee.eventCheck = true
     }
 }

@@ -1,3 +1,4 @@
+import CHost
 import VMMemory
 
 // Linear-address access: a direct-mapped software TLB caches page walks as host pointers, so a RAM
@@ -249,13 +250,15 @@ extension X86Interpreter {
 
     func physWrite(_ pa: UInt64, _ size: Int, _ v: UInt64) {
         if let p = memory.hostPointer(pa, length: UInt64(size)) {
-            noteCodeWrite(pa, size)
             switch size {
             case 1: p.storeBytes(of: UInt8(truncatingIfNeeded: v), as: UInt8.self)
             case 2: p.storeBytes(of: UInt16(truncatingIfNeeded: v), as: UInt16.self)
             case 4: p.storeBytes(of: UInt32(truncatingIfNeeded: v), as: UInt32.self)
             default: p.storeBytes(of: v, as: UInt64.self)
             }
+            // After the store: another vCPU decoding this page meanwhile either sees the new bytes or
+            // has its block invalidated now.
+            noteCodeWrite(pa, size)
             return
         }
         if apic.covers(pa) {
@@ -264,8 +267,8 @@ extension X86Interpreter {
             return
         }
         io?.mmioWrite(pa, size: size, value: v)
-        // A device may have raised an interrupt.
-        st.pointee.eventCheck = true
+        // A device may have raised an interrupt or armed a timer (a virtio notification).
+        ioHappened()
     }
 
     /// Self-modifying code: a write to a page holding decoded instructions invalidates them.
@@ -421,29 +424,39 @@ extension X86Interpreter {
         for i in 0..<nptr {
             let p: UnsafeMutableRawPointer?
             switch i { case 0: p = ptrs.0 case 1: p = ptrs.1 case 2: p = ptrs.2 default: p = ptrs.3 }
-            if let p {
-                if leafIs64 { p.storeBytes(of: p.load(as: UInt64.self) | 0x20, as: UInt64.self) }
-                else { p.storeBytes(of: p.load(as: UInt32.self) | 0x20, as: UInt32.self) }
-            }
+            if let p { _ = setPTEBits(p, wide: leafIs64, 0x20) }
         }
         var dirty = false
         if let p = leafPtr {
-            if leafIs64 {
-                var v = p.load(as: UInt64.self)
-                v |= 0x20
-                if isWrite { v |= 0x40 }
-                dirty = v & 0x40 != 0
-                p.storeBytes(of: v, as: UInt64.self)
-            } else {
-                var v = p.load(as: UInt32.self)
-                v |= 0x20
-                if isWrite { v |= 0x40 }
-                dirty = v & 0x40 != 0
-                p.storeBytes(of: v, as: UInt32.self)
-            }
+            dirty = setPTEBits(p, wide: leafIs64, isWrite ? 0x60 : 0x20) & 0x40 != 0
         }
         // Supervisor writes to read-only pages with CR0.WP = 0 succeed but are never cached as writable.
         return WalkResult(ppage: ppage, writable: writable, executable: !noExec, dirty: dirty, global: global)
+    }
+
+    /// Sets accessed/dirty bits in a paging-structure entry and returns its new value. With several
+    /// vCPUs this is a locked update, as on hardware: another CPU's XCHG clearing the entry (Linux's
+    /// ptep_get_and_clear) must not be undone by a write-back of the old value, and an entry found
+    /// not present is left alone.
+    @inline(__always)
+    func setPTEBits(_ p: UnsafeMutableRawPointer, wide: Bool, _ bits: UInt64) -> UInt64 {
+        if !atomicMemory {
+            if wide {
+                let v = p.load(as: UInt64.self) | bits
+                p.storeBytes(of: v, as: UInt64.self)
+                return v
+            }
+            let v = p.load(as: UInt32.self) | UInt32(truncatingIfNeeded: bits)
+            p.storeBytes(of: v, as: UInt32.self)
+            return UInt64(v)
+        }
+        var v = wide ? p.load(as: UInt64.self) : UInt64(p.load(as: UInt32.self))
+        while v & bits != bits && v & 1 != 0 {
+            let seen = wide ? chost_cas64(p, v, v | bits) : UInt64(chost_cas32(p, UInt32(truncatingIfNeeded: v), UInt32(truncatingIfNeeded: v | bits)))
+            if seen == v { return v | bits }
+            v = seen
+        }
+        return v
     }
 
     func fillTLB(_ e: UnsafeMutablePointer<TLBEntry>, vpage: UInt64, ppage: UInt64, read: Bool, write: Bool,
@@ -456,6 +469,12 @@ extension X86Interpreter {
             e.pointee.wtag = write && !isCode ? vpage : 1
             e.pointee.xtag = exec ? vpage : 1
             e.pointee.phys = ppage | (global ? 1 : 0)
+            // Another vCPU may have marked the page as code between the check and the fill, and
+            // scanned this TLB before the entry was in it: look again after a fence (SharedCode).
+            if write && !isCode && atomicMemory && page < physPages {
+                chost_fence()
+                if codePages[page] != 0 { e.pointee.wtag = 1 }
+            }
         } else {
             e.pointee.rtag = 1; e.pointee.wtag = 1; e.pointee.xtag = 1
             e.pointee.phys = ppage | 2 | (global ? 1 : 0)
@@ -479,11 +498,4 @@ extension X86Interpreter {
         tlb[TLBSize.entries + idx] = TLBEntry()
     }
 
-    /// Removes write permission from TLB entries that map physical page `page` (it now holds code).
-    func protectCodePage(_ page: Int) {
-        let ppage = UInt64(page) << 12
-        for i in 0..<(2 * TLBSize.entries) where tlb[i].phys & ~0xFFF == ppage {
-            tlb[i].wtag = 1
-        }
-    }
 }

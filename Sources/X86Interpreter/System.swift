@@ -43,6 +43,7 @@ extension X86Interpreter {
             for i in 0..<8 where i != Reg.rsp { setRegSized(UInt8(i * 8), s, vals[i]) }
         case .iret:
             try interruptReturn(osz: s)
+            nmiBlocked = false   // the end of an NMI handler unblocks NMIs
         case .retf:
             try farReturn(osz: s, popBytes: d.pointee.imm)
         case .jmpFarImm, .callFarImm:
@@ -381,6 +382,6 @@ extension X86Interpreter {
     @inline(__always)
     func ioHappened() {
         st.pointee.eventCheck = true
-        nextDeviceDeadline = 0
+        system.devices.devicesTouched()
     }
 }

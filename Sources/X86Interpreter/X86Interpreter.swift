@@ -1,3 +1,4 @@
+import CHost
 import CPUBackend
 import Dispatch
 import VMMemory
@@ -9,15 +10,27 @@ import VMMemory
 /// writes to a page holding decoded code. Blocks run through one `switch` per instruction with
 /// lazy flags and a software TLB. Interrupts, timers and host requests are checked between blocks.
 ///
-/// Not thread-safe: one thread runs the vCPU and calls everything here (devices included).
+/// One vCPU. Not thread-safe: one thread runs it and calls everything here. The vCPUs of a
+/// multi-processor VM (`InterpreterCPUs`) share an `InterpreterSystem`: decoded-code bookkeeping,
+/// the APIC bus, and the way to the devices (under the device lock).
 public final class X86Interpreter: VcpuBackend {
     public let name = "interpreter"
 
     let memory: GuestMemory
     let clock: VirtualClock
-    let externalInterrupts: ExternalInterrupts?
-    let timedDevices: [TimedDevice]
-    let apic = LocalAPIC()
+    let system: InterpreterSystem
+    /// This vCPU's number (its initial APIC ID); 0 is the bootstrap processor.
+    public let index: Int
+    let apic: LocalAPIC
+    /// Interrupts, INITs and start-ups other threads sent this vCPU.
+    let inbox: InterruptInbox
+    /// LOCKed instructions use host atomics (more than one vCPU runs in parallel).
+    let atomicMemory: Bool
+    /// After INIT (and from power-on for an application processor): waiting for a start-up IPI.
+    public internal(set) var waitingForStartup = false
+    /// An NMI is pending, and NMIs are blocked until the next IRET (one NMI handler at a time).
+    var nmiPending = false
+    var nmiBlocked = false
 
     // Hot state, in manually managed memory (see CPUState.swift).
     let st: UnsafeMutablePointer<CPUState>
@@ -72,8 +85,10 @@ public final class X86Interpreter: VcpuBackend {
     public var interceptExceptions = false
     public var interceptedException: (vector: Int, errorCode: UInt32?)?
 
+    /// PAUSEs executed with other vCPUs present (spin-wait back-off, see Execute.swift).
+    var pausesSeen: UInt64 = 0
+
     // Timers.
-    var nextDeviceDeadline: UInt64 = 0
     var pollCountdown = 0
     static let pollInterval = 8192
     let wakeup = DispatchSemaphore(value: 0)
@@ -87,17 +102,35 @@ public final class X86Interpreter: VcpuBackend {
     var tscSource: (() -> UInt64)?
     var tscHzOverride: UInt64?
 
-    public init(memory: GuestMemory, clock: VirtualClock, externalInterrupts: ExternalInterrupts? = nil,
-                timedDevices: [TimedDevice] = [], translation: TranslationPolicy = .default) {
+    /// A lone vCPU (a uniprocessor VM, tests): a system of its own, devices reached without a lock.
+    public convenience init(memory: GuestMemory, clock: VirtualClock, externalInterrupts: ExternalInterrupts? = nil,
+                            timedDevices: [TimedDevice] = [], translation: TranslationPolicy = .default) {
+        let devices = DeviceAccess(lock: nil, timedDevices: timedDevices, externalInterrupts: externalInterrupts,
+                                   levelEOI: nil)
+        let system = InterpreterSystem(cpuCount: 1, physPages: X86Interpreter.physPages(memory), devices: devices)
+        self.init(memory: memory, clock: clock, system: system, index: 0, translation: translation)
+    }
+
+    /// Guest-physical pages the code bookkeeping covers.
+    static func physPages(_ memory: GuestMemory) -> Int { Int(min(memory.highestAddress, 1 << 40) >> 12) }
+
+    /// vCPU `index` of `system`.
+    init(memory: GuestMemory, clock: VirtualClock, system: InterpreterSystem, index: Int,
+         translation: TranslationPolicy) {
         self.memory = memory
         self.clock = clock
-        self.externalInterrupts = externalInterrupts
-        self.timedDevices = timedDevices
-        st = .allocate(capacity: 1)
+        self.system = system
+        self.index = index
+        apic = LocalAPIC(id: UInt32(truncatingIfNeeded: index), bootstrap: index == 0)
+        inbox = system.bus.inboxes[index]
+        atomicMemory = system.cpuCount > 1
+        // The state every instruction writes sits on cache lines of its own: two vCPUs' small
+        // allocations side by side would bounce a shared line between their host cores.
+        st = X86Interpreter.ownLines(CPUState.self, 1)
         st.initialize(to: CPUState())
-        regs = .allocate(byteCount: Reg.count * 8, alignment: 16)
+        regs = UnsafeMutableRawPointer(X86Interpreter.ownLines(UInt64.self, Reg.count))
         regs.initializeMemory(as: UInt64.self, repeating: 0, count: Reg.count)
-        segs = .allocate(capacity: 6)
+        segs = X86Interpreter.ownLines(SegmentCache.self, 6)
         segs.initialize(repeating: SegmentCache(), count: 6)
         var jit: JIT? = nil
         var unavailable: String? = nil
@@ -110,13 +143,13 @@ public final class X86Interpreter: VcpuBackend {
         if let jit {
             segBase = (jit.ctx + Int(JITLayout.ctxSegBase)).bindMemory(to: UInt64.self, capacity: 8)
         } else {
-            segBase = .allocate(capacity: 8)
+            segBase = X86Interpreter.ownLines(UInt64.self, 8)
         }
         segBase.initialize(repeating: 0, count: 8)
         tlb = .allocate(capacity: 2 * TLBSize.entries)
         tlb.initialize(repeating: TLBEntry(), count: 2 * TLBSize.entries)
         fx = .allocate(byteCount: 512, alignment: 16)
-        fetchBuffer = .allocate(capacity: 16)
+        fetchBuffer = X86Interpreter.ownLines(UInt8.self, 16)
         blocks = .allocate(capacity: BlockCache.slots)
         blocks.initialize(repeating: BlockEntry(), count: BlockCache.slots)
         // DecodedInsn is a trivial type and entries are written before they are read, so the
@@ -124,21 +157,28 @@ public final class X86Interpreter: VcpuBackend {
         pool = .allocate(capacity: BlockCache.poolSize)
         // Written for each block as it is decoded; pages of unused ids are never committed.
         links = .allocate(capacity: 2 * BlockCache.poolSize)
-        scratch = .allocate(capacity: 1)
+        scratch = X86Interpreter.ownLines(DecodedInsn.self, 1)
         scratch.initialize(to: DecodedInsn())
-        physPages = Int(min(memory.highestAddress, 1 << 40) >> 12)
-        pageGen = .allocate(capacity: physPages)
-        pageGen.initialize(repeating: 0, count: physPages)
-        codePages = .allocate(capacity: physPages)
-        codePages.initialize(repeating: 0, count: physPages)
+        physPages = system.code.physPages
+        pageGen = system.code.pageGen
+        codePages = system.code.codePages
+        system.code.register(tlb: tlb)
         if let jit {
             jit.ctx.storeBytes(of: Unmanaged.passUnretained(self).toOpaque(), toByteOffset: Int(JITLayout.ctxSelf), as: UnsafeMutableRawPointer.self)
             jit.ctx.storeBytes(of: regs, toByteOffset: Int(JITLayout.ctxRegs), as: UnsafeMutableRawPointer.self)
             jit.ctx.storeBytes(of: UnsafeMutableRawPointer(st), toByteOffset: Int(JITLayout.ctxState), as: UnsafeMutableRawPointer.self)
             jit.ctx.storeBytes(of: UnsafeMutableRawPointer(tlb), toByteOffset: Int(JITLayout.ctxTLB), as: UnsafeMutableRawPointer.self)
             jit.ctx.storeBytes(of: UnsafeMutableRawPointer(pageGen), toByteOffset: Int(JITLayout.ctxPageGen), as: UnsafeMutableRawPointer.self)
+            jit.ctx.storeBytes(of: fx, toByteOffset: Int(JITLayout.ctxFX), as: UnsafeMutableRawPointer.self)
         }
         reset()
+        wireAPIC()
+    }
+
+    /// Room for `count` values of `T` on whole 64-byte cache lines (freed with `deallocate()`).
+    static func ownLines<T>(_: T.Type, _ count: Int) -> UnsafeMutablePointer<T> {
+        let bytes = (MemoryLayout<T>.stride * count + 63) & ~63
+        return UnsafeMutableRawPointer.allocate(byteCount: max(bytes, 64), alignment: 64).bindMemory(to: T.self, capacity: count)
     }
 
     deinit {
@@ -146,7 +186,6 @@ public final class X86Interpreter: VcpuBackend {
         if jit == nil { segBase.deallocate() }
         fx.deallocate(); fetchBuffer.deallocate(); blocks.deallocate(); scratch.deallocate()
         pool.deallocate(); links.deallocate()
-        pageGen.deallocate(); codePages.deallocate()
     }
 
     /// Power-on state: real mode at F000:FFF0.
@@ -211,20 +250,14 @@ public final class X86Interpreter: VcpuBackend {
         runLoop(io: io, control: nil, limit: 1)
     }
 
-    /// A message-signalled interrupt from a device (call on the vCPU thread).
+    /// A message-signalled interrupt from a device, to whichever local APIC it names (any thread).
     public func deliverMSI(address: UInt64, data: UInt32) {
-        apic.deliverMSI(address: address, data: data)
-        st.pointee.eventCheck = true
+        system.bus.deliverMSI(address: address, data: data)
     }
 
     /// Makes decoded code in a guest-physical range stale: for writes that bypass the CPU (device DMA).
     public func invalidateCode(physicalAddress: UInt64, length: UInt64) {
-        guard length > 0 else { return }
-        let first = Int(min(physicalAddress >> 12, UInt64(physPages)))
-        let (endAddr, overflow) = physicalAddress.addingReportingOverflow(length - 1)
-        let last = overflow ? physPages - 1 : Int(min(endAddr >> 12, UInt64(physPages - 1)))
-        guard first <= last else { return }
-        for p in first...last where codePages[p] != 0 { invalidateCodePage(p) }
+        system.code.invalidate(physicalAddress: physicalAddress, length: length)
     }
 
     // MARK: Mode bookkeeping
@@ -267,6 +300,11 @@ public final class X86Interpreter: VcpuBackend {
         while true {
             if st.pointee.shutdown { return .shutdown }
             if st.pointee.testStop { st.pointee.testStop = false; return nil }
+            if waitingForStartup {
+                guard let control else { return .haltedForever }
+                if let stop = startupWait(control) { return stop }
+                continue
+            }
             if instructionsRetired >= target || eventsWithoutProgress >= limit { return nil }
             if pollCountdown <= 0 {
                 pollCountdown = X86Interpreter.pollInterval
@@ -298,60 +336,105 @@ public final class X86Interpreter: VcpuBackend {
         control.addKicker { sem.signal() }
     }
 
-    /// Host requests, posted work and timers; called every few thousand instructions.
+    /// Host requests, posted work, mail from other vCPUs and timers; called every few thousand
+    /// instructions.
     func poll(_ control: VMControl?) -> VcpuStop? {
         if let control {
             if let stop = control.stopRequest { return stop }
             if control.hasPostedWork {
-                control.runPostedWork()
+                system.devices.runPostedWork(control)
                 st.pointee.eventCheck = true
             }
         }
+        if inbox.hasMail.load(ordering: .relaxed) { st.pointee.eventCheck = true }
         serviceTimers(now: clock.nowNs)
         return nil
     }
 
     func serviceTimers(now: UInt64) {
         if apic.advanceTimer(now: now) { st.pointee.eventCheck = true }
-        if now >= nextDeviceDeadline {
-            var next = UInt64.max
-            for dev in timedDevices {
-                if let d = dev.advance(to: now) { next = min(next, d) }
-            }
-            nextDeviceDeadline = next
-            st.pointee.eventCheck = true
-        }
+        if system.devices.serviceTimers(now: now) { st.pointee.eventCheck = true }
     }
 
     /// The earliest timer deadline (VM clock ns), if any.
     var nextDeadline: UInt64? {
-        let d = min(apic.timerDeadline ?? .max, nextDeviceDeadline)
+        let d = min(apic.timerDeadline ?? .max, system.devices.nextDeadline.load(ordering: .relaxed))
         return d == .max ? nil : d
     }
 
-    /// HLT: sleeps until an interrupt is deliverable, a timer falls due or the host kicks us.
+    /// HLT: sleeps until an interrupt is deliverable, a timer falls due or the host kicks us. With
+    /// interrupts off only an NMI or INIT can end it: a uniprocessor VM has then stopped for good; in a
+    /// multiprocessor one this vCPU waits (Linux parks offline CPUs so), and the VM stops only when
+    /// every vCPU is stuck.
     func haltWait(_ control: VMControl) -> VcpuStop? {
-        while st.pointee.halted {
+        var stuck = false
+        defer { if stuck { system.stuck.subtract(1, ordering: .sequentiallyConsistent) } }
+        while st.pointee.halted && !waitingForStartup {
             // A stop the guest itself requested (i8042 reset just before `cli; hlt`) wins.
             if let stop = control.stopRequest { return stop }
-            if st.pointee.flagsRest & Flag.if == 0 { return .haltedForever }
-            if control.hasPostedWork { control.runPostedWork(); st.pointee.eventCheck = true }
+            let interruptsOff = st.pointee.flagsRest & Flag.if == 0
+            if interruptsOff && !stuck {
+                if system.cpuCount == 1 && !nmiPending { return .haltedForever }
+                stuck = true
+                if system.stuck.add(1, ordering: .sequentiallyConsistent).newValue == system.cpuCount {
+                    control.requestStop(.haltedForever)
+                }
+            } else if !interruptsOff && stuck {
+                stuck = false
+                system.stuck.subtract(1, ordering: .sequentiallyConsistent)
+            }
+            if control.hasPostedWork { system.devices.runPostedWork(control); st.pointee.eventCheck = true }
             let now = clock.nowNs
             serviceTimers(now: now)
             checkInterrupts()
-            if !st.pointee.halted { break }
-            if let d = nextDeadline {
-                if d > now { _ = wakeup.wait(timeout: .now() + .nanoseconds(Int(min(d - now, 1_000_000_000)))) }
-            } else {
-                _ = wakeup.wait(timeout: .now() + .seconds(1))
-            }
+            if !st.pointee.halted || waitingForStartup { break }
+            sleep(until: nextDeadline, now: now)
         }
         return nil
     }
 
-    /// Delivers the highest-priority pending external interrupt if RFLAGS.IF allows.
+    /// Waits for a start-up IPI (after INIT, or from power-on for an application processor).
+    func startupWait(_ control: VMControl) -> VcpuStop? {
+        registerKicker(control)
+        if system.stuck.add(1, ordering: .sequentiallyConsistent).newValue == system.cpuCount {
+            control.requestStop(.haltedForever)
+        }
+        defer { system.stuck.subtract(1, ordering: .sequentiallyConsistent) }
+        while waitingForStartup {
+            if let stop = control.stopRequest { return stop }
+            takeMail()
+            if !waitingForStartup { break }
+            sleep(until: nil, now: clock.nowNs)
+        }
+        return nil
+    }
+
+    /// Sleeps until `deadline` (VM clock ns; at most a second), a kick, or mail from another vCPU.
+    func sleep(until deadline: UInt64?, now: UInt64) {
+        let ns = deadline.map { $0 > now ? min($0 - now, 1_000_000_000) : 0 } ?? 1_000_000_000
+        guard ns > 0 else { return }
+        // Announce the sleep before the last look at the mail: a sender that posts after this look
+        // sees `sleeping` and signals (see InterruptInbox).
+        inbox.sleeping.store(true, ordering: .sequentiallyConsistent)
+        if !inbox.hasMail.load(ordering: .sequentiallyConsistent) {
+            _ = wakeup.wait(timeout: .now() + .nanoseconds(Int(truncatingIfNeeded: ns)))
+        }
+        inbox.sleeping.store(false, ordering: .sequentiallyConsistent)
+    }
+
+    /// Delivers the highest-priority pending external interrupt if RFLAGS.IF allows (an NMI
+    /// regardless of it).
     func checkInterrupts() {
         st.pointee.eventCheck = false
+        if inbox.hasMail.load(ordering: .relaxed) { takeMail() }
+        if nmiPending && !nmiBlocked {
+            nmiPending = false
+            nmiBlocked = true
+            st.pointee.halted = false
+            deliverEvent(vector: 2, kind: .external)
+            st.pointee.eventCheck = true
+            return
+        }
         guard st.pointee.flagsRest & Flag.if != 0 else { return }
         if let v = apic.pendingVector() {
             apic.acknowledge(v)
@@ -360,8 +443,7 @@ public final class X86Interpreter: VcpuBackend {
             st.pointee.eventCheck = true
             return
         }
-        if let ext = externalInterrupts, apic.acceptsExtINT, ext.interruptPending {
-            let v = ext.acknowledge()
+        if apic.acceptsExtINT, let v = system.devices.acknowledgeExternal() {
             st.pointee.halted = false
             deliverEvent(vector: Int(v), kind: .external)
             st.pointee.eventCheck = true

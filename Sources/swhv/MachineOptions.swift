@@ -19,14 +19,19 @@ enum MachineOptions {
             throw .invalidArgument("--accel '\(accel)' is not one of auto, kvm, interp, hybrid")
         }
         config.accelerator = a
-        switch translate {
-        case "on": config.translation = TranslationPolicy.default   // SWHV_TRANSLATE may tune it for experiments
-        case "off": config.translation = .off
-        default: throw .invalidArgument("--translate '\(translate)' is not one of on, off")
-        }
+        config.translation = try translation(translate)
         for d in disks { config.disks.append(try DiskConfig.parse(d)) }
         try HostFile.checkDisks(config.disks.map(\.path))
         return config
+    }
+
+    /// `--translate on|off` (boot, run-image and restore).
+    static func translation(_ text: String) throws(MachineError) -> TranslationPolicy {
+        switch text {
+        case "on": return TranslationPolicy.default   // SWHV_TRANSLATE may tune it for experiments
+        case "off": return .off
+        default: throw .invalidArgument("--translate '\(text)' is not one of on, off")
+        }
     }
 
     /// README's first command names files that scripts/fetch-guest makes: when one of them is

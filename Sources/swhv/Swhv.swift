@@ -1,3 +1,4 @@
+import APIServer
 import ArgumentParser
 import CPUBackend
 import Glibc
@@ -13,7 +14,8 @@ struct Swhv: ParsableCommand {
             Runs guests on KVM where /dev/kvm works, or on swhv's own x86-64 interpreter. The guest console is this terminal (the 16550 UART at COM1). Press Ctrl-A x to quit.
             """,
         version: "swhv \(swhvVersion)",
-        subcommands: [Boot.self, RunImage.self, SeccompCheck.self])
+        subcommands: [Boot.self, RunImage.self, Restore.self, Pause.self, Resume.self, Info.self, Snapshot.self,
+                      SeccompCheck.self])
 
     /// Errors swhv itself reports get one line and exit status 1; usage errors go through
     /// ArgumentParser (which prints the usage and exits 64).
@@ -25,10 +27,15 @@ struct Swhv: ParsableCommand {
             if var boot = command as? Boot {
                 boot.processStart = start
                 try boot.run()
+            } else if var restore = command as? Restore {
+                restore.processStart = start
+                try restore.run()
             } else {
                 try command.run()
             }
         } catch let e as MachineError {
+            fail(e.description)
+        } catch let e as APIClient.Failure {
             fail(e.description)
         } catch {
             exit(withError: error)
@@ -48,8 +55,9 @@ struct Boot: ParsableCommand {
         // Written out: ArgumentParser collapses more than a dozen options into `[<options>]`.
         usage: """
             swhv boot --kernel <path> [--initrd <path>] [--cmdline <args>] [--no-default-cmdline]
-                      [--disk <path>[,readonly][,serial=ID]]... [--memory <size>] [--accel auto|kvm|interp|hybrid]
-                      [--translate on|off] [--guest-decompress] [--boot-timer] [--no-seccomp] [--quiet] [--verbose]
+                      [--disk <path>[,readonly][,serial=ID]]... [--net tap=NAME[,mac=MAC]]... [--rng|--no-rng]
+                      [--memory <size>] [--accel auto|kvm|interp|hybrid] [--cpus <n>] [--no-acpi] [--translate on|off]
+                      [--guest-decompress] [--boot-timer] [--no-seccomp] [--quiet] [--verbose] [--api-sock <path>]
             """,
         // One line per paragraph: ArgumentParser wraps them to the terminal.
         discussion: """
@@ -84,6 +92,16 @@ struct Boot: ParsableCommand {
     var disk: [String] = []
 
     @Option(name: .long, help: ArgumentHelp(
+        "A network device over an existing TAP interface (eth0, eth1, ... in order). Repeatable. "
+            + "Options: mac=MAC, offload=all|csum|none, mrg_rxbuf=on|off.",
+        valueName: "tap=NAME[,mac=MAC]"))
+    var net: [String] = []
+
+    @Flag(name: .long, inversion: .prefixedNo, help: ArgumentHelp(
+        "A virtio-rng device: the guest's entropy comes from the host's getrandom (at most 1 MiB/s)."))
+    var rng = false
+
+    @Option(name: .long, help: ArgumentHelp(
         "Guest RAM: a number of MiB, or with a unit (256M, 1G). Default 512M.", valueName: "size"))
     var memory: String = "512M"
 
@@ -91,6 +109,12 @@ struct Boot: ParsableCommand {
         "CPU backend: auto (KVM on hardware-virtualization hosts, else the interpreter), kvm, interp (swhv's x86-64 interpreter), or hybrid (kvm-pvm hosts: guest kernel on the interpreter, guest user code on KVM).",
         valueName: "auto|kvm|interp|hybrid"))
     var accel: String = "auto"
+
+    @Option(name: .long, help: ArgumentHelp("vCPUs, 1 to \(MachineConfig.maxCPUs) (default 1).", valueName: "n"))
+    var cpus: Int = 1
+
+    @Flag(name: .long, help: "No ACPI tables: the guest finds one CPU and the 8259s, and cannot power the machine off (--cpus 1 only).")
+    var noAcpi = false
 
     @Option(name: .long, help: ArgumentHelp(
         "On the software CPU, translate hot guest code to host code (on, the default) or only interpret it (off: slower, for diffing and debugging).",
@@ -113,11 +137,16 @@ struct Boot: ParsableCommand {
         "Run without the seccomp system-call filter (for debugging swhv; see docs/security.md)."))
     var noSeccomp = false
 
+    @Option(name: .long, help: ArgumentHelp(
+        "Serve the API (HTTP/1.1 + JSON, Firecracker's paths) on this Unix socket: pause, resume, info, snapshot.",
+        valueName: "path"))
+    var apiSock: String?
+
     var processStart: UInt64 = VirtualClock.hostMonotonicNs()
 
     enum CodingKeys: String, CodingKey {
         case kernel, initrd, cmdline, noDefaultCmdline, disk, memory, guestDecompress, accel, translate, bootTimer, quiet, verbose
-        case noSeccomp
+        case noSeccomp, cpus, noAcpi, net, rng, apiSock
     }
 
     func run() throws {
@@ -127,6 +156,11 @@ struct Boot: ParsableCommand {
                 "--no-default-cmdline needs --cmdline: the kernel would get an empty command line (and no console)")
         }
         var config = try MachineOptions.config(memory: memory, accel: accel, translate: translate, disks: disk)
+        for n in net { config.nets.append(try NetConfig.parse(n)) }
+        config.rng = rng
+        config.cpus = cpus
+        config.acpi = !noAcpi
+        try config.validate()
         config.quiet = quiet
         config.verbose = verbose
         config.unpackOnHost = !guestDecompress
@@ -145,13 +179,17 @@ struct Boot: ParsableCommand {
         // After loading, so that bad input gets exactly one line on stderr.
         if !quiet { machine.log.info("using \(machine.backend.name): \(machine.backendReason)") }
 
+        let api = try APISession.start(socketPath: apiSock, machine: machine, memoryIsAnonymous: true)
         let stopSignals = StopSignals(control: machine.control)
         let raw = TerminalRawMode()
         machine.startStdinPump(handleEscape: true)
-        // Everything is open and mapped: from here on the guest faces only the calls the run loop needs.
-        if !noSeccomp { try Seccomp.install(hybrid: machine.usesHybridBackend) }
+        try machine.prepareToRun()
+        // Everything is open, mapped and started: from here on the guest faces only the calls the
+        // run loop needs.
+        if !noSeccomp { try APISession.confine(api, hybrid: machine.usesHybridBackend) }
         let result: Result<VcpuStop, MachineError>
         do { result = .success(try machine.run()) } catch { result = .failure(error) }
+        api?.finish(APICommand.describe(result))
         raw?.restore()
         console.flush(blockingFor: 500)
         if bootTimer {
@@ -212,6 +250,12 @@ struct RunImage: ParsableCommand {
     var translate: String = "on"
 
     @Option(name: .long, help: ArgumentHelp(
+        "vCPUs (default 1). The others wait for the guest's INIT/SIPI; with more than one, KVM's in-kernel "
+            + "local APICs are used, so the guest must end by a reset (i8042 0xFE), not by hlt.",
+        valueName: "n"))
+    var cpus: Int = 1
+
+    @Option(name: .long, help: ArgumentHelp(
         "A host file as a virtio-blk PCI device (00:01.0, 00:02.0, ... in order), as for boot. Repeatable.",
         valueName: "path[,readonly][,serial=ID]"))
     var disk: [String] = []
@@ -220,6 +264,9 @@ struct RunImage: ParsableCommand {
         "Run without the seccomp system-call filter (for debugging swhv; see docs/security.md)."))
     var noSeccomp = false
 
+    @Option(name: .long, help: ArgumentHelp("Serve the API on this Unix socket, as boot --api-sock.", valueName: "path"))
+    var apiSock: String?
+
     func run() throws {
         func number(_ t: String) throws -> UInt64 {
             let v = t.hasPrefix("0x") ? UInt64(t.dropFirst(2), radix: 16) : UInt64(t)
@@ -227,7 +274,12 @@ struct RunImage: ParsableCommand {
             return v
         }
         var config = try MachineOptions.config(memory: memory, accel: accel, translate: translate, disks: disk)
-        config.irqchip = false
+        // Several CPUs need local APICs (INIT/SIPI, IPIs): KVM's in-kernel ones. One CPU runs bare, so
+        // that `hlt` ends the run; it needs no firmware tables either.
+        config.irqchip = cpus > 1
+        config.acpi = cpus > 1
+        config.cpus = cpus
+        try config.validate()
         config.quiet = true
         let address = try number(load)
         guard address < 0x10000 else { throw MachineError.invalidArgument("--load must be below 0x10000 (real mode)") }
@@ -243,11 +295,16 @@ struct RunImage: ParsableCommand {
             do { try machine.memory.write(UInt32(value), at: at) }
             catch { throw MachineError.invalidArgument("--write32 address 0x\(String(at, radix: 16)) is outside guest RAM") }
         }
+        let api = try APISession.start(socketPath: apiSock, machine: machine, memoryIsAnonymous: true)
         let stopSignals = StopSignals(control: machine.control)
+        try machine.prepareToRun()   // the vCPU threads: the filter forbids making threads
         // The same confinement as boot: hostile test guests run under the filter too.
-        if !noSeccomp { try Seccomp.install(hybrid: machine.usesHybridBackend) }
+        if !noSeccomp { try APISession.confine(api, hybrid: machine.usesHybridBackend) }
         let start = VirtualClock.hostMonotonicNs()
-        let stop = try machine.run()
+        let result: Result<VcpuStop, MachineError>
+        do { result = .success(try machine.run()) } catch { result = .failure(error) }
+        api?.finish(APICommand.describe(result))
+        let stop = try result.get()
         let ms = Double(VirtualClock.hostMonotonicNs() &- start) / 1e6
         console.flush(blockingFor: 500)
         var line = "\(machine.backend.name): \(stop) after \(ms) ms"

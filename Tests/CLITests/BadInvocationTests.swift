@@ -161,6 +161,22 @@ final class BadInvocationTests: XCTestCase {
                  message: "no path"),
             Case(name: "disk given twice", args: ["boot", "--kernel", k, "--disk", disk, "--disk", disk] + interp,
                  message: "more than once"),
+            Case(name: "net without a TAP", args: ["boot", "--kernel", k, "--net", "mac=52:54:00:00:00:01"] + interp,
+                 message: "names no TAP"),
+            Case(name: "net option not KEY=VALUE", args: ["boot", "--kernel", k, "--net", "tap0"] + interp,
+                 message: "not KEY=VALUE"),
+            Case(name: "net MAC malformed", args: ["boot", "--kernel", k, "--net", "tap=t0,mac=52:54"] + interp,
+                 message: "not a MAC address"),
+            Case(name: "net MAC multicast", args: ["boot", "--kernel", k, "--net", "tap=t0,mac=01:00:5e:00:00:01"] + interp,
+                 message: "multicast"),
+            Case(name: "net offload unknown", args: ["boot", "--kernel", k, "--net", "tap=t0,offload=fast"] + interp,
+                 message: "not one of all, csum, none"),
+            Case(name: "net TAP missing", args: ["boot", "--kernel", k, "--net", "tap=swhv-no-such"] + interp,
+                 message: "TAP device 'swhv-no-such' does not exist"),
+            Case(name: "net TAP name too long", args: ["boot", "--kernel", k, "--net", "tap=" + String(repeating: "t", count: 16)] + interp,
+                 message: "not an interface name"),
+            Case(name: "net TAP given twice", args: ["boot", "--kernel", k, "--net", "tap=t0", "--net", "tap=t0"] + interp,
+                 message: "given twice"),
             Case(name: "unknown option", args: ["boot", "--kernel", k, "--turbo"], status: 64, message: "--turbo"),
             Case(name: "unknown subcommand", args: ["start"], status: 64, message: "start"),
             Case(name: "option without its value", args: ["boot", "--kernel"], status: 64, message: "--kernel"),
@@ -209,7 +225,8 @@ final class BadInvocationTests: XCTestCase {
     func testHelpExplainsTheOptions() throws {
         let r = try Self.swhv(["boot", "--help"])
         XCTAssertEqual(r.status, 0)
-        for opt in ["--kernel", "--initrd", "--cmdline", "--memory", "--accel", "--disk", "--no-seccomp", "Ctrl-A x", "SIGTERM"] {
+        for opt in ["--kernel", "--initrd", "--cmdline", "--memory", "--accel", "--disk", "--net", "--rng", "--no-seccomp",
+                    "Ctrl-A x", "SIGTERM"] {
             XCTAssertTrue(r.stdout.contains(opt), "help should mention \(opt)")
         }
     }
@@ -251,17 +268,18 @@ final class BadInvocationTests: XCTestCase {
         guard let block = readme.components(separatedBy: "## Usage").dropFirst().first?
             .components(separatedBy: "```").dropFirst().first else { return XCTFail("no usage block in README") }
         var options: [String: Set<String>] = [:]
-        var current: String?
+        var current: [String] = []
         for line in block.split(separator: "\n") {
             let words = line.split(separator: " ")
             if words.first == "swhv", words.count > 1 {
-                current = words[1].hasPrefix("--") ? nil : String(words[1])
+                // `swhv pause|resume|info --api-sock PATH` stands for three commands.
+                current = words[1].hasPrefix("--") ? [] : words[1].split(separator: "|").map(String.init)
             }
-            guard let sub = current else { continue }
             let found = line.matches(of: /--[a-z0-9-]+/).map { String($0.output) }
-            options[sub, default: []].formUnion(found)
+            for sub in current { options[sub, default: []].formUnion(found) }
         }
-        XCTAssertEqual(Set(options.keys), ["boot", "run-image"], "subcommands in README's usage")
+        XCTAssertEqual(Set(options.keys), ["boot", "run-image", "pause", "resume", "info", "snapshot", "restore"],
+                       "subcommands in README's usage")
         for (sub, readmeOptions) in options {
             let help = try Self.swhv([sub, "--help"]).stdout
             let usage = help.components(separatedBy: "USAGE:").dropFirst().first?.components(separatedBy: "OPTIONS:").first ?? ""

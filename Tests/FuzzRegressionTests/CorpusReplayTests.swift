@@ -61,6 +61,12 @@ final class CorpusReplayTests: XCTestCase {
         XCTAssertGreaterThan(p["completions"] ?? 0, 0, "no seed completes a request")
     }
 
+    func testNetCorpus() throws {
+        let p = try replay(.net)
+        XCTAssertGreaterThan(p["delivered"] ?? 0, 0, "no seed delivers a host frame to the guest")
+        XCTAssertGreaterThan(p["sent"] ?? 0, 0, "no seed sends a frame to the host")
+    }
+
     func testUartCorpus() throws {
         let p = try replay(.uart)
         XCTAssertGreaterThan(p["bytesOut"] ?? 0, 0, "no seed transmits")
@@ -81,6 +87,18 @@ final class CorpusReplayTests: XCTestCase {
         let p = try replay(.translator)
         XCTAssertGreaterThan(p["instructions"] ?? 0, 1000, "the seeds barely run")
         XCTAssertGreaterThan(p["translated"] ?? 0, 1000, "the seeds barely run translated code")
+    }
+
+    func testHTTPCorpus() throws {
+        let p = try replay(.http)
+        XCTAssertGreaterThan(p["operations"] ?? 0, 3, "no seed request reaches a VM operation")
+        XCTAssertGreaterThan(p["closed"] ?? 0, 0, "no seed is refused by the parser")
+    }
+
+    func testSnapshotCorpus() throws {
+        let p = try replay(.snapshot)
+        XCTAssertGreaterThan(p["loaded"] ?? 0, 1, "no seed state file is accepted whole")
+        XCTAssertGreaterThan(p["containers"] ?? 0, 0, "no seed container parses")
     }
 
     /// The harness's checks can fail: a violated property is reported, not swallowed.

@@ -13,6 +13,13 @@ final class WorkloadTests: XCTestCase {
         try Self.runWorkloads(kernel: try Repository.fixture("vmlinuz-cloud"), initramfs: try Repository.fixture("initramfs.cpio.gz"))
     }
 
+    /// The same workloads on two vCPUs: the guest's threads (threads.c) and processes run on both at once,
+    /// and every output must still be QEMU's.
+    func testCloudKernelWorkloadsMatchQEMUWithTwoCPUs() throws {
+        try Self.runWorkloads(kernel: try Repository.fixture("vmlinuz-cloud"), initramfs: try Repository.fixture("initramfs.cpio.gz"),
+                              cpus: 2)
+    }
+
     /// Debian's generic kernel (linux-image-amd64, virtio as modules), with its own modules.
     func testGenericKernelWorkloadsMatchQEMU() throws {
         try Self.runWorkloads(kernel: try Repository.fixture("vmlinuz-generic"),
@@ -42,13 +49,14 @@ final class WorkloadTests: XCTestCase {
     /// Boots `kernel` with the workload archive appended to `initramfs` and compares each workload's
     /// output with QEMU's.
     static func runWorkloads(kernel: String, initramfs: String, directory: URL = WorkloadTests.workloadsDir,
-                      accel: String = "interp", file: StaticString = #filePath, line: UInt = #line) throws {
+                             accel: String = "interp", cpus: Int = 1, file: StaticString = #filePath,
+                             line: UInt = #line) throws {
         let expectedDir = directory.appendingPathComponent("expected")
         let expectedFiles = try FileManager.default.contentsOfDirectory(atPath: expectedDir.path)
             .filter { $0.hasSuffix(".txt") }.sorted()
         XCTAssertFalse(expectedFiles.isEmpty, "no expected outputs in Tests/Workloads/expected")
         let (sections, _) = try Self.bootWorkloads(kernel: kernel, initramfs: initramfs, directory: directory,
-                                                   arguments: ["--accel", accel], file: file, line: line)
+                                                   arguments: ["--accel", accel, "--cpus", "\(cpus)"], file: file, line: line)
         for file in expectedFiles {
             let name = String(file.dropLast(4))   // fpmath.txt -> fpmath, awk_sh.txt -> awk_sh
             let workload = name.hasSuffix("_sh") ? String(name.dropLast(3)) + ".sh" : name

@@ -20,6 +20,7 @@ final class LocalAPICStateTests: XCTestCase {
         a.apic.write(offset: 0x380, value: 10_000, now: t0)            // 160 µs period
         a.deliverMSI(address: 0xFEE0_0000, data: 0x41)
         a.deliverMSI(address: 0xFEE0_0000, data: 0x61)
+        a.takeMail()   // MSIs reach the APIC through the vCPU's inbox, taken on its own thread
         let inService = try XCTUnwrap(a.apic.pendingVector())
         a.apic.acknowledge(inService)
         let saved = try JSONDecoder().decode(X86Interpreter.LocalAPICState.self,

@@ -1,3 +1,4 @@
+import ACPI
 import VMCore
 import VMMemory
 
@@ -22,6 +23,14 @@ public struct PlatformConfig {
     public var console: any SerialOutput
     /// The guest pulsed a reset line (i8042 command 0xFE, port 0xCF9). Called on the vCPU thread.
     public var onReset: () -> Void
+    /// The guest entered ACPI S5 (soft off). Called on the vCPU thread.
+    public var onPowerOff: () -> Void = {}
+    /// vCPUs the ACPI tables describe (local APIC ids 0..<cpuCount).
+    public var cpuCount = 1
+    /// Describe the machine with ACPI tables (written into guest RAM at `PCLayout.Firmware.acpiTables`)
+    /// and add what they name: the ACPI PM registers and, with an emulated chip, an I/O APIC.
+    /// Off: a PC with no firmware tables, as before ACPI (the guest finds one CPU and the 8259s).
+    public var acpi = false
     /// The guest wrote a boot milestone (port 0x440 or its MMIO twin). Called on the vCPU thread.
     public var onBootMilestone: (BootTimerEvent) -> Void
     /// The clock boot milestones are stamped with (the host's monotonic clock by default).
@@ -55,6 +64,12 @@ public final class Platform {
     public let emulatedInterrupts: PlatformInterrupts?
     /// The emulated PIT (nil when the hypervisor models it).
     public let pit: Pit8254?
+    /// The emulated I/O APIC (nil when the hypervisor models it, or without ACPI).
+    public var ioapic: IOAPIC? { emulatedInterrupts?.ioapic }
+    /// The ACPI PM1a registers (nil without ACPI).
+    public let acpiPM: ACPIPowerManagement?
+    /// The ACPI tables written into guest RAM (nil without ACPI).
+    public let acpiTables: ACPITables?
     public let uart: Uart16550
     public let i8042: I8042
     public let rtc: CmosRtc
@@ -62,8 +77,10 @@ public final class Platform {
     public let pci: PciRoot
     /// The virtio-pci functions, in the order they were added (slots 1, 2, ...).
     public private(set) var virtio: [VirtioPciDevice] = []
-    /// Devices whose timers the vCPU backend advances: the RTC, and the PIT when emulated.
-    public let timedDevices: [TimedDevice]
+    /// Devices whose timers the vCPU backend advances: the RTC, the PIT when emulated, and virtio
+    /// devices with timers (virtio-rng's rate limiter). Hand it to the backend after the last
+    /// `addVirtio`.
+    public private(set) var timedDevices: [TimedDevice]
 
     public init(_ config: PlatformConfig) throws(PlatformError) {
         memory = config.memory
@@ -72,7 +89,7 @@ public final class Platform {
         let interrupts: any InterruptController
         switch config.interruptChip {
         case .emulated:
-            let routing = PlatformInterrupts()
+            let routing = PlatformInterrupts(ioapic: config.acpi ? IOAPIC() : nil)
             emulatedInterrupts = routing
             interrupts = routing
             pit = Pit8254(clock: clock, irq: IRQLine(controller: routing, gsi: PCLayout.GSI.pit))
@@ -94,8 +111,14 @@ public final class Platform {
         pci = PciRoot()
         pci.onResetRequest = config.onReset
         timedDevices = [rtc] + (pit.map { [$0] } ?? [])
+        acpiPM = config.acpi
+            ? ACPIPowerManagement(sci: line(PCLayout.GSI.sci), s5SleepType: PCLayout.Firmware.s5SleepType,
+                                  onPowerOff: config.onPowerOff)
+            : nil
+        acpiTables = config.acpi ? try Platform.writeACPITables(memory: memory, cpuCount: config.cpuCount) : nil
         do {
             try placeLegacyDevices()
+            try placeACPIDevices()
             try ports.register(pci, name: "pci-config", at: PCLayout.Port.pciConfig)
             try mmio.register(pci.mmioWindow, name: "pci-mmio", at: pci.window)
         } catch {
@@ -123,6 +146,46 @@ public final class Platform {
         try mmio.register(bootTimer, name: "boot-timer", at: PCLayout.MMIO.bootTimer)
     }
 
+    /// The ACPI PM registers on the port bus and the I/O APIC on the MMIO bus, when present.
+    private func placeACPIDevices() throws(BusError) {
+        if let acpiPM {
+            try ports.register(acpiPM.eventBlock, name: "acpi-pm1a-event", at: PCLayout.Port.acpiPM1aEvent)
+            try ports.register(acpiPM.controlBlock, name: "acpi-pm1a-control", at: PCLayout.Port.acpiPM1aControl)
+        }
+        if let ioapic {
+            try mmio.register(ioapic, name: "ioapic", at: PCLayout.MMIO.ioapic)
+        }
+    }
+
+    /// What the ACPI tables say about this platform: its layout in `PCLayout` terms.
+    public static func acpiDescription(cpuCount: Int) -> ACPIMachine {
+        typealias G = PCLayout.GSI
+        let window = PCLayout.MMIO.pciWindow
+        return ACPIMachine(
+            cpuCount: cpuCount,
+            ioapic: .init(id: 0, address: UInt32(truncatingIfNeeded: PCLayout.MMIO.ioapic.base), gsiBase: 0),
+            interruptOverrides: [
+                .init(isaIRQ: UInt8(G.pit), gsi: PCLayout.GSI.ioapicPin(G.pit)!),
+                .init(isaIRQ: UInt8(G.sci), gsi: G.sci, polarity: .activeHigh, trigger: .level),
+            ],
+            power: .init(pm1aEvent: UInt16(truncatingIfNeeded: PCLayout.Port.acpiPM1aEvent.base),
+                         pm1aControl: UInt16(truncatingIfNeeded: PCLayout.Port.acpiPM1aControl.base),
+                         sciInterrupt: UInt16(G.sci), resetPort: PCLayout.Firmware.resetPort,
+                         resetValue: PCLayout.Firmware.resetValue, s5SleepType: PCLayout.Firmware.s5SleepType),
+            pci: .init(configPort: UInt16(truncatingIfNeeded: PCLayout.Port.pciConfig.base),
+                       mmioWindow: UInt32(truncatingIfNeeded: window.base)...UInt32(truncatingIfNeeded: window.last), intxGSI: G.pciIntx))
+    }
+
+    /// Builds the ACPI tables and copies them into guest RAM.
+    static func writeACPITables(memory: GuestMemory, cpuCount: Int) throws(PlatformError) -> ACPITables {
+        let area = PCLayout.Firmware.acpiTables
+        let tables: ACPITables
+        do { tables = try ACPITableBuilder.build(acpiDescription(cpuCount: cpuCount), base: area.base, capacity: Int(truncatingIfNeeded: area.length)) }
+        catch { throw .acpi(error) }
+        do { try memory.write(bytes: tables.bytes, at: area.base) } catch { throw .acpiMemory(error) }
+        return tables
+    }
+
     /// Adds `device` as a modern virtio-pci function in the next PCI slot (00:01.0, 00:02.0, ...):
     /// BAR 0 in the PCI window, MSI-X through `interrupts`, INTx on the shared PCI line as fallback.
     @discardableResult
@@ -132,6 +195,7 @@ public final class Platform {
                                                intx: IRQLine(controller: interrupts, gsi: PCLayout.GSI.pciIntx))
             let placement = try pci.add(function)
             virtio.append(function)
+            if let timed = device as? TimedDevice { timedDevices.append(timed) }
             return placement
         } catch {
             throw .pci(error)
@@ -141,9 +205,14 @@ public final class Platform {
     /// The 8259 pair's INTR output, for a vCPU that models LINT0 itself (nil with a hypervisor chip).
     public var externalInterrupts: ExternalInterrupts? { emulatedInterrupts?.pic }
 
-    /// Where MSIs go when the platform routes interrupts (the interpreter's local APIC).
+    /// Where MSIs go when the platform routes interrupts (the interpreter's local APICs).
     public func setMSITarget(_ deliver: @escaping (UInt64, UInt32) -> Void) {
         emulatedInterrupts?.onMSI = deliver
+    }
+
+    /// A local APIC retired a vector it accepted as level-triggered (the interpreter's EOI broadcast).
+    public func endOfInterrupt(vector: UInt8) {
+        emulatedInterrupts?.endOfInterrupt(vector: vector)
     }
 
     /// Every range on both buses, in address order: ("port I/O" or "MMIO", device name, range).

@@ -22,6 +22,9 @@ public enum VirtQueueError: Error, Equatable, CustomStringConvertible {
     case readableAfterWritable
     /// A device-writable buffer overlapping this queue's own rings.
     case writableOverlapsRing(address: UInt64, length: UInt32)
+    /// A buffer smaller than the device type requires (virtio-net: a merged receive buffer that
+    /// cannot hold the header).
+    case bufferTooSmall(length: UInt64, minimum: UInt64)
 
     public var description: String {
         switch self {
@@ -41,6 +44,7 @@ public enum VirtQueueError: Error, Equatable, CustomStringConvertible {
         case .readableAfterWritable: return "device-readable descriptor after a device-writable one"
         case .writableOverlapsRing(let a, let l):
             return "device-writable buffer \(hex(a))+\(hex(l)) overlaps the queue's rings"
+        case .bufferTooSmall(let l, let m): return "buffer of \(l) bytes is smaller than the \(m) the device requires"
         }
     }
 }
@@ -322,6 +326,24 @@ public final class VirtQueue {
         }
     }
 
+    /// Returns several chains at once (a network frame spread over merged receive buffers): all
+    /// elements are written before the used index moves, so the driver never sees only part of them.
+    public func addUsed(_ elements: some Collection<(headIndex: UInt16, length: UInt32)>) throws(VirtQueueError) {
+        guard isReady, !isBroken, !elements.isEmpty else { return }
+        try guarded { () throws(VirtQueueError) in
+            var index = nextUsed
+            for e in elements {
+                let element = usedRing + 4 + 8 * UInt64(index & (size - 1))
+                try store32(element, UInt32(e.headIndex))
+                try store32(element + 4, e.length)
+                index &+= 1
+            }
+            atomicMemoryFence(ordering: .releasing)
+            nextUsed = index
+            try store16(usedRing + 2, nextUsed)
+        }
+    }
+
     /// After the device found the ring empty: asks the driver to notify for the next buffer
     /// (avail_event with EVENT_IDX) and reports whether buffers arrived meanwhile, in which case
     /// the device must keep processing instead of waiting for a notification that may never come.
@@ -334,6 +356,30 @@ public final class VirtQueue {
             atomicMemoryFence(ordering: .sequentiallyConsistent)
         }
         return try pendingCount() > 0
+    }
+
+    /// Gives back the last `count` chains taken with `popAvailable` and not used: the device found
+    /// them too few for what it has to deliver (a network frame spanning several buffers) and will
+    /// take them again later, re-reading and re-checking them.
+    public func returnUnused(_ count: Int) {
+        guard count > 0, count <= Int(size) else { return }
+        nextAvail &-= UInt16(truncatingIfNeeded: count)
+    }
+
+    /// After the device found the available chains too few for what it has to deliver: asks the
+    /// driver to notify when it makes more available (avail_event = the driver's current index,
+    /// with EVENT_IDX), and reports whether it already did, in which case the device must try
+    /// again instead of waiting for a notification that may never come.
+    public func enableNotificationForMore() throws(VirtQueueError) -> Bool {
+        guard isReady, !isBroken else { return false }
+        return try guarded { () throws(VirtQueueError) -> Bool in
+            let seen = try load16(availRing + 2)
+            if eventIndexEnabled {
+                try store16(usedRing + 4 + 8 * UInt64(size), seen)
+                atomicMemoryFence(ordering: .sequentiallyConsistent)
+            }
+            return try load16(availRing + 2) != seen
+        }
     }
 
     /// Whether the driver wants an interrupt for the used buffers added since the last call

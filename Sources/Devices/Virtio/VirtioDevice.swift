@@ -51,9 +51,13 @@ public protocol VirtioDevice: AnyObject {
     /// defaults are for devices with nothing more to save.
     func captureDeviceState() -> VirtioDeviceState
     func restoreDeviceState(_ state: VirtioDeviceState) throws(DeviceStateError)
+    /// The transport the device was placed behind, for devices that act without a notification
+    /// (network receive, link changes). Called once, when the transport is built.
+    func attach(to transport: any VirtioTransport)
 }
 
 extension VirtioDevice {
+    public func attach(to transport: any VirtioTransport) {}
     public func captureDeviceState() -> VirtioDeviceState { .none }
     public func restoreDeviceState(_ state: VirtioDeviceState) throws(DeviceStateError) {
         guard state == .none else { throw .mismatch(device: "virtio device \(deviceType)", reason: "saved from another device type") }

@@ -144,6 +144,7 @@ public final class VirtioPciDevice: PciDevice {
         pciCfgCapOffset = try config.addCapability(
             id: vndr, body: cap(VirtioPciCapType.pciConfig, offset: 0, length: 0, extra: [0, 0, 0, 0]),
             bodyWriteMask: [0, 0, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF])
+        device.attach(to: self)
     }
 
     // MARK: Configuration space
@@ -383,8 +384,12 @@ public final class VirtioPciDevice: PciDevice {
 
     /// Enters DEVICE_NEEDS_RESET and tells the driver through a configuration-change interrupt.
     private func deviceError(_ error: VirtQueueError) {
-        lastError = error
         for q in queues { q.markBroken() }
+        enterNeedsReset(error)
+    }
+
+    func enterNeedsReset(_ error: VirtQueueError) {
+        lastError = error
         status.insert(.needsReset)
         if status.contains(.driverOK) { signalConfigChange() }
     }

@@ -336,6 +336,18 @@ struct Assembler {
     mutating func pushfq() { byte(0x9C) }
     mutating func popfq() { byte(0x9D) }
     /// Raw instruction bytes whose effect on registers the tracking cannot see: forget everything.
+    /// An SSE instruction `[prefix] 0F opcode /r [imm8]`: `reg` is an XMM register number (or a
+    /// general register where the instruction takes one), `rm` an XMM register (as the HReg of the
+    /// same number), a general register or memory. `writesGPR`: the host general register the
+    /// instruction writes, forgotten by load forwarding.
+    mutating func sse(_ prefix: UInt8?, _ opcode: UInt8, reg: UInt8, _ rm: HRM, wide: Bool = false, imm: UInt8? = nil,
+                      writesGPR: HReg? = nil) {
+        if let prefix { byte(prefix) }
+        emit([0x0F, opcode], size: wide ? 8 : 4, reg: reg, rm: rm)
+        if let imm { byte(imm) }
+        if let writesGPR { clobber(writesGPR) }
+    }
+
     mutating func raw(_ b: [UInt8]) { bytes += b; forgetAll() }
 
     // MARK: Control flow

@@ -47,6 +47,8 @@ public struct TranslationStatistics: Sendable {
     public var links = 0
     /// Returns from translated code to the dispatcher by status (next, retired exit, fault, chain).
     public var exits: [UInt64] = [0, 0, 0, 0]
+    /// Exits by reason: helper (or chain/fault), fall-off end, indirect-branch miss, budget, event at a back edge.
+    public var exitReasons: [UInt64] = [0, 0, 0, 0, 0, 0, 0, 0]
 }
 
 typealias JITEntry = @convention(c) (UnsafeMutableRawPointer, UnsafeRawPointer) -> UInt64
@@ -122,8 +124,8 @@ final class JIT {
         ibtc = .allocate(byteCount: JIT.ibtcEntries * 32, alignment: 64)
         ibtc.initializeMemory(as: UInt8.self, repeating: 0xFF, count: JIT.ibtcEntries * 32)
         ctx.storeBytes(of: ibtc, toByteOffset: Int(JITLayout.ctxIBTC), as: UnsafeMutableRawPointer.self)
-        helperRuns = .allocate(capacity: JIT.opSlots)
-        helperRuns.initialize(repeating: 0, count: JIT.opSlots)
+        helperRuns = .allocate(capacity: 2 * JIT.opSlots + 1024)
+        helperRuns.initialize(repeating: 0, count: 2 * JIT.opSlots + 1024)
         // The entry trampoline: saves the callee-saved registers, loads the fixed ones
         // (r12 context, r15 guest registers, r14 CPU state, r13 TLB, rbx entry RIP) and calls the
         // block; translated code returns to it with a status in eax.
@@ -224,12 +226,22 @@ extension X86Interpreter {
         var line = "translated \(s.instructionsTranslated) instructions (\(s.instructionsTranslated * 100 / total)%), "
             + "interpreted \(s.instructionsInterpreted); \(s.blocksTranslated) blocks translated, "
             + "\(s.cacheFlushes) cache flushes, code cache \(jit.cache.used >> 10) KiB, \(s.links) links, "
-            + "exits \(s.exits)"
+            + "exits \(s.exits) by reason \(s.exitReasons.prefix(5))"
         if getenv("SWHV_JIT_PROFILE") != nil {
             var ops: [(UInt64, Int)] = []
             for i in 0..<JIT.opSlots where jit.helperRuns[i] > 0 { ops.append((jit.helperRuns[i], i)) }
             ops.sort { $0.0 > $1.0 }
             line += "\n  helper runs by op: " + ops.prefix(40).map { "\(Op(rawValue: UInt16(truncatingIfNeeded: $0.1)).map { "\($0)" } ?? "?") \($0.0)" }
+                .joined(separator: ", ")
+            var sse: [(UInt64, Int)] = []
+            for i in 0..<1024 where jit.helperRuns[2 * JIT.opSlots + i] > 0 { sse.append((jit.helperRuns[2 * JIT.opSlots + i], i)) }
+            sse.sort { $0.0 > $1.0 }
+            line += "\n  SSE helper runs by prefix/opcode: " + sse.prefix(30).map {
+                "\(["", "66 ", "F3 ", "F2 "][$0.1 >> 8])0F \(String($0.1 & 0xFF, radix: 16)) \($0.0)" }.joined(separator: ", ")
+            ops = []
+            for i in 0..<JIT.opSlots where jit.helperRuns[JIT.opSlots + i] > 0 { ops.append((jit.helperRuns[JIT.opSlots + i], i)) }
+            ops.sort { $0.0 > $1.0 }
+            line += "\n  helper exits by op: " + ops.prefix(30).map { "\(Op(rawValue: UInt16(truncatingIfNeeded: $0.1)).map { "\($0)" } ?? "?") \($0.0)" }
                 .joined(separator: ", ")
         }
         return line
@@ -241,7 +253,14 @@ extension X86Interpreter {
         let start = ripAfter &- UInt64(p.pointee.len)
         rip = ripAfter
         let op = p.pointee.op.rawValue
-        jit.unsafelyUnwrapped.helperRuns[Int(op) & (JIT.opSlots - 1)] &+= 1
+        let runs = jit.unsafelyUnwrapped.helperRuns
+        runs[Int(op) & (JIT.opSlots - 1)] &+= 1
+        if op == Op.sse.rawValue {
+            // SSE by opcode and prefix (none, 66, F3, F2), for the profile.
+            let pfx = p.pointee.pfx
+            let k = pfx & Pfx.rep != 0 ? 2 : (pfx & Pfx.repne != 0 ? 3 : (pfx & Pfx.opsize != 0 ? 1 : 0))
+            runs[2 * JIT.opSlots + k << 8 | Int(p.pointee.imm >> 8 & 0xFF)] &+= 1
+        }
         do {
             if op >= Op.mov64RR.rawValue { try executeSpecialised(p) } else { try execute(p) }
         } catch {
@@ -255,6 +274,7 @@ extension X86Interpreter {
         }
         if rip != ripAfter || st.pointee.halted || st.pointee.shutdown || st.pointee.testStop
             || st.pointee.interruptShadow || st.pointee.flagsRest & Flag.tf != 0 {
+            jit.unsafelyUnwrapped.helperRuns[JIT.opSlots + Int(op) & (JIT.opSlots - 1)] &+= 1
             return UInt64(JITStatus.exitRetired)
         }
         return UInt64(JITStatus.next)
@@ -286,6 +306,7 @@ extension X86Interpreter {
         jit.noteIndirectTarget(rip, cpl: st.pointee.cpl, page: block.page, gen: gen, offset: off)
         let (done, status) = jit.run(off, limit: limit)
         jit.stats.exits[Int(status & 3)] &+= 1
+        jit.stats.exitReasons[Int(status >> 8 & 7)] &+= 1
         chainFrom = status == UInt64(JITStatus.exitChain) ? jit.exitSite : nil
         jit.stats.instructionsTranslated &+= UInt64(done)
         return done
@@ -298,7 +319,7 @@ extension X86Interpreter {
         guard st.pointee.codeSize == 2 else { jit.code[id] = -2; return -2 }
         let la = (segBase[Seg.cs] &+ rip) & st.pointee.linearMask
         var t = BlockTranslator(insns: block.insns, count: block.count, entryOffset: Int(la & 0xFFF), cpl: st.pointee.cpl)
-        guard let bytes = t.translate(force: jit.policy == .always) else {
+        guard let bytes = t.translate() else {
             jit.code[id] = -2
             jit.stats.blocksRejected += 1
             return -2

@@ -53,7 +53,11 @@ struct JITLayout {
     static let ctxExitSite: Int32 = 128
     /// The indirect-branch table (see `JIT.ibtc`).
     static let ctxIBTC: Int32 = 136
+    /// The FXSAVE image holding the XMM registers.
+    static let ctxFX: Int32 = 144
     static let ctxSize = 192
+    static let cr0 = Int32(MemoryLayout<CPUState>.offset(of: \CPUState.cr0)!)
+    static let cr4 = Int32(MemoryLayout<CPUState>.offset(of: \CPUState.cr4)!)
     static let chainEpoch = Int32(MemoryLayout<CPUState>.offset(of: \CPUState.chainEpoch)!)
 }
 
@@ -89,6 +93,11 @@ enum JITStatus {
     /// Left through a direct exit whose link site (ctx exitSite) can be patched to jump straight
     /// to the next translation.
     static let exitChain: UInt32 = 3
+    /// Why a retired exit left (bits 8-10, for the profile; 0: a helper asked).
+    static let reasonFallOff: UInt32 = 1 << 8
+    static let reasonIndirect: UInt32 = 2 << 8
+    static let reasonBudget: UInt32 = 3 << 8
+    static let reasonEvent: UInt32 = 4 << 8
 }
 
 /// The patchable link at a direct exit of translated code, in two fixed encodings. Both start with
@@ -232,6 +241,8 @@ struct BlockTranslator {
         case .jmp64:
             s.native = true; s.mayExit = d.pfx & Pfx.trace == 0; s.keep = all
         case .call64, .ret64:
+            s.native = true; s.lookup = true; s.keep = all
+        case .sse where BlockTranslator.sseForm(d) != nil:
             s.native = true; s.lookup = true; s.keep = all
         default:
             if let g = genericShape(d) { return g }
@@ -403,9 +414,9 @@ struct BlockTranslator {
 
     // MARK: Translation
 
-    /// Translates the block. Returns nil when it holds nothing worth translating (no instruction
-    /// translated natively) unless `force`.
-    mutating func translate(force: Bool = false) -> [UInt8]? {
+    /// Translates the block (even one of helpers only: its exits still link to the blocks around
+    /// it). Nil when the code does not fit the assembler's limits.
+    mutating func translate() -> [UInt8]? {
         analyse()
         // Head: budget check.
         a.bind(head)
@@ -414,27 +425,45 @@ struct BlockTranslator {
         a.aluImm(5, 8, .m(HMem(.r12, JITLayout.ctxBudget)), Int32(count))
         a.jcc(0xC, budgetFail)   // JL
         hostValid = 0
-        var nativeCount = 0
         var i = 0
         var ended = false
         while i < count {
-            let d = insns[i]
-            if nativeAllowed[i], emitNative(i) {
-                nativeCount += 1
-            } else {
+            if !(nativeAllowed[i] && emitNative(i)) {
                 emitHelper(i)
             }
             if blockEnded { ended = true; break }
             i += 1
         }
         if !ended {
-            // Fell off the end: continue at the next instruction.
-            emitExit(ripDelta: Int(ripDelta(offsets[count])), retired: count)
+            // Fell off the end: continue at the next instruction — through a link when the block
+            // ended only for its length or page (or after port I/O, POPF, or a data-segment load,
+            // which leave the code's mapping alone and raise events the link checks for).
+            if count > 0, Self.fallOffCanLink(insns[count - 1]) {
+                emitChainableExit(ripDelta: Int(ripDelta(offsets[count])), retired: count)
+            } else {
+                emitExit(ripDelta: Int(ripDelta(offsets[count])), retired: count)
+            }
         }
-        guard nativeCount > 0 || force else { return nil }
+
         emitStubs()
         guard a.finish() else { return nil }
         return a.bytes
+    }
+
+    /// Whether a block whose last instruction is `d` may continue into the next block through a
+    /// link: not after an instruction that can change how code is fetched (paging, CS, mode).
+    static func fallOffCanLink(_ d: DecodedInsn) -> Bool {
+        switch d.op {
+        case .inDX, .outDX, .inImm, .outImm, .popf: return true
+        case .movSregE: return d.reg != UInt8(Seg.ss)
+        case .lgdt, .lidt, .lmsw, .invlpg, .movToCR, .movToDR, .wrmsr, .popSeg, .lxs, .ins, .outs, .ud, .unimpl,
+             .hlt, .sti, .int, .int1, .int3, .into, .iret, .retf, .callFarImm, .jmpFarImm, .callFarE, .jmpFarE,
+             .syscall, .sysret, .sysenter, .sysexit:
+            return false
+        default:
+            // Ops the decoder does not end blocks with: the block ended for its length or page.
+            return true
+        }
     }
 
     /// Set by a control transfer that ends the block.
@@ -444,7 +473,7 @@ struct BlockTranslator {
     mutating func emitExit(ripDelta: Int, retired: Int) {
         a.lea(.rcx, HMem(.rbx, Int32(ripDelta)))
         a.store(8, .m(HMem(.r15, JITLayout.regsRip)), .rcx)
-        emitReturn(retired: retired, status: JITStatus.exitRetired)
+        emitReturn(retired: retired, status: JITStatus.exitRetired | JITStatus.reasonFallOff)
     }
 
     /// A direct exit: gives back the unretired budget, then follows its link when the dispatcher
@@ -526,7 +555,7 @@ struct BlockTranslator {
         a.jcc(5, slow)
         a.jmp(.m(HMem(.rdi, 8)))
         a.bind(slow)
-        a.movImm(.rax, UInt64(JITStatus.exitRetired))
+        a.movImm(.rax, UInt64(JITStatus.exitRetired | JITStatus.reasonIndirect))
         a.ret()
     }
 
@@ -540,6 +569,20 @@ struct BlockTranslator {
     mutating func emitHelper(_ i: Int) {
         usesHelpers = true
         callInterpreter(i)
+        if insns[i].op == .callE || insns[i].op == .jmpE {
+            // An indirect call or jump: the interpreter computes the target (and pushes), then the
+            // block leaves through the indirect-branch table rather than the run loop.
+            a.aluImm(7, 4, .r(.rax), Int32(JITStatus.exitFault))
+            let out = a.newLabel()
+            stubs.append((out, .helperExit(index: i)))
+            a.jcc(4, out)   // JE: faulted
+            a.load(8, .rcx, .m(HMem(.r15, JITLayout.regsRip)))
+            emitIndirectExit(retired: i + 1)
+            hostValid = 0
+            memKindRot = nil
+            blockEnded = true
+            return
+        }
         a.aluImm(7, 4, .r(.rax), 0)   // CMP EAX, 0
         let out = a.newLabel()
         stubs.append((out, .helperExit(index: i)))
@@ -566,7 +609,7 @@ struct BlockTranslator {
             case .budget:
                 a.aluImm(0, 8, .m(HMem(.r12, JITLayout.ctxBudget)), Int32(count))
                 a.store(8, .m(HMem(.r15, JITLayout.regsRip)), .rbx)
-                a.movImm(.rax, UInt64(JITStatus.exitRetired))
+                a.movImm(.rax, UInt64(JITStatus.exitRetired | JITStatus.reasonBudget))
                 a.ret()
             case .exit(let delta, let retired):
                 emitChainableExit(ripDelta: delta, retired: retired)
@@ -591,7 +634,7 @@ struct BlockTranslator {
                 a.jmp(head)
                 a.bind(out)
                 a.store(8, .m(HMem(.r15, JITLayout.regsRip)), .rbx)
-                a.movImm(.rax, UInt64(JITStatus.exitRetired))
+                a.movImm(.rax, UInt64(JITStatus.exitRetired | JITStatus.reasonEvent))
                 a.ret()
             case .helperExit(let index):
                 // eax: 1 = retired (RIP set by the helper), 2 = faulted (not retired).

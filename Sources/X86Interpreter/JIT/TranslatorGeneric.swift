@@ -19,6 +19,9 @@ extension BlockTranslator {
 
     /// Shape of a generic form, or nil when the interpreter runs it.
     func genericShape(_ d: DecodedInsn) -> Shape? {
+        // LOCKed forms run in the interpreter, which makes them atomic across vCPU threads
+        // (SMP/Atomics.swift); natively they would need the host's LOCK prefix.
+        if d.pfx & Pfx.lock != 0 { return nil }
         var s = Shape()
         s.native = true
         s.lookup = d.mem
@@ -38,6 +41,14 @@ extension BlockTranslator {
             s.reads = GF.cf; s.writes = all & ~GF.cf; s.keep = GF.cf; s.set = all & ~GF.cf
         case .movEG, .movGE, .movEI, .notE, .movzx, .movsx, .movsxd, .bswap:
             s.keep = all
+        case .mulE, .imulE:
+            s.writes = all; s.set = 0
+        case .bsf, .bsr:
+            guard d.osz >= 1 else { return nil }
+            s.writes = all; s.set = all & ~GF.af
+        case .cbw, .cwd:
+            guard d.osz >= 1 else { return nil }
+            s.keep = all; s.lookup = false; s.mayExit = false
         case .nop:
             s.keep = all; s.lookup = false; s.mayExit = false   // a NOP's operand is never accessed
         case .shiftEI:
@@ -191,6 +202,70 @@ extension BlockTranslator {
             finish(i, slow)
         case .nop:
             break
+        case .cbw:
+            // CBW/CWDE/CDQE: rAX from its lower half, sign-extended (a 32-bit result zero-extends).
+            switch d.osz {
+            case 1:
+                a.movsx(2, .rcx, srcSize: 1, greg(0))
+                a.store(2, greg(0), .rcx)
+            case 2:
+                a.movsx(4, .rcx, srcSize: 2, greg(0))
+                a.store(8, greg(0), .rcx)
+            default:
+                a.movsx(8, .rcx, srcSize: 4, greg(0))
+                a.store(8, greg(0), .rcx)
+            }
+        case .mulE, .imulE:
+            // rDX:rAX = rAX * E (AX = AL * E for bytes) by the host's MUL/IMUL; the lazy state as the
+            // interpreter's: SF ZF PF from the low half, CF = OF = the high half is significant.
+            let (e, slow) = eOperand(i, size: size, write: false, live: 0)
+            loadZX(size, .rcx, e)
+            a.load(8, .rax, greg(0))
+            a.group3(d.op == .mulE ? 4 : 5, size, .r(.rcx))
+            if memLiveAfter[i] != 0 || hostLiveAfter[i] != 0 {
+                a.movImm(.r8, 0)
+                a.setcc(2, .r(.r8))                       // SETC R8B
+                a.imul(4, .r8, .r(.r8), imm: 0x801)       // CF | OF
+                lazy(i, kind: CC.szp, size: size, dst: .rax, src: .r8)
+            }
+            switch size {
+            case 1:
+                a.store(2, greg(0), .rax)
+            case 2:
+                a.store(2, greg(0), .rax)
+                a.store(2, greg(UInt8(Reg.rdx * 8)), .rdx)
+            default:
+                a.store(8, greg(0), .rax)
+                a.store(8, greg(UInt8(Reg.rdx * 8)), .rdx)
+            }
+            hostValid = 0
+            finish(i, slow)
+        case .bsf, .bsr:
+            // The index of the lowest/highest set bit; a zero source leaves the destination (but a
+            // 32-bit one loses its upper half, as the interpreter and QEMU have it); flags as a
+            // logical operation on the source.
+            let (e, slow) = eOperand(i, size: size, write: false, live: 0)
+            loadZX(size, .rcx, e)
+            let zero = a.newLabel(), done = a.newLabel()
+            a.test(8, .r(.rcx), .rcx)
+            a.jcc(4, zero)
+            a.raw(d.op == .bsf ? [0x48, 0x0F, 0xBC, 0xD1] : [0x48, 0x0F, 0xBD, 0xD1])   // BSF/BSR rdx, rcx
+            storeE(size, greg(d.reg), toRegister: true, .rdx)
+            a.jmp(done)
+            a.bind(zero)
+            if size == 4 {
+                a.load(4, .rdx, greg(d.reg))
+                a.store(8, greg(d.reg), .rdx)
+            }
+            a.bind(done)
+            a.alu(AluKind.and, size, .rcx, .r(.rcx))
+            aluFlags(i, kind: AluKind.and, size: size, src: .rdx)
+            finish(i, slow)
+        case .cwd:
+            // CWD/CDQ/CQO: rDX from the sign of rAX, by the host's own instruction (flags untouched).
+            a.load(8, .rax, greg(0))
+            a.raw(d.osz == 1 ? [0x66, 0x99] : d.osz == 2 ? [0x99] : [0x48, 0x99])
+            a.store(d.osz == 1 ? 2 : 8, greg(UInt8(Reg.rdx * 8)), .rdx)
         case .bswap:
             guard size >= 4 else { return false }   // BSWAP r16 is undefined; the interpreter decides
             a.load(size, .rcx, greg(d.rm))

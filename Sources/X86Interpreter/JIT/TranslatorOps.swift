@@ -274,6 +274,8 @@ extension BlockTranslator {
             a.load(8, .rcx, .m(HMem(.r15, JITLayout.regsRip)))
             emitIndirectExit(retired: i + 1)
             blockEnded = true
+        case .sse:
+            return emitSSE(i)
         default:
             return emitGeneric(i)
         }
