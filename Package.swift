@@ -42,6 +42,10 @@ let package = Package(
         // The x86-64 interpreter backend and its binary translator.
         .target(name: "X86Interpreter", dependencies: ["VMCore", "VMMemory", "CPUBackend", "CHost"],
                 swiftSettings: fastRelease),
+        // Guest kernel on the software CPU, guest user code natively on KVM (kvm-pvm hosts).
+        .target(name: "Hybrid", dependencies: ["KVM", "CKVM", "CHostCPU", "CPUBackend", "VMMemory", "X86Interpreter"]),
+        // RDTSC for Swift (the hybrid backend's software CPU counts the host TSC).
+        .systemLibrary(name: "CHostCPU", path: "Modules/CHostCPU"),
         // JSON without Foundation: values, a strict bounded parser, Codable encoder/decoder.
         .target(name: "JSONCoding"),
         // The snapshot files: checksummed container, sparse guest-memory file, disk identities.
@@ -50,7 +54,7 @@ let package = Package(
         .target(name: "APIServer", dependencies: ["JSONCoding"]),
         // The machine: assembles memory, loader, devices and a backend; owns the run loop.
         .target(name: "VMM", dependencies: ["KVM", "VMMemory", "LinuxLoader", "CPUBackend", "Devices",
-                                            "X86Interpreter", "CKVM", "CSeccomp", "Snapshot", "APIServer",
+                                            "X86Interpreter", "Hybrid", "CKVM", "CSeccomp", "Snapshot", "APIServer",
                                             "JSONCoding", "CNet"]),
         // linux/if_tun.h and rtnetlink, for the TAP backend of virtio-net.
         .systemLibrary(name: "CNet", path: "Modules/CNet"),
@@ -79,10 +83,12 @@ let package = Package(
                                                                 "SwhvTestSupport"],
                     exclude: ["Vectors", "FuzzCorpus"]),   // oracle vectors and fuzz corpus: read at run time from the source tree
         .testTarget(name: "IntegrationTests", dependencies: ["KVM", "VMM", "VMMemory", "LinuxLoader", "CPUBackend", "Devices",
-                                                           "APIServer", "Snapshot", "JSONCoding", "SwhvTestSupport"]),
+                                                             "Hybrid", "X86Interpreter", "APIServer", "Snapshot", "JSONCoding",
+                                                             "SwhvTestSupport"]),
         .testTarget(name: "CLITests", dependencies: ["SwhvTestSupport"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM", "CPUBackend"]),
         .testTarget(name: "CPUBackendTests", dependencies: ["CPUBackend"]),
+        .testTarget(name: "HybridTests", dependencies: ["Hybrid", "KVM", "X86Interpreter", "VMMemory", "CPUBackend"]),
         .testTarget(name: "SnapshotTests", dependencies: ["Snapshot", "JSONCoding", "VMMemory"]),
         .testTarget(name: "APIServerTests", dependencies: ["APIServer", "JSONCoding"]),
         .testTarget(name: "ACPITests", dependencies: ["ACPI"]),

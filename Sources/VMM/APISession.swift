@@ -34,11 +34,12 @@ public final class APISession: @unchecked Sendable {
 
     /// Installs the seccomp filters for a run with or without an API session: without, the vCPU
     /// profile on every thread; with, the API profile on every thread (the server thread keeps
-    /// that one) and the vCPU profile stacked on the calling (vCPU) thread.
-    public static func confine(_ session: APISession?) throws(MachineError) {
-        guard session != nil else { try Seccomp.install(.vcpu); return }
-        try Seccomp.install(.apiServer)
-        try Seccomp.install(.vcpuWithAPI, allThreads: false)
+    /// that one) and the vCPU profile stacked on the calling (vCPU) thread. `hybrid`: both filters
+    /// also allow what the hybrid backend needs.
+    public static func confine(_ session: APISession?, hybrid: Bool = false) throws(MachineError) {
+        guard session != nil else { try Seccomp.install(.vcpu, hybrid: hybrid); return }
+        try Seccomp.install(.apiServer, hybrid: hybrid)
+        try Seccomp.install(.vcpuWithAPI, allThreads: false, hybrid: hybrid)
     }
 
     /// The vCPU has returned: fail what is pending, stop serving, remove the socket file.

@@ -1,6 +1,7 @@
 import CPUBackend
 import Devices
 import Glibc
+import Hybrid
 import KVM
 import LinuxLoader
 import Synchronization
@@ -9,7 +10,7 @@ import X86Interpreter
 
 /// Which CPU backend runs the guest.
 public enum Accelerator: String, CaseIterable, Sendable {
-    case auto, kvm, interp
+    case auto, kvm, interp, hybrid
 }
 
 /// How a machine is built.
@@ -28,6 +29,8 @@ public struct MachineConfig: Sendable {
     public var translation: TranslationPolicy = .standard
     /// Block devices, in order: /dev/vda, /dev/vdb, ...
     public var disks: [DiskConfig] = []
+    /// The hybrid backend's policy; nil: the defaults with SWHV_HYBRID_POLICY / SWHV_HYBRID_MIN_INSNS.
+    public var hybridPolicy: HybridPolicyConfig?
     /// Network devices over existing TAPs, in order: eth0, eth1, ...
     public var nets: [NetConfig] = []
     /// A virtio-rng device feeding the guest's CRNG from the host's getrandom.
@@ -48,6 +51,9 @@ public struct MachineConfig: Sendable {
     public func validate() throws(MachineError) {
         guard (1...MachineConfig.maxCPUs).contains(cpus) else {
             throw .invalidArgument("--cpus \(cpus) is out of range: a VM has 1 to \(MachineConfig.maxCPUs) vCPUs")
+        }
+        if cpus > 1 && accelerator == .hybrid {
+            throw .invalidArgument("--accel hybrid runs one vCPU: --cpus \(cpus) needs --accel interp or kvm")
         }
         if cpus > 1 && !acpi {
             throw .invalidArgument("--cpus \(cpus) needs ACPI: without its MADT the guest finds only one CPU (drop --no-acpi)")
@@ -115,13 +121,27 @@ public final class Machine: IOHandler, @unchecked Sendable {
     enum Vcpu {
         case kvm(KVMBackend)
         case interpreter(InterpreterCPUs)
+        /// The hybrid backend and the software CPU (one vCPU) under it, which the platform's MSI and
+        /// DMA callbacks reach (unowned: kept alive here).
+        case hybrid(HybridBackend, software: InterpreterCPUs)
     }
 
     public var backend: any VcpuBackend {
         switch vcpu {
         case .kvm(let b): return b
         case .interpreter(let b): return b
+        case .hybrid(let b, _): return b
         }
+    }
+    /// The hybrid backend runs (it needs a few more system calls under seccomp).
+    public var usesHybridBackend: Bool {
+        if case .hybrid = vcpu { return true }
+        return false
+    }
+    /// The hybrid backend's account of what it did (nil for the other backends).
+    public var hybridStatistics: HybridStatistics? {
+        if case .hybrid(let h, _) = vcpu { return h.statistics }
+        return nil
     }
     public var ports: Bus { platform.ports }
     public var mmio: Bus { platform.mmio }
@@ -161,12 +181,21 @@ public final class Machine: IOHandler, @unchecked Sendable {
             do { try platform.addVirtio(rng) } catch { throw .platform(error) }
             entropy = rng
         }
-        switch choice.kvm {
-        case let kvm?:
+        switch (choice.kvm, choice.hybridPolicy) {
+        case (let kvm?, _):
             kvm.timedDevices = platform.timedDevices
             kvm.deviceLock = deviceLock
             vcpu = .kvm(kvm)
-        case nil:
+        case (nil, let policy?):
+            let software = Machine.makeInterpreter(platform: platform, cpus: 1, lock: deviceLock,
+                                                   translation: config.translation)
+            do {
+                vcpu = .hybrid(try HybridBackend(interpreter: software.cpus[0], memory: memory, clock: clock, policy: policy),
+                               software: software)
+            } catch {
+                throw .backendUnavailable("--accel hybrid: cannot set up KVM for guest user code: \(error)")
+            }
+        case (nil, nil):
             vcpu = .interpreter(Machine.makeInterpreter(platform: platform, cpus: config.cpus, lock: deviceLock,
                                                         translation: config.translation))
         }
@@ -183,12 +212,14 @@ public final class Machine: IOHandler, @unchecked Sendable {
     deinit { netPoller?.stop() }
 
     /// The backend picked for a config, before the platform exists: KVM's VM (its irqchip is the
-    /// platform's interrupt controller), or nil for the interpreter (the platform models the chips).
+    /// platform's interrupt controller), or nil for the interpreter (the platform models the chips),
+    /// which with a hybrid policy runs guest user code on KVM (Sources/Hybrid).
     struct BackendChoice {
         let kvm: KVMBackend?
         let reason: String
         /// Kernel arguments this backend needs to work at all on this host.
         var kernelArguments: [String] = []
+        var hybridPolicy: HybridPolicyConfig? = nil
 
         var interruptChip: InterruptChip {
             guard let kvm else { return .emulated }
@@ -208,6 +239,8 @@ public final class Machine: IOHandler, @unchecked Sendable {
         case .kvm:
             do { return try makeKVM(config: config, memory: memory, clock: clock, reason: "requested with --accel kvm") }
             catch { throw .kvm(error) }
+        case .hybrid:
+            return try makeHybrid(policy: config.hybridPolicy, reason: "requested with --accel hybrid")
         case .auto:
             if KVMSystem.emulatesSupervisorCode {
                 return BackendChoice(kvm: nil,
@@ -234,6 +267,35 @@ public final class Machine: IOHandler, @unchecked Sendable {
             reason += " (kvm-pvm: guest kernel code is emulated by the host, slowly; adding 'noxsave clearcpuid=...')"
         }
         return BackendChoice(kvm: kvm, reason: reason, kernelArguments: args)
+    }
+
+    /// The hybrid backend (Sources/Hybrid): the interpreter for the guest kernel, KVM for guest user
+    /// code. Only offered where KVM runs user code natively but emulates kernel code (kvm-pvm): on
+    /// a hardware-virtualization host KVM runs everything natively, and without /dev/kvm there is
+    /// nothing to run user code on. The KVM side is made with the interpreter, once the platform is.
+    static func makeHybrid(policy configured: HybridPolicyConfig?, reason: String) throws(MachineError) -> BackendChoice {
+        let policy: HybridPolicyConfig
+        if let configured {
+            policy = configured
+        } else {
+            switch HybridPolicyConfig.fromEnvironment({ getenv($0).map { String(cString: $0) } }) {
+            case .success(let p): policy = p
+            case .failure(let e): throw .invalidArgument(e.description)
+            }
+        }
+        if let why = hybridUnavailableReason() { throw .backendUnavailable("--accel hybrid: \(why)") }
+        return BackendChoice(kvm: nil,
+                             reason: reason + " (guest kernel on the interpreter, guest user code on kvm-pvm; policy \(policy.mode.rawValue))",
+                             hybridPolicy: policy)
+    }
+
+    /// Why the hybrid backend does not apply on this host, or nil if it does.
+    public static func hybridUnavailableReason() -> String? {
+        if access("/dev/kvm", F_OK) != 0 { return "this host has no /dev/kvm to run guest user code on" }
+        if !KVMSystem.emulatesSupervisorCode {
+            return "this host's KVM runs guest kernel code on hardware; use --accel kvm (the hybrid backend is for kvm-pvm hosts)"
+        }
+        return nil
     }
 
     /// The interpreter on a platform that models the PIC, PIT and I/O APIC: the bootstrap vCPU reads
@@ -322,6 +384,7 @@ public final class Machine: IOHandler, @unchecked Sendable {
         switch vcpu {
         case .kvm(let kvm): do { try kvm.setEntryState(entry) } catch { throw .kvmRun(error) }
         case .interpreter(let cpu): cpu.setEntryState(entry)
+        case .hybrid(let h, _): do { try h.setEntryState(entry) } catch { throw .kvmRun(.ioctl(error)) }
         }
     }
 
@@ -367,6 +430,7 @@ public final class Machine: IOHandler, @unchecked Sendable {
         switch vcpu {
         case .kvm(let kvm): prepared = kvm.prepareThreads()
         case .interpreter(let cpus): prepared = cpus.prepareThreads()
+        case .hybrid: prepared = true   // one vCPU, on the calling thread
         }
         guard prepared else {
             throw .backendUnavailable("cannot create \(config.cpus - 1) vCPU threads: \(String(cString: strerror(errno)))")
@@ -381,6 +445,7 @@ public final class Machine: IOHandler, @unchecked Sendable {
         switch vcpu {
         case .kvm(let kvm): do { return try kvm.run(io: self, control: control) } catch { throw .kvmRun(error) }
         case .interpreter(let cpu): return cpu.run(io: self, control: control)
+        case .hybrid(let h, _): do { return try h.run(io: self, control: control) } catch { throw .kvmRun(.ioctl(error)) }
         }
     }
 

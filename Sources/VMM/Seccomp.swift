@@ -38,6 +38,20 @@ public enum Seccomp {
         SYS_exit, SYS_exit_group,
     ].map { Int32($0) }
 
+    /// What the hybrid backend adds (Sources/Hybrid): the interrupt timer that kicks KVM_RUN, and
+    /// taking its signal. Its ioctls are in `hybridIoctls`.
+    static let hybridAllowed: [Int32] = [SYS_timer_create, SYS_timer_settime, SYS_timer_delete, SYS_rt_sigtimedwait]
+        .map { Int32($0) }
+
+    /// The hybrid backend hands state to and from KVM at each switch (segment state, FPU), reads the
+    /// dirty log and write-protects pages that hold decoded code, and re-creates a one-page memory
+    /// slot to make KVM drop stale shadow page tables. KVM_SET_USER_MEMORY_REGION only maps this
+    /// process's own memory into its own VM.
+    static var hybridIoctls: [UInt32] {
+        [CKVM_KVM_SET_SREGS(), CKVM_KVM_GET_XSAVE(), CKVM_KVM_SET_XSAVE(), CKVM_KVM_SET_USER_MEMORY_REGION(),
+         CKVM_KVM_GET_DIRTY_LOG(), CKVM_KVM_CLEAR_DIRTY_LOG()].map { UInt32(truncatingIfNeeded: $0) }
+    }
+
     /// What the API thread needs beyond the run loop: its socket, and creating, writing and
     /// renaming the snapshot files the API names (and reading disks' identities).
     static let apiAllowed: [Int32] = [
@@ -71,7 +85,7 @@ public enum Seccomp {
     }
 
     /// The BPF program. `pid` limits tgkill to this process's threads.
-    static func program(pid: Int32, profile: Profile = .vcpu) -> [sock_filter] {
+    static func program(pid: Int32, profile: Profile = .vcpu, hybrid: Bool = false) -> [sock_filter] {
         func stmt(_ code: Int32, _ k: UInt32) -> sock_filter {
             sock_filter(code: UInt16(truncatingIfNeeded: code), jt: 0, jf: 0, k: k)
         }
@@ -90,7 +104,7 @@ public enum Seccomp {
         p.append(jeq(cseccomp_audit_arch(), 1, 0))
         p.append(stmt(ret, UInt32(SECCOMP_RET_KILL_PROCESS)))
         p.append(stmt(load, cseccomp_offset_nr()))
-        let extra = profile == .apiServer ? apiAllowed : []
+        let extra = (profile == .apiServer ? apiAllowed : []) + (hybrid ? hybridAllowed : [])
         for nr in allowed + extra {
             p.append(jeq(UInt32(bitPattern: nr), 0, 1))
             p.append(stmt(ret, allow))
@@ -100,7 +114,7 @@ public enum Seccomp {
             p.append(stmt(ret, eacces))
         }
         // ioctl: the request (low 32 bits of arg 1; the kernel ignores the rest) must be listed.
-        let ioctls = allowedIoctls + (profile == .vcpu ? [] : pauseIoctls)
+        let ioctls = allowedIoctls + (profile == .vcpu ? [] : pauseIoctls) + (hybrid ? hybridIoctls : [])
         p.append(jeq(UInt32(bitPattern: SYS_ioctl), 0, UInt8(2 * ioctls.count + 2)))
         p.append(stmt(load, cseccomp_offset_arg(1)))
         for req in ioctls {
@@ -128,9 +142,10 @@ public enum Seccomp {
 
     /// Installs the filter on all threads of this process, or with `allThreads` false on the
     /// calling thread only (stacked on what it has: both filters must allow a call). Irreversible.
-    public static func install(_ profile: Profile = .vcpu, allThreads: Bool = true) throws(MachineError) {
+    /// `hybrid`: also allow what the hybrid backend needs while the guest runs.
+    public static func install(_ profile: Profile = .vcpu, allThreads: Bool = true, hybrid: Bool = false) throws(MachineError) {
         installSigsysHandler()
-        var p = program(pid: getpid(), profile: profile)
+        var p = program(pid: getpid(), profile: profile, hybrid: hybrid)
         let rc: Int32
         if allThreads {
             rc = p.withUnsafeMutableBufferPointer { cseccomp_install($0.baseAddress, UInt16($0.count)) }

@@ -83,7 +83,8 @@ extension X86Interpreter {
         // Every block holds at least one instruction, so block ids (and links) stay below poolSize too.
         if poolUsed + BlockCache.maxBlock > BlockCache.poolSize { flushCodeCache() }
         // Marked before the bytes are read: a write on any vCPU from here on invalidates the block.
-        let gen = system.code.markCode(page)
+        let (gen, newlyMarked) = system.code.markCode(page)
+        if newlyMarked { noteCodePageDecoded(page) }
         let base = pool + poolUsed
         // Decode by page offset: in 64-bit code a block is a trace that follows direct jumps and
         // calls, and the not-taken side of conditional branches, as long as they stay in this page.

@@ -88,6 +88,7 @@ extension X86Interpreter {
             // TSC/crystal ratio 1/1 with a 1 GHz crystal: Linux derives both the TSC frequency and
             // the APIC timer period from this (both run at 1 GHz here).
             a = 1; b = 1; c = X86Interpreter.tscHz
+            if let hz = tscHzOverride { (b, a) = X86Interpreter.tscCrystalRatio(hz: hz) }
         case 0x8000_0000:
             a = 0x8000_0008
         case 0x8000_0001:
@@ -143,7 +144,7 @@ extension X86Interpreter {
     func writeMSR(_ index: UInt32, _ v: UInt64) throws(Fault) {
         let canonical = { (a: UInt64) -> Bool in let t = Int64(bitPattern: a) >> 47; return t == 0 || t == -1 }
         switch index {
-        case MSR.tsc: st.pointee.tscOffset = v &- clock.nowNs
+        case MSR.tsc: st.pointee.tscOffset = v &- tscBase
         case MSR.apicBase:
             if v & ~(0xF_FFFF_F000 | 0x900) != 0 { throw Fault.gp(0) }
             apic.baseMSR = v

@@ -9,6 +9,7 @@
 
 extension X86Interpreter {
     func reciprocalEstimate(_ d: UnsafePointer<DecodedInsn>, _ opcode: UInt8, _ prefix: SSEPrefix, _ dst: Int) throws(Fault) {
+        noteModelSpecificResult()
         let squareRoot = opcode == 0x52
         func estimate(_ raw: Float) -> Float {
             let x = raw.isSubnormal ? (raw.sign == .minus ? -0.0 : 0.0) : raw

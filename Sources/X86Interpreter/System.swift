@@ -2,8 +2,10 @@
 // registers, descriptor tables, MSRs, CPUID, TSC, SYSCALL/SYSRET, port I/O.
 
 extension X86Interpreter {
-    /// Guest TSC ticks per VM-clock nanosecond: the advertised TSC runs at 1 GHz.
-    var tsc: UInt64 { clock.nowNs &+ st.pointee.tscOffset }
+    /// Guest TSC ticks per VM-clock nanosecond: the advertised TSC runs at 1 GHz (or counts the
+    /// host's TSC when shared with a CPU that reads it directly, see HybridSupport.swift).
+    var tsc: UInt64 { tscBase &+ st.pointee.tscOffset }
+    var tscBase: UInt64 { tscSource?() ?? clock.nowNs }
 
     func executeSystem(_ d: UnsafePointer<DecodedInsn>) throws(Fault) {
         let s = Int(d.pointee.osz)

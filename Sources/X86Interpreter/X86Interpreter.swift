@@ -96,6 +96,11 @@ public final class X86Interpreter: VcpuBackend {
     weak var kickedControl: VMControl?
     /// MTRR MSRs: stored, not acted on (all memory is write-back).
     var mtrrs: [UInt32: UInt64] = [:]
+    /// Hooks for sharing the guest with another CPU (HybridSupport.swift).
+    var hybrid = HybridHooks()
+    /// Where RDTSC counts from when not the VM clock, and the rate it advertises (HybridSupport.swift).
+    var tscSource: (() -> UInt64)?
+    var tscHzOverride: UInt64?
 
     /// A lone vCPU (a uniprocessor VM, tests): a system of its own, devices reached without a lock.
     public convenience init(memory: GuestMemory, clock: VirtualClock, externalInterrupts: ExternalInterrupts? = nil,
@@ -274,6 +279,7 @@ public final class X86Interpreter: VcpuBackend {
         st.pointee.stackMask = st.pointee.codeSize == 2 ? ~0 : (segs[Seg.ss].db ? 0xFFFF_FFFF : 0xFFFF)
         st.pointee.tlbHalf = st.pointee.cpl == 3 ? TLBSize.entries : 0
         refreshSegBases()
+        if hybrid.active { privilegeChanged() }
     }
 
     func refreshSegBases() {

@@ -257,6 +257,8 @@ extension X86Interpreter {
                 if reg == 3 { fpuPop() }
             } else { setST(0, fpuArith(reg, a, b)) }
         case 1:
+            // F2XM1 FYL2X FPTAN FPATAN FYL2XP1 FSINCOS FSIN FCOS: results differ between CPU models.
+            if modrm >= 0xF0 && (0xCA0F >> (modrm & 15)) & 1 != 0 { noteModelSpecificResult() }
             switch modrm {
             case 0xC0...0xC7: fpuPush(stRead(i))
             case 0xC8...0xCF:

@@ -141,8 +141,9 @@ struct Restore: ParsableCommand {
     }
 
     func run() throws {
-        guard let a = Accelerator(rawValue: accel) else {
-            throw MachineError.invalidArgument("--accel '\(accel)' is not one of auto, kvm, interp")
+        // The hybrid backend cannot load a snapshot's vCPU state (nor is one taken on it restorable).
+        guard let a = Accelerator(rawValue: accel), a != .hybrid else {
+            throw MachineError.invalidArgument("--accel '\(accel)' is not one of auto, kvm, interp (restore does not run on hybrid)")
         }
         let translation = try MachineOptions.translation(translate)
         var limit: UInt64?

@@ -16,7 +16,7 @@ enum MachineOptions {
         guard size > 0 else { throw .invalidArgument("--memory must be larger than 0") }
         config.memorySize = size
         guard let a = Accelerator(rawValue: accel) else {
-            throw .invalidArgument("--accel '\(accel)' is not one of auto, kvm, interp")
+            throw .invalidArgument("--accel '\(accel)' is not one of auto, kvm, interp, hybrid")
         }
         config.accelerator = a
         config.translation = try translation(translate)

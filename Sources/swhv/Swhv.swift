@@ -56,7 +56,7 @@ struct Boot: ParsableCommand {
         usage: """
             swhv boot --kernel <path> [--initrd <path>] [--cmdline <args>] [--no-default-cmdline]
                       [--disk <path>[,readonly][,serial=ID]]... [--net tap=NAME[,mac=MAC]]... [--rng|--no-rng]
-                      [--memory <size>] [--accel auto|kvm|interp] [--cpus <n>] [--no-acpi] [--translate on|off]
+                      [--memory <size>] [--accel auto|kvm|interp|hybrid] [--cpus <n>] [--no-acpi] [--translate on|off]
                       [--guest-decompress] [--boot-timer] [--no-seccomp] [--quiet] [--verbose] [--api-sock <path>]
             """,
         // One line per paragraph: ArgumentParser wraps them to the terminal.
@@ -106,8 +106,8 @@ struct Boot: ParsableCommand {
     var memory: String = "512M"
 
     @Option(name: .long, help: ArgumentHelp(
-        "CPU backend: auto (KVM on hardware-virtualization hosts, else the interpreter), kvm, or interp (swhv's x86-64 interpreter).",
-        valueName: "auto|kvm|interp"))
+        "CPU backend: auto (KVM on hardware-virtualization hosts, else the interpreter), kvm, interp (swhv's x86-64 interpreter), or hybrid (kvm-pvm hosts: guest kernel on the interpreter, guest user code on KVM).",
+        valueName: "auto|kvm|interp|hybrid"))
     var accel: String = "auto"
 
     @Option(name: .long, help: ArgumentHelp("vCPUs, 1 to \(MachineConfig.maxCPUs) (default 1).", valueName: "n"))
@@ -186,7 +186,7 @@ struct Boot: ParsableCommand {
         try machine.prepareToRun()
         // Everything is open, mapped and started: from here on the guest faces only the calls the
         // run loop needs.
-        if !noSeccomp { try APISession.confine(api) }
+        if !noSeccomp { try APISession.confine(api, hybrid: machine.usesHybridBackend) }
         let result: Result<VcpuStop, MachineError>
         do { result = .success(try machine.run()) } catch { result = .failure(error) }
         api?.finish(APICommand.describe(result))
@@ -242,7 +242,7 @@ struct RunImage: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Guest RAM (default 16M).", valueName: "size"))
     var memory: String = "16M"
 
-    @Option(name: .long, help: ArgumentHelp("CPU backend: auto, kvm or interp.", valueName: "auto|kvm|interp"))
+    @Option(name: .long, help: ArgumentHelp("CPU backend: auto, kvm, interp or hybrid.", valueName: "auto|kvm|interp|hybrid"))
     var accel: String = "auto"
 
     @Option(name: .long, help: ArgumentHelp("Software CPU: translate hot code (on) or only interpret (off).",
@@ -299,7 +299,7 @@ struct RunImage: ParsableCommand {
         let stopSignals = StopSignals(control: machine.control)
         try machine.prepareToRun()   // the vCPU threads: the filter forbids making threads
         // The same confinement as boot: hostile test guests run under the filter too.
-        if !noSeccomp { try APISession.confine(api) }
+        if !noSeccomp { try APISession.confine(api, hybrid: machine.usesHybridBackend) }
         let start = VirtualClock.hostMonotonicNs()
         let result: Result<VcpuStop, MachineError>
         do { result = .success(try machine.run()) } catch { result = .failure(error) }

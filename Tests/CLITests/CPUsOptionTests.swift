@@ -13,10 +13,11 @@ final class CPUsOptionTests: XCTestCase {
         return u.path
     }
 
-    func assertRefused(_ extra: [String], mentions: String, file: StaticString = #filePath, line: UInt = #line) throws {
+    func assertRefused(_ extra: [String], mentions: String, accel: String = "interp", file: StaticString = #filePath,
+                       line: UInt = #line) throws {
         for sub in [["boot", "--kernel", try kernel()], ["run-image", "--image", try kernel()]] {
             if sub[0] == "run-image" && extra.contains("--no-acpi") { continue }   // run-image has no --no-acpi
-            let r = try BadInvocationTests.swhv(sub + extra + ["--accel", "interp"])
+            let r = try BadInvocationTests.swhv(sub + extra + ["--accel", accel])
             XCTAssertEqual(r.status, 1, "\(sub[0]) \(extra): exit status; stderr=\(r.stderr)", file: file, line: line)
             let lines = r.stderr.split(separator: "\n", omittingEmptySubsequences: true)
             XCTAssertEqual(lines.count, 1, "\(sub[0]) \(extra): one line, got \(r.stderr)", file: file, line: line)
@@ -35,6 +36,12 @@ final class CPUsOptionTests: XCTestCase {
 
     func testSeveralCPUsWithoutACPIIsRefused() throws {
         try assertRefused(["--cpus", "2", "--no-acpi"], mentions: "--cpus 2 needs ACPI")
+    }
+
+    /// The hybrid backend runs one vCPU: more is refused (on any host, before /dev/kvm is looked at).
+    func testSeveralCPUsOnTheHybridBackendAreRefused() throws {
+        try assertRefused(["--cpus", "2"], mentions: "--accel hybrid runs one vCPU: --cpus 2 needs --accel interp or kvm",
+                          accel: "hybrid")
     }
 
     func testANegativeOrNonNumericCountIsAUsageError() throws {

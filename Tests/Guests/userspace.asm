@@ -16,13 +16,18 @@
 ;         3. (only when assembled with -DPRIV_GATES, see below) CPL3 `syscall` -> CPL0 handler prints
 ;            "syscall ok\n" -> sysretq; CPL3 `int 0x40` (DPL3 gate) -> CPL0 handler prints
 ;            "int 0x40 ok\n" -> iretq.
+;         3b. (-DPRIV_GATES -DSELFMOD) code written at CPL3, run at CPL0: SELFMOD_ROUNDS times, CPL3
+;            writes `mov eax, ROUND; ret` to SM_CODE and makes a syscall whose handler calls it
+;            SM_CALLS times (enough for the software CPU to translate it) and checks the sum; then
+;            "selfmod ok\n". For the hybrid backend, whose user code writes RAM natively: a stale
+;            decoded or translated copy of SM_CODE gives the wrong sum ("userspace FAIL S").
 ;         4. CPL3 `out 0x81, al`: denied by the bitmap -> #GP(0) -> CPL0 handler on the TSS.RSP0 stack
 ;            checks the frame (error code 0, RIP of the out, CS 0x33, user RSP, SS 0x2B) and prints
 ;            "back in cpl0 via #gp\n".
 ;         The exit benchmark times phases 1 and 2: one port-0x80 write per exit, told apart by the value
 ;         written (0 = CPL0, 3 = CPL3); the serial lines mark the phase boundaries.
 ; Output: plain `out` to 0x3F8 (from CPL3 too, through the bitmap). Expected: userspace.expected,
-;         or userspace-gates.expected for the -DPRIV_GATES build. A failed check prints
+;         or userspace-gates.expected for the -DPRIV_GATES build (userspace-selfmod.expected with SELFMOD). A failed check prints
 ;         "userspace FAIL <letter>\n" (or an unexpected-exception line with its frame) and halts.
 ; Stop:   writes 0xFE to port 0x64 (i8042 reset) from CPL0 -> the run ends as "reset".
 ;
@@ -47,6 +52,9 @@ PDPT       equ 0x11000
 PD         equ 0x12000
 RSP0_TOP   equ 0x70000
 USER_STACK equ 0x80000
+SM_CODE    equ 0x50000              ; the code page phase 3b rewrites (its own 4 KiB page)
+SELFMOD_ROUNDS equ 40
+SM_CALLS   equ 64
 
 ; syscall loads CS=STAR[47:32], SS=CS+8; sysretq loads CS=STAR[63:48]+16, SS=STAR[63:48]+8 (RPL 3).
 KCODE32 equ 0x08
@@ -181,6 +189,24 @@ user_main:
     cmp ax, UCODE
     mov al, 'C'
     jne fail
+%ifdef SELFMOD
+    ; Phase 3b: new code each round, written here and run by the syscall handler.
+    mov r14d, 1
+.sm_round:
+    mov byte [SM_CODE], 0xB8        ; mov eax, imm32
+    mov [SM_CODE + 1], r14d
+    mov byte [SM_CODE + 5], 0xC3    ; ret
+    mov r13, 0x5E1F
+    syscall
+    cmp r13, 0x600D
+    mov al, 'S'
+    jne fail
+    inc r14d
+    cmp r14d, SELFMOD_ROUNDS
+    jbe .sm_round
+    lea rsi, [rel msg_selfmod]
+    call puts
+%endif
 %endif
 
     ; Phase 4: a denied port -> #GP at CPL3 -> gp_handler at CPL0.
@@ -228,6 +254,28 @@ syscall_entry:                      ; RCX = user RIP, R11 = user RFLAGS, still o
     cmp ax, KDATA
     mov al, 'F'
     jne fail
+%ifdef SELFMOD
+    cmp r13, 0x5E1F
+    jne .plain
+    push rcx                        ; R14 = the round: SM_CODE must return it, SM_CALLS times
+    xor ebx, ebx
+    mov ecx, SM_CALLS
+.sm_call:
+    mov eax, SM_CODE
+    call rax
+    add ebx, eax
+    dec ecx
+    jnz .sm_call
+    pop rcx
+    mov eax, r14d
+    imul eax, eax, SM_CALLS
+    cmp eax, ebx
+    mov al, 'S'
+    jne fail
+    mov r13, 0x600D
+    o64 sysret
+.plain:
+%endif
     cmp r13, 0x5A5A
     jne fail
     lea rsi, [rel msg_syscall]
@@ -374,6 +422,7 @@ msg_cpl3_done:  db "cpl3 done", 10, 0
 msg_syscall:    db "syscall ok", 10, 0
 msg_int40:      db "int 0x40 ok", 10, 0
 msg_gp:         db "back in cpl0 via #gp", 10, 0
+msg_selfmod:    db "selfmod ok", 10, 0
 msg_unexpected: db "userspace FAIL unexpected exception, frame:", 0
 msg_hexprefix:  db " 0x", 0
 msg_nl:         db 10, 0

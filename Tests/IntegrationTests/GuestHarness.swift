@@ -40,7 +40,9 @@ enum GuestHarness {
     }
 
     /// Assembles Tests/Guests/NAME.asm with nasm into a flat binary.
-    static func assemble(_ name: String) throws -> [UInt8] { try TestGuests.bytes(name) }
+    static func assemble(_ name: String, defines: [String] = []) throws -> [UInt8] {
+        try TestGuests.bytes(name, defines: defines)
+    }
 
     static func expected(_ name: String) throws -> [UInt8] {
         Array(try Data(contentsOf: guestsDir.appendingPathComponent("\(name).expected")))
@@ -62,15 +64,18 @@ enum GuestHarness {
         let stop: Result<VcpuStop, MachineError>
         let output: SerialOutputCollector
         let mmio: TestMMIODevice
+        let machine: Machine
     }
 
     /// Runs a guest on `accelerator` with a watchdog: a guest that does not stop within `timeout`
     /// seconds is stopped and reported as a host request. `irqchip`: KVM's in-kernel interrupt
     /// controllers (then HLT with interrupts on waits in the kernel instead of ending the run).
     static func run(_ name: String, accelerator: Accelerator, timeout: Double = 300, memory: UInt64 = 16 << 20,
-                    irqchip: Bool = false, prepare: ((Machine) throws -> Void)? = nil) throws -> Run {
-        let binary = try assemble(name)
+                    irqchip: Bool = false, defines: [String] = [], configure: ((inout MachineConfig) -> Void)? = nil,
+                    prepare: ((Machine) throws -> Void)? = nil) throws -> Run {
+        let binary = try assemble(name, defines: defines)
         var config = MachineConfig()
+        configure?(&config)
         config.memorySize = memory
         config.accelerator = accelerator
         config.irqchip = irqchip
@@ -88,6 +93,6 @@ enum GuestHarness {
         defer { watchdog.cancel() }
         let stop: Result<VcpuStop, MachineError>
         do { stop = .success(try machine.run()) } catch { stop = .failure(error) }
-        return Run(stop: stop, output: output, mmio: dev)
+        return Run(stop: stop, output: output, mmio: dev, machine: machine)
     }
 }

@@ -10,30 +10,30 @@ final class WorkloadTests: XCTestCase {
     static let workloadsDir = Repository.root.appendingPathComponent("Tests/Workloads")
 
     func testCloudKernelWorkloadsMatchQEMU() throws {
-        try runWorkloads(kernel: try Repository.fixture("vmlinuz-cloud"), initramfs: try Repository.fixture("initramfs.cpio.gz"))
+        try Self.runWorkloads(kernel: try Repository.fixture("vmlinuz-cloud"), initramfs: try Repository.fixture("initramfs.cpio.gz"))
     }
 
     /// The same workloads on two vCPUs: the guest's threads (threads.c) and processes run on both at once,
     /// and every output must still be QEMU's.
     func testCloudKernelWorkloadsMatchQEMUWithTwoCPUs() throws {
-        try runWorkloads(kernel: try Repository.fixture("vmlinuz-cloud"), initramfs: try Repository.fixture("initramfs.cpio.gz"),
-                         cpus: 2)
+        try Self.runWorkloads(kernel: try Repository.fixture("vmlinuz-cloud"), initramfs: try Repository.fixture("initramfs.cpio.gz"),
+                              cpus: 2)
     }
 
     /// Debian's generic kernel (linux-image-amd64, virtio as modules), with its own modules.
     func testGenericKernelWorkloadsMatchQEMU() throws {
-        try runWorkloads(kernel: try Repository.fixture("vmlinuz-generic"),
+        try Self.runWorkloads(kernel: try Repository.fixture("vmlinuz-generic"),
                          initramfs: try Repository.fixture("initramfs-generic.cpio.gz"))
     }
 
     /// Debian's PREEMPT_RT kernel (linux-image-rt-amd64).
     func testRTKernelWorkloadsMatchQEMU() throws {
-        try runWorkloads(kernel: try Repository.fixture("vmlinuz-rt"), initramfs: try Repository.fixture("initramfs-rt.cpio.gz"))
+        try Self.runWorkloads(kernel: try Repository.fixture("vmlinuz-rt"), initramfs: try Repository.fixture("initramfs-rt.cpio.gz"))
     }
 
     /// The small self-built kernel (scripts/build-small-kernel), as a bzImage.
     func testSmallKernelWorkloadsMatchQEMU() throws {
-        try runWorkloads(kernel: try Repository.fixture("bzImage-small"), initramfs: try Repository.fixture("initramfs.cpio.gz"))
+        try Self.runWorkloads(kernel: try Repository.fixture("bzImage-small"), initramfs: try Repository.fixture("initramfs.cpio.gz"))
     }
 
     /// Checks of the CPU model that QEMU's default CPU fails and a modern CPU passes; the expected
@@ -42,37 +42,64 @@ final class WorkloadTests: XCTestCase {
     /// across forced context switches. That holds only with FSGSBASE (or a CPU that keeps the base);
     /// without it 60/200 rounds disagreed here (74/200 under QEMU's qemu64).
     func testCPUModelWorkloads() throws {
-        try runWorkloads(kernel: try Repository.fixture("vmlinuz-cloud"), initramfs: try Repository.fixture("initramfs.cpio.gz"),
+        try Self.runWorkloads(kernel: try Repository.fixture("vmlinuz-cloud"), initramfs: try Repository.fixture("initramfs.cpio.gz"),
                          directory: Self.workloadsDir.appendingPathComponent("cpu-model"))
     }
 
     /// Boots `kernel` with the workload archive appended to `initramfs` and compares each workload's
     /// output with QEMU's.
-    func runWorkloads(kernel: String, initramfs: String, directory: URL = WorkloadTests.workloadsDir, cpus: Int = 1,
-                      file: StaticString = #filePath, line: UInt = #line) throws {
+    static func runWorkloads(kernel: String, initramfs: String, directory: URL = WorkloadTests.workloadsDir,
+                             accel: String = "interp", cpus: Int = 1, file: StaticString = #filePath,
+                             line: UInt = #line) throws {
+        let expectedDir = directory.appendingPathComponent("expected")
+        let expectedFiles = try FileManager.default.contentsOfDirectory(atPath: expectedDir.path)
+            .filter { $0.hasSuffix(".txt") }.sorted()
+        XCTAssertFalse(expectedFiles.isEmpty, "no expected outputs in Tests/Workloads/expected")
+        let (sections, _) = try Self.bootWorkloads(kernel: kernel, initramfs: initramfs, directory: directory,
+                                                   arguments: ["--accel", accel, "--cpus", "\(cpus)"], file: file, line: line)
+        for file in expectedFiles {
+            let name = String(file.dropLast(4))   // fpmath.txt -> fpmath, awk_sh.txt -> awk_sh
+            let workload = name.hasSuffix("_sh") ? String(name.dropLast(3)) + ".sh" : name
+            let expected = try String(contentsOf: expectedDir.appendingPathComponent(file), encoding: .utf8)
+                .split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+                .reversed().drop { $0.isEmpty }.reversed()
+            guard let got = sections[workload] else {
+                XCTFail("\(workload): no output between markers"); continue
+            }
+            if Array(expected) != got {
+                let diff = zip(expected, got).enumerated().first { $0.element.0 != $0.element.1 }
+                let where_ = diff.map { "line \($0.offset + 1): expected `\($0.element.0)`, got `\($0.element.1)`" }
+                    ?? "expected \(expected.count) lines, got \(got.count)"
+                XCTFail("\(workload) differs from QEMU's output: \(where_)")
+            }
+        }
+    }
+
+    /// Boots `kernel` with the workloads of `directory` appended to `initramfs` (swhv.cmd=workload),
+    /// with extra swhv `arguments` and `environment`; returns each workload's output lines (the last
+    /// one `rc=N`), and swhv's stderr.
+    static func bootWorkloads(kernel: String, initramfs: String, directory: URL, arguments: [String],
+                              environment: [String: String] = [:], file: StaticString = #filePath,
+                              line: UInt = #line) throws -> (sections: [String: [String]], stderr: String) {
         let binary = try Repository.releaseBinary()
         _ = try Repository.fixture("busybox")
         for (tool, package) in [("gcc", "gcc"), ("cpio", "cpio"), ("python3", "python3")] {
             _ = try Repository.tool(tool, package: package)
         }
-        let expectedDir = directory.appendingPathComponent("expected")
-        let expectedFiles = try FileManager.default.contentsOfDirectory(atPath: expectedDir.path)
-            .filter { $0.hasSuffix(".txt") }.sorted()
-        XCTAssertFalse(expectedFiles.isEmpty, "no expected outputs in Tests/Workloads/expected")
 
         let build = try Subprocess.run(Repository.path("scripts/compare-qemu"),
                                        ["--build-only", "--kernel", kernel, "--initrd", initramfs, "--workload-dir", directory.path],
                                        timeout: 900)
         let initrd = build.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
         guard build.status == 0, FileManager.default.fileExists(atPath: initrd) else {
-            return XCTFail("scripts/compare-qemu --build-only failed (status \(build.status)): \(build.stdout)\(build.stderr)",
-                           file: file, line: line)
+            throw TestSetupError("scripts/compare-qemu --build-only failed (status \(build.status)): \(build.stdout)\(build.stderr)")
         }
 
+        // A session left running is killed when it is released (ConsoleSession.deinit).
         let s = try ConsoleSession(binary: binary, arguments: [
-            "boot", "--quiet", "--accel", "interp", "--cpus", "\(cpus)", "--kernel", kernel, "--initrd", initrd, "--memory", "512M",
-            "--no-default-cmdline", "--cmdline", "console=ttyS0 reboot=k panic=-1 swhv.cmd=workload"])
-        addTeardownBlock { if s.process.isRunning { kill(s.process.processIdentifier, SIGKILL) } }
+            "boot", "--quiet"] + arguments + ["--kernel", kernel, "--initrd", initrd, "--memory", "512M",
+            "--no-default-cmdline", "--cmdline", "console=ttyS0 reboot=k panic=-1 swhv.cmd=workload"],
+            environment: environment)
         XCTAssertTrue(s.waitFor("SWHV-WORKLOAD-END", timeout: 1200), "workloads did not finish; \(s.tail)", file: file, line: line)
         XCTAssertEqual(s.waitForExit(timeout: 120), 0, "the workload guest powers off", file: file, line: line)
 
@@ -93,21 +120,6 @@ final class WorkloadTests: XCTestCase {
                 body.append(line)
             }
         }
-        for file in expectedFiles {
-            let name = String(file.dropLast(4))   // fpmath.txt -> fpmath, awk_sh.txt -> awk_sh
-            let workload = name.hasSuffix("_sh") ? String(name.dropLast(3)) + ".sh" : name
-            let expected = try String(contentsOf: expectedDir.appendingPathComponent(file), encoding: .utf8)
-                .split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
-                .reversed().drop { $0.isEmpty }.reversed()
-            guard let got = sections[workload] else {
-                XCTFail("\(workload): no output between markers"); continue
-            }
-            if Array(expected) != got {
-                let diff = zip(expected, got).enumerated().first { $0.element.0 != $0.element.1 }
-                let where_ = diff.map { "line \($0.offset + 1): expected `\($0.element.0)`, got `\($0.element.1)`" }
-                    ?? "expected \(expected.count) lines, got \(got.count)"
-                XCTFail("\(workload) differs from QEMU's output: \(where_)")
-            }
-        }
+        return (sections, s.stderr)
     }
 }

@@ -12,9 +12,13 @@ public final class ConsoleSession: @unchecked Sendable {
     private var sequence = 0
     public private(set) var killed = false
 
-    public init(binary: String, arguments: [String]) throws {
+    /// `environment`: variables added to this process's environment for swhv.
+    public init(binary: String, arguments: [String], environment: [String: String] = [:]) throws {
         process.executableURL = URL(fileURLWithPath: binary)
         process.arguments = arguments
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         process.standardInput = input
         process.standardOutput = output
         process.standardError = errors

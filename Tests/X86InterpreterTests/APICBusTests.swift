@@ -129,7 +129,7 @@ final class APICBusTests: XCTestCase {
         // b fills a writable TLB entry for the page (real mode: linear = physical).
         try b.write(UInt64(0x5000), UInt8(0x90))
         XCTAssertEqual(b.tlbSlot(0x5000).pointee.wtag, 0x5000, "b may write the page directly")
-        let gen = code.markCode(page)   // a decodes from it
+        let gen = code.markCode(page).gen   // a decodes from it
         XCTAssertNotEqual(b.tlbSlot(0x5000).pointee.wtag, 0x5000, "marking withdrew b's write permission")
         try b.write(UInt64(0x5010), UInt8(0xC3))
         XCTAssertNotEqual(code.pageGen[page], gen, "b's write invalidated what a decoded")

@@ -17,8 +17,10 @@ import Synchronization
 /// page is being marked) is a cross-modifying-code race the guest must serialise anyway (SDM 8.1.3).
 final class SharedCode: @unchecked Sendable {
     let physPages: Int
-    /// Per page: generation (bumped when decoded code there is invalidated) and whether decoded code
-    /// exists. The translator reads `pageGen` directly (its context holds the pointer).
+    /// Per page: generation (bumped when decoded code there is invalidated) and `PageMark` bits
+    /// (decoded code exists; the hybrid backend's watches, which only a lone vCPU uses). Any mark
+    /// makes guest writes to the page take the slow path. The translator reads `pageGen` directly
+    /// (its context holds the pointer).
     let pageGen: UnsafeMutablePointer<UInt32>
     let codePages: UnsafeMutablePointer<UInt8>
     /// Orders mark and invalidate of the same page (the pair of values changes together).
@@ -50,33 +52,80 @@ final class SharedCode: @unchecked Sendable {
     }
 
     /// Marks `page` as holding decoded code (its TLB entries lose write permission on every vCPU)
-    /// and returns the generation code decoded from it now is valid for. Call before reading the
-    /// bytes to decode: a write that lands after the mark invalidates what is decoded.
-    func markCode(_ page: Int) -> UInt32 {
+    /// and returns the generation code decoded from it now is valid for, and whether the page did not
+    /// hold code before. Call before reading the bytes to decode: a write that lands after the mark
+    /// invalidates what is decoded.
+    func markCode(_ page: Int) -> (gen: UInt32, newlyMarked: Bool) {
         // Fast path: already marked, and no invalidation completed meanwhile (generation unchanged
         // around the read of the mark; an invalidation clears the mark, then bumps the generation).
         let g1 = chost_load32_acquire(pageGen + page)
-        if chost_load8_acquire(codePages + page) != 0 && chost_load32_acquire(pageGen + page) == g1 { return g1 }
+        if chost_load8_acquire(codePages + page) & PageMark.code != 0 && chost_load32_acquire(pageGen + page) == g1 {
+            return (g1, false)
+        }
         lock.lock()
         defer { lock.unlock() }
         let gen = pageGen[page]
-        if codePages[page] == 0 {
-            chost_store8(codePages + page, 1)   // a full fence: the scans below see every fill before it
-            let ppage = UInt64(truncatingIfNeeded: page) << 12
-            for tlb in tlbs {
-                for i in 0..<(2 * TLBSize.entries) where tlb[i].phys & ~0xFFF == ppage { tlb[i].wtag = 1 }
-            }
+        let marks = codePages[page]
+        guard marks & PageMark.code == 0 else { return (gen, false) }
+        chost_store8(codePages + page, marks | PageMark.code)   // a full fence: the scans below see every fill before it
+        let ppage = UInt64(truncatingIfNeeded: page) << 12
+        for tlb in tlbs {
+            for i in 0..<(2 * TLBSize.entries) where tlb[i].phys & ~0xFFF == ppage { tlb[i].wtag = 1 }
         }
-        return gen
+        return (gen, true)
     }
 
-    /// A guest write reached `page` while it held code: decoded code of it is stale on every vCPU.
+    /// A guest write (or DMA) reached `page` while it held code or a watch mark: decoded code of it is
+    /// stale on every vCPU and every mark is cleared; watch marks cleared are recorded for
+    /// `takeClearedWatches` (the writer may be a device thread).
     func invalidate(_ page: Int) {
         lock.lock()
         defer { lock.unlock() }
-        guard codePages[page] != 0 else { return }
+        let marks = codePages[page]
+        guard marks != 0 else { return }
         chost_store8(codePages + page, 0)
         chost_store32(pageGen + page, pageGen[page] &+ 1)
+        if marks & ~PageMark.code != 0 { clearedWatches.append((Int32(truncatingIfNeeded: page), marks)) }
+    }
+
+    // MARK: Watches (the hybrid backend's page-table and verified-code marks)
+
+    /// Pages whose watch marks a write cleared, with the marks they had, since the last take.
+    private var clearedWatches: [(page: Int32, marks: UInt8)] = []
+
+    /// Adds watch `mark` to `pages`; the TLB entries of newly marked pages lose write permission, so
+    /// the next write to each takes the slow path and clears the marks (`invalidate`).
+    func watch<S: Sequence>(_ pages: S, mark: UInt8) where S.Element == Int32 {
+        lock.lock()
+        defer { lock.unlock() }
+        var any = false
+        for p in pages where p >= 0 && Int(p) < physPages && codePages[Int(p)] & mark == 0 {
+            chost_store8(codePages + Int(p), codePages[Int(p)] | mark)
+            any = true
+        }
+        guard any else { return }
+        for tlb in tlbs {
+            for i in 0..<(2 * TLBSize.entries) where tlb[i].wtag & 1 == 0 {
+                let page = Int(truncatingIfNeeded: tlb[i].phys >> 12)
+                if page < physPages && codePages[page] & mark != 0 { tlb[i].wtag = 1 }
+            }
+        }
+    }
+
+    /// Removes watch `mark` from every page.
+    func unwatch(mark: UInt8) {
+        lock.lock()
+        defer { lock.unlock() }
+        for p in 0..<physPages where codePages[p] & mark != 0 { chost_store8(codePages + p, codePages[p] & ~mark) }
+    }
+
+    /// The pages whose watch marks writes cleared since the last call.
+    func takeClearedWatches() -> [(page: Int32, marks: UInt8)] {
+        lock.lock()
+        defer { lock.unlock() }
+        guard !clearedWatches.isEmpty else { return [] }
+        defer { clearedWatches.removeAll(keepingCapacity: true) }
+        return clearedWatches
     }
 }
 
